@@ -1,0 +1,15 @@
+//! chatwire's schema migrations; the server runs them at start-up.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_conversations_and_messages;
+
+/// Every migration, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_create_conversations_and_messages::Migration)]
+    }
+}

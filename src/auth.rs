@@ -1,0 +1,177 @@
+//! Socket authentication: a connect middleware that verifies the JWT once and
+//! stores the [`User`] in the socket's extensions.
+//!
+//! Every failure is the fixed `unauthorized` (socketioxide sends a middleware's
+//! error text verbatim); the reason goes to the log only.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde_json::{Map, Value};
+use socketioxide::extract::{SocketRef, State, TryData};
+
+use crate::{
+    app::AppState,
+    config::{AuthConfig, JwtConfig},
+};
+
+/// The authenticated user of a socket. Only ever built from a verified token (or open mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User(pub String);
+
+/// The one error a client sees when it may not connect.
+#[derive(Debug)]
+pub struct Unauthorized;
+
+impl std::fmt::Display for Unauthorized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("unauthorized")
+    }
+}
+
+/// Why a token was refused (for the log, never for the client).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token in auth.token, Authorization header or ?token=")]
+    Missing,
+    #[error("token algorithm {0:?} has no configured key")]
+    NoKeyFor(Algorithm),
+    #[error("token rejected: {0}")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+    #[error("claim {0:?} is missing or not a string or number")]
+    NoUser(String),
+}
+
+/// Verifies tokens against the configured keys. Built once at start-up.
+pub struct Authenticator {
+    mode: Mode,
+}
+
+enum Mode {
+    Open,
+    Jwt { keys: Vec<(Algorithm, DecodingKey)>, validation: Validation, user_claim: String },
+}
+
+impl Authenticator {
+    /// Builds the verifier; the PEM was already checked by the configuration.
+    pub fn new(config: &AuthConfig) -> Self {
+        let AuthConfig::Jwt(jwt) = config else {
+            return Self { mode: Mode::Open };
+        };
+        let keys = keys(jwt);
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = keys.iter().map(|(alg, _)| *alg).collect();
+        // A NestJS JwtService signs without `exp` unless `expiresIn` is set; `exp` is checked when present.
+        validation.required_spec_claims.clear();
+        validation.validate_nbf = true;
+        validation.leeway = 0;
+        if let Some(iss) = &jwt.issuer {
+            validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        match &jwt.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".into());
+            }
+            None => validation.validate_aud = false,
+        }
+        Self { mode: Mode::Jwt { keys, validation, user_claim: jwt.user_claim.clone() } }
+    }
+
+    /// True when no token is required.
+    pub fn is_open(&self) -> bool {
+        matches!(self.mode, Mode::Open)
+    }
+
+    /// The user a token names, if the token is valid.
+    pub fn verify(&self, token: &str) -> Result<User, AuthError> {
+        let Mode::Jwt { keys, validation, user_claim } = &self.mode else {
+            return Ok(User("anonymous".into()));
+        };
+        let header = decode_header(token)?;
+        let key = keys
+            .iter()
+            .find(|(alg, _)| *alg == header.alg)
+            .map(|(_, key)| key)
+            .ok_or(AuthError::NoKeyFor(header.alg))?;
+        let claims = decode::<Map<String, Value>>(token, key, validation)?.claims;
+        match claims.get(user_claim) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(User(s.clone())),
+            Some(Value::Number(n)) => Ok(User(n.to_string())),
+            _ => Err(AuthError::NoUser(user_claim.clone())),
+        }
+    }
+}
+
+fn keys(jwt: &JwtConfig) -> Vec<(Algorithm, DecodingKey)> {
+    let mut keys = Vec::new();
+    if let Some(secret) = &jwt.secret {
+        keys.push((Algorithm::HS256, DecodingKey::from_secret(secret.expose().as_bytes())));
+    }
+    if let Some(pem) = &jwt.public_key_pem {
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
+            keys.push((Algorithm::RS256, key));
+        } else if let Ok(key) = DecodingKey::from_ec_pem(pem.as_bytes()) {
+            keys.push((Algorithm::ES256, key));
+        }
+    }
+    keys
+}
+
+/// Finds the token: handshake `auth.token`, then `Authorization: Bearer`, then `?token=`.
+fn find_token<'a>(auth: Option<&'a Value>, parts: &'a http::request::Parts) -> Option<std::borrow::Cow<'a, str>> {
+    if let Some(Value::String(t)) = auth.and_then(|a| a.get("token")) {
+        if !t.is_empty() {
+            return Some(t.as_str().into());
+        }
+    }
+    if let Some(h) = parts.headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok()) {
+        if let Some(t) = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")) {
+            return Some(t.trim().into());
+        }
+    }
+    let query = parts.uri.query()?;
+    form_urlencoded_token(query)
+}
+
+fn form_urlencoded_token(query: &str) -> Option<std::borrow::Cow<'_, str>> {
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v).filter(|v| !v.is_empty())
+}
+
+/// The `/ai` connect middleware.
+pub async fn authenticate(
+    socket: SocketRef,
+    TryData(auth): TryData<Value>,
+    State(app): State<AppState>,
+) -> Result<(), Unauthorized> {
+    let auth = auth.ok();
+    let user = if app.auth.is_open() {
+        let id = match auth.as_ref().and_then(|a| a.get("userId")) {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => "anonymous".to_owned(),
+        };
+        User(id)
+    } else {
+        let token = find_token(auth.as_ref(), socket.req_parts()).ok_or_else(|| {
+            tracing::info!(sid = %socket.id, reason = %AuthError::Missing, "connection refused");
+            Unauthorized
+        })?;
+        app.auth.verify(&token).map_err(|reason| {
+            tracing::info!(sid = %socket.id, %reason, "connection refused");
+            Unauthorized
+        })?
+    };
+    socket.extensions.insert(user);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_tokens_are_percent_decoded() {
+        assert_eq!(form_urlencoded_token("EIO=4&token=a%2Eb.c&x=1").as_deref(), Some("a.b.c"));
+        assert_eq!(form_urlencoded_token("EIO=4&transport=websocket"), None);
+    }
+}

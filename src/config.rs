@@ -1,0 +1,340 @@
+//! Every setting, parsed once from the environment (and `.env`) into a typed [`Config`].
+//!
+//! Names follow what a NestJS deployment already sets (`PORT`, `CORS_ORIGIN`,
+//! `JWT_SECRET`, `OPENAI_API_KEY`, ...). A wrong value stops start-up with a
+//! message naming the variable.
+
+use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr, time::Duration};
+
+use crate::telemetry::LogFormat;
+
+/// A configuration mistake, naming the variable at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+fn bad(var: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError { var, problem: problem.into() }
+}
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How sockets are authenticated.
+#[derive(Clone, Debug)]
+pub enum AuthConfig {
+    /// No JWT setting at all: anyone connects, as `auth.userId` or `anonymous`.
+    Open,
+    Jwt(JwtConfig),
+}
+
+/// What a token must satisfy.
+#[derive(Clone, Debug)]
+pub struct JwtConfig {
+    /// HS256 secret (`JWT_SECRET`).
+    pub secret: Option<Secret>,
+    /// PEM public key for RS256 or ES256 (`JWT_PUBLIC_KEY`).
+    pub public_key_pem: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// The claim that names the user (`JWT_USER_CLAIM`, default `sub`).
+    pub user_claim: String,
+}
+
+/// Where answers come from.
+#[derive(Clone, Debug)]
+pub enum UpstreamConfig {
+    /// Nothing configured: serve the built-in mock on loopback and talk to it over HTTP.
+    Mock(MockConfig),
+    /// Any OpenAI-compatible endpoint.
+    OpenAi { base_url: String, api_key: Secret },
+}
+
+/// The mock model's text and speed.
+#[derive(Clone, Debug)]
+pub struct MockConfig {
+    /// The answer, streamed a word (plus its trailing whitespace) per token.
+    pub response: String,
+    pub token_delay: Duration,
+    pub first_token_delay: Duration,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            response: DEFAULT_MOCK_RESPONSE.to_owned(),
+            token_delay: Duration::from_millis(25),
+            first_token_delay: Duration::from_millis(0),
+        }
+    }
+}
+
+/// What the built-in mock says when `MOCK_RESPONSE` is unset.
+pub const DEFAULT_MOCK_RESPONSE: &str = "Hello! I am chatwire's built-in mock model. \
+No upstream provider is configured, so I stream this fixed answer word by word. \
+Set OPENAI_BASE_URL and OPENAI_API_KEY to talk to a real model.";
+
+/// What happens to a generation whose starting socket disconnects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDisconnect {
+    /// Keep generating and store the answer (the default).
+    Finish,
+    /// Stop the upstream call and store the partial answer as `stopped`.
+    Cancel,
+}
+
+/// The whole configuration, parsed once at start-up.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    /// Exact origins allowed by CORS, credentials included.
+    pub cors_origins: Vec<String>,
+    pub auth: AuthConfig,
+    /// `NODE_ENV=production`: refuse to start in open mode.
+    pub production: bool,
+    pub database_url: String,
+    pub upstream: UpstreamConfig,
+    pub default_model: String,
+    /// Empty means any model the upstream knows.
+    pub allowed_models: Vec<String>,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// Longest accepted `chat:start.message`, in characters.
+    pub max_message_chars: usize,
+    pub default_max_tokens: u32,
+    /// Largest `maxTokens` a client may ask for.
+    pub max_tokens_limit: u32,
+    pub default_temperature: f32,
+    /// Sent to the model before the conversation, when set.
+    pub system_prompt: Option<String>,
+    /// How many earlier messages go upstream as context.
+    pub max_history_messages: u64,
+    pub upstream_first_token_timeout: Duration,
+    pub upstream_idle_timeout: Duration,
+    pub on_disconnect: OnDisconnect,
+    /// How often a streaming answer's partial text is written to the database.
+    pub checkpoint_interval: Duration,
+    /// How long running answers may finish after SIGTERM before they are cut.
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars().collect())
+    }
+
+    /// Reads settings from a map of variables (the environment, or a test's own).
+    pub fn from_vars(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
+        let env = Vars(vars);
+        let auth = auth_config(&env)?;
+        let production = env.get("NODE_ENV").is_some_and(|v| v.eq_ignore_ascii_case("production"));
+        if production && matches!(auth, AuthConfig::Open) {
+            return Err(bad(
+                "JWT_SECRET",
+                "NODE_ENV=production but no JWT_SECRET or JWT_PUBLIC_KEY is set; refusing to run in open mode",
+            ));
+        }
+        let cors_origins = env.list("CORS_ORIGIN").unwrap_or_else(|| vec!["http://localhost:5173".into()]);
+        if let Some(o) = cors_origins.iter().find(|o| *o == "*" || http::HeaderValue::from_str(o).is_err()) {
+            return Err(bad("CORS_ORIGIN", format!("{o:?} is not an exact origin; list each allowed origin (credentials are allowed, so `*` is refused)")));
+        }
+        let ping_interval = Duration::from_millis(env.parse("PING_INTERVAL_MS", 10_000u64)?);
+        let ping_timeout = Duration::from_millis(env.parse("PING_TIMEOUT_MS", 5_000u64)?);
+        if ping_interval.is_zero() {
+            return Err(bad("PING_INTERVAL_MS", "must be above 0"));
+        }
+        let max_tokens_limit: u32 = env.parse("MAX_TOKENS_LIMIT", 128_000)?;
+        let default_max_tokens: u32 = env.parse("DEFAULT_MAX_TOKENS", 4096)?;
+        if default_max_tokens == 0 || default_max_tokens > max_tokens_limit {
+            return Err(bad("DEFAULT_MAX_TOKENS", "must be between 1 and MAX_TOKENS_LIMIT"));
+        }
+        let default_temperature: f32 = env.parse("DEFAULT_TEMPERATURE", 0.7)?;
+        if !(0.0..=2.0).contains(&default_temperature) {
+            return Err(bad("DEFAULT_TEMPERATURE", "must be between 0 and 2"));
+        }
+        let default_model = env.get("DEFAULT_MODEL").unwrap_or("gpt-4").to_owned();
+        let allowed_models = env.list("ALLOWED_MODELS").unwrap_or_default();
+        if !allowed_models.is_empty() && !allowed_models.contains(&default_model) {
+            return Err(bad("DEFAULT_MODEL", format!("{default_model:?} is not in ALLOWED_MODELS")));
+        }
+        Ok(Self {
+            host: env.parse("HOST", IpAddr::from([0, 0, 0, 0]))?,
+            port: env.parse("PORT", 8000)?,
+            cors_origins,
+            auth,
+            production,
+            database_url: env.get("DATABASE_URL").unwrap_or("sqlite://chatwire.db?mode=rwc").to_owned(),
+            upstream: upstream_config(&env)?,
+            default_model,
+            allowed_models,
+            ping_interval,
+            ping_timeout,
+            max_message_chars: env.parse("MAX_MESSAGE_CHARS", 32_000)?,
+            default_max_tokens,
+            max_tokens_limit,
+            default_temperature,
+            system_prompt: env.get("SYSTEM_PROMPT").map(str::to_owned),
+            max_history_messages: env.parse("MAX_HISTORY_MESSAGES", 50)?,
+            upstream_first_token_timeout: Duration::from_millis(env.parse("UPSTREAM_FIRST_TOKEN_TIMEOUT_MS", 60_000u64)?),
+            upstream_idle_timeout: Duration::from_millis(env.parse("UPSTREAM_IDLE_TIMEOUT_MS", 30_000u64)?),
+            on_disconnect: match env.get("ON_DISCONNECT").unwrap_or("finish") {
+                "finish" => OnDisconnect::Finish,
+                "cancel" => OnDisconnect::Cancel,
+                other => return Err(bad("ON_DISCONNECT", format!("{other:?} is neither `finish` nor `cancel`"))),
+            },
+            checkpoint_interval: Duration::from_millis(env.parse("CHECKPOINT_INTERVAL_MS", 2_000u64)?),
+            shutdown_grace: Duration::from_secs(env.parse("SHUTDOWN_GRACE_SECONDS", 10u64)?),
+            log_format: match env.get("LOG_FORMAT").unwrap_or("pretty") {
+                "pretty" | "text" => LogFormat::Pretty,
+                "json" => LogFormat::Json,
+                other => return Err(bad("LOG_FORMAT", format!("{other:?} is neither `pretty` nor `json`"))),
+            },
+        })
+    }
+
+    /// True when the server will accept unauthenticated sockets.
+    pub fn is_open_mode(&self) -> bool {
+        matches!(self.auth, AuthConfig::Open)
+    }
+}
+
+fn auth_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
+    let secret = env.get("JWT_SECRET").map(|s| Secret(s.to_owned()));
+    // PEMs in env files are often written on one line with literal `\n`.
+    let public_key_pem = env.get("JWT_PUBLIC_KEY").map(|k| k.replace("\\n", "\n"));
+    let issuer = env.get("JWT_ISSUER").map(str::to_owned);
+    let audience = env.get("JWT_AUDIENCE").map(str::to_owned);
+    let user_claim = env.get("JWT_USER_CLAIM").map(str::to_owned);
+    if secret.is_none() && public_key_pem.is_none() {
+        if let Some(var) = [("JWT_ISSUER", &issuer), ("JWT_AUDIENCE", &audience), ("JWT_USER_CLAIM", &user_claim)]
+            .into_iter()
+            .find_map(|(name, v)| v.as_ref().map(|_| name))
+        {
+            return Err(bad(var, "is set but neither JWT_SECRET nor JWT_PUBLIC_KEY is; set one of them"));
+        }
+        return Ok(AuthConfig::Open);
+    }
+    if let Some(pem) = &public_key_pem {
+        let rsa = jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).is_ok();
+        let ec = jsonwebtoken::DecodingKey::from_ec_pem(pem.as_bytes()).is_ok();
+        if !rsa && !ec {
+            return Err(bad("JWT_PUBLIC_KEY", "is not an RSA or EC public key in PEM form"));
+        }
+    }
+    Ok(AuthConfig::Jwt(JwtConfig {
+        secret,
+        public_key_pem,
+        issuer,
+        audience,
+        user_claim: user_claim.unwrap_or_else(|| "sub".into()),
+    }))
+}
+
+fn upstream_config(env: &Vars) -> Result<UpstreamConfig, ConfigError> {
+    let base_url = env.get("OPENAI_BASE_URL");
+    let api_key = env.get("OPENAI_API_KEY");
+    if base_url.is_none() && api_key.is_none() {
+        let mut mock = MockConfig::default();
+        if let Some(text) = env.get("MOCK_RESPONSE") {
+            mock.response = text.to_owned();
+        }
+        mock.token_delay = Duration::from_millis(env.parse("MOCK_TOKEN_DELAY_MS", 25u64)?);
+        mock.first_token_delay = Duration::from_millis(env.parse("MOCK_FIRST_TOKEN_DELAY_MS", 0u64)?);
+        return Ok(UpstreamConfig::Mock(mock));
+    }
+    let base_url = base_url.unwrap_or("https://api.openai.com/v1").trim_end_matches('/').to_owned();
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        return Err(bad("OPENAI_BASE_URL", "must start with http:// or https://"));
+    }
+    // Local servers (Ollama, vLLM, llama.cpp) accept any key.
+    let api_key = Secret(api_key.unwrap_or("none").to_owned());
+    Ok(UpstreamConfig::OpenAi { base_url, api_key })
+}
+
+/// The variables, with empty values treated as unset (as `.env` files often leave them).
+struct Vars(HashMap<String, String>);
+
+impl Vars {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    fn list(&self, name: &str) -> Option<Vec<String>> {
+        self.get(name).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+    }
+
+    fn parse<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|e| bad(name, format!("{raw:?} is not valid: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_open_mode_with_the_mock() {
+        let c = Config::from_vars(vars(&[])).unwrap();
+        assert_eq!(c.port, 8000);
+        assert!(c.is_open_mode());
+        assert!(matches!(c.upstream, UpstreamConfig::Mock(_)));
+        assert_eq!(c.ping_interval, Duration::from_secs(10));
+        assert_eq!(c.ping_timeout, Duration::from_secs(5));
+        assert_eq!(c.cors_origins, vec!["http://localhost:5173"]);
+    }
+
+    #[test]
+    fn a_wrong_value_names_its_variable() {
+        let e = Config::from_vars(vars(&[("PORT", "eighty")])).unwrap_err();
+        assert_eq!(e.var, "PORT");
+        let e = Config::from_vars(vars(&[("CORS_ORIGIN", "*")])).unwrap_err();
+        assert_eq!(e.var, "CORS_ORIGIN");
+        let e = Config::from_vars(vars(&[("JWT_ISSUER", "me")])).unwrap_err();
+        assert_eq!(e.var, "JWT_ISSUER");
+        let e = Config::from_vars(vars(&[("JWT_PUBLIC_KEY", "nope")])).unwrap_err();
+        assert_eq!(e.var, "JWT_PUBLIC_KEY");
+    }
+
+    #[test]
+    fn production_refuses_open_mode() {
+        let e = Config::from_vars(vars(&[("NODE_ENV", "production")])).unwrap_err();
+        assert_eq!(e.var, "JWT_SECRET");
+        assert!(Config::from_vars(vars(&[("NODE_ENV", "production"), ("JWT_SECRET", "s")])).is_ok());
+    }
+
+    #[test]
+    fn cors_is_a_comma_list() {
+        let c = Config::from_vars(vars(&[("CORS_ORIGIN", "http://a.test, https://b.test")])).unwrap();
+        assert_eq!(c.cors_origins, vec!["http://a.test", "https://b.test"]);
+    }
+}

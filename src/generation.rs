@@ -1,0 +1,438 @@
+//! Generations: one model answer each, owned by the [`Registry`] (keyed by message
+//! id), not by the socket that asked for it.
+//!
+//! A generation reads the upstream stream, keeps the whole text, and delivers it to
+//! the sockets in the room `conversation:<id>`. Each socket has its own cursor: when
+//! socketioxide's `emit` fails because a socket's buffer is full, the text stays
+//! pending and goes out joined into that socket's next chunk, so nothing is dropped
+//! and order holds (one task emits). The database is written at the start, at
+//! periodic checkpoints and once at the end.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use serde::Serialize;
+use socketioxide::{SendError, SocketError, SocketIo, extract::SocketRef, socket::Sid};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    error::{ChatError, ErrorCode},
+    gateway::NAMESPACE,
+    protocol::{Chunk, End, ErrorEvent, Stopped, utf16_len},
+    store::{self, AnswerEnd, Usage, status},
+    upstream::{ChatCall, UpstreamError},
+};
+
+/// How long a final event keeps being retried into a full socket buffer.
+const FINAL_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a generation was cut short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// `chat:stop`.
+    User,
+    /// The starting socket left and `ON_DISCONNECT=cancel`.
+    Disconnect,
+    /// The server is shutting down and the grace period is over.
+    Shutdown,
+}
+
+/// The registry's view of a running generation: enough to find and stop it.
+pub struct GenerationHandle {
+    pub message_id: Uuid,
+    pub conversation_id: Uuid,
+    pub user_id: String,
+    /// The socket that started it.
+    pub origin: Sid,
+    cancel: CancellationToken,
+    reason: OnceLock<StopReason>,
+}
+
+impl GenerationHandle {
+    /// Asks the generation to stop; the first reason given wins.
+    pub fn stop(&self, reason: StopReason) {
+        let _ = self.reason.set(reason);
+        self.cancel.cancel();
+    }
+}
+
+/// Every running generation on this node, and which socket runs which.
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<RegistryInner>,
+    /// Notified whenever a generation ends, for shutdown to wait on.
+    ended: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    generations: HashMap<Uuid, Arc<GenerationHandle>>,
+    /// A socket's running generation; `None` while its `chat:start` is being stored.
+    sockets: HashMap<Sid, Option<Uuid>>,
+}
+
+/// A socket's right to run one generation. Released when dropped.
+pub struct SocketClaim {
+    registry: Arc<Registry>,
+    sid: Sid,
+}
+
+impl Drop for SocketClaim {
+    fn drop(&mut self) {
+        self.registry.lock().sockets.remove(&self.sid);
+    }
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RegistryInner> {
+        // A panic while holding this lock cannot leave the maps inconsistent; keep serving.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Claims `sid` for a new generation, or `None` when it already runs one (`BUSY`).
+    pub fn claim_socket(self: &Arc<Self>, sid: Sid) -> Option<SocketClaim> {
+        let mut inner = self.lock();
+        if inner.sockets.contains_key(&sid) {
+            return None;
+        }
+        inner.sockets.insert(sid, None);
+        Some(SocketClaim { registry: self.clone(), sid })
+    }
+
+    fn insert(&self, handle: Arc<GenerationHandle>) {
+        let mut inner = self.lock();
+        inner.sockets.insert(handle.origin, Some(handle.message_id));
+        inner.generations.insert(handle.message_id, handle);
+    }
+
+    fn remove(&self, message_id: Uuid) {
+        self.lock().generations.remove(&message_id);
+        self.ended.notify_waiters();
+    }
+
+    /// A running generation by message id.
+    pub fn get(&self, message_id: Uuid) -> Option<Arc<GenerationHandle>> {
+        self.lock().generations.get(&message_id).cloned()
+    }
+
+    /// The generation a socket is running, if any.
+    pub fn by_socket(&self, sid: Sid) -> Option<Arc<GenerationHandle>> {
+        let inner = self.lock();
+        let id = (*inner.sockets.get(&sid)?)?;
+        inner.generations.get(&id).cloned()
+    }
+
+    /// How many generations run now.
+    pub fn len(&self) -> usize {
+        self.lock().generations.len()
+    }
+
+    /// True when nothing runs.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stops every running generation.
+    pub fn stop_all(&self, reason: StopReason) {
+        for handle in self.lock().generations.values() {
+            handle.stop(reason);
+        }
+    }
+
+    /// Waits until no generation runs, or `limit` passes. True when empty.
+    pub async fn wait_empty(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let ended = self.ended.notified();
+            if self.is_empty() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return self.is_empty();
+            }
+        }
+    }
+}
+
+/// The room a conversation's answers are delivered to.
+pub fn room(conversation_id: Uuid) -> String {
+    format!("conversation:{conversation_id}")
+}
+
+/// Everything a generation needs to run, fixed at `chat:start`.
+pub struct GenerationSpec {
+    pub message_id: Uuid,
+    pub conversation_id: Uuid,
+    pub user_id: String,
+    pub origin: Sid,
+    pub call: ChatCall,
+}
+
+/// Registers and spawns a generation; the claim is released when it ends.
+pub fn spawn(app: AppState, io: SocketIo, spec: GenerationSpec, claim: SocketClaim) {
+    let handle = Arc::new(GenerationHandle {
+        message_id: spec.message_id,
+        conversation_id: spec.conversation_id,
+        user_id: spec.user_id,
+        origin: spec.origin,
+        cancel: CancellationToken::new(),
+        reason: OnceLock::new(),
+    });
+    app.registry.insert(handle.clone());
+    let generation = Generation {
+        room: room(spec.conversation_id),
+        model: spec.call.model.clone(),
+        handle,
+        app,
+        io,
+        text: String::new(),
+        text_utf16: 0,
+        cursors: HashMap::new(),
+    };
+    tokio::spawn(generation.run(spec.call, claim));
+}
+
+/// Where one socket is in the answer.
+#[derive(Default)]
+struct Cursor {
+    /// Bytes of the text already delivered.
+    sent: usize,
+    /// The same, in UTF-16 units (the wire's `offset`).
+    sent_utf16: u64,
+    /// Next `seq`.
+    seq: u64,
+}
+
+/// How the upstream part of a generation ended.
+enum Outcome {
+    Complete { finish_reason: String, usage: Option<Usage> },
+    Stopped(StopReason),
+    Failed(UpstreamError),
+}
+
+struct Generation {
+    handle: Arc<GenerationHandle>,
+    app: AppState,
+    io: SocketIo,
+    room: String,
+    model: String,
+    /// The whole answer so far: what is stored and what every socket ends with.
+    text: String,
+    text_utf16: u64,
+    cursors: HashMap<Sid, Cursor>,
+}
+
+impl Generation {
+    async fn run(mut self, call: ChatCall, claim: SocketClaim) {
+        let outcome = self.stream(call).await;
+        let (status, finish_reason, usage) = match &outcome {
+            Outcome::Complete { finish_reason, usage } => (status::COMPLETE, finish_reason.as_str(), *usage),
+            Outcome::Stopped(StopReason::User | StopReason::Disconnect) => (status::STOPPED, "stopped", None),
+            Outcome::Stopped(StopReason::Shutdown) => (status::ERROR, "shutdown", None),
+            Outcome::Failed(_) => (status::ERROR, "error", None),
+        };
+        let end = AnswerEnd { content: &self.text, status, finish_reason, model: &self.model, usage };
+        let stored = self.store_end(&end).await;
+
+        // The socket is free before the final event leaves, so the next chat:start never sees BUSY.
+        self.app.registry.remove(self.handle.message_id);
+        drop(claim);
+
+        let ids = (self.handle.message_id, self.handle.conversation_id);
+        match (stored, &outcome) {
+            (false, _) => {
+                let error = ChatError::code(ErrorCode::Unavailable);
+                self.finish_with("chat:error", &error_event(&error, ids)).await;
+            }
+            (true, Outcome::Complete { finish_reason, usage }) => {
+                let usage = usage.unwrap_or_default();
+                let end = End {
+                    message_id: ids.0,
+                    conversation_id: ids.1,
+                    total_tokens: usage.total_tokens,
+                    model: &self.model,
+                    finish_reason,
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                    content: &self.text,
+                };
+                let end = to_value(&end);
+                self.finish_with("chat:end", &end).await;
+            }
+            (true, Outcome::Stopped(StopReason::User | StopReason::Disconnect)) => {
+                let stopped = to_value(&Stopped { message_id: ids.0, conversation_id: ids.1, content: &self.text });
+                self.finish_with("chat:stopped", &stopped).await;
+            }
+            (true, Outcome::Stopped(StopReason::Shutdown)) => {
+                let error = ChatError::new(ErrorCode::Unavailable, "the server is restarting; the partial answer is stored");
+                self.finish_with("chat:error", &error_event(&error, ids)).await;
+            }
+            (true, Outcome::Failed(cause)) => {
+                tracing::warn!(message_id = %ids.0, error = %cause, "upstream failed");
+                self.finish_with("chat:error", &error_event(&cause.to_chat_error(), ids)).await;
+            }
+        }
+    }
+
+    /// Reads the upstream until it ends, fails or the generation is stopped.
+    async fn stream(&mut self, call: ChatCall) -> Outcome {
+        let handle = self.handle.clone();
+        let cancel = handle.cancel.clone();
+        let stopped = || Outcome::Stopped(handle.reason.get().copied().unwrap_or(StopReason::User));
+        let mut upstream = tokio::select! {
+            _ = cancel.cancelled() => return stopped(),
+            opened = self.app.provider.open(call) => match opened {
+                Ok(s) => s,
+                Err(e) => return Outcome::Failed(e),
+            },
+        };
+        let mut checkpoint = tokio::time::interval(self.app.config.checkpoint_interval);
+        checkpoint.tick().await;
+        let mut checkpointed = 0;
+        let mut finish_reason = None;
+        let mut usage = None;
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return stopped(),
+                _ = checkpoint.tick() => {
+                    if self.text.len() != checkpointed {
+                        checkpointed = self.text.len();
+                        self.spawn_checkpoint();
+                    }
+                }
+                piece = upstream.next() => match piece {
+                    Ok(Some(piece)) => {
+                        if let Some(delta) = piece.delta {
+                            self.text.push_str(&delta);
+                            self.text_utf16 += utf16_len(&delta);
+                            self.deliver();
+                        }
+                        finish_reason = piece.finish_reason.or(finish_reason);
+                        usage = piece.usage.or(usage);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Outcome::Failed(e),
+                },
+            }
+        }
+        Outcome::Complete { finish_reason: finish_reason.unwrap_or_else(|| "stop".into()), usage }
+    }
+
+    fn spawn_checkpoint(&self) {
+        let db = self.app.db.clone();
+        let (id, text) = (self.handle.message_id, self.text.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store::checkpoint_answer(&db, id, &text).await {
+                tracing::warn!(message_id = %id, error = %e, "checkpoint failed");
+            }
+        });
+    }
+
+    /// Writes the end of the answer, retrying briefly through a database blip.
+    async fn store_end(&self, end: &AnswerEnd<'_>) -> bool {
+        for attempt in 0..5u32 {
+            match store::finish_answer(&self.app.db, self.handle.message_id, end).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::error!(message_id = %self.handle.message_id, attempt, error = %e, "storing the answer failed");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+        false
+    }
+
+    fn sockets(&self) -> Vec<SocketRef> {
+        self.io.of(NAMESPACE).map(|ns| ns.within(self.room.clone()).sockets()).unwrap_or_default()
+    }
+
+    /// Sends each socket in the room the text it has not had yet, without waiting.
+    fn deliver(&mut self) {
+        for socket in self.sockets() {
+            if let Err(e) = self.deliver_to(&socket) {
+                tracing::debug!(sid = %socket.id, error = %e, "chunk not delivered");
+            }
+        }
+    }
+
+    /// One socket's pending text as one chunk. `Ok(true)` when nothing is pending any more.
+    fn deliver_to(&mut self, socket: &SocketRef) -> Result<bool, SendError> {
+        let cursor = self.cursors.entry(socket.id).or_default();
+        if cursor.sent == self.text.len() {
+            return Ok(true);
+        }
+        let chunk = Chunk {
+            content: &self.text[cursor.sent..],
+            is_complete: false,
+            message_id: self.handle.message_id,
+            conversation_id: self.handle.conversation_id,
+            seq: cursor.seq,
+            offset: cursor.sent_utf16,
+        };
+        match socket.emit("chat:message", &chunk) {
+            Ok(()) => {
+                cursor.sent = self.text.len();
+                cursor.sent_utf16 = self.text_utf16;
+                cursor.seq += 1;
+                Ok(true)
+            }
+            // Full buffer: the text stays pending and joins the next chunk.
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Delivers the rest of the text and then the final event to every socket in the
+    /// room, waiting out full buffers (bounded) since nothing may follow to carry them.
+    async fn finish_with(&mut self, event: &str, payload: &serde_json::Value) {
+        let deadline = tokio::time::Instant::now() + FINAL_DELIVERY_TIMEOUT;
+        for socket in self.sockets() {
+            let mut delay = Duration::from_millis(2);
+            loop {
+                let done = match self.deliver_to(&socket) {
+                    Ok(true) => match socket.emit(event, payload) {
+                        Ok(()) => true,
+                        Err(SendError::Socket(SocketError::InternalChannelFull)) => false,
+                        Err(e) => {
+                            tracing::debug!(sid = %socket.id, error = %e, "final event not delivered");
+                            true
+                        }
+                    },
+                    Ok(false) => false,
+                    Err(e) => {
+                        tracing::debug!(sid = %socket.id, error = %e, "chunk not delivered");
+                        true
+                    }
+                };
+                if done {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(sid = %socket.id, message_id = %self.handle.message_id, "socket too slow; final event dropped");
+                    break;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+fn error_event(error: &ChatError, (message_id, conversation_id): (Uuid, Uuid)) -> serde_json::Value {
+    to_value(&ErrorEvent {
+        message: &error.message,
+        code: error.code,
+        message_id: Some(message_id),
+        conversation_id: Some(conversation_id),
+    })
+}

@@ -1,0 +1,113 @@
+//! The `chatwire` command: parse, start telemetry, call the library.
+
+use std::process::ExitCode;
+
+use chatwire::{Application, Config, config::MockConfig, mock_upstream::MockUpstream, telemetry};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "chatwire", version, about = "Streams LLM answers to socket.io-client chat apps")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the `/ai` Socket.IO namespace (the default). Configured by environment variables.
+    Serve,
+    /// Serve only the OpenAI-compatible mock model (MOCK_* variables set its text and speed).
+    MockUpstream {
+        #[arg(long, default_value_t = 8001)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+    },
+    /// Run the database migrations and exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chatwire: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::MockUpstream { port, host } => mock(config, host, port).await,
+        Command::Migrate => chatwire::store::connect(&config.database_url).await.map(drop).map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("chatwire: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    if config.is_open_mode() {
+        tracing::warn!("==================================================================");
+        tracing::warn!("OPEN MODE: no JWT_SECRET or JWT_PUBLIC_KEY is set.");
+        tracing::warn!("Anyone can connect and act as any user. Never run this in production.");
+        tracing::warn!("==================================================================");
+    }
+    let app = Application::build(config).await.map_err(|e| e.to_string())?;
+    let addr = app.local_addr().map_err(|e| e.to_string())?;
+    if let Some(mock) = app.mock_upstream() {
+        tracing::info!(base_url = %mock.base_url(), "no upstream configured; using the built-in mock model");
+    }
+    tracing::info!(%addr, "chatwire listening");
+    app.run_until(shutdown_signal()).await.map_err(|e| e.to_string())?;
+    tracing::info!("chatwire stopped");
+    Ok(())
+}
+
+async fn mock(config: Config, host: std::net::IpAddr, port: u16) -> Result<(), String> {
+    let mock_config = match config.upstream {
+        chatwire::config::UpstreamConfig::Mock(m) => m,
+        chatwire::config::UpstreamConfig::OpenAi { .. } => MockConfig::default(),
+    };
+    let listener = tokio::net::TcpListener::bind((host, port)).await.map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+    let mock = MockUpstream::spawn(listener, mock_config).map_err(|e| e.to_string())?;
+    tracing::info!(base_url = %mock.base_url(), "mock upstream listening");
+    shutdown_signal().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,168 @@
+//! A built-in OpenAI-compatible model over real HTTP and SSE.
+//!
+//! It serves `POST /v1/chat/completions` (streaming) and `GET /v1/models`. With no
+//! upstream configured, chatwire starts one on loopback and points its ordinary
+//! client at it, so demos, tests and benchmarks run async-openai's real code path.
+//! `chatwire mock-upstream --port N` runs it alone.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response, Sse, sse::Event},
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::config::MockConfig;
+
+/// A running mock: its address and every request body it received.
+#[derive(Clone)]
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Value>>>,
+}
+
+impl MockUpstream {
+    /// Serves the mock on `listener` in a background task.
+    pub fn spawn(listener: TcpListener, config: MockConfig) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let state = MockState { config: Arc::new(config), requests: requests.clone() };
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router(state)).await {
+                tracing::error!(error = %e, "mock upstream stopped");
+            }
+        });
+        Ok(Self { addr, requests })
+    }
+
+    /// Binds loopback on a free port and serves.
+    pub async fn start(config: MockConfig) -> std::io::Result<Self> {
+        Self::spawn(TcpListener::bind(("127.0.0.1", 0)).await?, config)
+    }
+
+    /// The base URL to give an OpenAI client.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The JSON bodies of the chat requests received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+#[derive(Clone)]
+struct MockState {
+    config: Arc<MockConfig>,
+    requests: Arc<Mutex<Vec<Value>>>,
+}
+
+/// The mock's routes, also usable inside another router.
+fn router(state: MockState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .with_state(state)
+}
+
+async fn models() -> Json<Value> {
+    Json(json!({"object": "list", "data": [{"id": "gpt-4", "object": "model", "owned_by": "chatwire-mock"}]}))
+}
+
+/// Splits text into tokens: each is a word plus the whitespace after it.
+pub fn tokenize(text: &str) -> Vec<&str> {
+    let mut tokens = Vec::new();
+    let mut start = 0;
+    let mut in_space = false;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() {
+            in_space = true;
+        } else if in_space {
+            if i > start && !text[start..i].trim().is_empty() {
+                tokens.push(&text[start..i]);
+                start = i;
+            }
+            in_space = false;
+        }
+    }
+    if start < text.len() {
+        tokens.push(&text[start..]);
+    }
+    tokens
+}
+
+async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value>) -> Response {
+    if let Ok(mut log) = state.requests.lock() {
+        log.push(body.clone());
+    }
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("gpt-4").to_owned();
+    if model.starts_with("unknown") {
+        let error = json!({"error": {"message": format!("The model `{model}` does not exist"), "type": "invalid_request_error", "param": null, "code": "model_not_found"}});
+        return (StatusCode::NOT_FOUND, Json(error)).into_response();
+    }
+    let max_tokens = body
+        .get("max_completion_tokens")
+        .or_else(|| body.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(u64::MAX);
+    let prompt_tokens: usize = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(|ms| ms.iter().filter_map(|m| m["content"].as_str()).map(|c| tokenize(c).len()).sum())
+        .unwrap_or(0);
+    let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+
+    let config = state.config.clone();
+    let stream = async_stream::stream! {
+        let all = tokenize(&config.response);
+        let n = all.len().min(usize::try_from(max_tokens).unwrap_or(usize::MAX));
+        let finish = if n < all.len() { "length" } else { "stop" };
+        let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let chunk = |delta: Value, finish: Value| json!({
+            "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        tokio::time::sleep(config.first_token_delay).await;
+        yield Ok::<_, Infallible>(Event::default().data(chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string()));
+        for (i, token) in all.iter().take(n).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(config.token_delay).await;
+            }
+            yield Ok(Event::default().data(chunk(json!({"content": token}), Value::Null).to_string()));
+        }
+        yield Ok(Event::default().data(chunk(json!({}), json!(finish)).to_string()));
+        if include_usage {
+            let usage = json!({
+                "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n},
+            });
+            yield Ok(Event::default().data(usage.to_string()));
+        }
+        yield Ok(Event::default().data("[DONE]"));
+    };
+    Sse::new(stream).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tokenize;
+
+    #[test]
+    fn tokens_are_words_with_their_trailing_space() {
+        assert_eq!(tokenize("Hello brave  new\nworld"), vec!["Hello ", "brave  ", "new\n", "world"]);
+        assert_eq!(tokenize("  lead"), vec!["  lead"]);
+        assert_eq!(tokenize(""), Vec::<&str>::new());
+        assert_eq!(tokenize("end "), vec!["end "]);
+    }
+}

@@ -1,0 +1,327 @@
+//! The `/ai` wire protocol: payloads in, validated into typed requests at the edge,
+//! and the events out, with the exact field names of PROTOCOL.md.
+
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    config::Config,
+    error::{ChatError, ErrorCode},
+};
+
+/// Longest accepted `clientMessageId`.
+pub const MAX_CLIENT_MESSAGE_ID: usize = 64;
+/// Longest accepted model name.
+const MAX_MODEL_NAME: usize = 128;
+
+/// A validated `chat:start`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StartRequest {
+    pub message: String,
+    /// `None` starts a new conversation.
+    pub conversation_id: Option<Uuid>,
+    pub model: String,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub client_message_id: Option<String>,
+    pub system_prompt: Option<String>,
+}
+
+impl StartRequest {
+    /// Validates a raw payload for the token's `user`. Never panics, whatever the JSON.
+    pub fn parse(payload: &Value, user: &str, config: &Config) -> Result<Self, ChatError> {
+        let Value::Object(obj) = payload else {
+            return Err(ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"));
+        };
+        let field = |name: &str| obj.get(name).filter(|v| !v.is_null());
+
+        match field("userId") {
+            None => {}
+            Some(Value::String(s)) if s == user => {}
+            Some(Value::Number(n)) if n.to_string() == user => {}
+            Some(Value::String(_) | Value::Number(_)) => {
+                return Err(ChatError::new(ErrorCode::Forbidden, "userId does not match the authenticated user"));
+            }
+            Some(_) => return Err(wrong_type("userId", "a string")),
+        }
+
+        let message = match field("message") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s,
+            Some(Value::String(_)) | None => {
+                return Err(ChatError::new(ErrorCode::InvalidPayload, "message is required"));
+            }
+            Some(_) => return Err(wrong_type("message", "a string")),
+        };
+        if message.chars().count() > config.max_message_chars {
+            return Err(ChatError::new(
+                ErrorCode::MessageTooLong,
+                format!("message is longer than {} characters", config.max_message_chars),
+            ));
+        }
+
+        let conversation_id = match field("conversationId") {
+            None => None,
+            Some(Value::String(s)) => Some(
+                Uuid::try_parse(s)
+                    .map_err(|_| ChatError::new(ErrorCode::InvalidParams, "conversationId is not a UUID"))?,
+            ),
+            Some(_) => return Err(wrong_type("conversationId", "a string")),
+        };
+
+        let model = match field("model") {
+            None => config.default_model.clone(),
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_MODEL_NAME => s.clone(),
+            Some(Value::String(_)) => return Err(ChatError::new(ErrorCode::InvalidModel, "model name is empty or too long")),
+            Some(_) => return Err(wrong_type("model", "a string")),
+        };
+        if !config.allowed_models.is_empty() && !config.allowed_models.contains(&model) {
+            return Err(ChatError::new(ErrorCode::InvalidModel, "model is not allowed"));
+        }
+
+        let max_tokens = match field("maxTokens") {
+            None => config.default_max_tokens,
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .filter(|&t| t >= 1 && t <= u64::from(config.max_tokens_limit))
+                .and_then(|t| u32::try_from(t).ok())
+                .ok_or_else(|| {
+                    ChatError::new(
+                        ErrorCode::InvalidParams,
+                        format!("maxTokens must be an integer from 1 to {}", config.max_tokens_limit),
+                    )
+                })?,
+            Some(_) => return Err(wrong_type("maxTokens", "a number")),
+        };
+
+        let temperature = match field("temperature") {
+            None => config.default_temperature,
+            Some(Value::Number(n)) => n
+                .as_f64()
+                .filter(|t| (0.0..=2.0).contains(t))
+                .map(|t| t as f32)
+                .ok_or_else(|| ChatError::new(ErrorCode::InvalidParams, "temperature must be from 0 to 2"))?,
+            Some(_) => return Err(wrong_type("temperature", "a number")),
+        };
+
+        let client_message_id = match field("clientMessageId") {
+            None => None,
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_CLIENT_MESSAGE_ID => Some(s.clone()),
+            Some(Value::String(_)) => {
+                return Err(ChatError::new(
+                    ErrorCode::InvalidParams,
+                    format!("clientMessageId must be 1 to {MAX_CLIENT_MESSAGE_ID} characters"),
+                ));
+            }
+            Some(_) => return Err(wrong_type("clientMessageId", "a string")),
+        };
+
+        let system_prompt = match field("systemPrompt") {
+            None => None,
+            Some(Value::String(s)) if s.chars().count() <= config.max_message_chars => {
+                Some(s.clone()).filter(|s| !s.trim().is_empty())
+            }
+            Some(Value::String(_)) => {
+                return Err(ChatError::new(ErrorCode::MessageTooLong, "systemPrompt is too long"));
+            }
+            Some(_) => return Err(wrong_type("systemPrompt", "a string")),
+        };
+
+        Ok(Self {
+            message: message.clone(),
+            conversation_id,
+            model,
+            max_tokens,
+            temperature,
+            client_message_id,
+            system_prompt,
+        })
+    }
+}
+
+fn wrong_type(field: &str, expected: &str) -> ChatError {
+    ChatError::new(ErrorCode::InvalidPayload, format!("{field} must be {expected}"))
+}
+
+/// A validated `chat:stop`: a message id, or the socket's current generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StopRequest {
+    pub message_id: Option<Uuid>,
+}
+
+impl StopRequest {
+    /// Accepts nothing, `null`, `{}` or `{ messageId }`.
+    pub fn parse(payload: Option<&Value>) -> Result<Self, ChatError> {
+        let obj = match payload {
+            None | Some(Value::Null) => return Ok(Self { message_id: None }),
+            Some(Value::Object(obj)) => obj,
+            Some(_) => return Err(ChatError::new(ErrorCode::InvalidPayload, "payload must be an object")),
+        };
+        let message_id = match obj.get("messageId") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => {
+                Some(Uuid::try_parse(s).map_err(|_| ChatError::new(ErrorCode::InvalidParams, "messageId is not a UUID"))?)
+            }
+            Some(_) => return Err(wrong_type("messageId", "a string")),
+        };
+        Ok(Self { message_id })
+    }
+}
+
+/// The `chat:start` acknowledgement.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum StartAck {
+    #[serde(rename_all = "camelCase")]
+    Ok { ok: bool, conversation_id: Uuid, user_message_id: Uuid, message_id: Uuid },
+    Err { ok: bool, error: ChatError },
+}
+
+impl StartAck {
+    pub fn ok(conversation_id: Uuid, user_message_id: Uuid, message_id: Uuid) -> Self {
+        Self::Ok { ok: true, conversation_id, user_message_id, message_id }
+    }
+    pub fn err(error: ChatError) -> Self {
+        Self::Err { ok: false, error }
+    }
+}
+
+/// `chat:conversation`: a conversation was created.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationCreated {
+    pub conversation_id: Uuid,
+}
+
+/// `chat:user-message`: the user's message is stored.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserMessageStored<'a> {
+    pub message_id: Uuid,
+    pub content: &'a str,
+    pub conversation_id: Uuid,
+}
+
+/// `chat:message`: a chunk of the answer.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Chunk<'a> {
+    pub content: &'a str,
+    pub is_complete: bool,
+    pub message_id: Uuid,
+    pub conversation_id: Uuid,
+    pub seq: u64,
+    /// UTF-16 length of the answer before this chunk.
+    pub offset: u64,
+}
+
+/// `chat:end`: the answer is complete and stored.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct End<'a> {
+    pub message_id: Uuid,
+    pub conversation_id: Uuid,
+    pub total_tokens: u32,
+    pub model: &'a str,
+    pub finish_reason: &'a str,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub content: &'a str,
+}
+
+/// `chat:stopped`: the answer was stopped; `content` is the stored partial answer.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stopped<'a> {
+    pub message_id: Uuid,
+    pub conversation_id: Uuid,
+    pub content: &'a str,
+}
+
+/// `chat:error`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorEvent<'a> {
+    pub message: &'a str,
+    pub code: ErrorCode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<Uuid>,
+}
+
+impl<'a> ErrorEvent<'a> {
+    /// An error about no particular generation.
+    pub fn bare(error: &'a ChatError) -> Self {
+        Self { message: &error.message, code: error.code, message_id: None, conversation_id: None }
+    }
+}
+
+/// `chat:stop`'s acknowledgement.
+#[derive(Serialize)]
+pub struct StopAck {
+    pub ok: bool,
+    pub stopped: bool,
+}
+
+/// UTF-16 length, the unit of `offset` (JavaScript's `string.length`).
+pub fn utf16_len(s: &str) -> u64 {
+    s.chars().map(|c| c.len_utf16() as u64).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config() -> Config {
+        Config::from_vars(Default::default()).unwrap()
+    }
+
+    fn code(v: Value) -> ErrorCode {
+        StartRequest::parse(&v, "u1", &config()).unwrap_err().code
+    }
+
+    #[test]
+    fn defaults_fill_what_the_client_left_out() {
+        let r = StartRequest::parse(&json!({"message": "hi", "conversationId": null, "userId": "u1"}), "u1", &config()).unwrap();
+        assert_eq!(r.model, "gpt-4");
+        assert_eq!(r.max_tokens, 4096);
+        assert_eq!(r.temperature, 0.7);
+        assert_eq!(r.conversation_id, None);
+    }
+
+    #[test]
+    fn each_mistake_has_its_code() {
+        assert_eq!(code(json!("hi")), ErrorCode::InvalidPayload);
+        assert_eq!(code(json!({})), ErrorCode::InvalidPayload);
+        assert_eq!(code(json!({"message": "  "})), ErrorCode::InvalidPayload);
+        assert_eq!(code(json!({"message": 3})), ErrorCode::InvalidPayload);
+        assert_eq!(code(json!({"message": "x".repeat(32_001)})), ErrorCode::MessageTooLong);
+        assert_eq!(code(json!({"message": "hi", "conversationId": "nope"})), ErrorCode::InvalidParams);
+        assert_eq!(code(json!({"message": "hi", "temperature": 2.5})), ErrorCode::InvalidParams);
+        assert_eq!(code(json!({"message": "hi", "temperature": "hot"})), ErrorCode::InvalidPayload);
+        assert_eq!(code(json!({"message": "hi", "maxTokens": 0})), ErrorCode::InvalidParams);
+        assert_eq!(code(json!({"message": "hi", "maxTokens": 1.5})), ErrorCode::InvalidParams);
+        assert_eq!(code(json!({"message": "hi", "userId": "u2"})), ErrorCode::Forbidden);
+        assert_eq!(code(json!({"message": "hi", "userId": {}})), ErrorCode::InvalidPayload);
+        assert_eq!(code(json!({"message": "hi", "clientMessageId": "k".repeat(65)})), ErrorCode::InvalidParams);
+    }
+
+    #[test]
+    fn numeric_user_ids_match_their_string_form() {
+        assert!(StartRequest::parse(&json!({"message": "hi", "userId": 42}), "42", &config()).is_ok());
+    }
+
+    #[test]
+    fn temperature_reaches_the_upstream_as_written() {
+        let r = StartRequest::parse(&json!({"message": "hi", "temperature": 0.3}), "u1", &config()).unwrap();
+        assert_eq!(serde_json::to_string(&r.temperature).unwrap(), "0.3");
+    }
+
+    #[test]
+    fn utf16_offsets_count_like_javascript() {
+        assert_eq!(utf16_len("héllo"), 5);
+        assert_eq!(utf16_len("😀a"), 3);
+    }
+}

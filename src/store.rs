@@ -1,0 +1,220 @@
+//! Conversations and messages in the database: plain async functions over a
+//! [`DatabaseConnection`], testable without any socket.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use entity::{conversation, message};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::error::{ChatError, ErrorCode};
+
+/// Message statuses as stored.
+pub mod status {
+    pub const STREAMING: &str = "streaming";
+    pub const COMPLETE: &str = "complete";
+    pub const STOPPED: &str = "stopped";
+    pub const ERROR: &str = "error";
+}
+
+/// A database failure, kept apart from "not yours / not there".
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("conversation not found")]
+    NotFound,
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+}
+
+impl StoreError {
+    /// What the client is told; the cause is logged by the caller.
+    pub fn to_chat_error(&self) -> ChatError {
+        match self {
+            Self::NotFound => ChatError::new(ErrorCode::NotFound, "conversation not found"),
+            Self::Db(DbErr::Conn(_) | DbErr::ConnectionAcquire(_)) => ChatError::code(ErrorCode::Unavailable),
+            Self::Db(_) => ChatError::code(ErrorCode::Unavailable),
+        }
+    }
+}
+
+/// Connects, tunes SQLite for a server's write pattern, and runs the migrations.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let sqlite = url.starts_with("sqlite:");
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .max_connections(if sqlite { 4 } else { 16 });
+    let db = Database::connect(options).await?;
+    if sqlite {
+        // WAL lets readers run beside the writer; it is a property of the file.
+        db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+    }
+    Migrator::up(&db, None).await?;
+    Ok(db)
+}
+
+/// What the model needs to see of one earlier message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// What [`begin_chat`] stored.
+#[derive(Clone, Debug)]
+pub struct ChatBegun {
+    pub conversation_id: Uuid,
+    /// True when the conversation was created by this call.
+    pub created: bool,
+    pub user_message_id: Uuid,
+    pub assistant_message_id: Uuid,
+    /// Earlier messages of the conversation, oldest first (not including the new one).
+    pub history: Vec<HistoryMessage>,
+}
+
+/// What a chat turn stores before the model is called.
+pub struct NewTurn<'a> {
+    pub user_id: &'a str,
+    pub conversation_id: Option<Uuid>,
+    pub message: &'a str,
+    pub model: &'a str,
+    pub client_message_id: Option<&'a str>,
+    pub history_limit: u64,
+}
+
+/// Stores the user message and the assistant's `streaming` row in one transaction,
+/// creating the conversation when none is given. Loads the history for the model.
+pub async fn begin_chat(db: &DatabaseConnection, turn: NewTurn<'_>) -> Result<ChatBegun, StoreError> {
+    let txn = db.begin().await?;
+    let now = Utc::now();
+    let (conversation_id, created, history) = match turn.conversation_id {
+        Some(id) => {
+            let found = conversation::Entity::find_by_id(id)
+                .filter(conversation::Column::UserId.eq(turn.user_id))
+                .one(&txn)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            let history = load_history(&txn, found.id, turn.history_limit).await?;
+            conversation::ActiveModel { id: Set(found.id), updated_at: Set(now), ..Default::default() }
+                .update(&txn)
+                .await?;
+            (found.id, false, history)
+        }
+        None => {
+            let id = Uuid::now_v7();
+            conversation::ActiveModel {
+                id: Set(id),
+                user_id: Set(turn.user_id.to_owned()),
+                title: Set(turn.message.chars().take(80).collect()),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+            .insert(&txn)
+            .await?;
+            (id, true, Vec::new())
+        }
+    };
+    let user_message_id = Uuid::now_v7();
+    let mut question = new_message(conversation_id, user_message_id, turn.user_id, "user", now);
+    question.content = Set(turn.message.to_owned());
+    question.status = Set(status::COMPLETE.to_owned());
+    question.client_message_id = Set(turn.client_message_id.map(str::to_owned));
+    question.insert(&txn).await?;
+    let assistant_message_id = Uuid::now_v7();
+    let mut answer = new_message(conversation_id, assistant_message_id, turn.user_id, "assistant", now);
+    answer.content = Set(String::new());
+    answer.status = Set(status::STREAMING.to_owned());
+    answer.model = Set(Some(turn.model.to_owned()));
+    answer.insert(&txn).await?;
+    txn.commit().await?;
+    Ok(ChatBegun { conversation_id, created, user_message_id, assistant_message_id, history })
+}
+
+fn new_message(conversation_id: Uuid, id: Uuid, user_id: &str, role: &str, now: chrono::DateTime<Utc>) -> message::ActiveModel {
+    message::ActiveModel {
+        id: Set(id),
+        conversation_id: Set(conversation_id),
+        user_id: Set(user_id.to_owned()),
+        role: Set(role.to_owned()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        model: Set(None),
+        prompt_tokens: Set(None),
+        completion_tokens: Set(None),
+        total_tokens: Set(None),
+        finish_reason: Set(None),
+        client_message_id: Set(None),
+        content: Set(String::new()),
+        status: Set(String::new()),
+    }
+}
+
+/// The last `limit` messages with text, oldest first. Failed answers with no text are skipped.
+async fn load_history<C: ConnectionTrait>(db: &C, conversation_id: Uuid, limit: u64) -> Result<Vec<HistoryMessage>, DbErr> {
+    let mut rows = message::Entity::find()
+        .filter(message::Column::ConversationId.eq(conversation_id))
+        .filter(message::Column::Content.ne(""))
+        .order_by_desc(message::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?;
+    rows.reverse();
+    Ok(rows.into_iter().map(|m| HistoryMessage { role: m.role, content: m.content }).collect())
+}
+
+/// The end of an answer, written in one update.
+#[derive(Clone, Debug)]
+pub struct AnswerEnd<'a> {
+    pub content: &'a str,
+    pub status: &'a str,
+    pub finish_reason: &'a str,
+    pub model: &'a str,
+    pub usage: Option<Usage>,
+}
+
+/// Token counts from the upstream's usage chunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+/// Finishes an assistant row: content, usage, model, finish reason and status together.
+pub async fn finish_answer(db: &DatabaseConnection, id: Uuid, end: &AnswerEnd<'_>) -> Result<(), DbErr> {
+    let as_i32 = |n: u32| Some(i32::try_from(n).unwrap_or(i32::MAX));
+    message::ActiveModel {
+        id: Set(id),
+        content: Set(end.content.to_owned()),
+        status: Set(end.status.to_owned()),
+        finish_reason: Set(Some(end.finish_reason.to_owned())),
+        model: Set(Some(end.model.to_owned())),
+        prompt_tokens: Set(end.usage.and_then(|u| as_i32(u.prompt_tokens))),
+        completion_tokens: Set(end.usage.and_then(|u| as_i32(u.completion_tokens))),
+        total_tokens: Set(end.usage.and_then(|u| as_i32(u.total_tokens))),
+        updated_at: Set(Utc::now()),
+        ..Default::default()
+    }
+    .update(db)
+    .await
+    .map(drop)
+}
+
+/// Writes the partial text of a streaming answer, so a crash loses only the last moments.
+pub async fn checkpoint_answer(db: &DatabaseConnection, id: Uuid, content: &str) -> Result<(), DbErr> {
+    message::Entity::update_many()
+        .col_expr(message::Column::Content, sea_orm::sea_query::Expr::value(content.to_owned()))
+        .col_expr(message::Column::UpdatedAt, sea_orm::sea_query::Expr::value(Utc::now()))
+        .filter(message::Column::Id.eq(id))
+        .filter(message::Column::Status.eq(status::STREAMING))
+        .exec(db)
+        .await
+        .map(drop)
+}

@@ -1,0 +1,178 @@
+//! The one seam to the model: async-openai's streaming chat completions against
+//! any OpenAI-compatible base URL (the built-in mock included).
+
+use std::time::Duration;
+
+use async_openai::{
+    Client,
+    config::OpenAIConfig,
+    error::OpenAIError,
+    types::chat::{
+        ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+        ChatCompletionRequestUserMessage, ChatCompletionResponseStream, ChatCompletionStreamOptions,
+        CreateChatCompletionRequest, FinishReason,
+    },
+};
+use futures::StreamExt;
+
+use crate::{
+    error::{ChatError, ErrorCode},
+    store::{HistoryMessage, Usage},
+};
+
+/// A client for one upstream, cloned cheaply into every generation.
+#[derive(Clone)]
+pub struct Provider {
+    client: Client<OpenAIConfig>,
+    first_token_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// One call's parameters, passed on exactly as the client gave them.
+#[derive(Clone, Debug)]
+pub struct ChatCall {
+    pub model: String,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    /// System prompt(s), history and the new user message, in order.
+    pub messages: Vec<HistoryMessage>,
+}
+
+/// Why the upstream did not give (all of) an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("model unknown to the upstream: {0}")]
+    InvalidModel(String),
+    #[error("upstream rate limit: {0}")]
+    RateLimited(String),
+    #[error("upstream went silent for {0:?}")]
+    Timeout(Duration),
+    #[error("upstream failed: {0}")]
+    Failed(String),
+}
+
+impl UpstreamError {
+    /// The client's view of the failure.
+    pub fn to_chat_error(&self) -> ChatError {
+        ChatError::code(match self {
+            Self::InvalidModel(_) => ErrorCode::InvalidModel,
+            Self::RateLimited(_) => ErrorCode::RateLimit,
+            Self::Timeout(_) => ErrorCode::UpstreamTimeout,
+            Self::Failed(_) => ErrorCode::UpstreamError,
+        })
+    }
+}
+
+impl From<OpenAIError> for UpstreamError {
+    fn from(e: OpenAIError) -> Self {
+        match &e {
+            OpenAIError::ApiError(api) => {
+                let status = api.status_code.as_u16();
+                let code = api.api_error.code.as_deref().unwrap_or_default();
+                if status == 404 || code == "model_not_found" {
+                    Self::InvalidModel(e.to_string())
+                } else if status == 429 {
+                    Self::RateLimited(e.to_string())
+                } else {
+                    Self::Failed(e.to_string())
+                }
+            }
+            _ => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+/// One piece of a streamed answer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Piece {
+    pub delta: Option<String>,
+    pub finish_reason: Option<String>,
+    pub usage: Option<Usage>,
+}
+
+impl Provider {
+    /// A provider for `base_url` (ending in `/v1` for most servers).
+    pub fn new(base_url: &str, api_key: &str, first_token_timeout: Duration, idle_timeout: Duration) -> Self {
+        let config = OpenAIConfig::new().with_api_base(base_url).with_api_key(api_key);
+        Self { client: Client::with_config(config), first_token_timeout, idle_timeout }
+    }
+
+    /// Opens the stream. Connect errors, 429 and 5xx are retried by async-openai's
+    /// own backoff before this returns.
+    pub async fn open(&self, call: ChatCall) -> Result<UpstreamStream, UpstreamError> {
+        let messages = call.messages.into_iter().map(to_request_message).collect();
+        #[allow(deprecated)] // `max_tokens` is what every OpenAI-compatible server understands.
+        let request = CreateChatCompletionRequest {
+            model: call.model,
+            messages,
+            max_tokens: Some(call.max_tokens),
+            temperature: Some(call.temperature),
+            stream: Some(true),
+            stream_options: Some(ChatCompletionStreamOptions { include_usage: Some(true), include_obfuscation: None }),
+            ..Default::default()
+        };
+        let opened = tokio::time::timeout(self.first_token_timeout, self.client.chat().create_stream(request))
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.first_token_timeout))??;
+        Ok(UpstreamStream {
+            inner: opened,
+            first_token_timeout: self.first_token_timeout,
+            idle_timeout: self.idle_timeout,
+            started: false,
+        })
+    }
+}
+
+fn to_request_message(m: HistoryMessage) -> ChatCompletionRequestMessage {
+    match m.role.as_str() {
+        "system" => ChatCompletionRequestSystemMessage::from(m.content).into(),
+        "assistant" => ChatCompletionRequestAssistantMessage::from(m.content).into(),
+        _ => ChatCompletionRequestUserMessage::from(m.content).into(),
+    }
+}
+
+/// An open answer stream with its silence timeouts.
+pub struct UpstreamStream {
+    inner: ChatCompletionResponseStream,
+    first_token_timeout: Duration,
+    idle_timeout: Duration,
+    started: bool,
+}
+
+impl UpstreamStream {
+    /// The next piece, `None` at the end of the stream.
+    pub async fn next(&mut self) -> Result<Option<Piece>, UpstreamError> {
+        let limit = if self.started { self.idle_timeout } else { self.first_token_timeout };
+        let item = tokio::time::timeout(limit, self.inner.next()).await.map_err(|_| UpstreamError::Timeout(limit))?;
+        let Some(chunk) = item.transpose()? else {
+            return Ok(None);
+        };
+        let mut piece = Piece {
+            usage: chunk.usage.map(|u| Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                total_tokens: u.total_tokens,
+            }),
+            ..Piece::default()
+        };
+        if let Some(choice) = chunk.choices.into_iter().next() {
+            piece.delta = choice.delta.content.filter(|c| !c.is_empty());
+            piece.finish_reason = choice.finish_reason.map(finish_reason_name);
+        }
+        if piece.delta.is_some() {
+            self.started = true;
+        }
+        Ok(Some(piece))
+    }
+}
+
+fn finish_reason_name(r: FinishReason) -> String {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::ContentFilter => "content_filter",
+        FinishReason::FunctionCall => "function_call",
+    }
+    .to_owned()
+}

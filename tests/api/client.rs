@@ -1,0 +1,270 @@
+//! A minimal Socket.IO v5 / Engine.IO 4 client for the tests, over WebSocket
+//! (tokio-tungstenite) or HTTP long-polling (reqwest), speaking the same text
+//! packets socket.io-client sends.
+
+use std::{collections::VecDeque, net::SocketAddr, time::Duration};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+
+const NS: &str = "/ai";
+/// How long a test waits for any one packet before failing.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Something the server sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    Event { name: String, data: Value },
+    Ack { id: u64, data: Value },
+}
+
+enum Transport {
+    Ws(WebSocketStream<MaybeTlsStream<TcpStream>>),
+    Polling { http: reqwest::Client, url: String, queue: VecDeque<String> },
+}
+
+/// A connected `/ai` socket.
+pub struct Client {
+    transport: Transport,
+    next_ack: u64,
+    /// Events read while waiting for something else, in order.
+    backlog: VecDeque<Incoming>,
+}
+
+/// How to present credentials.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub auth: Option<Value>,
+    pub bearer: Option<String>,
+    pub query_token: Option<String>,
+}
+
+impl Credentials {
+    pub fn token(token: &str) -> Self {
+        Self { auth: Some(json!({ "token": token })), ..Default::default() }
+    }
+}
+
+/// The server refused the namespace connect; holds its `message`.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl Client {
+    /// Connects over WebSocket only (socket.io-client `transports: ['websocket']`).
+    pub async fn websocket(addr: SocketAddr, creds: Credentials) -> Result<Self, Refused> {
+        let mut url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+        if let Some(t) = &creds.query_token {
+            url.push_str(&format!("&token={t}"));
+        }
+        let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+        if let Some(b) = &creds.bearer {
+            request.headers_mut().insert("authorization", format!("Bearer {b}").parse().unwrap());
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("websocket handshake");
+        let mut client = Self { transport: Transport::Ws(ws), next_ack: 0, backlog: VecDeque::new() };
+        let open = client.recv_raw().await;
+        assert!(open.starts_with('0'), "expected an Engine.IO open packet, got {open}");
+        client.join_namespace(creds.auth).await?;
+        Ok(client)
+    }
+
+    /// Connects over HTTP long-polling only.
+    pub async fn polling(addr: SocketAddr, creds: Credentials) -> Result<Self, Refused> {
+        let http = reqwest::Client::new();
+        let base = format!("http://{addr}/socket.io/?EIO=4&transport=polling");
+        let body = http.get(&base).send().await.unwrap().text().await.unwrap();
+        let open: Value = serde_json::from_str(body.strip_prefix('0').expect("open packet")).unwrap();
+        let url = format!("{base}&sid={}", open["sid"].as_str().unwrap());
+        let transport = Transport::Polling { http, url, queue: VecDeque::new() };
+        let mut client = Self { transport, next_ack: 0, backlog: VecDeque::new() };
+        client.join_namespace(creds.auth).await?;
+        Ok(client)
+    }
+
+    async fn join_namespace(&mut self, auth: Option<Value>) -> Result<(), Refused> {
+        let auth = auth.map(|a| a.to_string()).unwrap_or_default();
+        self.send_raw(format!("0{NS},{auth}")).await;
+        loop {
+            let packet = self.recv_raw().await;
+            if let Some(body) = packet.strip_prefix(&format!("0{NS},")) {
+                assert!(serde_json::from_str::<Value>(body).unwrap()["sid"].is_string());
+                return Ok(());
+            }
+            if let Some(body) = packet.strip_prefix(&format!("4{NS},")) {
+                let err: Value = serde_json::from_str(body).unwrap();
+                return Err(Refused(err["message"].as_str().unwrap_or_default().to_owned()));
+            }
+            panic!("unexpected packet while connecting: {packet}");
+        }
+    }
+
+    /// `socket.emit(event, data)`.
+    pub async fn emit(&mut self, event: &str, data: Value) {
+        self.send_raw(format!("2{NS},{}", json!([event, data]))).await;
+    }
+
+    /// `socket.emit(event)` with no argument at all.
+    pub async fn emit_bare(&mut self, event: &str) {
+        self.send_raw(format!("2{NS},{}", json!([event]))).await;
+    }
+
+    /// Sends a raw Socket.IO packet (for malformed-input tests).
+    pub async fn send_packet(&mut self, packet: String) {
+        self.send_raw(packet).await;
+    }
+
+    /// `socket.emitWithAck(event, data)`: sends and waits for the ack, keeping other events.
+    pub async fn emit_with_ack(&mut self, event: &str, data: Value) -> Value {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        self.send_raw(format!("2{NS},{id}{}", json!([event, data]))).await;
+        let mut held = Vec::new();
+        let ack = loop {
+            match self.recv_fresh().await {
+                Incoming::Ack { id: got, data } if got == id => break data,
+                other => held.push(other),
+            }
+        };
+        for (i, e) in held.into_iter().enumerate() {
+            self.backlog.insert(i, e);
+        }
+        ack
+    }
+
+    /// The next event or ack, in arrival order.
+    pub async fn next(&mut self) -> Incoming {
+        match self.backlog.pop_front() {
+            Some(e) => e,
+            None => self.recv_fresh().await,
+        }
+    }
+
+    /// The next event (acks are skipped), as `(name, data)`.
+    pub async fn next_event(&mut self) -> (String, Value) {
+        loop {
+            if let Incoming::Event { name, data } = self.next().await {
+                return (name, data);
+            }
+        }
+    }
+
+    /// Waits for the named event, returning it and the events before it.
+    pub async fn until(&mut self, wanted: &str) -> (Value, Vec<(String, Value)>) {
+        let mut before = Vec::new();
+        loop {
+            let (name, data) = self.next_event().await;
+            if name == wanted {
+                return (data, before);
+            }
+            before.push((name, data));
+        }
+    }
+
+    /// True when nothing arrives within `wait`.
+    pub async fn is_quiet_for(&mut self, wait: Duration) -> bool {
+        if !self.backlog.is_empty() {
+            return false;
+        }
+        match tokio::time::timeout(wait, self.recv_fresh()).await {
+            Ok(e) => {
+                self.backlog.push_back(e);
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Closes the transport abruptly.
+    pub async fn close(self) {
+        if let Transport::Ws(mut ws) = self.transport {
+            let _ = ws.close(None).await;
+        }
+    }
+
+    async fn recv_fresh(&mut self) -> Incoming {
+        loop {
+            let packet = self.recv_raw().await;
+            if let Some(parsed) = parse(&packet) {
+                return parsed;
+            }
+        }
+    }
+
+    async fn send_raw(&mut self, packet: String) {
+        match &mut self.transport {
+            Transport::Ws(ws) => ws.send(Message::text(format!("4{packet}"))).await.expect("ws send"),
+            Transport::Polling { http, url, .. } => {
+                let res = http.post(url.as_str()).body(format!("4{packet}")).send().await.expect("polling post");
+                assert!(res.status().is_success(), "polling post: {}", res.status());
+            }
+        }
+    }
+
+    /// The next Socket.IO packet (Engine.IO framing removed), answering pings on the way.
+    async fn recv_raw(&mut self) -> String {
+        tokio::time::timeout(RECV_TIMEOUT, self.recv_raw_inner()).await.expect("timed out waiting for the server")
+    }
+
+    async fn recv_raw_inner(&mut self) -> String {
+        loop {
+            let frame = match &mut self.transport {
+                Transport::Ws(ws) => match ws.next().await {
+                    Some(Ok(Message::Text(t))) => t.to_string(),
+                    Some(Ok(_)) => continue,
+                    other => panic!("websocket ended: {other:?}"),
+                },
+                Transport::Polling { http, url, queue } => {
+                    if queue.is_empty() {
+                        let body = http.get(url.as_str()).send().await.expect("poll").text().await.expect("poll body");
+                        queue.extend(body.split('\u{1e}').map(str::to_owned));
+                    }
+                    match queue.pop_front() {
+                        Some(f) => f,
+                        None => continue,
+                    }
+                }
+            };
+            if frame == "2" {
+                self.send_engine("3").await;
+                continue;
+            }
+            if let Some(rest) = frame.strip_prefix('4') {
+                return rest.to_owned();
+            }
+            if frame.starts_with('0') {
+                return frame;
+            }
+        }
+    }
+
+    async fn send_engine(&mut self, frame: &str) {
+        match &mut self.transport {
+            Transport::Ws(ws) => {
+                let _ = ws.send(Message::text(frame.to_owned())).await;
+            }
+            Transport::Polling { http, url, .. } => {
+                let _ = http.post(url.as_str()).body(frame.to_owned()).send().await;
+            }
+        }
+    }
+}
+
+/// Parses `2/ai,["name",data]` and `3/ai,<id>[data]`.
+fn parse(packet: &str) -> Option<Incoming> {
+    let kind = packet.chars().next()?;
+    let rest = packet[1..].strip_prefix(&format!("{NS},"))?;
+    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+    let (id, body) = rest.split_at(digits);
+    let args: Vec<Value> = serde_json::from_str(body).ok()?;
+    match kind {
+        '2' => {
+            let mut args = args.into_iter();
+            let name = args.next()?.as_str()?.to_owned();
+            Some(Incoming::Event { name, data: args.next().unwrap_or(Value::Null) })
+        }
+        '3' => Some(Incoming::Ack { id: id.parse().ok()?, data: args.into_iter().next().unwrap_or(Value::Null) }),
+        _ => None,
+    }
+}

@@ -1,0 +1,8 @@
+//! chatwire's integration tests: one binary, the real server on port 0.
+
+mod auth;
+mod chat;
+mod client;
+mod helpers;
+mod http;
+mod transport;
