@@ -72,8 +72,21 @@ async fn chat_start(
         Ok(r) => r,
         Err(e) => return refuse(&socket, ack, e),
     };
-    // Claimed before the first await: two quick starts on one socket cannot both pass.
+    let key = request.client_message_id.as_deref();
+    if let Some(key) = key {
+        match replay(&app, &user, key, false).await {
+            Ok(Some(ack_ok)) => return ack_logged(&socket, ack, &ack_ok),
+            Ok(None) => {}
+            Err(e) => return refuse(&socket, ack, e),
+        }
+    }
     let Some(claim) = app.registry.claim_socket(socket.id) else {
+        // A retry of the start that is still being stored on this socket is not BUSY.
+        if let Some(key) = key {
+            if let Ok(Some(ack_ok)) = replay(&app, &user, key, true).await {
+                return ack_logged(&socket, ack, &ack_ok);
+            }
+        }
         return refuse(&socket, ack, ChatError::code(ErrorCode::Busy));
     };
     let turn = NewTurn {
@@ -86,6 +99,15 @@ async fn chat_start(
     };
     let begun = match store::begin_chat(&app.db, turn).await {
         Ok(b) => b,
+        Err(StoreError::DuplicateKey) => {
+            // Another socket stored the same key first: answer with its ids.
+            drop(claim);
+            return match replay(&app, &user, key.unwrap_or_default(), true).await {
+                Ok(Some(ack_ok)) => ack_logged(&socket, ack, &ack_ok),
+                Ok(None) => refuse(&socket, ack, ChatError::code(ErrorCode::Internal)),
+                Err(e) => refuse(&socket, ack, e),
+            };
+        }
         Err(e) => {
             if !matches!(e, StoreError::NotFound) {
                 tracing::error!(sid = %socket.id, error = %e, "storing chat:start failed");
@@ -126,6 +148,28 @@ async fn chat_start(
         call,
     };
     generation::spawn(app, io, spec, claim);
+}
+
+/// The first ack of an earlier `chat:start` with the same `clientMessageId`, if stored.
+/// With `wait`, gives an in-flight first attempt a moment to commit.
+async fn replay(app: &AppState, user: &str, key: &str, wait: bool) -> Result<Option<StartAck>, ChatError> {
+    let attempts = if wait { 20 } else { 1 };
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        match store::find_turn(&app.db, user, key).await {
+            Ok(Some(ids)) => {
+                return Ok(Some(StartAck::ok(ids.conversation_id, ids.user_message_id, ids.assistant_message_id)));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "looking up clientMessageId failed");
+                return Err(ChatError::code(ErrorCode::Unavailable));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The messages sent upstream: system prompt(s), the conversation so far, the new message.

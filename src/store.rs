@@ -27,6 +27,8 @@ pub mod status {
 pub enum StoreError {
     #[error("conversation not found")]
     NotFound,
+    #[error("a chat:start with this clientMessageId is already stored")]
+    DuplicateKey,
     #[error("database: {0}")]
     Db(#[from] DbErr),
 }
@@ -36,7 +38,7 @@ impl StoreError {
     pub fn to_chat_error(&self) -> ChatError {
         match self {
             Self::NotFound => ChatError::new(ErrorCode::NotFound, "conversation not found"),
-            Self::Db(DbErr::Conn(_) | DbErr::ConnectionAcquire(_)) => ChatError::code(ErrorCode::Unavailable),
+            Self::DuplicateKey => ChatError::code(ErrorCode::Internal),
             Self::Db(_) => ChatError::code(ErrorCode::Unavailable),
         }
     }
@@ -126,7 +128,12 @@ pub async fn begin_chat(db: &DatabaseConnection, turn: NewTurn<'_>) -> Result<Ch
     question.content = Set(turn.message.to_owned());
     question.status = Set(status::COMPLETE.to_owned());
     question.client_message_id = Set(turn.client_message_id.map(str::to_owned));
-    question.insert(&txn).await?;
+    if let Err(e) = question.insert(&txn).await {
+        return Err(match e.sql_err() {
+            Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => StoreError::DuplicateKey,
+            _ => e.into(),
+        });
+    }
     let assistant_message_id = Uuid::now_v7();
     let mut answer = new_message(conversation_id, assistant_message_id, turn.user_id, "assistant", now);
     answer.content = Set(String::new());
@@ -217,4 +224,37 @@ pub async fn checkpoint_answer(db: &DatabaseConnection, id: Uuid, content: &str)
         .exec(db)
         .await
         .map(drop)
+}
+
+/// The ids of an earlier `chat:start` of `user` with this `clientMessageId`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TurnIds {
+    pub conversation_id: Uuid,
+    pub user_message_id: Uuid,
+    pub assistant_message_id: Uuid,
+}
+
+/// Finds the turn a repeated `clientMessageId` refers to, if it was stored.
+pub async fn find_turn(db: &DatabaseConnection, user_id: &str, client_message_id: &str) -> Result<Option<TurnIds>, DbErr> {
+    let Some(question) = message::Entity::find()
+        .filter(message::Column::UserId.eq(user_id))
+        .filter(message::Column::ClientMessageId.eq(client_message_id))
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    // The answer row is inserted right after the question, in the same transaction.
+    let answer = message::Entity::find()
+        .filter(message::Column::ConversationId.eq(question.conversation_id))
+        .filter(message::Column::Id.gt(question.id))
+        .filter(message::Column::Role.eq("assistant"))
+        .order_by_asc(message::Column::Id)
+        .one(db)
+        .await?;
+    Ok(answer.map(|a| TurnIds {
+        conversation_id: question.conversation_id,
+        user_message_id: question.id,
+        assistant_message_id: a.id,
+    }))
 }

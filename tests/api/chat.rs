@@ -250,3 +250,31 @@ async fn allowed_models_refuse_others_before_any_call() {
     assert_eq!(answer.final_data["model"], "gpt-4o-mini");
     assert_eq!(app.mock.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn a_repeated_client_message_id_starts_nothing_and_gets_the_first_ack() {
+    let app = spawn_app_with(&[("MOCK_TOKEN_DELAY_MS", "20")]).await;
+    let user = user();
+    let mut client = app.client(&user).await;
+    let start = json!({ "message": "once only", "clientMessageId": "retry-key-1" });
+    let first = client.emit_with_ack("chat:start", start.clone()).await;
+    assert_eq!(first["ok"], json!(true));
+    // A retry while the first still streams: the same ack, never BUSY.
+    let retry = client.emit_with_ack("chat:start", start.clone()).await;
+    assert_eq!(retry, first);
+    let answer = read_answer(&mut client).await;
+    assert_eq!(answer.final_name, "chat:end");
+    assert_eq!(answer.final_data["messageId"], first["messageId"]);
+    // And after it ended, from another socket of the same user.
+    let mut other_tab = app.client(&user).await;
+    assert_eq!(other_tab.emit_with_ack("chat:start", start.clone()).await, first);
+    assert!(other_tab.is_quiet_for(Duration::from_millis(200)).await);
+    assert_eq!(app.messages(first["conversationId"].as_str().unwrap()).await.len(), 2);
+    assert_eq!(app.mock.requests().len(), 1);
+    // The same key from another user is theirs alone.
+    let mut stranger = app.client(&crate::helpers::user()).await;
+    let theirs = stranger.emit_with_ack("chat:start", start).await;
+    assert_eq!(theirs["ok"], json!(true));
+    assert_ne!(theirs["conversationId"], first["conversationId"]);
+}
+
