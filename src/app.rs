@@ -87,6 +87,7 @@ impl Application {
         let (layer, io) = SocketIo::builder()
             .ping_interval(state.config.ping_interval)
             .ping_timeout(state.config.ping_timeout)
+            .max_buffer_size(state.config.socket_buffer_packets)
             .max_payload(MAX_PAYLOAD)
             .ws_max_message_size(MAX_PAYLOAD as usize)
             .with_state(state.clone())

@@ -117,6 +117,8 @@ pub struct Config {
     pub allowed_models: Vec<String>,
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
+    /// Packets a socket may have queued before `emit` reports it full (socketioxide's `max_buffer_size`).
+    pub socket_buffer_packets: usize,
     /// Longest accepted `chat:start.message`, in characters.
     pub max_message_chars: usize,
     pub default_max_tokens: u32,
@@ -189,6 +191,10 @@ impl Config {
             allowed_models,
             ping_interval,
             ping_timeout,
+            socket_buffer_packets: match env.parse("SOCKET_BUFFER_PACKETS", 128usize)? {
+                0 => return Err(bad("SOCKET_BUFFER_PACKETS", "must be above 0")),
+                n => n,
+            },
             max_message_chars: env.parse("MAX_MESSAGE_CHARS", 32_000)?,
             default_max_tokens,
             max_tokens_limit,

@@ -62,7 +62,14 @@ impl Client {
         if let Some(b) = &creds.bearer {
             request.headers_mut().insert("authorization", format!("Bearer {b}").parse().unwrap());
         }
-        let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("websocket handshake");
+        // A small receive window, as a phone on a slow link has: a burst backs up into the server.
+        let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+        tcp.set_recv_buffer_size(64 * 1024).unwrap();
+        let stream = tcp.connect(addr).await.expect("tcp connect");
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config))
+            .await
+            .expect("websocket handshake");
         let mut client = Self { transport: Transport::Ws(ws), next_ack: 0, backlog: VecDeque::new() };
         let open = client.recv_raw().await;
         assert!(open.starts_with('0'), "expected an Engine.IO open packet, got {open}");

@@ -3,6 +3,7 @@
 mod auth;
 mod chat;
 mod client;
+mod delivery;
 mod helpers;
 mod http;
 mod transport;

@@ -1,0 +1,37 @@
+//! Never lose a token: a burst into a slow client arrives whole, joined into fewer
+//! chunks when the socket's buffer is full, and matches what is stored.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_4000_token_burst_into_a_slow_client_arrives_whole() {
+    // Tokens of 2 KB, so the burst (8 MB) is more than loopback's socket buffers hold.
+    let pad = "x".repeat(2000);
+    let burst: String = (0..4000).map(|i| format!("w{i}{pad} ")).collect();
+    let burst = burst.trim_end().to_owned();
+    let app = spawn_app_with(&[("MOCK_RESPONSE", &burst), ("MOCK_TOKEN_DELAY_MS", "0"), ("SOCKET_BUFFER_PACKETS", "4")]).await;
+    let mut client = app.client(&user()).await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "burst" })).await;
+    // Read nothing until the whole answer is stored: the socket's buffers fill and emits fail.
+    let id = ack["messageId"].as_str().unwrap();
+    for _ in 0..600 {
+        if app.message(id).await.status == "complete" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = read_answer(&mut client).await;
+    assert_eq!(answer.final_name, "chat:end");
+    assert_chunks_consistent(&answer.chunks, &ack["messageId"], &ack["conversationId"]);
+    assert_eq!(answer.text(), burst);
+    assert_eq!(answer.final_data["content"], burst);
+    assert_eq!(answer.final_data["completionTokens"], json!(4000));
+    let row = app.message(ack["messageId"].as_str().unwrap()).await;
+    assert_eq!(row.content, burst);
+    eprintln!("4000 tokens arrived in {} chunks", answer.chunks.len());
+    assert!(answer.chunks.len() < 4000, "a full buffer joins deltas instead of dropping them");
+}
