@@ -68,11 +68,11 @@ impl Application {
         let (mock, provider) = match &config.upstream {
             UpstreamConfig::Mock(mock_config) => {
                 let mock = MockUpstream::start(mock_config.clone()).await.map_err(StartError::Mock)?;
-                let provider = Provider::new(&mock.base_url(), "mock", config.upstream_first_token_timeout, config.upstream_idle_timeout);
+                let provider = Provider::new(&mock.base_url(), "mock", config.upstream_timeouts(), config.upstream_retry);
                 (Some(mock), provider)
             }
             UpstreamConfig::OpenAi { base_url, api_key } => {
-                let provider = Provider::new(base_url, api_key.expose(), config.upstream_first_token_timeout, config.upstream_idle_timeout);
+                let provider = Provider::new(base_url, api_key.expose(), config.upstream_timeouts(), config.upstream_retry);
                 (None, provider)
             }
         };

@@ -6,7 +6,7 @@
 
 use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr, time::Duration};
 
-use crate::telemetry::LogFormat;
+use crate::{telemetry::LogFormat, upstream::RetryPolicy};
 
 /// A configuration mistake, naming the variable at fault.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +131,7 @@ pub struct Config {
     pub max_history_messages: u64,
     pub upstream_first_token_timeout: Duration,
     pub upstream_idle_timeout: Duration,
+    pub upstream_retry: RetryPolicy,
     pub on_disconnect: OnDisconnect,
     /// How often a streaming answer's partial text is written to the database.
     pub checkpoint_interval: Duration,
@@ -203,6 +204,13 @@ impl Config {
             max_history_messages: env.parse("MAX_HISTORY_MESSAGES", 50)?,
             upstream_first_token_timeout: Duration::from_millis(env.parse("UPSTREAM_FIRST_TOKEN_TIMEOUT_MS", 60_000u64)?),
             upstream_idle_timeout: Duration::from_millis(env.parse("UPSTREAM_IDLE_TIMEOUT_MS", 30_000u64)?),
+            upstream_retry: RetryPolicy {
+                attempts: match env.parse("UPSTREAM_ATTEMPTS", 3u32)? {
+                    0 => return Err(bad("UPSTREAM_ATTEMPTS", "must be at least 1")),
+                    n => n,
+                },
+                base_delay: Duration::from_millis(env.parse("UPSTREAM_RETRY_BASE_MS", 250u64)?),
+            },
             on_disconnect: match env.get("ON_DISCONNECT").unwrap_or("finish") {
                 "finish" => OnDisconnect::Finish,
                 "cancel" => OnDisconnect::Cancel,
@@ -216,6 +224,11 @@ impl Config {
                 other => return Err(bad("LOG_FORMAT", format!("{other:?} is neither `pretty` nor `json`"))),
             },
         })
+    }
+
+    /// The first-token and idle timeouts of the upstream.
+    pub fn upstream_timeouts(&self) -> (Duration, Duration) {
+        (self.upstream_first_token_timeout, self.upstream_idle_timeout)
     }
 
     /// True when the server will accept unauthenticated sockets.

@@ -321,7 +321,11 @@ impl Generation {
                 },
             }
         }
-        Outcome::Complete { finish_reason: finish_reason.unwrap_or_else(|| "stop".into()), usage }
+        match finish_reason {
+            Some(finish_reason) => Outcome::Complete { finish_reason, usage },
+            // Every OpenAI-compatible server ends an answer with a reason; a stream without one was cut.
+            None => Outcome::Failed(UpstreamError::Failed("the stream ended without a finish reason".into())),
+        }
     }
 
     fn spawn_checkpoint(&self) {

@@ -13,6 +13,7 @@ use async_openai::{
         CreateChatCompletionRequest, FinishReason,
     },
 };
+use async_openai::middleware::{ReqwestService, retry::OpenAIRetryLayer};
 use futures::StreamExt;
 
 use crate::{
@@ -26,6 +27,16 @@ pub struct Provider {
     client: Client<OpenAIConfig>,
     first_token_timeout: Duration,
     idle_timeout: Duration,
+    retry: RetryPolicy,
+}
+
+/// How failures before the first token are retried: connect errors, 429 and 5xx.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// The first backoff; each next one doubles, with ±50% jitter.
+    pub base_delay: Duration,
 }
 
 /// One call's parameters, passed on exactly as the client gave them.
@@ -45,8 +56,11 @@ pub enum UpstreamError {
     InvalidModel(String),
     #[error("upstream rate limit: {0}")]
     RateLimited(String),
-    #[error("upstream went silent for {0:?}")]
-    Timeout(Duration),
+    #[error("upstream went silent past its deadline")]
+    Silent,
+    /// Connect errors and 5xx: worth another attempt before the first token.
+    #[error("upstream unreachable or failing: {0}")]
+    Unavailable(String),
     #[error("upstream failed: {0}")]
     Failed(String),
 }
@@ -57,8 +71,8 @@ impl UpstreamError {
         ChatError::code(match self {
             Self::InvalidModel(_) => ErrorCode::InvalidModel,
             Self::RateLimited(_) => ErrorCode::RateLimit,
-            Self::Timeout(_) => ErrorCode::UpstreamTimeout,
-            Self::Failed(_) => ErrorCode::UpstreamError,
+            Self::Silent => ErrorCode::UpstreamTimeout,
+            Self::Unavailable(_) | Self::Failed(_) => ErrorCode::UpstreamError,
         })
     }
 }
@@ -71,12 +85,15 @@ impl From<OpenAIError> for UpstreamError {
                 let code = api.api_error.code.as_deref().unwrap_or_default();
                 if status == 404 || code == "model_not_found" {
                     Self::InvalidModel(e.to_string())
-                } else if status == 429 {
+                } else if status == 429 && api.api_error.r#type.as_deref() != Some("insufficient_quota") {
                     Self::RateLimited(e.to_string())
+                } else if api.status_code.is_server_error() {
+                    Self::Unavailable(e.to_string())
                 } else {
                     Self::Failed(e.to_string())
                 }
             }
+            OpenAIError::Reqwest(r) if r.is_connect() || r.is_timeout() => Self::Unavailable(e.to_string()),
             _ => Self::Failed(e.to_string()),
         }
     }
@@ -92,14 +109,33 @@ pub struct Piece {
 
 impl Provider {
     /// A provider for `base_url` (ending in `/v1` for most servers).
-    pub fn new(base_url: &str, api_key: &str, first_token_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(base_url: &str, api_key: &str, timeouts: (Duration, Duration), retry: RetryPolicy) -> Self {
         let config = OpenAIConfig::new().with_api_base(base_url).with_api_key(api_key);
-        Self { client: Client::with_config(config), first_token_timeout, idle_timeout }
+        // Retries are ours (jittered, counted per generation), so async-openai's own layer is off.
+        let http = tower::ServiceBuilder::new()
+            .layer(OpenAIRetryLayer::new(0))
+            .service(ReqwestService::new(reqwest::Client::new()));
+        let client = Client::with_config(config).with_http_service(http);
+        Self { client, first_token_timeout: timeouts.0, idle_timeout: timeouts.1, retry }
     }
 
-    /// Opens the stream. Connect errors, 429 and 5xx are retried by async-openai's
-    /// own backoff before this returns.
+    /// Opens the stream, retrying connect errors, 429 and 5xx with jittered backoff.
     pub async fn open(&self, call: ChatCall) -> Result<UpstreamStream, UpstreamError> {
+        let mut attempt = 1;
+        loop {
+            match self.open_once(call.clone()).await {
+                Err(e @ (UpstreamError::Unavailable(_) | UpstreamError::RateLimited(_))) if attempt < self.retry.attempts => {
+                    let delay = jittered(self.retry.base_delay * 2u32.saturating_pow(attempt - 1));
+                    tracing::info!(attempt, ?delay, error = %e, "upstream failed before the first token; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn open_once(&self, call: ChatCall) -> Result<UpstreamStream, UpstreamError> {
         let messages = call.messages.into_iter().map(to_request_message).collect();
         #[allow(deprecated)] // `max_tokens` is what every OpenAI-compatible server understands.
         let request = CreateChatCompletionRequest {
@@ -113,14 +149,18 @@ impl Provider {
         };
         let opened = tokio::time::timeout(self.first_token_timeout, self.client.chat().create_stream(request))
             .await
-            .map_err(|_| UpstreamError::Timeout(self.first_token_timeout))??;
+            .map_err(|_| UpstreamError::Silent)??;
         Ok(UpstreamStream {
             inner: opened,
-            first_token_timeout: self.first_token_timeout,
             idle_timeout: self.idle_timeout,
-            started: false,
+            deadline: tokio::time::Instant::now() + self.first_token_timeout,
         })
     }
+}
+
+/// `delay` scaled by a random factor in 0.5..1.5, so failing clients do not retry in step.
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(rand::random_range(0.5..1.5))
 }
 
 fn to_request_message(m: HistoryMessage) -> ChatCompletionRequestMessage {
@@ -134,16 +174,16 @@ fn to_request_message(m: HistoryMessage) -> ChatCompletionRequestMessage {
 /// An open answer stream with its silence timeouts.
 pub struct UpstreamStream {
     inner: ChatCompletionResponseStream,
-    first_token_timeout: Duration,
     idle_timeout: Duration,
-    started: bool,
+    /// When silence becomes a timeout: the first-token limit, then the idle limit after each
+    /// piece of text. Kept here so a caller may drop and re-call [`Self::next`] freely.
+    deadline: tokio::time::Instant,
 }
 
 impl UpstreamStream {
-    /// The next piece, `None` at the end of the stream.
+    /// The next piece, `None` at the end of the stream. Cancel-safe.
     pub async fn next(&mut self) -> Result<Option<Piece>, UpstreamError> {
-        let limit = if self.started { self.idle_timeout } else { self.first_token_timeout };
-        let item = tokio::time::timeout(limit, self.inner.next()).await.map_err(|_| UpstreamError::Timeout(limit))?;
+        let item = tokio::time::timeout_at(self.deadline, self.inner.next()).await.map_err(|_| UpstreamError::Silent)?;
         let Some(chunk) = item.transpose()? else {
             return Ok(None);
         };
@@ -160,7 +200,7 @@ impl UpstreamStream {
             piece.finish_reason = choice.finish_reason.map(finish_reason_name);
         }
         if piece.delta.is_some() {
-            self.started = true;
+            self.deadline = tokio::time::Instant::now() + self.idle_timeout;
         }
         Ok(Some(piece))
     }

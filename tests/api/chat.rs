@@ -58,7 +58,7 @@ async fn a_new_chat_streams_every_event_in_order_and_stores_both_messages() {
     assert_eq!(answer_row.total_tokens, Some(completion as i32 + 3));
 
     // Parameters reach the upstream exactly as given.
-    let sent = app.mock.requests();
+    let sent = app.mock().requests();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0]["temperature"].to_string(), "0.3");
     assert_eq!(sent[0]["max_tokens"], json!(500));
@@ -96,7 +96,7 @@ async fn continuing_a_conversation_sends_its_history_after_the_system_prompt() {
     assert_eq!(answer.order[0], "chat:user-message", "no chat:conversation when continuing");
     assert_eq!(answer.final_data["conversationId"], conversation_id);
 
-    let sent = app.mock.requests();
+    let sent = app.mock().requests();
     assert_eq!(
         sent[1]["messages"],
         json!([
@@ -223,7 +223,7 @@ async fn another_users_conversation_is_not_found_and_untouched() {
     let ack = mallory.emit_with_ack("chat:start", json!({ "message": "show me", "conversationId": conversation_id })).await;
     assert_eq!(ack["error"]["code"], "NOT_FOUND");
     assert_eq!(app.messages(conversation_id.as_str().unwrap()).await.len(), 2);
-    assert_eq!(app.mock.requests().len(), 1);
+    assert_eq!(app.mock().requests().len(), 1);
 }
 
 #[tokio::test]
@@ -248,7 +248,7 @@ async fn allowed_models_refuse_others_before_any_call() {
     client.emit("chat:start", json!({ "message": "hi", "model": "gpt-4o-mini" })).await;
     let answer = read_answer(&mut client).await;
     assert_eq!(answer.final_data["model"], "gpt-4o-mini");
-    assert_eq!(app.mock.requests().len(), 1);
+    assert_eq!(app.mock().requests().len(), 1);
 }
 
 #[tokio::test]
@@ -270,7 +270,7 @@ async fn a_repeated_client_message_id_starts_nothing_and_gets_the_first_ack() {
     assert_eq!(other_tab.emit_with_ack("chat:start", start.clone()).await, first);
     assert!(other_tab.is_quiet_for(Duration::from_millis(200)).await);
     assert_eq!(app.messages(first["conversationId"].as_str().unwrap()).await.len(), 2);
-    assert_eq!(app.mock.requests().len(), 1);
+    assert_eq!(app.mock().requests().len(), 1);
     // The same key from another user is theirs alone.
     let mut stranger = app.client(&crate::helpers::user()).await;
     let theirs = stranger.emit_with_ack("chat:start", start).await;

@@ -19,13 +19,19 @@ pub const ANSWER: &str = "Quantum computers use qubits, which can be zero and on
 pub struct TestApp {
     pub addr: SocketAddr,
     pub state: AppState,
-    pub mock: MockUpstream,
+    /// The built-in mock, unless the test points the server at its own upstream.
+    mock: Option<MockUpstream>,
     stop: Option<oneshot::Sender<()>>,
     pub server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
 }
 
 impl TestApp {
+    /// The built-in mock model this server talks to.
+    pub fn mock(&self) -> &MockUpstream {
+        self.mock.as_ref().expect("this test server runs the built-in mock")
+    }
+
     /// A WebSocket client authenticated as `user`.
     pub async fn client(&self, user: &str) -> Client {
         Client::websocket(self.addr, Credentials::token(&token(user))).await.expect("connect")
@@ -113,7 +119,7 @@ pub async fn spawn_app_with(vars: &[(&str, &str)]) -> TestApp {
     let app = Application::build(config).await.expect("server starts");
     let addr = app.local_addr().unwrap();
     let state = app.state().clone();
-    let mock = app.mock_upstream().cloned().expect("tests run the built-in mock");
+    let mock = app.mock_upstream().cloned();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
         let _ = stopped.await;

@@ -4,6 +4,8 @@ mod auth;
 mod chat;
 mod client;
 mod delivery;
+mod fake_upstream;
+mod faults;
 mod helpers;
 mod http;
 mod transport;
