@@ -16,6 +16,7 @@ use crate::{
     gateway::{self, NAMESPACE},
     generation::{Registry, StopReason},
     http,
+    limits::StartRateLimiter,
     mock_upstream::MockUpstream,
     store,
     upstream::Provider,
@@ -35,6 +36,8 @@ pub struct AppState {
     /// Running generations, keyed by message id.
     pub registry: Arc<Registry>,
     pub auth: Arc<Authenticator>,
+    /// The per-user `chat:start` token bucket.
+    pub start_limiter: StartRateLimiter,
 }
 
 /// Why the server could not start.
@@ -76,13 +79,16 @@ impl Application {
                 (None, provider)
             }
         };
+        let config_rate = config.rate_limit_per_minute;
         let state = AppState {
             auth: Arc::new(Authenticator::new(&config.auth)),
             config: Arc::new(config),
             db,
             provider,
             registry: Arc::new(Registry::default()),
+            start_limiter: StartRateLimiter::new(config_rate),
         };
+        state.start_limiter.spawn_sweeper(std::time::Duration::from_secs(60));
 
         let (layer, io) = SocketIo::builder()
             .ping_interval(state.config.ping_interval)

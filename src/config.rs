@@ -132,6 +132,10 @@ pub struct Config {
     pub upstream_first_token_timeout: Duration,
     pub upstream_idle_timeout: Duration,
     pub upstream_retry: RetryPolicy,
+    /// `chat:start`s a user may make per minute (token bucket); 0 is no limit.
+    pub rate_limit_per_minute: u32,
+    /// Generations a user may run at once, across sockets.
+    pub max_concurrent_streams_per_user: usize,
     pub on_disconnect: OnDisconnect,
     /// How often a streaming answer's partial text is written to the database.
     pub checkpoint_interval: Duration,
@@ -210,6 +214,11 @@ impl Config {
                     n => n,
                 },
                 base_delay: Duration::from_millis(env.parse("UPSTREAM_RETRY_BASE_MS", 250u64)?),
+            },
+            rate_limit_per_minute: env.parse("RATE_LIMIT_PER_MINUTE", 60)?,
+            max_concurrent_streams_per_user: match env.parse("MAX_CONCURRENT_STREAMS_PER_USER", 3usize)? {
+                0 => return Err(bad("MAX_CONCURRENT_STREAMS_PER_USER", "must be at least 1")),
+                n => n,
             },
             on_disconnect: match env.get("ON_DISCONNECT").unwrap_or("finish") {
                 "finish" => OnDisconnect::Finish,

@@ -15,7 +15,7 @@ use crate::{
     auth::User,
     config::OnDisconnect,
     error::{ChatError, ErrorCode},
-    generation::{self, GenerationSpec, StopReason},
+    generation::{self, ClaimRefused, GenerationSpec, StopReason},
     protocol::{ConversationCreated, ErrorEvent, StartAck, StartRequest, StopAck, StopRequest, UserMessageStored},
     store::{self, HistoryMessage, NewTurn, StoreError},
     upstream::ChatCall,
@@ -80,14 +80,23 @@ async fn chat_start(
             Err(e) => return refuse(&socket, ack, e),
         }
     }
-    let Some(claim) = app.registry.claim_socket(socket.id) else {
-        // A retry of the start that is still being stored on this socket is not BUSY.
-        if let Some(key) = key {
-            if let Ok(Some(ack_ok)) = replay(&app, &user, key, true).await {
-                return ack_logged(&socket, ack, &ack_ok);
-            }
+    if !app.start_limiter.allow(&user) {
+        return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many chats started; try again shortly"));
+    }
+    let claim = match app.registry.claim_socket(socket.id, &user, app.config.max_concurrent_streams_per_user) {
+        Ok(claim) => claim,
+        Err(ClaimRefused::UserLimit) => {
+            return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many answers streaming at once"));
         }
-        return refuse(&socket, ack, ChatError::code(ErrorCode::Busy));
+        Err(ClaimRefused::Busy) => {
+            // A retry of the start that is still being stored on this socket is not BUSY.
+            if let Some(key) = key {
+                if let Ok(Some(ack_ok)) = replay(&app, &user, key, true).await {
+                    return ack_logged(&socket, ack, &ack_ok);
+                }
+            }
+            return refuse(&socket, ack, ChatError::code(ErrorCode::Busy));
+        }
     };
     let turn = NewTurn {
         user_id: &user,

@@ -74,18 +74,37 @@ struct RegistryInner {
     generations: HashMap<Uuid, Arc<GenerationHandle>>,
     /// A socket's running generation; `None` while its `chat:start` is being stored.
     sockets: HashMap<Sid, Option<Uuid>>,
+    /// Claims held per user; users with none are removed.
+    per_user: HashMap<String, usize>,
 }
 
 /// A socket's right to run one generation. Released when dropped.
 pub struct SocketClaim {
     registry: Arc<Registry>,
     sid: Sid,
+    user: String,
 }
 
 impl Drop for SocketClaim {
     fn drop(&mut self) {
-        self.registry.lock().sockets.remove(&self.sid);
+        let mut inner = self.registry.lock();
+        inner.sockets.remove(&self.sid);
+        if let Some(n) = inner.per_user.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                inner.per_user.remove(&self.user);
+            }
+        }
     }
+}
+
+/// Why a claim was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimRefused {
+    /// This socket already runs a generation.
+    Busy,
+    /// The user runs as many generations as allowed.
+    UserLimit,
 }
 
 impl Registry {
@@ -94,14 +113,24 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Claims `sid` for a new generation, or `None` when it already runs one (`BUSY`).
-    pub fn claim_socket(self: &Arc<Self>, sid: Sid) -> Option<SocketClaim> {
+    /// Claims `sid` for a new generation of `user`, who may run at most `per_user_limit` at once.
+    pub fn claim_socket(self: &Arc<Self>, sid: Sid, user: &str, per_user_limit: usize) -> Result<SocketClaim, ClaimRefused> {
         let mut inner = self.lock();
         if inner.sockets.contains_key(&sid) {
-            return None;
+            return Err(ClaimRefused::Busy);
         }
+        let running = inner.per_user.get(user).copied().unwrap_or(0);
+        if running >= per_user_limit {
+            return Err(ClaimRefused::UserLimit);
+        }
+        inner.per_user.insert(user.to_owned(), running + 1);
         inner.sockets.insert(sid, None);
-        Some(SocketClaim { registry: self.clone(), sid })
+        Ok(SocketClaim { registry: self.clone(), sid, user: user.to_owned() })
+    }
+
+    /// Users holding a claim now (for tests: it empties when they finish).
+    pub fn users_tracked(&self) -> usize {
+        self.lock().per_user.len()
     }
 
     fn insert(&self, handle: Arc<GenerationHandle>) {

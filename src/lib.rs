@@ -11,6 +11,7 @@ pub mod error;
 pub mod gateway;
 pub mod generation;
 pub mod http;
+pub mod limits;
 pub mod mock_upstream;
 pub mod protocol;
 pub mod store;

@@ -8,4 +8,5 @@ mod fake_upstream;
 mod faults;
 mod helpers;
 mod http;
+mod limits;
 mod transport;
