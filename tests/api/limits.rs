@@ -19,6 +19,7 @@ async fn starts_over_the_per_minute_rate_are_refused_per_user() {
     // Another user has a bucket of their own.
     let mut other = app.client(&crate::helpers::user()).await;
     assert_eq!(other.emit_with_ack("chat:start", json!({ "message": "hi" })).await["ok"], json!(true));
+    assert_eq!(read_answer(&mut other).await.final_name, "chat:end");
     assert_eq!(app.mock().requests().len(), 3);
 }
 
