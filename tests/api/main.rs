@@ -8,5 +8,6 @@ mod fake_upstream;
 mod faults;
 mod helpers;
 mod http;
+mod lifecycle;
 mod limits;
 mod transport;

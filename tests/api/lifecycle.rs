@@ -1,0 +1,128 @@
+//! A client that leaves mid-answer, and a server that is told to stop (SIGTERM on
+//! the real binary): every answer ends in a stored row matching what clients saw.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    client::{Client, Credentials},
+    helpers::*,
+};
+
+const LONG: &str = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen \
+sixteen seventeen eighteen nineteen twenty twenty-one twenty-two twenty-three twenty-four twenty-five";
+
+/// Starts a chat, reads its first chunk, drops the socket, and waits for the answer's final row.
+async fn leave_mid_answer(app: &TestApp) -> entity::message::Model {
+    let mut client = app.client(&user()).await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "count" })).await;
+    client.until("chat:message").await;
+    client.close().await;
+    let id = ack["messageId"].as_str().unwrap().to_owned();
+    for _ in 0..100 {
+        let row = app.message(&id).await;
+        if row.status != "streaming" {
+            return row;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the answer never ended");
+}
+
+#[tokio::test]
+async fn by_default_an_answer_whose_client_left_is_finished_and_stored() {
+    let app = spawn_app_with(&[("MOCK_RESPONSE", LONG), ("MOCK_TOKEN_DELAY_MS", "20")]).await;
+    let row = leave_mid_answer(&app).await;
+    assert_eq!((row.status.as_str(), row.content.as_str(), row.finish_reason.as_deref()), ("complete", LONG, Some("stop")));
+    assert!(app.state.registry.is_empty());
+}
+
+#[tokio::test]
+async fn with_on_disconnect_cancel_the_partial_answer_is_stored_as_stopped() {
+    let app = spawn_app_with(&[("MOCK_RESPONSE", LONG), ("MOCK_TOKEN_DELAY_MS", "20"), ("ON_DISCONNECT", "cancel")]).await;
+    let row = leave_mid_answer(&app).await;
+    assert_eq!((row.status.as_str(), row.finish_reason.as_deref()), ("stopped", Some("stopped")));
+    assert!(!row.content.is_empty() && row.content.len() < LONG.len() && LONG.starts_with(&row.content));
+    assert!(app.state.registry.is_empty());
+}
+
+/// The real binary as a child process, with its bound address read from its JSON log.
+struct Child {
+    process: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+fn spawn_binary(db_url: &str, vars: &[(&str, &str)]) -> Child {
+    let mut process = Command::new(env!("CARGO_BIN_EXE_chatwire"))
+        .arg("serve")
+        .env_clear()
+        .envs([
+            ("HOST", "127.0.0.1"),
+            ("PORT", "0"),
+            ("JWT_SECRET", SECRET),
+            ("DATABASE_URL", db_url),
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "info"),
+        ])
+        .envs(vars.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the chatwire binary starts");
+    let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server logs its address").unwrap();
+        let log: Value = serde_json::from_str(&line).unwrap_or_default();
+        if log["message"] == "chatwire listening" {
+            break log["addr"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining the log so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Child { process, addr }
+}
+
+#[tokio::test]
+async fn sigterm_lets_short_answers_finish_and_cuts_long_ones_with_their_partial_text_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}/chatwire.db?mode=rwc", dir.path().display());
+    let mut child = spawn_binary(
+        &db_url,
+        &[("MOCK_RESPONSE", LONG), ("MOCK_TOKEN_DELAY_MS", "100"), ("SHUTDOWN_GRACE_SECONDS", "1")],
+    );
+    let connect = |user: &str| Client::websocket(child.addr, Credentials::token(&token(user)));
+    let mut long = connect(&user()).await.unwrap();
+    let mut short = connect(&user()).await.unwrap();
+    let long_ack = long.emit_with_ack("chat:start", json!({ "message": "long" })).await;
+    let short_ack = short.emit_with_ack("chat:start", json!({ "message": "short", "maxTokens": 5 })).await;
+    let (first, _) = long.until("chat:message").await;
+
+    let killed = Command::new("kill").args(["-TERM", &child.process.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+
+    let short_answer = read_answer(&mut short).await;
+    assert_eq!(short_answer.final_name, "chat:end", "an answer that ends within the grace period completes");
+    let mut long_answer = read_answer(&mut long).await;
+    long_answer.chunks.insert(0, first);
+    assert_eq!(long_answer.final_name, "chat:error");
+    assert_eq!(long_answer.final_data["code"], "UNAVAILABLE");
+    assert_eq!(long_answer.final_data["messageId"], long_ack["messageId"]);
+
+    let status = tokio::task::spawn_blocking(move || child.process.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+
+    let db = sea_orm::Database::connect(&db_url).await.unwrap();
+    let row = |id: &Value| entity::Message::find_by_id(uuid::Uuid::parse_str(id.as_str().unwrap()).unwrap()).one(&db);
+    use sea_orm::EntityTrait;
+    let long_row = row(&long_ack["messageId"]).await.unwrap().unwrap();
+    assert_eq!((long_row.status.as_str(), long_row.finish_reason.as_deref()), ("error", Some("shutdown")));
+    assert!(!long_row.content.is_empty() && LONG.starts_with(&long_row.content) && long_row.content.len() < LONG.len());
+    assert_eq!(long_row.content, long_answer.text(), "the client got exactly the stored partial answer");
+    let short_row = row(&short_ack["messageId"]).await.unwrap().unwrap();
+    assert_eq!((short_row.status.as_str(), short_row.content.as_str()), ("complete", "one two three four five "));
+}
