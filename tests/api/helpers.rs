@@ -135,17 +135,21 @@ pub async fn spawn_app() -> TestApp {
 /// A SQLite file in the test's own directory, or, when `DATABASE_URL` names a
 /// PostgreSQL server, a fresh database on it (`chatwire_t_*`, dropped by `.ci/run`).
 async fn database_url(dir: &tempfile::TempDir) -> String {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) if url.starts_with("postgres") => {
-            let name = format!("chatwire_t_{}", Uuid::new_v4().simple());
-            let admin = Database::connect(&url).await.expect("PostgreSQL from DATABASE_URL");
-            admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
-            admin.close().await.unwrap();
-            let (base, _) = url.rsplit_once('/').expect("a database URL with a path");
-            format!("{base}/{name}")
-        }
-        _ => format!("sqlite://{}/chatwire.db?mode=rwc", dir.path().display()),
+    match fresh_postgres_database().await {
+        Some(url) => url,
+        None => format!("sqlite://{}/chatwire.db?mode=rwc", dir.path().display()),
     }
+}
+
+/// A new, empty database on the PostgreSQL server `DATABASE_URL` names, if it names one.
+pub async fn fresh_postgres_database() -> Option<String> {
+    let url = std::env::var("DATABASE_URL").ok().filter(|u| u.starts_with("postgres"))?;
+    let name = format!("chatwire_t_{}", Uuid::new_v4().simple());
+    let admin = Database::connect(&url).await.expect("PostgreSQL from DATABASE_URL");
+    admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+    admin.close().await.unwrap();
+    let (base, _) = url.rsplit_once('/').expect("a database URL with a path");
+    Some(format!("{base}/{name}"))
 }
 
 /// Collects one answer's events after `chat:start`: the chunks and the final event.

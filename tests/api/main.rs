@@ -3,6 +3,7 @@
 mod auth;
 mod chat;
 mod client;
+mod database;
 mod delivery;
 mod fake_upstream;
 mod faults;
