@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: the Rust suite on SQLite, the same suite on PostgreSQL (when
-# reachable; required under CI=true), and the JavaScript and Python client suites
-# against the built binary.
+# reachable; required under CI=true), then, against the built binary, the
+# socket.io-client suite, the browser tests of the React and Vue examples (Chromium
+# is installed with apt-get when missing) and the python-socketio suite.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh rust       only the Rust suites
@@ -34,14 +35,13 @@ fi
 
 [ "$what" = "rust" ] && exit 0
 
-if [ -f tests/js/package.json ]; then
-  step "JavaScript client suite (socket.io-client, node --test)"
-  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error && npm test)
-fi
+step "JavaScript client suite (socket.io-client, node --test)"
+(cd tests/js && npm ci --no-audit --no-fund --loglevel=error && npm test)
 
-if [ -f tests/py/requirements.txt ]; then
-  step "Python client suite (python-socketio, pytest)"
-  python3 -m venv target/py-venv
-  target/py-venv/bin/pip install --quiet --disable-pip-version-check -r tests/py/requirements.txt
-  target/py-venv/bin/python -m pytest -q tests/py
-fi
+step "Browser tests (React and Vue apps in Chromium) and the socket.io-client compatibility matrix"
+tests/browser/run.sh
+
+step "Python client suite (python-socketio, pytest)"
+python3 -m venv target/py-venv
+target/py-venv/bin/pip install --quiet --disable-pip-version-check -r tests/py/requirements.txt
+target/py-venv/bin/python -m pytest -q -p no:cacheprovider tests/py

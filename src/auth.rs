@@ -162,6 +162,7 @@ pub async fn authenticate(
         })?
     };
     socket.extensions.insert(user);
+    crate::gateway::register_handlers(&socket);
     Ok(())
 }
 

@@ -1,7 +1,9 @@
 //! The `/ai` namespace: connect, `chat:start`, `chat:stop`, disconnect.
 //!
-//! Handlers are registered synchronously in the connect handler, before anything
-//! awaits, so an event sent right after `connect` is never lost.
+//! socketioxide sends the namespace CONNECT packet before it runs the (spawned) connect
+//! handler, so a client may emit before that handler has run. The event handlers are
+//! therefore registered by the auth middleware, which socketioxide awaits before it
+//! answers CONNECT: an event sent right after `connect` is never lost.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -24,11 +26,16 @@ use crate::{
 /// The namespace existing clients connect to.
 pub const NAMESPACE: &str = "/ai";
 
-/// Registers the event handlers of a freshly authenticated socket.
-pub async fn on_connect(socket: SocketRef) {
+/// Registers the event handlers of a freshly authenticated socket. Called by the
+/// connect middleware, before the client learns it is connected.
+pub fn register_handlers(socket: &SocketRef) {
     socket.on("chat:start", chat_start);
     socket.on("chat:stop", chat_stop);
     socket.on_disconnect(on_disconnect);
+}
+
+/// The connect handler: everything was set up by the middleware already.
+pub async fn on_connect(socket: SocketRef) {
     tracing::debug!(sid = %socket.id, "connected");
 }
 

@@ -325,3 +325,69 @@ mod tests {
         assert_eq!(utf16_len("😀a"), 3);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Arbitrary JSON into the payload parsers: never a panic, always a protocol code.
+
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Map, json};
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,40}".prop_map(Value::String),
+            Just(json!("01a2011e-ad51-71af-af86-f2c345ea9909")),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::vec((field_name(), inner), 0..8).prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
+            ]
+        })
+    }
+
+    /// Mostly the protocol's own field names, so the parsers' branches are reached.
+    fn field_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "message", "userId", "conversationId", "model", "maxTokens", "temperature", "clientMessageId",
+                "systemPrompt", "messageId",
+            ])
+            .prop_map(str::to_owned),
+            ".{0,12}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn start_payloads_never_panic(payload in any_json()) {
+            let config = Config::from_vars(Default::default()).unwrap();
+            match StartRequest::parse(&payload, "u1", &config) {
+                Ok(r) => {
+                    prop_assert!(!r.message.trim().is_empty());
+                    prop_assert!((0.0..=2.0).contains(&r.temperature));
+                    prop_assert!(r.max_tokens >= 1);
+                }
+                Err(e) => prop_assert!(matches!(
+                    e.code,
+                    ErrorCode::InvalidPayload | ErrorCode::MessageTooLong | ErrorCode::InvalidParams
+                        | ErrorCode::InvalidModel | ErrorCode::Forbidden
+                )),
+            }
+        }
+
+        #[test]
+        fn stop_payloads_never_panic(payload in any_json()) {
+            if let Err(e) = StopRequest::parse(Some(&payload)) {
+                prop_assert!(matches!(e.code, ErrorCode::InvalidPayload | ErrorCode::InvalidParams));
+            }
+        }
+    }
+}

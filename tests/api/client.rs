@@ -183,6 +183,20 @@ impl Client {
         }
     }
 
+    /// True when the server closes the connection within `wait` (anything else read is dropped).
+    pub async fn wait_closed(&mut self, wait: Duration) -> bool {
+        let Transport::Ws(ws) = &mut self.transport else { panic!("websocket only") };
+        let closed = async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        };
+        tokio::time::timeout(wait, closed).await.is_ok()
+    }
+
     /// Closes the transport abruptly.
     pub async fn close(self) {
         if let Transport::Ws(mut ws) = self.transport {

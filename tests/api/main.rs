@@ -11,4 +11,5 @@ mod helpers;
 mod http;
 mod lifecycle;
 mod limits;
+mod malformed;
 mod transport;

@@ -1,0 +1,329 @@
+import { useEffect, useRef, useState, type FormEvent } from 'react';
+import { useAiSocket, type ConnectionState } from './useAiSocket';
+import { describeError } from './errors';
+import type {
+  ChatStartAck,
+  ChatStartPayload,
+  ChunkEvent,
+  ConversationEvent,
+  EndEvent,
+  ErrorEvent,
+  StoppedEvent,
+  UserMessageEvent,
+} from './protocol';
+
+interface Message {
+  key: number;
+  role: 'user' | 'assistant';
+  content: string;
+  /** user: sending | sent; assistant: complete | stopped | error | interrupted */
+  status: string;
+  meta?: string;
+}
+
+/** idle, or between our chat:start and its final event (chat:end / chat:stopped / chat:error). */
+type Phase = 'idle' | 'waiting' | 'streaming' | 'stopping';
+
+interface ShownError {
+  code: string;
+  message: string;
+}
+
+const STATE_LABEL: Record<ConnectionState, string> = {
+  connecting: 'connecting…',
+  connected: 'connected',
+  reconnecting: 'reconnecting…',
+  unauthorized: 'unauthorized',
+  disconnected: 'disconnected',
+};
+
+let keySeq = 0;
+const nextKey = () => ++keySeq;
+const newClientMessageId = () => `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 12)}`;
+
+export interface AiChatProps {
+  serverUrl: string;
+  accessToken?: string;
+  transports?: ('websocket' | 'polling')[];
+}
+
+export function AiChat({ serverUrl, accessToken, transports }: AiChatProps) {
+  const { socket, state, connectError, reconnect } = useAiSocket(serverUrl, accessToken, transports);
+  const [messages, setMessages] = useState<Message[]>([]);
+  const [input, setInput] = useState('');
+  const [phase, setPhaseState] = useState<Phase>('idle');
+  const [conversationId, setConversationIdState] = useState<string | null>(null);
+  const [currentResponse, setCurrentResponse] = useState('');
+  const [error, setError] = useState<ShownError | null>(null);
+
+  // Refs mirror what the socket handlers need to read. The guide's handlers read
+  // `currentResponse` from the render in which they were registered (always ''),
+  // so its chat:end pushed an empty answer; handlers here read refs instead.
+  const phaseRef = useRef<Phase>('idle');
+  const responseRef = useRef('');
+  const conversationRef = useRef<string | null>(null);
+  const generationRef = useRef<string | null>(null); // messageId of the answer being streamed
+  const transcriptRef = useRef<HTMLDivElement>(null);
+
+  const setPhase = (p: Phase) => {
+    phaseRef.current = p;
+    setPhaseState(p);
+  };
+  const setConversationId = (id: string | null) => {
+    conversationRef.current = id;
+    setConversationIdState(id);
+  };
+  const setResponse = (text: string) => {
+    responseRef.current = text;
+    setCurrentResponse(text);
+  };
+
+  /** Ends the running turn once: moves the answer (full or partial) into the transcript. */
+  const finishTurn = (content: string, status: string, meta?: string) => {
+    if (phaseRef.current === 'idle') return;
+    if (content || status === 'complete') {
+      const item: Message = { key: nextKey(), role: 'assistant', content, status, meta };
+      setMessages((prev) => [...prev, item]);
+    }
+    setResponse('');
+    generationRef.current = null;
+    setPhase('idle');
+  };
+
+  // Chat listeners: registered once per socket and removed with it, so a new socket
+  // (new token) or a re-render never stacks a second copy of a handler. Reconnects
+  // reuse the same socket object and keep these listeners.
+  useEffect(() => {
+    if (!socket) return;
+
+    const isOther = (messageId?: string) =>
+      !!messageId && !!generationRef.current && messageId !== generationRef.current;
+
+    const onConversation = (data: ConversationEvent) => setConversationId(data.conversationId);
+
+    const onUserMessage = (data: UserMessageEvent) => {
+      setMessages((prev) => {
+        const i = prev.findLastIndex((m) => m.role === 'user' && m.status === 'sending');
+        if (i < 0) return prev;
+        const next = prev.slice();
+        next[i] = { ...next[i], status: 'sent' };
+        return next;
+      });
+      if (data.conversationId) setConversationId(data.conversationId);
+    };
+
+    const onChunk = (data: ChunkEvent) => {
+      if (phaseRef.current === 'idle' || isOther(data.messageId)) return;
+      // chatwire numbers chunks: an offset below what we have is a repeat.
+      if (typeof data.offset === 'number' && data.offset < responseRef.current.length) return;
+      if (!generationRef.current && data.messageId) generationRef.current = data.messageId;
+      setResponse(responseRef.current + data.content);
+      if (phaseRef.current === 'waiting') setPhase('streaming');
+    };
+
+    const onEnd = (data: EndEvent) => {
+      if (isOther(data.messageId)) return;
+      if (data.conversationId) setConversationId(data.conversationId);
+      // chat:end.content is the whole answer as stored; fall back to what streamed.
+      const meta = [
+        data.finishReason === 'stop' ? 'done' : data.finishReason && `finish: ${data.finishReason}`,
+        data.totalTokens != null ? `${data.totalTokens} tokens` : null,
+      ]
+        .filter(Boolean)
+        .join(' · ');
+      finishTurn(data.content ?? responseRef.current, 'complete', meta);
+    };
+
+    const onStopped = (data: StoppedEvent) => {
+      if (isOther(data.messageId)) return;
+      // Keep the partial answer (the guide threw it away).
+      finishTurn(data.content ?? responseRef.current, 'stopped', 'stopped');
+    };
+
+    const onError = (data: ErrorEvent) => {
+      const code = data.code ?? 'ERROR';
+      setError({ code, message: describeError(code, data.message) });
+      if (!isOther(data.messageId)) finishTurn(responseRef.current, 'error', code);
+    };
+
+    const onDisconnect = () => {
+      // This socket will not hear the rest of a running answer.
+      if (phaseRef.current !== 'idle') {
+        setError({ code: 'DISCONNECTED', message: describeError('DISCONNECTED') });
+        finishTurn(responseRef.current, 'interrupted', 'interrupted');
+      }
+    };
+
+    socket.on('chat:conversation', onConversation);
+    socket.on('chat:user-message', onUserMessage);
+    socket.on('chat:message', onChunk);
+    socket.on('chat:end', onEnd);
+    socket.on('chat:stopped', onStopped);
+    socket.on('chat:error', onError);
+    socket.on('disconnect', onDisconnect);
+    return () => {
+      socket.off('chat:conversation', onConversation);
+      socket.off('chat:user-message', onUserMessage);
+      socket.off('chat:message', onChunk);
+      socket.off('chat:end', onEnd);
+      socket.off('chat:stopped', onStopped);
+      socket.off('chat:error', onError);
+      socket.off('disconnect', onDisconnect);
+    };
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [socket]);
+
+  // Keep the newest text in view.
+  useEffect(() => {
+    const el = transcriptRef.current;
+    if (el) el.scrollTop = el.scrollHeight;
+  }, [messages, currentResponse]);
+
+  const connected = state === 'connected';
+  const busy = phase !== 'idle';
+
+  const sendMessage = (e?: FormEvent) => {
+    e?.preventDefault();
+    const text = input.trim();
+    if (!socket || !connected || !text || phaseRef.current !== 'idle') return;
+
+    setError(null);
+    setResponse('');
+    generationRef.current = null;
+    setPhase('waiting');
+    setMessages((prev) => [...prev, { key: nextKey(), role: 'user', content: text, status: 'sending' }]);
+
+    // No userId (the server takes the user from the token) and no `conversationId: null`:
+    // only a known conversation is sent, so the follow-up continues it.
+    const payload: ChatStartPayload = { message: text, clientMessageId: newClientMessageId() };
+    if (conversationRef.current) payload.conversationId = conversationRef.current;
+
+    socket.emit('chat:start', payload, (ack: ChatStartAck) => {
+      if (!ack) return;
+      if (ack.ok) {
+        generationRef.current = ack.messageId;
+        setConversationId(ack.conversationId);
+      } else {
+        setError({ code: ack.error.code, message: describeError(ack.error.code, ack.error.message) });
+        finishTurn(responseRef.current, 'error', ack.error.code);
+      }
+    });
+    setInput('');
+  };
+
+  const stopStreaming = () => {
+    if (!socket || (phaseRef.current !== 'waiting' && phaseRef.current !== 'streaming')) return;
+    // Wait for chat:stopped (with the partial answer) instead of clearing at once.
+    setPhase('stopping');
+    const messageId = generationRef.current;
+    if (messageId) socket.emit('chat:stop', { messageId });
+    else socket.emit('chat:stop');
+  };
+
+  const newConversation = () => {
+    if (busy) return;
+    setConversationId(null);
+    setMessages([]);
+    setError(null);
+  };
+
+  const shownError: ShownError | null =
+    state === 'unauthorized'
+      ? { code: 'unauthorized', message: describeError('unauthorized') }
+      : error;
+
+  return (
+    <div className="ai-chat" data-testid="ai-chat">
+      <header className="chat-header">
+        <div className="title">
+          <h1>chatwire</h1>
+          <span className="subtitle">React · {accessToken ? 'JWT' : 'open mode'} · {serverUrl}</span>
+        </div>
+        <div className="status-row">
+          <span className={`conn conn-${state}`} data-testid="connection-state" data-state={state}>
+            <span className="dot" /> {STATE_LABEL[state]}
+          </span>
+          {state === 'reconnecting' && connectError && <span className="conn-detail">{connectError}</span>}
+        </div>
+      </header>
+
+      <div className="conversation-bar">
+        <span>
+          conversation:{' '}
+          <code data-testid="conversation-id" data-conversation-id={conversationId ?? ''}>
+            {conversationId ?? 'new'}
+          </code>
+        </span>
+        <button type="button" className="link" onClick={newConversation} disabled={busy} data-testid="new-conversation">
+          New conversation
+        </button>
+      </div>
+
+      <div className="messages" data-testid="transcript" ref={transcriptRef}>
+        {messages.length === 0 && !busy && <p className="empty">Ask anything to start a conversation.</p>}
+        {messages.map((msg) => (
+          <div
+            key={msg.key}
+            className={`message ${msg.role} status-${msg.status}`}
+            data-testid="message"
+            data-role={msg.role}
+            data-status={msg.status}
+          >
+            <strong className="role">{msg.role}</strong>
+            <div className="content" data-testid="message-content">{msg.content}</div>
+            {msg.meta && <div className="meta">{msg.meta}</div>}
+          </div>
+        ))}
+
+        {busy && (
+          <div className="message assistant streaming" data-testid="streaming-message" data-phase={phase}>
+            <strong className="role">assistant</strong>
+            <div className="content">
+              <span data-testid="streaming-content">{currentResponse}</span>
+              <span className="cursor" data-testid="cursor">▊</span>
+            </div>
+          </div>
+        )}
+      </div>
+
+      {shownError && (
+        <div className="error" role="alert" data-testid="error" data-code={shownError.code}>
+          <code data-testid="error-code">{shownError.code}</code>
+          <span data-testid="error-message">{shownError.message}</span>
+          {state === 'unauthorized' || state === 'disconnected' ? (
+            <button type="button" className="link" onClick={reconnect}>Retry</button>
+          ) : (
+            <button type="button" className="link" onClick={() => setError(null)} aria-label="Dismiss">×</button>
+          )}
+        </div>
+      )}
+
+      <form className="input-area" onSubmit={sendMessage}>
+        <input
+          type="text"
+          value={input}
+          onChange={(e) => setInput(e.target.value)}
+          disabled={busy}
+          placeholder={connected ? 'Type your message…' : 'Waiting for the connection…'}
+          data-testid="message-input"
+          autoFocus
+        />
+        {!busy ? (
+          <button type="submit" disabled={!input.trim() || !connected} data-testid="send-button">
+            Send
+          </button>
+        ) : (
+          <button
+            type="button"
+            className="stop"
+            onClick={stopStreaming}
+            disabled={phase === 'stopping'}
+            data-testid="stop-button"
+          >
+            {phase === 'stopping' ? 'Stopping…' : 'Stop'}
+          </button>
+        )}
+      </form>
+    </div>
+  );
+}

@@ -1,0 +1,12 @@
+import { createApp } from 'vue';
+import AiChat from './AiChat.vue';
+import { readConfig } from './config';
+import './styles.css';
+
+const config = readConfig();
+
+createApp(AiChat, {
+  serverUrl: config.serverUrl,
+  accessToken: config.token,
+  transports: config.transports,
+}).mount('#app');

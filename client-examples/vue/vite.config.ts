@@ -1,0 +1,16 @@
+import { defineConfig } from 'vite';
+import vue from '@vitejs/plugin-vue';
+
+export default defineConfig({
+  plugins: [vue()],
+  // Relative asset URLs: dist/ can be served from any path (the browser tests serve it
+  // from a throwaway static server).
+  base: './',
+  server: {
+    // chatwire's default CORS_ORIGIN is exactly http://localhost:5173: stay on that
+    // port (fail loudly instead of silently moving to 5174, which CORS would refuse).
+    host: 'localhost',
+    port: 5173,
+    strictPort: true,
+  },
+});

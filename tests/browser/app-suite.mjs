@@ -1,0 +1,335 @@
+// The browser scenarios, run the same way against each example app (React, Vue):
+// the built app in headless Chromium, talking to the real chatwire binary.
+
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import {
+  Chatwire,
+  MOCK_RESPONSE,
+  REPO,
+  UUID_RE,
+  ensureBuilt,
+  launchBrowser,
+  mintToken,
+  recordFrames,
+  serveStatic,
+  sleep,
+} from './support.mjs';
+
+const T = 60_000; // per test
+
+// Mid-conversation screenshots: into docs/screenshots/ with UPDATE_SCREENSHOTS=1,
+// otherwise into target/ (ignored by git) so a test run leaves the checkout clean.
+const SCREENSHOT_DIR =
+  process.env.UPDATE_SCREENSHOTS === '1'
+    ? path.join(REPO, 'docs/screenshots')
+    : path.join(REPO, 'target/browser-screenshots');
+
+const sel = {
+  state: '[data-testid="connection-state"]',
+  conversation: '[data-testid="conversation-id"]',
+  input: '[data-testid="message-input"]',
+  send: '[data-testid="send-button"]',
+  stop: '[data-testid="stop-button"]',
+  streaming: '[data-testid="streaming-message"]',
+  streamingContent: '[data-testid="streaming-content"]',
+  cursor: '[data-testid="cursor"]',
+  message: '[data-testid="message"]',
+  assistant: '[data-testid="message"][data-role="assistant"]',
+  errorCode: '[data-testid="error-code"]',
+};
+
+export function defineAppSuite(app) {
+  describe(`${app} example app in Chromium`, () => {
+    let web;
+    let server;
+    let browser;
+
+    before(async () => {
+      const dist = ensureBuilt(app);
+      web = await serveStatic(dist);
+      server = new Chatwire({
+        corsOrigin: web.origin,
+        env: { MAX_MESSAGE_CHARS: '500' },
+      });
+      await server.start();
+      browser = await launchBrowser();
+    });
+
+    after(async () => {
+      await browser?.close();
+      await server?.dispose();
+      await web?.close();
+    });
+
+    /** A fresh page (own context, so nothing is shared between tests) with the app open. */
+    async function openApp({ token, serverUrl = server.url, transport, waitFor = 'connected' } = {}) {
+      const context = await browser.newContext({ viewport: { width: 900, height: 720 } });
+      const page = await context.newPage();
+      const frames = recordFrames(page);
+      const logs = [];
+      page.on('console', (m) => logs.push(`[console.${m.type()}] ${m.text()}`));
+      page.on('pageerror', (e) => logs.push(`[pageerror] ${e.message}`));
+      const q = new URLSearchParams({ server: serverUrl });
+      if (token) q.set('token', token);
+      if (transport) q.set('transport', transport);
+      await page.goto(`${web.origin}/?${q}`);
+      if (waitFor) {
+        await page.waitForSelector(`${sel.state}[data-state="${waitFor}"]`, { timeout: 15_000 }).catch((e) => {
+          throw new Error(`${e.message}\npage log:\n${logs.join('\n')}\nserver log:\n${server.output}`);
+        });
+      }
+      return { page, frames, logs, close: () => context.close() };
+    }
+
+    async function ask(page, text) {
+      await page.fill(sel.input, text);
+      await page.press(sel.input, 'Enter');
+    }
+
+    const assistantTexts = (page) => page.$$eval(`${sel.assistant} [data-testid="message-content"]`, (els) => els.map((e) => e.textContent));
+
+    /** Waits until the transcript holds `n` assistant messages; returns their data-status and text. */
+    async function waitAssistant(page, n) {
+      await page.waitForFunction(
+        ([s, count]) => document.querySelectorAll(s).length >= count && !document.querySelector('[data-testid="streaming-message"]'),
+        [sel.assistant, n],
+        { timeout: 20_000 },
+      );
+      return page.$$eval(sel.assistant, (els) =>
+        els.map((e) => ({ status: e.dataset.status, content: e.querySelector('[data-testid="message-content"]').textContent })),
+      );
+    }
+
+    /** The streamed text once it holds at least `minWords` words (and is still streaming). */
+    async function waitPartial(page, minWords) {
+      const h = await page.waitForFunction(
+        ([s, min]) => {
+          const t = document.querySelector(s)?.textContent ?? '';
+          return t.trim().split(/\s+/).filter(Boolean).length >= min ? t : null;
+        },
+        [sel.streamingContent, minWords],
+        { timeout: 20_000, polling: 10 },
+      );
+      return h.jsonValue();
+    }
+
+    const conversationId = (page) => page.getAttribute(sel.conversation, 'data-conversation-id');
+
+    test('streams the answer with a cursor; the transcript ends with the whole answer', { timeout: T }, async () => {
+      const { page, close, logs } = await openApp({ token: server.token() });
+      try {
+        await ask(page, 'How do streaming answers work?');
+
+        // Intermediate states: the cursor is shown and the text grows through strict prefixes.
+        const seen = new Set();
+        const deadline = Date.now() + 20_000;
+        while (Date.now() < deadline) {
+          const t = await page.$eval(sel.streamingContent, (e) => e.textContent).catch(() => null);
+          if (t === null) break; // streaming over
+          if (t) seen.add(t);
+          await sleep(15);
+        }
+        const partials = [...seen].filter((t) => t !== MOCK_RESPONSE);
+        assert.ok(partials.length >= 2, `expected several partial texts while streaming, saw ${JSON.stringify([...seen])}`);
+        for (const t of partials) assert.ok(MOCK_RESPONSE.startsWith(t), `partial text is not a prefix of the answer: ${JSON.stringify(t)}`);
+
+        const answers = await waitAssistant(page, 1);
+        assert.deepEqual(answers, [{ status: 'complete', content: MOCK_RESPONSE }]);
+        const users = await page.$$eval('[data-testid="message"][data-role="user"]', (els) => els.map((e) => e.querySelector('[data-testid="message-content"]').textContent));
+        assert.deepEqual(users, ['How do streaming answers work?']);
+        assert.match(await conversationId(page), UUID_RE);
+        assert.equal(await page.$(sel.cursor), null, 'the cursor is gone after chat:end');
+        assert.equal(await page.$(sel.errorCode), null);
+      } catch (e) {
+        e.message += `\npage log:\n${logs.join('\n')}`;
+        throw e;
+      } finally {
+        await close();
+      }
+    });
+
+    test('Stop mid-answer keeps the partial answer (chat:stopped.content) in the transcript', { timeout: 90_000 }, async () => {
+      // On a loaded machine the whole answer (40 tokens, 30 ms apart) may be out before
+      // the click lands; that is a race of the test, not a failure: ask again (3 tries).
+      for (let attempt = 1; ; attempt++) {
+        const { page, frames, close } = await openApp({ token: server.token() });
+        try {
+          await ask(page, 'Tell me everything, slowly.');
+          await waitPartial(page, 3);
+          assert.ok(await page.isVisible(sel.cursor), 'cursor shown while streaming');
+          await page.click(sel.stop);
+
+          const answers = await waitAssistant(page, 1);
+          assert.equal(answers.length, 1);
+          if (answers[0].status === 'complete' && attempt < 3) {
+            console.log(`# attempt ${attempt}: the answer ended before Stop landed; trying again`);
+            continue;
+          }
+          assert.equal(answers[0].status, 'stopped');
+          const kept = answers[0].content;
+          assert.ok(kept.length > 0, 'the partial answer is not empty');
+          assert.ok(kept.length < MOCK_RESPONSE.length, `stopped before the end: ${JSON.stringify(kept)}`);
+          assert.ok(MOCK_RESPONSE.startsWith(kept), `the kept text is a prefix of the answer: ${JSON.stringify(kept)}`);
+
+          // The UI shows what the server stored and announced.
+          const stopped = frames.find((f) => f.dir === 'received' && f.name === 'chat:stopped');
+          assert.ok(stopped, 'chat:stopped received');
+          assert.equal(stopped.args[0].content, kept);
+          const streamed = frames
+            .filter((f) => f.dir === 'received' && f.name === 'chat:message')
+            .map((f) => f.args[0].content)
+            .join('');
+          assert.equal(kept, streamed, 'chat:stopped.content is exactly what was streamed');
+          assert.ok(!frames.some((f) => f.dir === 'received' && f.name === 'chat:end'), 'no chat:end after a stop');
+          const stop = frames.find((f) => f.dir === 'sent' && f.name === 'chat:stop');
+          const ack = frames.find((f) => f.dir === 'received' && f.type === 'ack' && f.args[0]?.messageId);
+          assert.equal(stop.args[0]?.messageId, ack.args[0].messageId, 'chat:stop names the running answer');
+
+          // Usable again at once.
+          assert.ok(await page.isEnabled(sel.input));
+          await ask(page, 'Go on.');
+          const after = await waitAssistant(page, 2);
+          assert.deepEqual(after[1], { status: 'complete', content: MOCK_RESPONSE });
+          return;
+        } finally {
+          await close();
+        }
+      }
+    });
+
+    test('a follow-up continues the same conversation (no new conversation is created)', { timeout: T }, async () => {
+      const { page, frames, close } = await openApp({ token: server.token() });
+      try {
+        await ask(page, 'First question?');
+        await waitAssistant(page, 1);
+        const first = await conversationId(page);
+        assert.match(first, UUID_RE);
+
+        await ask(page, 'And a follow-up?');
+        await waitPartial(page, 6);
+        // Mid-conversation: two questions, one answer, the second one streaming.
+        fs.mkdirSync(SCREENSHOT_DIR, { recursive: true });
+        await page.screenshot({ path: path.join(SCREENSHOT_DIR, `${app}.png`) });
+
+        const answers = await waitAssistant(page, 2);
+        assert.deepEqual(answers.map((a) => a.status), ['complete', 'complete']);
+        assert.equal(answers[1].content, MOCK_RESPONSE);
+        assert.equal(await conversationId(page), first, 'same conversation id shown');
+
+        const starts = frames.filter((f) => f.dir === 'sent' && f.name === 'chat:start');
+        assert.equal(starts.length, 2);
+        assert.equal(starts[0].args[0].conversationId, undefined, 'first start opens a conversation');
+        assert.equal(starts[1].args[0].conversationId, first, 'follow-up sends the conversation id');
+        assert.ok(!('userId' in starts[1].args[0]), 'the app sends no userId');
+        const created = frames.filter((f) => f.dir === 'received' && f.name === 'chat:conversation');
+        assert.equal(created.length, 1, 'chat:conversation only for the first question');
+        const ends = frames.filter((f) => f.dir === 'received' && f.name === 'chat:end');
+        assert.deepEqual(ends.map((e) => e.args[0].conversationId), [first, first]);
+      } finally {
+        await close();
+      }
+    });
+
+    test('a refused token shows "unauthorized"', { timeout: T }, async () => {
+      const wrongSecret = mintToken('not-the-server-secret');
+      const expired = server.token({ sub: 'user-1', exp: Math.floor(Date.now() / 1000) - 600 }, {});
+      for (const [label, token] of [['wrong secret', wrongSecret], ['expired', expired], ['no token', undefined], ['garbage', 'abc.def.ghi']]) {
+        const { page, close } = await openApp({ token, waitFor: 'unauthorized' });
+        try {
+          assert.equal(await page.textContent(sel.errorCode), 'unauthorized', label);
+          assert.match(await page.textContent(sel.state), /unauthorized/, label);
+          assert.ok(await page.isDisabled(sel.send), `${label}: cannot send`);
+        } finally {
+          await close();
+        }
+      }
+    });
+
+    test('a chat:error is shown by its code and the chat goes on', { timeout: T }, async () => {
+      const { page, close } = await openApp({ token: server.token() });
+      try {
+        await ask(page, 'x'.repeat(600)); // MAX_MESSAGE_CHARS=500
+        await page.waitForSelector(`${sel.errorCode}:text-is("MESSAGE_TOO_LONG")`, { timeout: 10_000 });
+        assert.equal(await page.getAttribute('[data-testid="error"]', 'data-code'), 'MESSAGE_TOO_LONG');
+        assert.equal((await assistantTexts(page)).length, 0);
+
+        await ask(page, 'A short one, then.');
+        const answers = await waitAssistant(page, 1);
+        assert.deepEqual(answers, [{ status: 'complete', content: MOCK_RESPONSE }]);
+        assert.equal(await page.$(sel.errorCode), null, 'the error is cleared by the next question');
+      } finally {
+        await close();
+      }
+    });
+
+    test('over long-polling (then upgrade) too: CORS allows the app origin', { timeout: T }, async () => {
+      const { page, close } = await openApp({ token: server.token(), transport: 'polling' });
+      try {
+        await ask(page, 'Polling?');
+        const answers = await waitAssistant(page, 1);
+        assert.deepEqual(answers, [{ status: 'complete', content: MOCK_RESPONSE }]);
+      } finally {
+        await close();
+      }
+    });
+
+    test('shows the connection state across a server restart and chats on, once', { timeout: 90_000 }, async () => {
+      const { page, frames, close } = await openApp({ token: server.token() });
+      try {
+        await ask(page, 'Before the restart?');
+        await waitAssistant(page, 1);
+        const conv = await conversationId(page);
+
+        await server.stop();
+        await page.waitForSelector(`${sel.state}[data-state="reconnecting"]`, { timeout: 15_000 });
+        assert.ok(await page.isDisabled(sel.send), 'cannot send while reconnecting');
+        await server.start(); // same port, same database, same secret
+        await page.waitForSelector(`${sel.state}[data-state="connected"]`, { timeout: 30_000 });
+
+        const before = frames.length;
+        await ask(page, 'After the restart?');
+        // While streaming, the text is always a prefix: no doubled chunks from stacked listeners.
+        const deadline = Date.now() + 20_000;
+        while (Date.now() < deadline) {
+          const t = await page.$eval(sel.streamingContent, (e) => e.textContent).catch(() => null);
+          if (t === null) break;
+          assert.ok(MOCK_RESPONSE.startsWith(t), `streamed text is a prefix: ${JSON.stringify(t)}`);
+          await sleep(20);
+        }
+        const answers = await waitAssistant(page, 2);
+        assert.deepEqual(answers, [
+          { status: 'complete', content: MOCK_RESPONSE },
+          { status: 'complete', content: MOCK_RESPONSE },
+        ]);
+        assert.equal(await conversationId(page), conv, 'the conversation survives the restart');
+        const later = frames.slice(before);
+        assert.equal(later.filter((f) => f.name === 'chat:start').length, 1, 'one chat:start after reconnecting');
+        assert.equal(later.filter((f) => f.name === 'chat:conversation').length, 0);
+      } finally {
+        await close();
+      }
+    });
+
+    test('open mode: no token, zero configuration', { timeout: T }, async () => {
+      const open = new Chatwire({ secret: null, corsOrigin: web.origin });
+      await open.start();
+      try {
+        const { page, close } = await openApp({ serverUrl: open.url });
+        try {
+          assert.match(await page.textContent('.subtitle'), /open mode/);
+          await ask(page, 'Anyone there?');
+          const answers = await waitAssistant(page, 1);
+          assert.deepEqual(answers, [{ status: 'complete', content: MOCK_RESPONSE }]);
+        } finally {
+          await close();
+        }
+      } finally {
+        await open.dispose();
+      }
+    });
+  });
+}

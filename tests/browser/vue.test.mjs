@@ -1,0 +1,3 @@
+import { defineAppSuite } from './app-suite.mjs';
+
+defineAppSuite('vue');

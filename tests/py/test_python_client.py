@@ -1,0 +1,326 @@
+"""chatwire end to end through python-socketio's asyncio client.
+
+Starts the `chatwire` binary (CHATWIRE_BIN, default ../../target/debug/chatwire
+relative to this file) on a free port with the built-in mock upstream, then chats
+over the `/ai` namespace the way a Python client would.
+"""
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+import socketio
+
+NS = "/ai"
+HERE = os.path.dirname(os.path.abspath(__file__))
+BIN = os.path.abspath(os.environ.get("CHATWIRE_BIN")
+                      or os.path.join(HERE, "..", "..", "target", "debug", "chatwire"))
+SECRET = "py-test-secret-" + uuid.uuid4().hex
+# Non-ASCII on purpose: `offset` counts UTF-16 code units.
+MOCK_RESPONSE = ("Hello from the mock! Naïve café 🚀 rockets\nfly over €100 and "
+                 "日本語 text, then a few more words to stream slowly enough to stop.")
+FINAL = ("chat:end", "chat:stopped", "chat:error")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+
+
+def mock_tokens(text):
+    """Each mock token is a word plus the whitespace after it."""
+    return re.findall(r"\S+\s*", text)
+
+
+def utf16_len(text):
+    return len(text.encode("utf-16-le")) // 2
+
+
+def b64url(raw):
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def make_jwt(payload, secret=SECRET, ttl=3600):
+    """HS256 exactly like jsonwebtoken (NestJS JwtService) signs it."""
+    now = int(time.time())
+    body = {"iat": now, "exp": now + ttl, **payload}
+    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    claims = b64url(json.dumps(body, separators=(",", ":")).encode())
+    signing_input = f"{header}.{claims}".encode()
+    sig = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
+    return f"{header}.{claims}.{b64url(sig)}"
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not os.path.exists(BIN):
+        pytest.fail(f"chatwire binary not found at {BIN}; build it or set CHATWIRE_BIN")
+    port = free_port()
+    tmp = tempfile.mkdtemp(prefix="chatwire-py-")
+    database_url = os.environ.get("DATABASE_URL") or \
+        f"sqlite://{os.path.join(tmp, 'chatwire.db')}?mode=rwc"
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR", "TZ", "LANG", "LC_ALL")
+           if k in os.environ}
+    env.update({
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "JWT_SECRET": SECRET,
+        "DATABASE_URL": database_url,
+        "MOCK_RESPONSE": MOCK_RESPONSE,
+        "MOCK_TOKEN_DELAY_MS": "20",
+        "MOCK_FIRST_TOKEN_DELAY_MS": "20",
+        "RUST_LOG": "warn",
+    })
+    log = open(os.path.join(tmp, "server.log"), "wb")
+    # cwd is the scratch directory so that no `.env` of the checkout is read.
+    proc = subprocess.Popen([BIN, "serve"], env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        problem = "no answer yet"
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"chatwire exited with {proc.returncode}:\n{read_log(tmp)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"chatwire not healthy after 60 s ({problem}):\n{read_log(tmp)}")
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as res:
+                    body = json.loads(res.read())
+                    if res.status == 200 and body.get("status") == "ok":
+                        break
+                    problem = f"HTTP {res.status} {body}"
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                problem = str(exc)
+            time.sleep(0.05)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_log(tmp):
+    try:
+        with open(os.path.join(tmp, "server.log"), "rb") as f:
+            return f.read()[-8000:].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class Client:
+    """An AsyncClient on /ai that records every event in arrival order."""
+
+    def __init__(self):
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events = []
+        self.changed = asyncio.Event()
+        self.connect_errors = []
+
+        @self.sio.on("*", namespace=NS)
+        async def any_event(event, data=None):
+            self.events.append((event, data))
+            self.changed.set()
+
+        @self.sio.on("connect_error", namespace=NS)
+        async def connect_error(data=None):
+            self.connect_errors.append(data)
+
+    async def connect(self, url, token, transports=None):
+        await self.sio.connect(url, namespaces=[NS], transports=transports,
+                               auth={"token": token} if token is not None else None,
+                               wait_timeout=10)
+
+    async def wait_for(self, pred, start=0, timeout=15):
+        async def loop():
+            while True:
+                for ev in self.events[start:]:
+                    if pred(ev):
+                        return ev
+                self.changed.clear()
+                await self.changed.wait()
+        return await asyncio.wait_for(loop(), timeout)
+
+    async def wait_final(self, start=0, timeout=15):
+        return await self.wait_for(lambda e: e[0] in FINAL, start, timeout)
+
+    async def close(self):
+        await self.sio.disconnect()
+
+
+def assert_complete_stream(events, user_message, new_conversation, conversation_id=None):
+    names = [e[0] for e in events]
+    i = 0
+    if new_conversation:
+        assert names[0] == "chat:conversation", events
+        assert set(events[0][1]) == {"conversationId"}
+        conversation_id = events[0][1]["conversationId"]
+        assert UUID_RE.match(conversation_id)
+        i = 1
+    else:
+        assert "chat:conversation" not in names, events
+    assert names[i] == "chat:user-message", events
+    um = events[i][1]
+    assert set(um) == {"messageId", "content", "conversationId"}
+    assert um["content"] == user_message
+    assert um["conversationId"] == conversation_id
+    i += 1
+
+    text = ""
+    seq = 0
+    message_id = None
+    while names[i] == "chat:message":
+        m = events[i][1]
+        assert set(m) == {"content", "isComplete", "messageId", "conversationId", "seq", "offset"}, m
+        assert m["isComplete"] is False
+        assert m["conversationId"] == conversation_id
+        message_id = message_id or m["messageId"]
+        assert m["messageId"] == message_id
+        assert m["seq"] == seq, m
+        assert m["offset"] == utf16_len(text), m
+        text += m["content"]
+        seq += 1
+        i += 1
+    assert seq > 0, events
+
+    assert names[i:] == ["chat:end"], events
+    end = events[i][1]
+    assert set(end) == {"messageId", "conversationId", "totalTokens", "model", "finishReason",
+                        "promptTokens", "completionTokens", "content"}, end
+    assert end["messageId"] == message_id
+    assert end["messageId"] != um["messageId"]
+    assert end["conversationId"] == conversation_id
+    assert end["model"] == "gpt-4"
+    assert end["finishReason"] == "stop"
+    assert end["content"] == text == MOCK_RESPONSE
+    assert end["completionTokens"] == len(mock_tokens(MOCK_RESPONSE))
+    assert end["totalTokens"] == end["promptTokens"] + end["completionTokens"]
+    return {"conversation_id": conversation_id, "message_id": message_id,
+            "user_message_id": um["messageId"]}
+
+
+def user_token():
+    return make_jwt({"sub": f"py-user-{uuid.uuid4()}", "email": "py@example.test"})
+
+
+@pytest.mark.parametrize("transports", [["websocket"], None], ids=["websocket", "polling-upgrade"])
+def test_chat_stream(server, transports):
+    async def run():
+        c = Client()
+        await c.connect(server, user_token(), transports=transports)
+        try:
+            await c.sio.emit("chat:start", {"message": "Explain quantum computing"}, namespace=NS)
+            await c.wait_final()
+            first = assert_complete_stream(c.events, "Explain quantum computing", True)
+
+            # Continue the conversation: no chat:conversation, same id.
+            start = len(c.events)
+            await c.sio.emit("chat:start", {"message": "And then?",
+                                            "conversationId": first["conversation_id"]},
+                             namespace=NS)
+            await c.wait_final(start)
+            assert_complete_stream(c.events[start:], "And then?", False, first["conversation_id"])
+        finally:
+            await c.close()
+
+    asyncio.run(run())
+
+
+def test_chat_start_ack(server):
+    async def run():
+        c = Client()
+        await c.connect(server, user_token(), transports=["websocket"])
+        try:
+            ack = await c.sio.call("chat:start", {"message": "with ack", "conversationId": None},
+                                   namespace=NS, timeout=10)
+            assert set(ack) == {"ok", "conversationId", "userMessageId", "messageId"}, ack
+            assert ack["ok"] is True
+            await c.wait_final()
+            r = assert_complete_stream(c.events, "with ack", True)
+            assert ack["conversationId"] == r["conversation_id"]
+            assert ack["messageId"] == r["message_id"]
+            assert ack["userMessageId"] == r["user_message_id"]
+        finally:
+            await c.close()
+
+    asyncio.run(run())
+
+
+def test_chat_stop(server):
+    async def run():
+        c = Client()
+        await c.connect(server, user_token(), transports=["websocket"])
+        try:
+            await c.sio.emit("chat:start", {"message": "stop me"}, namespace=NS)
+            await c.wait_for(lambda e: e[0] == "chat:message" and e[1]["seq"] == 2)
+            ack = await c.sio.call("chat:stop", namespace=NS, timeout=10)
+            assert ack == {"ok": True, "stopped": True}
+            final = await c.wait_final()
+            await asyncio.sleep(0.3)
+            assert final[0] == "chat:stopped", c.events
+            assert "chat:end" not in [e[0] for e in c.events]
+            chunks = "".join(d["content"] for n, d in c.events if n == "chat:message")
+            assert set(final[1]) == {"messageId", "conversationId", "content"}
+            assert final[1]["content"] == chunks
+            assert MOCK_RESPONSE.startswith(chunks) and len(chunks) < len(MOCK_RESPONSE)
+            # Nothing is running now.
+            assert await c.sio.call("chat:stop", namespace=NS, timeout=10) == \
+                {"ok": True, "stopped": False}
+        finally:
+            await c.close()
+
+    asyncio.run(run())
+
+
+def test_chat_error_then_usable(server):
+    async def run():
+        c = Client()
+        await c.connect(server, user_token(), transports=["websocket"])
+        try:
+            await c.sio.emit("chat:start", {"message": ""}, namespace=NS)
+            name, data = await c.wait_final()
+            assert name == "chat:error"
+            assert data["code"] == "INVALID_PAYLOAD" and data["message"]
+            start = len(c.events)
+            await c.sio.emit("chat:start", {"message": "valid now"}, namespace=NS)
+            await c.wait_final(start)
+            assert_complete_stream(c.events[start:], "valid now", True)
+        finally:
+            await c.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("token", [
+    make_jwt({"sub": "intruder"}, secret="wrong-secret"),
+    make_jwt({"sub": "late", "iat": int(time.time()) - 7200}, ttl=-3600),
+    None,
+], ids=["wrong-secret", "expired", "no-token"])
+def test_bad_token_refused(server, token):
+    async def run():
+        c = Client()
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await c.connect(server, token, transports=["websocket"])
+        assert c.connect_errors == [{"message": "unauthorized"}], c.connect_errors
+        assert not c.sio.connected
+
+    asyncio.run(run())
