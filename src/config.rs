@@ -74,6 +74,9 @@ pub struct MockConfig {
     pub response: String,
     pub token_delay: Duration,
     pub first_token_delay: Duration,
+    /// Benchmark mode: each token is its write time in microseconds, and an answer has
+    /// exactly the requested `max_tokens` tokens.
+    pub stamp: bool,
 }
 
 impl Default for MockConfig {
@@ -82,6 +85,7 @@ impl Default for MockConfig {
             response: DEFAULT_MOCK_RESPONSE.to_owned(),
             token_delay: Duration::from_millis(25),
             first_token_delay: Duration::from_millis(0),
+            stamp: false,
         }
     }
 }
@@ -288,6 +292,7 @@ fn upstream_config(env: &Vars) -> Result<UpstreamConfig, ConfigError> {
         }
         mock.token_delay = Duration::from_millis(env.parse("MOCK_TOKEN_DELAY_MS", 25u64)?);
         mock.first_token_delay = Duration::from_millis(env.parse("MOCK_FIRST_TOKEN_DELAY_MS", 0u64)?);
+        mock.stamp = env.parse("MOCK_STAMP", false)?;
         return Ok(UpstreamConfig::Mock(mock));
     }
     let base_url = base_url.unwrap_or("https://api.openai.com/v1").trim_end_matches('/').to_owned();

@@ -102,6 +102,16 @@ pub fn tokenize(text: &str) -> Vec<&str> {
     tokens
 }
 
+/// Most tokens one stamped answer may have.
+const MAX_STAMPED_TOKENS: usize = 100_000;
+
+/// A token that says when it was written: microseconds since the Unix epoch and a space.
+/// Clients on the same host subtract it from their read time to get delivery lag.
+pub fn stamp_token() -> String {
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+    format!("{micros} ")
+}
+
 async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value>) -> Response {
     if let Ok(mut log) = state.requests.lock() {
         log.push(body.clone());
@@ -126,8 +136,10 @@ async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value
     let config = state.config.clone();
     let stream = async_stream::stream! {
         let all = tokenize(&config.response);
-        let n = all.len().min(usize::try_from(max_tokens).unwrap_or(usize::MAX));
-        let finish = if n < all.len() { "length" } else { "stop" };
+        let limit = usize::try_from(max_tokens).unwrap_or(usize::MAX);
+        // Stamp mode answers exactly `max_tokens` tokens (benchmarks set the length that way).
+        let n = if config.stamp { limit.clamp(1, MAX_STAMPED_TOKENS) } else { all.len().min(limit) };
+        let finish = if !config.stamp && n < all.len() { "length" } else { "stop" };
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let chunk = |delta: Value, finish: Value| json!({
             "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": created, "model": model,
@@ -135,10 +147,13 @@ async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value
         });
         tokio::time::sleep(config.first_token_delay).await;
         yield Ok::<_, Infallible>(Event::default().data(chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string()));
-        for (i, token) in all.iter().take(n).enumerate() {
-            if i > 0 {
-                tokio::time::sleep(config.token_delay).await;
+        // An interval keeps the configured rate, where a sleep per token would drift slower.
+        let mut pace = (!config.token_delay.is_zero()).then(|| tokio::time::interval(config.token_delay));
+        for i in 0..n {
+            if let Some(pace) = pace.as_mut() {
+                pace.tick().await;
             }
+            let token = if config.stamp { stamp_token() } else { all[i].to_owned() };
             yield Ok(Event::default().data(chunk(json!({"content": token}), Value::Null).to_string()));
         }
         yield Ok(Event::default().data(chunk(json!({}), json!(finish)).to_string()));

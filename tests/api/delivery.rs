@@ -35,3 +35,17 @@ async fn a_4000_token_burst_into_a_slow_client_arrives_whole() {
     eprintln!("4000 tokens arrived in {} chunks", answer.chunks.len());
     assert!(answer.chunks.len() < 4000, "a full buffer joins deltas instead of dropping them");
 }
+
+#[tokio::test]
+async fn the_mock_in_stamp_mode_streams_max_tokens_timestamps() {
+    let app = spawn_app_with(&[("MOCK_STAMP", "true"), ("MOCK_TOKEN_DELAY_MS", "2")]).await;
+    let mut client = app.client(&user()).await;
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros();
+    client.emit("chat:start", json!({ "message": "bench", "maxTokens": 7 })).await;
+    let answer = read_answer(&mut client).await;
+    let stamps: Vec<u128> = answer.text().split_whitespace().map(|t| t.parse().unwrap()).collect();
+    assert_eq!(stamps.len(), 7);
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]));
+    assert!(stamps[0] >= before);
+    assert_eq!(answer.final_data["completionTokens"], json!(7));
+}
