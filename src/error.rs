@@ -6,8 +6,7 @@
 use serde::Serialize;
 
 /// Every error code a client can see, as PROTOCOL.md lists them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
     InvalidPayload,
     MessageTooLong,
@@ -24,6 +23,35 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidPayload => "INVALID_PAYLOAD",
+            Self::MessageTooLong => "MESSAGE_TOO_LONG",
+            Self::InvalidParams => "INVALID_PARAMS",
+            Self::InvalidModel => "INVALID_MODEL",
+            Self::Forbidden => "FORBIDDEN",
+            Self::NotFound => "NOT_FOUND",
+            Self::Busy => "BUSY",
+            Self::RateLimit => "RATE_LIMIT",
+            Self::UpstreamError => "UPSTREAM_ERROR",
+            Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// Reads a stored code back.
+    pub fn parse(code: &str) -> Option<Self> {
+        [
+            Self::InvalidPayload, Self::MessageTooLong, Self::InvalidParams, Self::InvalidModel, Self::Forbidden,
+            Self::NotFound, Self::Busy, Self::RateLimit, Self::UpstreamError, Self::UpstreamTimeout, Self::Unavailable,
+            Self::Internal,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == code)
+    }
+
     /// The default human text for a code, used when there is nothing more specific to say.
     pub fn default_message(self) -> &'static str {
         match self {
@@ -40,6 +68,12 @@ impl ErrorCode {
             Self::Unavailable => "service temporarily unavailable",
             Self::Internal => "internal error",
         }
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

@@ -18,6 +18,7 @@ use crate::{
     config::OnDisconnect,
     error::{ChatError, ErrorCode},
     generation::{self, ClaimRefused, GenerationSpec, StopReason},
+    resume,
     protocol::{ConversationCreated, ErrorEvent, StartAck, StartRequest, StopAck, StopRequest, UserMessageStored},
     store::{self, HistoryMessage, NewTurn, StoreError},
     upstream::ChatCall,
@@ -31,26 +32,33 @@ pub const NAMESPACE: &str = "/ai";
 pub fn register_handlers(socket: &SocketRef) {
     socket.on("chat:start", chat_start);
     socket.on("chat:stop", chat_stop);
+    socket.on("chat:resume", resume::chat_resume);
+    socket.on("chat:join", resume::chat_join);
+    socket.on("chat:leave", resume::chat_leave);
     socket.on_disconnect(on_disconnect);
 }
 
-/// The connect handler: everything was set up by the middleware already.
-pub async fn on_connect(socket: SocketRef) {
+/// The connect handler, run once the client knows it is connected: tells it which of
+/// its answers are running, so that it can resume them.
+pub async fn on_connect(socket: SocketRef, State(app): State<AppState>) {
     tracing::debug!(sid = %socket.id, "connected");
+    if let Some(User(user)) = user_of(&socket) {
+        resume::announce_active(&socket, &app, &user);
+    }
 }
 
-fn user_of(socket: &SocketRef) -> Option<User> {
+pub(crate) fn user_of(socket: &SocketRef) -> Option<User> {
     socket.extensions.get::<User>()
 }
 
 /// Sends an event the client must see; a failure is logged, never ignored.
-fn emit_logged<T: Serialize + ?Sized>(socket: &SocketRef, event: &str, data: &T) {
+pub(crate) fn emit_logged<T: Serialize + ?Sized>(socket: &SocketRef, event: &str, data: &T) {
     if let Err(e) = socket.emit(event, data) {
         tracing::warn!(sid = %socket.id, event, error = %e, "emit failed");
     }
 }
 
-fn ack_logged<T: Serialize + ?Sized>(socket: &SocketRef, ack: AckSender, data: &T) {
+pub(crate) fn ack_logged<T: Serialize + ?Sized>(socket: &SocketRef, ack: AckSender, data: &T) {
     if let Err(e) = ack.send(data) {
         tracing::warn!(sid = %socket.id, error = %e, "ack failed");
     }

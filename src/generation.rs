@@ -10,12 +10,16 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use serde::Serialize;
 use socketioxide::{SendError, SocketError, SocketIo, extract::SocketRef, socket::Sid};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -51,9 +55,36 @@ pub struct GenerationHandle {
     pub origin: Sid,
     cancel: CancellationToken,
     reason: OnceLock<StopReason>,
+    /// The answer's length so far in UTF-16 units, for `chat:active`.
+    offset: AtomicU64,
+    /// Requests to the generation's task (attaching a socket at an offset).
+    commands: mpsc::UnboundedSender<Attach>,
+}
+
+/// Asks a running generation to deliver to `socket` from `offset` (UTF-16 units) on.
+pub struct Attach {
+    pub socket: SocketRef,
+    pub offset: u64,
+    /// Answered once the socket is attached and the missed text has been sent.
+    pub done: oneshot::Sender<()>,
 }
 
 impl GenerationHandle {
+    /// The answer's length so far, in UTF-16 units.
+    pub fn offset(&self) -> u64 {
+        self.offset.load(Ordering::Relaxed)
+    }
+
+    /// Attaches `socket` from `offset`: it gets the text it missed as one chunk, then
+    /// the live ones. False when the generation has already finished (read the row).
+    pub async fn attach(&self, socket: SocketRef, offset: u64) -> bool {
+        let (done, attached) = oneshot::channel();
+        if self.commands.send(Attach { socket, offset, done }).is_err() {
+            return false;
+        }
+        attached.await.is_ok()
+    }
+
     /// Asks the generation to stop; the first reason given wins.
     pub fn stop(&self, reason: StopReason) {
         let _ = self.reason.set(reason);
@@ -156,6 +187,18 @@ impl Registry {
         inner.generations.get(&id).cloned()
     }
 
+    /// The running generations of `user`, oldest first.
+    pub fn of_user(&self, user: &str) -> Vec<Arc<GenerationHandle>> {
+        let mut found: Vec<_> = self.lock().generations.values().filter(|g| g.user_id == user).cloned().collect();
+        found.sort_by_key(|g| g.message_id);
+        found
+    }
+
+    /// The running generation of a conversation, if any.
+    pub fn in_conversation(&self, conversation_id: Uuid) -> Option<Arc<GenerationHandle>> {
+        self.lock().generations.values().find(|g| g.conversation_id == conversation_id).cloned()
+    }
+
     /// How many generations run now.
     pub fn len(&self) -> usize {
         self.lock().generations.len()
@@ -204,6 +247,7 @@ pub struct GenerationSpec {
 
 /// Registers and spawns a generation; the claim is released when it ends.
 pub fn spawn(app: AppState, io: SocketIo, spec: GenerationSpec, claim: SocketClaim) {
+    let (commands, attach_requests) = mpsc::unbounded_channel();
     let handle = Arc::new(GenerationHandle {
         message_id: spec.message_id,
         conversation_id: spec.conversation_id,
@@ -211,6 +255,8 @@ pub fn spawn(app: AppState, io: SocketIo, spec: GenerationSpec, claim: SocketCla
         origin: spec.origin,
         cancel: CancellationToken::new(),
         reason: OnceLock::new(),
+        offset: AtomicU64::new(0),
+        commands,
     });
     app.registry.insert(handle.clone());
     let generation = Generation {
@@ -222,6 +268,7 @@ pub fn spawn(app: AppState, io: SocketIo, spec: GenerationSpec, claim: SocketCla
         text: String::new(),
         text_utf16: 0,
         cursors: HashMap::new(),
+        attach_requests,
     };
     tokio::spawn(generation.run(spec.call, claim));
 }
@@ -254,6 +301,7 @@ struct Generation {
     text: String,
     text_utf16: u64,
     cursors: HashMap<Sid, Cursor>,
+    attach_requests: mpsc::UnboundedReceiver<Attach>,
 }
 
 impl Generation {
@@ -265,12 +313,22 @@ impl Generation {
             Outcome::Stopped(StopReason::Shutdown) => (status::ERROR, "shutdown", None),
             Outcome::Failed(_) => (status::ERROR, "error", None),
         };
-        let end = AnswerEnd { content: &self.text, status, finish_reason, model: &self.model, usage };
+        let error_code = match &outcome {
+            Outcome::Complete { .. } | Outcome::Stopped(StopReason::User | StopReason::Disconnect) => None,
+            Outcome::Stopped(StopReason::Shutdown) => Some(ErrorCode::Unavailable),
+            Outcome::Failed(cause) => Some(cause.to_chat_error().code),
+        };
+        let end = AnswerEnd { content: &self.text, status, finish_reason, model: &self.model, usage, error_code };
         let stored = self.store_end(&end).await;
 
         // The socket is free before the final event leaves, so the next chat:start never sees BUSY.
         self.app.registry.remove(self.handle.message_id);
         drop(claim);
+        // Sockets that asked to attach until now get the end too; later ones read the stored row.
+        while let Ok(request) = self.attach_requests.try_recv() {
+            self.attach(request);
+        }
+        self.attach_requests.close();
 
         let ids = (self.handle.message_id, self.handle.conversation_id);
         match (stored, &outcome) {
@@ -329,6 +387,7 @@ impl Generation {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return stopped(),
+                Some(request) = self.attach_requests.recv() => self.attach(request),
                 _ = checkpoint.tick() => {
                     if self.text.len() != checkpointed {
                         checkpointed = self.text.len();
@@ -340,6 +399,7 @@ impl Generation {
                         if let Some(delta) = piece.delta {
                             self.text.push_str(&delta);
                             self.text_utf16 += utf16_len(&delta);
+                            self.handle.offset.store(self.text_utf16, Ordering::Relaxed);
                             self.deliver();
                         }
                         finish_reason = piece.finish_reason.or(finish_reason);
@@ -355,6 +415,18 @@ impl Generation {
             // Every OpenAI-compatible server ends an answer with a reason; a stream without one was cut.
             None => Outcome::Failed(UpstreamError::Failed("the stream ended without a finish reason".into())),
         }
+    }
+
+    /// Sets the socket's cursor at the requested offset, puts it in the room and sends
+    /// what it missed at once.
+    fn attach(&mut self, Attach { socket, offset, done }: Attach) {
+        let (sent, sent_utf16) = byte_index(&self.text, offset);
+        self.cursors.insert(socket.id, Cursor { sent, sent_utf16, seq: 0 });
+        socket.join(self.room.clone());
+        if let Err(e) = self.deliver_to(&socket) {
+            tracing::debug!(sid = %socket.id, error = %e, "catch-up not delivered");
+        }
+        let _ = done.send(());
     }
 
     fn spawn_checkpoint(&self) {
@@ -457,6 +529,20 @@ impl Generation {
     }
 }
 
+/// The byte index of a UTF-16 offset in `text`, and the offset it really is: clamped to
+/// the text's length and moved back to a character boundary.
+pub fn byte_index(text: &str, offset: u64) -> (usize, u64) {
+    let mut units = 0u64;
+    for (i, c) in text.char_indices() {
+        let next = units + c.len_utf16() as u64;
+        if next > offset {
+            return (i, units);
+        }
+        units = next;
+    }
+    (text.len(), units)
+}
+
 fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
@@ -468,4 +554,20 @@ fn error_event(error: &ChatError, (message_id, conversation_id): (Uuid, Uuid)) -
         message_id: Some(message_id),
         conversation_id: Some(conversation_id),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_index;
+
+    #[test]
+    fn utf16_offsets_map_to_char_boundaries() {
+        let text = "a😀é";
+        assert_eq!(byte_index(text, 0), (0, 0));
+        assert_eq!(byte_index(text, 1), (1, 1));
+        assert_eq!(byte_index(text, 2), (1, 1), "inside a surrogate pair: back to its start");
+        assert_eq!(byte_index(text, 3), (5, 3));
+        assert_eq!(byte_index(text, 4), (7, 4));
+        assert_eq!(byte_index(text, 99), (7, 4));
+    }
 }

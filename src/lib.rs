@@ -14,6 +14,7 @@ pub mod http;
 pub mod limits;
 pub mod mock_upstream;
 pub mod protocol;
+pub mod resume;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

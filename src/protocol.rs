@@ -168,6 +168,68 @@ impl StopRequest {
     }
 }
 
+/// A validated `chat:resume`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResumeRequest {
+    pub message_id: Uuid,
+    /// UTF-16 units of the answer the client already has.
+    pub offset: u64,
+}
+
+impl ResumeRequest {
+    /// Accepts `{ messageId, offset? }`.
+    pub fn parse(payload: Option<&Value>) -> Result<Self, ChatError> {
+        let Some(Value::Object(obj)) = payload else {
+            return Err(ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"));
+        };
+        let message_id = required_uuid(obj.get("messageId"), "messageId")?;
+        let offset = match obj.get("offset") {
+            None | Some(Value::Null) => 0,
+            Some(Value::Number(n)) => {
+                n.as_u64().ok_or_else(|| ChatError::new(ErrorCode::InvalidParams, "offset must be a whole number"))?
+            }
+            Some(_) => return Err(wrong_type("offset", "a number")),
+        };
+        Ok(Self { message_id, offset })
+    }
+}
+
+/// A validated `chat:join` or `chat:leave`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationRequest {
+    pub conversation_id: Uuid,
+}
+
+impl ConversationRequest {
+    /// Accepts `{ conversationId }`.
+    pub fn parse(payload: Option<&Value>) -> Result<Self, ChatError> {
+        let Some(Value::Object(obj)) = payload else {
+            return Err(ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"));
+        };
+        Ok(Self { conversation_id: required_uuid(obj.get("conversationId"), "conversationId")? })
+    }
+}
+
+fn required_uuid(value: Option<&Value>, field: &str) -> Result<Uuid, ChatError> {
+    match value {
+        Some(Value::String(s)) => {
+            Uuid::try_parse(s).map_err(|_| ChatError::new(ErrorCode::InvalidParams, format!("{field} is not a UUID")))
+        }
+        None | Some(Value::Null) => Err(ChatError::new(ErrorCode::InvalidPayload, format!("{field} is required"))),
+        Some(_) => Err(wrong_type(field, "a string")),
+    }
+}
+
+/// One running answer, as `chat:active` and `chat:join` list them.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveGeneration {
+    pub conversation_id: Uuid,
+    pub message_id: Uuid,
+    /// UTF-16 length of the answer so far.
+    pub offset: u64,
+}
+
 /// The `chat:start` acknowledgement.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(untagged)]

@@ -158,6 +158,7 @@ fn new_message(conversation_id: Uuid, id: Uuid, user_id: &str, role: &str, now: 
         total_tokens: Set(None),
         finish_reason: Set(None),
         client_message_id: Set(None),
+        error_code: Set(None),
         content: Set(String::new()),
         status: Set(String::new()),
     }
@@ -184,6 +185,8 @@ pub struct AnswerEnd<'a> {
     pub finish_reason: &'a str,
     pub model: &'a str,
     pub usage: Option<Usage>,
+    /// What the client was told, for failed answers.
+    pub error_code: Option<ErrorCode>,
 }
 
 /// Token counts from the upstream's usage chunk.
@@ -206,6 +209,7 @@ pub async fn finish_answer(db: &DatabaseConnection, id: Uuid, end: &AnswerEnd<'_
         prompt_tokens: Set(end.usage.and_then(|u| as_i32(u.prompt_tokens))),
         completion_tokens: Set(end.usage.and_then(|u| as_i32(u.completion_tokens))),
         total_tokens: Set(end.usage.and_then(|u| as_i32(u.total_tokens))),
+        error_code: Set(end.error_code.map(|c| c.as_str().to_owned())),
         updated_at: Set(Utc::now()),
         ..Default::default()
     }
@@ -257,4 +261,22 @@ pub async fn find_turn(db: &DatabaseConnection, user_id: &str, client_message_id
         user_message_id: question.id,
         assistant_message_id: a.id,
     }))
+}
+
+/// An assistant message of `user`, or `None` when it does not exist or is someone else's.
+pub async fn find_answer(db: &DatabaseConnection, user_id: &str, id: Uuid) -> Result<Option<message::Model>, DbErr> {
+    message::Entity::find_by_id(id)
+        .filter(message::Column::UserId.eq(user_id))
+        .filter(message::Column::Role.eq("assistant"))
+        .one(db)
+        .await
+}
+
+/// True when the conversation exists and belongs to `user`.
+pub async fn owns_conversation(db: &DatabaseConnection, user_id: &str, id: Uuid) -> Result<bool, DbErr> {
+    Ok(conversation::Entity::find_by_id(id)
+        .filter(conversation::Column::UserId.eq(user_id))
+        .one(db)
+        .await?
+        .is_some())
 }

@@ -26,6 +26,8 @@ pub struct Model {
     pub finish_reason: Option<String>,
     /// `complete` for user rows; `streaming`, `complete`, `stopped` or `error` for answers.
     pub status: String,
+    /// The wire code a failed answer's client was given (`UPSTREAM_ERROR`, ...).
+    pub error_code: Option<String>,
     /// The client's idempotency key, on the user row of a `chat:start`.
     pub client_message_id: Option<String>,
     pub created_at: DateTimeUtc,

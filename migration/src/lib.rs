@@ -3,6 +3,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_create_conversations_and_messages;
+mod m20261122_000002_add_error_code;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -10,6 +11,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_create_conversations_and_messages::Migration)]
+        vec![
+            Box::new(m20261122_000001_create_conversations_and_messages::Migration),
+            Box::new(m20261122_000002_add_error_code::Migration),
+        ]
     }
 }

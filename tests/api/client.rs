@@ -31,6 +31,8 @@ pub struct Client {
     next_ack: u64,
     /// Events read while waiting for something else, in order.
     backlog: VecDeque<Incoming>,
+    /// `chat:active` announcements, kept apart: they come on connect, not in a chat.
+    active: VecDeque<Value>,
 }
 
 /// How to present credentials.
@@ -70,7 +72,7 @@ impl Client {
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config))
             .await
             .expect("websocket handshake");
-        let mut client = Self { transport: Transport::Ws(ws), next_ack: 0, backlog: VecDeque::new() };
+        let mut client = Self { transport: Transport::Ws(ws), next_ack: 0, backlog: VecDeque::new(), active: VecDeque::new() };
         let open = client.recv_raw().await;
         assert!(open.starts_with('0'), "expected an Engine.IO open packet, got {open}");
         client.join_namespace(creds.auth).await?;
@@ -85,7 +87,7 @@ impl Client {
         let open: Value = serde_json::from_str(body.strip_prefix('0').expect("open packet")).unwrap();
         let url = format!("{base}&sid={}", open["sid"].as_str().unwrap());
         let transport = Transport::Polling { http, url, queue: VecDeque::new() };
-        let mut client = Self { transport, next_ack: 0, backlog: VecDeque::new() };
+        let mut client = Self { transport, next_ack: 0, backlog: VecDeque::new(), active: VecDeque::new() };
         client.join_namespace(creds.auth).await?;
         Ok(client)
     }
@@ -207,8 +209,24 @@ impl Client {
     async fn recv_fresh(&mut self) -> Incoming {
         loop {
             let packet = self.recv_raw().await;
-            if let Some(parsed) = parse(&packet) {
-                return parsed;
+            match parse(&packet) {
+                Some(Incoming::Event { name, data }) if name == "chat:active" => self.active.push_back(data),
+                Some(parsed) => return parsed,
+                None => {}
+            }
+        }
+    }
+
+    /// The next `chat:active` announcement (each connect sends one).
+    pub async fn active(&mut self) -> Value {
+        if let Some(a) = self.active.pop_front() {
+            return a;
+        }
+        loop {
+            match parse(&self.recv_raw().await) {
+                Some(Incoming::Event { name, data }) if name == "chat:active" => return data,
+                Some(other) => self.backlog.push_back(other),
+                None => {}
             }
         }
     }

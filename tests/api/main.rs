@@ -12,4 +12,5 @@ mod http;
 mod lifecycle;
 mod limits;
 mod malformed;
+mod resume;
 mod transport;

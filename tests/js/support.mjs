@@ -248,6 +248,8 @@ export class Recorder {
     this.events = [];
     this.waiters = [];
     this.listener = (event, ...args) => {
+      // chat:active is announced on every connect, outside any chat's flow.
+      if (event === 'chat:active') return;
       this.events.push({ event, data: args[0] });
       this.check();
     };
