@@ -24,6 +24,8 @@ use crate::{
 
 /// Connections waiting to be accepted; tokio's default of 128 drops SYNs in reconnect bursts.
 const LISTEN_BACKLOG: u32 = 4096;
+/// Initial WebSocket read buffer per connection (the default, 4 KiB, is mostly idle).
+const WS_READ_BUFFER: usize = 1024;
 /// Largest packet accepted from a client, as Node's Socket.IO (`maxHttpBufferSize`).
 const MAX_PAYLOAD: u64 = 1_000_000;
 
@@ -94,12 +96,17 @@ impl Application {
             .ping_interval(state.config.ping_interval)
             .ping_timeout(state.config.ping_timeout)
             .max_buffer_size(state.config.socket_buffer_packets)
+            // Client frames are small; a large message still grows the buffer as needed.
+            .ws_read_buffer_size(WS_READ_BUFFER)
             .max_payload(MAX_PAYLOAD)
             .ws_max_message_size(MAX_PAYLOAD as usize)
             .with_state(state.clone())
             .build_layer();
         io.ns(NAMESPACE, gateway::on_connect.with(auth::authenticate));
-        let router = http::router(io.clone(), state.clone()).layer(layer).layer(http::cors(&state.config));
+        let router = http::router(io.clone(), state.clone())
+            .layer(layer)
+            .layer(http::cors(&state.config))
+            .layer(axum::middleware::map_request(http::detach_from_read_buffer));
         Ok(Self { listener, router, io, state, mock })
     }
 

@@ -1,7 +1,8 @@
 //! Plain HTTP beside Socket.IO: `/health`, `/` and the CORS allowlist.
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
-use http::{HeaderValue, Method};
+use axum::extract::{OriginalUri, Request};
+use http::{HeaderName, HeaderValue, Method};
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -31,6 +32,33 @@ pub fn cors(config: &Config) -> CorsLayer {
         .allow_credentials(true)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers(AllowHeaders::mirror_request())
+}
+
+/// Copies a WebSocket upgrade request's URI and headers into memory of their own.
+///
+/// They are slices of hyper's 16 KiB connection read buffer, and engineioxide keeps the
+/// upgrade request's parts for the socket's whole life, so without the copy every idle
+/// connection pins that buffer.
+pub async fn detach_from_read_buffer(request: Request) -> Request {
+    if !request.headers().contains_key(http::header::UPGRADE) {
+        return request;
+    }
+    let (mut parts, body) = request.into_parts();
+    if let Ok(uri) = parts.uri.to_string().parse::<http::Uri>() {
+        // axum's OriginalUri holds a clone of the URI, pinning the buffer too.
+        if parts.extensions.get::<OriginalUri>().is_some() {
+            parts.extensions.insert(OriginalUri(uri.clone()));
+        }
+        parts.uri = uri;
+    }
+    let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_str().as_bytes()), HeaderValue::from_bytes(value.as_bytes())) {
+            headers.append(name, value);
+        }
+    }
+    parts.headers = headers;
+    Request::from_parts(parts, body)
 }
 
 /// 200 while the database answers, 503 when it does not.
