@@ -141,6 +141,8 @@ pub struct Config {
     /// Generations a user may run at once, across sockets.
     pub max_concurrent_streams_per_user: usize,
     pub on_disconnect: OnDisconnect,
+    /// How long deltas are joined before they go out (0: each delta at once).
+    pub stream_coalesce: Duration,
     /// How often a streaming answer's partial text is written to the database.
     pub checkpoint_interval: Duration,
     /// How long running answers may finish after SIGTERM before they are cut.
@@ -229,6 +231,7 @@ impl Config {
                 "cancel" => OnDisconnect::Cancel,
                 other => return Err(bad("ON_DISCONNECT", format!("{other:?} is neither `finish` nor `cancel`"))),
             },
+            stream_coalesce: Duration::from_millis(env.parse("STREAM_COALESCE_MS", 0u64)?),
             checkpoint_interval: Duration::from_millis(env.parse("CHECKPOINT_INTERVAL_MS", 2_000u64)?),
             shutdown_grace: Duration::from_secs(env.parse("SHUTDOWN_GRACE_SECONDS", 10u64)?),
             log_format: match env.get("LOG_FORMAT").unwrap_or("pretty") {

@@ -32,6 +32,8 @@ use crate::{
     upstream::{ChatCall, UpstreamError},
 };
 
+/// How soon text that met a full socket buffer is tried again.
+const FULL_BUFFER_RETRY: Duration = Duration::from_millis(10);
 /// How long a final event keeps being retried into a full socket buffer.
 const FINAL_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -383,11 +385,18 @@ impl Generation {
         let mut checkpointed = 0;
         let mut finish_reason = None;
         let mut usage = None;
+        let window = self.app.config.stream_coalesce;
+        // When pending text goes out next: after the coalescing window, or soon again
+        // for a socket whose buffer was full (the upstream may pause for long).
+        let mut flush_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return stopped(),
                 Some(request) = self.attach_requests.recv() => self.attach(request),
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                    flush_at = (!self.deliver()).then(|| tokio::time::Instant::now() + FULL_BUFFER_RETRY);
+                }
                 _ = checkpoint.tick() => {
                     if self.text.len() != checkpointed {
                         checkpointed = self.text.len();
@@ -400,7 +409,13 @@ impl Generation {
                             self.text.push_str(&delta);
                             self.text_utf16 += utf16_len(&delta);
                             self.handle.offset.store(self.text_utf16, Ordering::Relaxed);
-                            self.deliver();
+                            if window.is_zero() {
+                                if !self.deliver() && flush_at.is_none() {
+                                    flush_at = Some(tokio::time::Instant::now() + FULL_BUFFER_RETRY);
+                                }
+                            } else if flush_at.is_none() {
+                                flush_at = Some(tokio::time::Instant::now() + window);
+                            }
                         }
                         finish_reason = piece.finish_reason.or(finish_reason);
                         usage = piece.usage.or(usage);
@@ -458,12 +473,16 @@ impl Generation {
     }
 
     /// Sends each socket in the room the text it has not had yet, without waiting.
-    fn deliver(&mut self) {
+    /// False when some socket's buffer was full and text is still pending for it.
+    fn deliver(&mut self) -> bool {
+        let mut all_sent = true;
         for socket in self.sockets() {
-            if let Err(e) = self.deliver_to(&socket) {
-                tracing::debug!(sid = %socket.id, error = %e, "chunk not delivered");
+            match self.deliver_to(&socket) {
+                Ok(sent) => all_sent &= sent,
+                Err(e) => tracing::debug!(sid = %socket.id, error = %e, "chunk not delivered"),
             }
         }
+        all_sent
     }
 
     /// One socket's pending text as one chunk. `Ok(true)` when nothing is pending any more.

@@ -49,3 +49,16 @@ async fn the_mock_in_stamp_mode_streams_max_tokens_timestamps() {
     assert!(stamps[0] >= before);
     assert_eq!(answer.final_data["completionTokens"], json!(7));
 }
+
+#[tokio::test]
+async fn a_coalescing_window_joins_deltas_into_fewer_frames() {
+    let words: String = (0..60).map(|i| format!("w{i} ")).collect();
+    let words = words.trim_end().to_owned();
+    let app = spawn_app_with(&[("MOCK_RESPONSE", &words), ("MOCK_TOKEN_DELAY_MS", "2"), ("STREAM_COALESCE_MS", "50")]).await;
+    let mut client = app.client(&user()).await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "many" })).await;
+    let answer = read_answer(&mut client).await;
+    assert_chunks_consistent(&answer.chunks, &ack["messageId"], &ack["conversationId"]);
+    assert_eq!(answer.text(), words);
+    assert!(answer.chunks.len() < 30, "60 deltas 2 ms apart in 50 ms windows: {} chunks", answer.chunks.len());
+}
