@@ -282,6 +282,31 @@ describe('idempotent retries (clientMessageId)', () => {
     assert.ok(!rec.names().includes('chat:error'), rec.describe());
   });
 
+  test('socket.io-client `retries` re-sends a late-acked chat:start: one answer, the first ack', async () => {
+    // retries + ackTimeout: socket.io-client re-sends the same packet when its ack is late.
+    const socket = await connect(server, server.token(uniqueUser()), { retries: 3, ackTimeout: 20 });
+    const rec = new Recorder(socket);
+    let sent = 0;
+    socket.onAnyOutgoing((event) => {
+      if (event === 'chat:start') sent += 1;
+    });
+    const pending = socket.emitWithAck('chat:start', { message: 'retried', clientMessageId: randomUUID() });
+    // Hold the event loop past ackTimeout: the timeout fires before the ack is read, so
+    // the client re-sends while the server is already streaming the first attempt.
+    const until = Date.now() + 100;
+    while (Date.now() < until);
+    const ack = await pending;
+    assert.equal(ack.ok, true);
+    assert.ok(sent >= 2, `the client re-sent chat:start (${sent} sends)`);
+    const end = await rec.waitFor('chat:end');
+    await sleep(300);
+    assert.equal(end.data.messageId, ack.messageId);
+    assert.equal(rec.events.filter((e) => e.event === 'chat:conversation').length, 1, rec.describe());
+    assert.equal(rec.events.filter((e) => e.event === 'chat:user-message').length, 1, rec.describe());
+    assert.equal(rec.events.filter((e) => e.event === 'chat:end').length, 1, rec.describe());
+    assert.ok(!rec.names().includes('chat:error'), rec.describe());
+  });
+
   test('a repeat from another socket of the same user gets the first ack', async () => {
     const user = uniqueUser();
     const a = await connect(server, server.token(user));
