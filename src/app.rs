@@ -91,6 +91,7 @@ impl Application {
             start_limiter: StartRateLimiter::new(config_rate),
         };
         state.start_limiter.spawn_sweeper(std::time::Duration::from_secs(60));
+        spawn_stale_answer_sweeper(state.db.clone(), state.config.stale_answer_after());
 
         let (layer, io) = SocketIo::builder()
             .ping_interval(state.config.ping_interval)
@@ -162,6 +163,21 @@ impl Application {
         drain.abort();
         served
     }
+}
+
+/// Marks answers whose process died as failed: once at start-up, then periodically.
+fn spawn_stale_answer_sweeper(db: DatabaseConnection, stale_after: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(stale_after.max(std::time::Duration::from_secs(1)));
+        loop {
+            tick.tick().await;
+            match store::fail_stale_answers(&db, stale_after).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(answers = n, "answers interrupted by a dead process marked as failed"),
+                Err(e) => tracing::warn!(error = %e, "sweeping interrupted answers failed"),
+            }
+        }
+    });
 }
 
 /// Binds with a large listen backlog, so reconnect bursts after a deploy are not dropped.

@@ -247,6 +247,12 @@ impl Config {
         (self.upstream_first_token_timeout, self.upstream_idle_timeout)
     }
 
+    /// How long a `streaming` row may stay unchanged before its process is taken for dead:
+    /// a live generation writes a checkpoint or ends well within it.
+    pub fn stale_answer_after(&self) -> Duration {
+        self.upstream_first_token_timeout.max(self.upstream_idle_timeout) + self.checkpoint_interval * 2
+    }
+
     /// True when the server will accept unauthenticated sockets.
     pub fn is_open_mode(&self) -> bool {
         matches!(self.auth, AuthConfig::Open)

@@ -280,3 +280,19 @@ pub async fn owns_conversation(db: &DatabaseConnection, user_id: &str, id: Uuid)
         .await?
         .is_some())
 }
+
+/// Answers still `streaming` whose row has not moved for `stale_after`: their process
+/// died (a live generation checkpoints well within that). Marks them failed, keeping
+/// their checkpointed text, so clients resuming them are told. Safe with several nodes.
+pub async fn fail_stale_answers(db: &DatabaseConnection, stale_after: Duration) -> Result<u64, DbErr> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
+    let res = message::Entity::update_many()
+        .col_expr(message::Column::Status, sea_orm::sea_query::Expr::value(status::ERROR))
+        .col_expr(message::Column::FinishReason, sea_orm::sea_query::Expr::value("interrupted"))
+        .col_expr(message::Column::ErrorCode, sea_orm::sea_query::Expr::value(ErrorCode::Unavailable.as_str()))
+        .filter(message::Column::Status.eq(status::STREAMING))
+        .filter(message::Column::UpdatedAt.lt(cutoff))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected)
+}

@@ -126,3 +126,57 @@ async fn sigterm_lets_short_answers_finish_and_cuts_long_ones_with_their_partial
     let short_row = row(&short_ack["messageId"]).await.unwrap().unwrap();
     assert_eq!((short_row.status.as_str(), short_row.content.as_str()), ("complete", "one two three four five "));
 }
+
+#[tokio::test]
+async fn a_crash_loses_at_most_the_last_checkpoint_and_the_next_start_marks_the_answer_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}/chatwire.db?mode=rwc", dir.path().display());
+    let vars = [
+        ("MOCK_RESPONSE", LONG),
+        ("MOCK_TOKEN_DELAY_MS", "100"),
+        ("CHECKPOINT_INTERVAL_MS", "200"),
+        ("UPSTREAM_FIRST_TOKEN_TIMEOUT_MS", "500"),
+        ("UPSTREAM_IDLE_TIMEOUT_MS", "500"),
+    ];
+    let mut child = spawn_binary(&db_url, &vars);
+    let user = user();
+    let mut client = Client::websocket(child.addr, Credentials::token(&token(&user))).await.unwrap();
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "count" })).await;
+    let mut received = String::new();
+    for _ in 0..8 {
+        let (chunk, _) = client.until("chat:message").await;
+        received.push_str(chunk["content"].as_str().unwrap());
+    }
+    child.process.kill().unwrap(); // SIGKILL: no shutdown path runs
+    child.process.wait().unwrap();
+
+    let db = sea_orm::Database::connect(&db_url).await.unwrap();
+    let id = uuid::Uuid::parse_str(ack["messageId"].as_str().unwrap()).unwrap();
+    use sea_orm::EntityTrait;
+    let row = entity::Message::find_by_id(id).one(&db).await.unwrap().unwrap();
+    assert_eq!(row.status, "streaming");
+    assert!(!row.content.is_empty() && received.starts_with(&row.content), "checkpoint {:?} of {received:?}", row.content);
+    let checkpoint = row.content.clone();
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let restarted = spawn_binary(&db_url, &vars);
+    let mut row = row;
+    for _ in 0..100 {
+        row = entity::Message::find_by_id(id).one(&db).await.unwrap().unwrap();
+        if row.status != "streaming" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((row.status.as_str(), row.finish_reason.as_deref(), row.content.as_str()), ("error", Some("interrupted"), checkpoint.as_str()));
+
+    let mut client = Client::websocket(restarted.addr, Credentials::token(&token(&user))).await.unwrap();
+    let resumed = client.emit_with_ack("chat:resume", json!({ "messageId": ack["messageId"], "offset": 0 })).await;
+    assert_eq!(resumed["status"], "error");
+    let answer = read_answer(&mut client).await;
+    assert_eq!(answer.text(), checkpoint);
+    assert_eq!(answer.final_data["code"], "UNAVAILABLE");
+    let mut restarted = restarted;
+    restarted.process.kill().unwrap();
+    restarted.process.wait().unwrap();
+}
