@@ -104,6 +104,8 @@ impl Application {
             .with_state(state.clone())
             .build_layer();
         io.ns(NAMESPACE, gateway::on_connect.with(auth::authenticate));
+        // Nothing happens on `/`, but socket.io-client 2.x must be able to join it first.
+        io.ns("/", (async |_: socketioxide::extract::SocketRef| {}).with(auth::authenticate_root));
         let router = http::router(io.clone(), state.clone())
             .layer(layer)
             .layer(http::cors(&state.config))

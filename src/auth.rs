@@ -137,12 +137,21 @@ fn form_urlencoded_token(query: &str) -> Option<std::borrow::Cow<'_, str>> {
     form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v).filter(|v| !v.is_empty())
 }
 
-/// The `/ai` connect middleware.
-pub async fn authenticate(
-    socket: SocketRef,
-    TryData(auth): TryData<Value>,
-    State(app): State<AppState>,
-) -> Result<(), Unauthorized> {
+/// The `/ai` connect middleware: verifies, then registers the chat handlers.
+pub async fn authenticate(socket: SocketRef, auth: TryData<Value>, state: State<AppState>) -> Result<(), Unauthorized> {
+    identify(&socket, auth, state)?;
+    crate::gateway::register_handlers(&socket);
+    Ok(())
+}
+
+/// The root namespace's connect middleware. Socket.IO v2 clients (protocol v4) join `/`
+/// before any other namespace; they must hold a valid token there too.
+pub async fn authenticate_root(socket: SocketRef, auth: TryData<Value>, state: State<AppState>) -> Result<(), Unauthorized> {
+    identify(&socket, auth, state)
+}
+
+/// Verifies the socket's credentials and stores its [`User`].
+fn identify(socket: &SocketRef, TryData(auth): TryData<Value>, State(app): State<AppState>) -> Result<(), Unauthorized> {
     let auth = auth.ok();
     let user = if app.auth.is_open() {
         let id = match auth.as_ref().and_then(|a| a.get("userId")) {
@@ -162,7 +171,6 @@ pub async fn authenticate(
         })?
     };
     socket.extensions.insert(user);
-    crate::gateway::register_handlers(&socket);
     Ok(())
 }
 
