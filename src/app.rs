@@ -4,7 +4,7 @@
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc};
 
-use axum::Router;
+use axum::{Router, serve::ListenerExt};
 use sea_orm::DatabaseConnection;
 use socketioxide::{SocketIo, handler::ConnectHandler};
 use tokio::net::{TcpListener, TcpSocket};
@@ -154,6 +154,9 @@ impl Application {
                 io.close().await;
                 drained.cancel();
             }
+        });
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
         });
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop_accepting.cancelled().await })

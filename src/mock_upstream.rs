@@ -14,6 +14,7 @@ use std::{
 
 use axum::{
     Json, Router,
+    serve::ListenerExt,
     extract::State,
     http::StatusCode,
     response::{IntoResponse, Response, Sse, sse::Event},
@@ -38,6 +39,10 @@ impl MockUpstream {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let state = MockState { config: Arc::new(config), requests: requests.clone() };
         tokio::spawn(async move {
+            // Without TCP_NODELAY the first token after the headers waits for a delayed ACK (~40 ms).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             if let Err(e) = axum::serve(listener, router(state)).await {
                 tracing::error!(error = %e, "mock upstream stopped");
             }
@@ -145,12 +150,17 @@ async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value
             "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         });
-        tokio::time::sleep(config.first_token_delay).await;
+        if !config.first_token_delay.is_zero() {
+            tokio::time::sleep(config.first_token_delay).await;
+        }
         yield Ok::<_, Infallible>(Event::default().data(chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string()));
         // An interval keeps the configured rate, where a sleep per token would drift slower.
-        let mut pace = (!config.token_delay.is_zero()).then(|| tokio::time::interval(config.token_delay));
+        let start = tokio::time::Instant::now();
+        let mut pace = (!config.token_delay.is_zero())
+            .then(|| tokio::time::interval_at(start + config.token_delay, config.token_delay));
         for i in 0..n {
-            if let Some(pace) = pace.as_mut() {
+            // The first token goes at once, each next one a delay later.
+            if let (Some(pace), true) = (pace.as_mut(), i > 0) {
                 pace.tick().await;
             }
             let token = if config.stamp { stamp_token() } else { all[i].to_owned() };

@@ -1,0 +1,15 @@
+//! chatwire's load generator: a Socket.IO 5 client over tokio-tungstenite, the bench
+//! scenarios (`idle`, `stream` with its saturation search, `ttft`), the raw WebSocket
+//! ceiling server, and the report that joins a run's results.
+
+pub mod ceiling;
+pub mod client;
+pub mod idle;
+pub mod report;
+pub mod stats;
+pub mod stream;
+pub mod sys;
+pub mod ttft;
+pub mod wire;
+
+pub use client::{Conn, Target};
