@@ -67,8 +67,9 @@ pub struct GenerationHandle {
 pub struct Attach {
     pub socket: SocketRef,
     pub offset: u64,
-    /// Answered once the socket is attached and the missed text has been sent.
-    pub done: oneshot::Sender<()>,
+    /// Answered once the socket is attached and the missed text has been sent, with the
+    /// offset really used (clamped to the text and to a character boundary).
+    pub done: oneshot::Sender<u64>,
 }
 
 impl GenerationHandle {
@@ -78,13 +79,12 @@ impl GenerationHandle {
     }
 
     /// Attaches `socket` from `offset`: it gets the text it missed as one chunk, then
-    /// the live ones. False when the generation has already finished (read the row).
-    pub async fn attach(&self, socket: SocketRef, offset: u64) -> bool {
+    /// the live ones. Gives the offset used, or `None` when the generation has already
+    /// finished (read the row).
+    pub async fn attach(&self, socket: SocketRef, offset: u64) -> Option<u64> {
         let (done, attached) = oneshot::channel();
-        if self.commands.send(Attach { socket, offset, done }).is_err() {
-            return false;
-        }
-        attached.await.is_ok()
+        self.commands.send(Attach { socket, offset, done }).ok()?;
+        attached.await.ok()
     }
 
     /// Asks the generation to stop; the first reason given wins.
@@ -441,7 +441,7 @@ impl Generation {
         if let Err(e) = self.deliver_to(&socket) {
             tracing::debug!(sid = %socket.id, error = %e, "catch-up not delivered");
         }
-        let _ = done.send(());
+        let _ = done.send(sent_utf16);
     }
 
     fn spawn_checkpoint(&self) {

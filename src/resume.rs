@@ -46,10 +46,10 @@ pub async fn chat_resume(socket: SocketRef, State(app): State<AppState>, TryData
         Err(e) => return fail(&socket, ack, e),
     };
     if let Some(running) = app.registry.get(request.message_id).filter(|g| g.user_id == user) {
-        if running.attach(socket.clone(), request.offset).await {
+        if let Some(offset) = running.attach(socket.clone(), request.offset).await {
             let reply = json!({
                 "ok": true, "status": status::STREAMING, "messageId": running.message_id,
-                "conversationId": running.conversation_id, "offset": request.offset.min(running.offset()),
+                "conversationId": running.conversation_id, "offset": offset,
             });
             return ack_logged(&socket, ack, &reply);
         }
@@ -126,7 +126,7 @@ pub async fn chat_join(socket: SocketRef, State(app): State<AppState>, TryData(p
     let mut generations = Vec::new();
     if let Some(running) = app.registry.in_conversation(request.conversation_id) {
         // The running answer from its start, then live.
-        if running.attach(socket.clone(), 0).await {
+        if running.attach(socket.clone(), 0).await.is_some() {
             generations.push(ActiveGeneration {
                 conversation_id: running.conversation_id,
                 message_id: running.message_id,

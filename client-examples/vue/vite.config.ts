@@ -12,5 +12,7 @@ export default defineConfig({
     host: 'localhost',
     port: 5173,
     strictPort: true,
+    // The app imports the shared helper ../resumable/resumable.js.
+    fs: { allow: ['.', '../resumable'] },
   },
 });

@@ -314,6 +314,85 @@ export function defineAppSuite(app) {
       }
     });
 
+    test('reloading the page mid-answer continues the answer where it was, with no text twice', { timeout: 90_000 }, async () => {
+      // A slower answer (40 tokens, 150 ms apart: about 6 s), so that it is still running
+      // once the reloaded page has connected again.
+      const slow = new Chatwire({ corsOrigin: web.origin, tokenDelayMs: 150 });
+      await slow.start();
+      const { page, frames, close, logs } = await openApp({ token: slow.token(), serverUrl: slow.url });
+      const savedAnswers = () =>
+        page.evaluate(() =>
+          Object.keys(sessionStorage)
+            .filter((k) => k.startsWith('chatwire:answer'))
+            .map((k) => JSON.parse(sessionStorage.getItem(k))),
+        );
+      try {
+        await ask(page, 'A long answer, please.');
+        const shown = await waitPartial(page, 6);
+        assert.ok(MOCK_RESPONSE.startsWith(shown), `a prefix before the reload: ${JSON.stringify(shown)}`);
+        const ack = frames.find((f) => f.dir === 'received' && f.type === 'ack' && f.args[0]?.messageId).args[0];
+        const [saved] = await savedAnswers();
+        assert.equal(saved?.messageId, ack.messageId, 'the running answer is kept in sessionStorage');
+        assert.equal(saved.conversationId, ack.conversationId);
+        assert.equal(saved.offset, saved.text.length);
+        assert.ok(MOCK_RESPONSE.startsWith(saved.text));
+
+        const cut = frames.length;
+        await page.reload();
+        await page.waitForSelector(`${sel.state}[data-state="connected"]`, { timeout: 15_000 });
+
+        // While it streams on, the text is always a prefix of the answer and never shorter
+        // than what was shown before the reload: continued, not restarted, nothing doubled.
+        const seen = [];
+        const deadline = Date.now() + 30_000;
+        while (Date.now() < deadline) {
+          const t = await page.$eval(sel.streamingContent, (e) => e.textContent).catch(() => null);
+          if (t === null) break;
+          seen.push(t);
+          assert.ok(MOCK_RESPONSE.startsWith(t), `streamed text after the reload is a prefix: ${JSON.stringify(t)}`);
+          assert.ok(t.length >= shown.length, `the reloaded page starts from the text it had: ${JSON.stringify(t)}`);
+          await sleep(20);
+        }
+        assert.ok(seen.some((t) => t.length < MOCK_RESPONSE.length), 'the answer was still streaming after the reload');
+        const answers = await waitAssistant(page, 1);
+        assert.deepEqual(answers, [{ status: 'complete', content: MOCK_RESPONSE }]);
+        assert.equal(await conversationId(page), ack.conversationId, 'the conversation is kept');
+        assert.equal(await page.$(sel.errorCode), null, 'no error shown');
+
+        // On the wire: chat:active lists the answer, one chat:resume from the saved offset,
+        // a catch-up chunk from exactly there, then live chunks and chat:end.
+        const later = frames.slice(cut);
+        const active = later.find((f) => f.dir === 'received' && f.name === 'chat:active');
+        assert.ok(active?.args[0].generations.some((g) => g.messageId === ack.messageId), `chat:active lists the answer: ${JSON.stringify(active)}`);
+        const resumes = later.filter((f) => f.dir === 'sent' && f.name === 'chat:resume');
+        assert.equal(resumes.length, 1, 'one chat:resume');
+        const { messageId, offset } = resumes[0].args[0];
+        assert.equal(messageId, ack.messageId);
+        assert.ok(offset >= shown.length && offset < MOCK_RESPONSE.length, `resumed from the saved offset: ${offset}`);
+        const chunks = later.filter((f) => f.dir === 'received' && f.name === 'chat:message').map((f) => f.args[0]);
+        assert.equal(chunks[0].offset, offset, 'the catch-up chunk starts at the offset asked for');
+        assert.equal(MOCK_RESPONSE.slice(0, offset) + chunks.map((c) => c.content).join(''), MOCK_RESPONSE);
+        assert.ok(!later.some((f) => f.name === 'chat:start'), 'the question is not asked again');
+        const end = later.find((f) => f.dir === 'received' && f.name === 'chat:end');
+        assert.equal(end?.args[0].content, MOCK_RESPONSE);
+
+        // Once it has ended nothing is kept, and another reload resumes nothing.
+        assert.deepEqual(await savedAnswers(), []);
+        const cut2 = frames.length;
+        await page.reload();
+        await page.waitForSelector(`${sel.state}[data-state="connected"]`, { timeout: 15_000 });
+        await sleep(300);
+        assert.equal(await page.$(sel.streaming), null, 'nothing streams after the second reload');
+        assert.ok(!frames.slice(cut2).some((f) => f.name === 'chat:resume'));
+      } catch (e) {
+        e.message += `\npage log:\n${logs.join('\n')}`;
+        throw e;
+      } finally {
+        await close();
+        await slow.dispose();
+      }
+    });
+
     test('open mode: no token, zero configuration', { timeout: T }, async () => {
       const open = new Chatwire({ secret: null, corsOrigin: web.origin });
       await open.start();

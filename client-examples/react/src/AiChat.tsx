@@ -1,10 +1,12 @@
 import { useEffect, useRef, useState, type FormEvent } from 'react';
 import { useAiSocket, type ConnectionState } from './useAiSocket';
 import { describeError } from './errors';
+import { clearAnswer, loadAnswer, saveAnswer } from './savedAnswer';
+import { resumable } from '../../resumable/resumable.js';
 import type {
   ChatStartAck,
   ChatStartPayload,
-  ChunkEvent,
+  ChunkMeta,
   ConversationEvent,
   EndEvent,
   ErrorEvent,
@@ -49,20 +51,23 @@ export interface AiChatProps {
 
 export function AiChat({ serverUrl, accessToken, transports }: AiChatProps) {
   const { socket, state, connectError, reconnect } = useAiSocket(serverUrl, accessToken, transports);
+  // An answer that was streaming when the page was reloaded continues where it was.
+  const [restored] = useState(() => loadAnswer(serverUrl));
   const [messages, setMessages] = useState<Message[]>([]);
   const [input, setInput] = useState('');
-  const [phase, setPhaseState] = useState<Phase>('idle');
-  const [conversationId, setConversationIdState] = useState<string | null>(null);
-  const [currentResponse, setCurrentResponse] = useState('');
+  const [phase, setPhaseState] = useState<Phase>(restored ? 'streaming' : 'idle');
+  const [conversationId, setConversationIdState] = useState<string | null>(restored?.conversationId ?? null);
+  const [currentResponse, setCurrentResponse] = useState(restored?.text ?? '');
   const [error, setError] = useState<ShownError | null>(null);
 
   // Refs mirror what the socket handlers need to read. The guide's handlers read
   // `currentResponse` from the render in which they were registered (always ''),
   // so its chat:end pushed an empty answer; handlers here read refs instead.
-  const phaseRef = useRef<Phase>('idle');
-  const responseRef = useRef('');
-  const conversationRef = useRef<string | null>(null);
-  const generationRef = useRef<string | null>(null); // messageId of the answer being streamed
+  const phaseRef = useRef<Phase>(restored ? 'streaming' : 'idle');
+  const responseRef = useRef(restored?.text ?? '');
+  const conversationRef = useRef<string | null>(restored?.conversationId ?? null);
+  const generationRef = useRef<string | null>(restored?.messageId ?? null); // messageId of the answer being streamed
+  const chatRef = useRef<ReturnType<typeof resumable> | null>(null);
   const transcriptRef = useRef<HTMLDivElement>(null);
 
   const setPhase = (p: Phase) => {
@@ -87,12 +92,23 @@ export function AiChat({ serverUrl, accessToken, transports }: AiChatProps) {
     }
     setResponse('');
     generationRef.current = null;
+    clearAnswer(serverUrl);
     setPhase('idle');
+  };
+
+  /** Keeps the running answer in sessionStorage, so that a reload continues it. */
+  const persist = () => {
+    const messageId = generationRef.current;
+    if (!messageId) return;
+    const text = responseRef.current;
+    saveAnswer(serverUrl, { messageId, conversationId: conversationRef.current, offset: text.length, text });
   };
 
   // Chat listeners: registered once per socket and removed with it, so a new socket
   // (new token) or a re-render never stacks a second copy of a handler. Reconnects
-  // reuse the same socket object and keep these listeners.
+  // reuse the same socket object and keep these listeners. The answer's events come
+  // through resumable.js, which resumes it after a reconnect or a reload and passes
+  // on each piece of text exactly once.
   useEffect(() => {
     if (!socket) return;
 
@@ -112,12 +128,11 @@ export function AiChat({ serverUrl, accessToken, transports }: AiChatProps) {
       if (data.conversationId) setConversationId(data.conversationId);
     };
 
-    const onChunk = (data: ChunkEvent) => {
-      if (phaseRef.current === 'idle' || isOther(data.messageId)) return;
-      // chatwire numbers chunks: an offset below what we have is a repeat.
-      if (typeof data.offset === 'number' && data.offset < responseRef.current.length) return;
-      if (!generationRef.current && data.messageId) generationRef.current = data.messageId;
-      setResponse(responseRef.current + data.content);
+    const onChunk = (text: string, meta: ChunkMeta) => {
+      if (phaseRef.current === 'idle' || isOther(meta.messageId)) return;
+      if (!generationRef.current) generationRef.current = meta.messageId;
+      setResponse(responseRef.current + text);
+      persist();
       if (phaseRef.current === 'waiting') setPhase('streaming');
     };
 
@@ -147,28 +162,41 @@ export function AiChat({ serverUrl, accessToken, transports }: AiChatProps) {
     };
 
     const onDisconnect = () => {
-      // This socket will not hear the rest of a running answer.
-      if (phaseRef.current !== 'idle') {
+      // A dropped link is reconnected by socket.io-client and the answer resumed by the
+      // helper; only a socket closed for good loses the rest of a running answer.
+      if (phaseRef.current !== 'idle' && !socket.active) {
         setError({ code: 'DISCONNECTED', message: describeError('DISCONNECTED') });
         finishTurn(responseRef.current, 'interrupted', 'interrupted');
       }
     };
 
+    const onConnect = () => {
+      // A chat:stop sent just before the link dropped may be lost: send it again.
+      if (phaseRef.current === 'stopping' && generationRef.current) {
+        socket.emit('chat:stop', { messageId: generationRef.current });
+      }
+    };
+
+    const chat = resumable(socket, { onChunk, onEnd, onStopped, onError });
+    chatRef.current = chat;
+    // A running answer (restored after a reload, or of the previous socket): resume it.
+    if (phaseRef.current !== 'idle' && generationRef.current) {
+      chat.follow(generationRef.current, {
+        offset: responseRef.current.length,
+        conversationId: conversationRef.current ?? undefined,
+      });
+    }
     socket.on('chat:conversation', onConversation);
     socket.on('chat:user-message', onUserMessage);
-    socket.on('chat:message', onChunk);
-    socket.on('chat:end', onEnd);
-    socket.on('chat:stopped', onStopped);
-    socket.on('chat:error', onError);
     socket.on('disconnect', onDisconnect);
+    socket.on('connect', onConnect);
     return () => {
+      chat.close();
+      if (chatRef.current === chat) chatRef.current = null;
       socket.off('chat:conversation', onConversation);
       socket.off('chat:user-message', onUserMessage);
-      socket.off('chat:message', onChunk);
-      socket.off('chat:end', onEnd);
-      socket.off('chat:stopped', onStopped);
-      socket.off('chat:error', onError);
       socket.off('disconnect', onDisconnect);
+      socket.off('connect', onConnect);
     };
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [socket]);
@@ -185,7 +213,8 @@ export function AiChat({ serverUrl, accessToken, transports }: AiChatProps) {
   const sendMessage = (e?: FormEvent) => {
     e?.preventDefault();
     const text = input.trim();
-    if (!socket || !connected || !text || phaseRef.current !== 'idle') return;
+    const chat = chatRef.current;
+    if (!socket || !chat || !connected || !text || phaseRef.current !== 'idle') return;
 
     setError(null);
     setResponse('');
@@ -198,11 +227,12 @@ export function AiChat({ serverUrl, accessToken, transports }: AiChatProps) {
     const payload: ChatStartPayload = { message: text, clientMessageId: newClientMessageId() };
     if (conversationRef.current) payload.conversationId = conversationRef.current;
 
-    socket.emit('chat:start', payload, (ack: ChatStartAck) => {
+    chat.start(payload, (ack: ChatStartAck) => {
       if (!ack) return;
       if (ack.ok) {
         generationRef.current = ack.messageId;
         setConversationId(ack.conversationId);
+        persist();
       } else {
         setError({ code: ack.error.code, message: describeError(ack.error.code, ack.error.message) });
         finishTurn(responseRef.current, 'error', ack.error.code);

@@ -58,3 +58,11 @@ export interface ErrorEvent {
   messageId?: string;
   conversationId?: string;
 }
+
+/** What resumable.js passes with each piece of new text: `offset` is the answer's length (UTF-16 units) before it. */
+export interface ChunkMeta {
+  messageId: string;
+  conversationId?: string;
+  offset: number;
+  seq?: number;
+}
