@@ -1,6 +1,7 @@
 // Compatibility matrix: one chat (chat:start -> chat:message chunks -> chat:end) with
-// the newest socket.io-client 4.8 and the oldest 4.x (4.0.0), over each transport
-// setting. Prints the result as a markdown table.
+// the newest socket.io-client 4.8, the oldest 4.x (4.0.0), 3.1 and 2.5 (Engine.IO 3,
+// served through socketioxide's `v4` feature), over each transport setting. Prints the
+// result as a markdown table.
 //
 //   node --test compat.test.mjs        (or: npm run test:compat)
 
@@ -14,9 +15,18 @@ import * as sio40 from 'sio40';
 import { Chatwire, MOCK_RESPONSE, UUID_RE } from './support.mjs';
 
 const require = createRequire(import.meta.url);
+/** socket.io-client 3.x and 4.x send the token in the handshake's `auth`. */
+const authPayload = (token) => ({ auth: { token } });
+/** 2.x has no `auth`: the token goes in a Bearer header (Node clients; `query` is not served). */
+const bearerHeader = (token) => {
+  const extraHeaders = { Authorization: `Bearer ${token}` };
+  return { extraHeaders, transportOptions: { polling: { extraHeaders }, websocket: { extraHeaders } } };
+};
 const CLIENTS = [
-  { name: 'socket.io-client', version: require('sio48/package.json').version, io: sio48.io },
-  { name: 'socket.io-client', version: require('sio40/package.json').version, io: sio40.io },
+  { name: 'socket.io-client', version: require('sio48/package.json').version, io: sio48.io, creds: authPayload },
+  { name: 'socket.io-client', version: require('sio40/package.json').version, io: sio40.io, creds: authPayload },
+  { name: 'socket.io-client', version: require('sio31/package.json').version, io: require('sio31'), creds: authPayload },
+  { name: 'socket.io-client', version: require('sio25/package.json').version, io: require('sio25'), creds: bearerHeader },
 ];
 const TRANSPORTS = [
   { label: "`transports: ['websocket']`", transports: ['websocket'] },
@@ -25,9 +35,9 @@ const TRANSPORTS = [
 ];
 
 /** One chat; resolves with what was seen, rejects on a protocol break or after 20 s. */
-function runChat(io, url, token, transports) {
+function runChat(io, url, creds, transports) {
   return new Promise((resolve, reject) => {
-    const opts = { auth: { token }, reconnection: false, forceNew: true };
+    const opts = { ...creds, reconnection: false, forceNew: true };
     if (transports) opts.transports = transports;
     const socket = io(`${url}/ai`, opts);
     // The engine's first transport, before any upgrade.
@@ -107,7 +117,7 @@ describe('socket.io-client compatibility matrix', () => {
         const row = { client, transport: t.label };
         rows.push(row);
         try {
-          const seen = await runChat(c.io, server.url, server.token(), t.transports);
+          const seen = await runChat(c.io, server.url, c.creds(server.token()), t.transports);
           row.used = [...seen.transportsUsed].join(' → ');
           row.chunks = seen.chunks.length;
           const joined = seen.chunks.map((m) => m.content).join('');
