@@ -68,7 +68,7 @@ impl Application {
         crate::install_crypto_provider();
         let addr = SocketAddr::new(config.host, config.port);
         let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
-        let db = store::connect(&config.database_url).await?;
+        let db = store::connect(&config.database_url, config.database_max_connections).await?;
 
         let (mock, provider) = match &config.upstream {
             UpstreamConfig::Mock(mock_config) => {

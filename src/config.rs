@@ -115,6 +115,8 @@ pub struct Config {
     /// `NODE_ENV=production`: refuse to start in open mode.
     pub production: bool,
     pub database_url: String,
+    /// Pool size; `None` picks one for the database kind.
+    pub database_max_connections: Option<u32>,
     pub upstream: UpstreamConfig,
     pub default_model: String,
     /// Empty means any model the upstream knows.
@@ -197,6 +199,13 @@ impl Config {
             auth,
             production,
             database_url: env.get("DATABASE_URL").unwrap_or("sqlite://chatwire.db?mode=rwc").to_owned(),
+            database_max_connections: match env.get("DATABASE_MAX_CONNECTIONS") {
+                None => None,
+                Some(_) => match env.parse("DATABASE_MAX_CONNECTIONS", 0u32)? {
+                    0 => return Err(bad("DATABASE_MAX_CONNECTIONS", "must be at least 1")),
+                    n => Some(n),
+                },
+            },
             upstream: upstream_config(&env)?,
             default_model,
             allowed_models,

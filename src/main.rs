@@ -42,7 +42,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::MockUpstream { port, host } => mock(config, host, port).await,
-        Command::Migrate => chatwire::store::connect(&config.database_url).await.map(drop).map_err(|e| e.to_string()),
+        Command::Migrate => chatwire::store::connect(&config.database_url, config.database_max_connections).await.map(drop).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

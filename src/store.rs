@@ -44,15 +44,18 @@ impl StoreError {
     }
 }
 
-/// Connects, tunes SQLite for a server's write pattern, and runs the migrations.
-pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+/// Connects with at most `max_connections` pooled connections (`None`: 4 for SQLite,
+/// which has one writer anyway, 16 otherwise), tunes SQLite for a server's write
+/// pattern, and runs the migrations.
+pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<DatabaseConnection, DbErr> {
     let sqlite = url.starts_with("sqlite:");
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .sqlx_logging(false)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
-        .max_connections(if sqlite { 4 } else { 16 });
+        .idle_timeout(Duration::from_secs(60))
+        .max_connections(max_connections.unwrap_or(if sqlite { 4 } else { 16 }));
     // WAL lets readers run beside the writer; with it, `synchronous=NORMAL` is still
     // crash-safe (a power cut may lose the last commits, never corrupt) and spares an
     // fsync per commit, which is most of a chat:start's cost.

@@ -103,6 +103,8 @@ pub async fn spawn_app_with(vars: &[(&str, &str)]) -> TestApp {
         ("MOCK_RESPONSE", ANSWER),
         ("MOCK_TOKEN_DELAY_MS", "5"),
         ("CHECKPOINT_INTERVAL_MS", "200"),
+        // Tests run side by side on one PostgreSQL server with 100 connections.
+        ("DATABASE_MAX_CONNECTIONS", "4"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -149,7 +151,9 @@ pub async fn fresh_postgres_database() -> Option<String> {
     admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
     admin.close().await.unwrap();
     let (base, _) = url.rsplit_once('/').expect("a database URL with a path");
-    Some(format!("{base}/{name}"))
+    // The server ends sessions idle for 10 s: pools of finished tests do not pile up
+    // toward the server's connection limit (a live pool reconnects on its next use).
+    Some(format!("{base}/{name}?options=-c%20idle_session_timeout%3D10000"))
 }
 
 /// Collects one answer's events after `chat:start`: the chunks and the final event.
