@@ -128,17 +128,22 @@ def read_log(tmp):
 
 
 class Client:
-    """An AsyncClient on /ai that records every event in arrival order."""
+    """An AsyncClient on /ai that records every chat event in arrival order
+    (and the chat:active announcements of each connect apart)."""
 
     def __init__(self):
         self.sio = socketio.AsyncClient(reconnection=False)
         self.events = []
+        self.active = []
         self.changed = asyncio.Event()
         self.connect_errors = []
 
         @self.sio.on("*", namespace=NS)
         async def any_event(event, data=None):
-            self.events.append((event, data))
+            if event == "chat:active":
+                self.active.append(data)
+            else:
+                self.events.append((event, data))
             self.changed.set()
 
         @self.sio.on("connect_error", namespace=NS)
@@ -239,6 +244,8 @@ def test_chat_stream(server, transports):
                              namespace=NS)
             await c.wait_final(start)
             assert_complete_stream(c.events[start:], "And then?", False, first["conversation_id"])
+            # Each connect announced the user's running answers: none at that moment.
+            assert c.active == [{"generations": []}]
         finally:
             await c.close()
 
