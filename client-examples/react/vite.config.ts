@@ -12,7 +12,7 @@ export default defineConfig({
     host: 'localhost',
     port: 5173,
     strictPort: true,
-    // The app imports the shared helper ../resumable/resumable.js.
-    fs: { allow: ['.', '../resumable'] },
+    // The app imports ../resumable/resumable.js and the modules in ../shared.
+    fs: { allow: ['.', '../resumable', '../shared'] },
   },
 });

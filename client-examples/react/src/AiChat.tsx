@@ -1,7 +1,7 @@
 import { useEffect, useRef, useState, type FormEvent } from 'react';
 import { useAiSocket, type ConnectionState } from './useAiSocket';
-import { describeError } from './errors';
-import { clearAnswer, loadAnswer, saveAnswer } from './savedAnswer';
+import { describeError } from '../../shared/errors';
+import { clearAnswer, loadAnswer, saveAnswer } from '../../shared/savedAnswer';
 import { resumable } from '../../resumable/resumable.js';
 import type {
   ChatStartAck,
@@ -12,7 +12,7 @@ import type {
   ErrorEvent,
   StoppedEvent,
   UserMessageEvent,
-} from './protocol';
+} from '../../shared/protocol';
 
 interface Message {
   key: number;

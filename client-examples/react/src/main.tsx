@@ -1,8 +1,8 @@
 import { StrictMode } from 'react';
 import { createRoot } from 'react-dom/client';
 import { AiChat } from './AiChat';
-import { readConfig } from './config';
-import './styles.css';
+import { readConfig } from '../../shared/config';
+import '../../shared/styles.css';
 
 const config = readConfig();
 

@@ -1,7 +1,7 @@
 import { createApp } from 'vue';
 import AiChat from './AiChat.vue';
-import { readConfig } from './config';
-import './styles.css';
+import { readConfig } from '../../shared/config';
+import '../../shared/styles.css';
 
 const config = readConfig();
 
