@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{self, Authenticator},
+    checkpoint::Checkpoints,
     config::{Config, UpstreamConfig},
     gateway::{self, NAMESPACE},
     generation::{Registry, StopReason},
@@ -40,6 +41,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// The per-user `chat:start` token bucket.
     pub start_limiter: StartRateLimiter,
+    /// Partial answers waiting to be written together.
+    pub checkpoints: Arc<Checkpoints>,
 }
 
 /// Why the server could not start.
@@ -89,7 +92,9 @@ impl Application {
             provider,
             registry: Arc::new(Registry::default()),
             start_limiter: StartRateLimiter::new(config_rate),
+            checkpoints: Arc::new(Checkpoints::default()),
         };
+        state.checkpoints.spawn_writer(state.db.clone(), state.config.checkpoint_interval);
         state.start_limiter.spawn_sweeper(std::time::Duration::from_secs(60));
         spawn_stale_answer_sweeper(state.db.clone(), state.config.stale_answer_after());
 

@@ -257,9 +257,10 @@ impl Config {
     }
 
     /// How long a `streaming` row may stay unchanged before its process is taken for dead:
-    /// a live generation writes a checkpoint or ends well within it.
+    /// a live generation offers a checkpoint every interval, the writer stores it within
+    /// the next one, so a live row is never older than a timeout plus two intervals.
     pub fn stale_answer_after(&self) -> Duration {
-        self.upstream_first_token_timeout.max(self.upstream_idle_timeout) + self.checkpoint_interval * 2
+        self.upstream_first_token_timeout.max(self.upstream_idle_timeout) + self.checkpoint_interval * 3
     }
 
     /// True when the server will accept unauthenticated sockets.

@@ -113,31 +113,41 @@ async fn chat_start(
             return refuse(&socket, ack, ChatError::code(ErrorCode::Busy));
         }
     };
+    let history = match request.conversation_id {
+        Some(id) => match store::conversation_history(&app.db, &user, id, app.config.max_history_messages).await {
+            Ok(history) => history,
+            Err(e) => return refuse_stored(&socket, ack, e),
+        },
+        None => Vec::new(),
+    };
+    let call = ChatCall {
+        messages: context(&app, &request, history),
+        model: request.model.clone(),
+        max_tokens: request.max_tokens,
+        temperature: request.temperature,
+    };
+    // The model starts on the answer while the turn is stored: its time to first token
+    // and the database's writes overlap. A start refused below drops (aborts) the request.
+    let upstream = app.provider.start_open(call);
     let turn = NewTurn {
         user_id: &user,
         conversation_id: request.conversation_id,
         message: &request.message,
         model: &request.model,
         client_message_id: request.client_message_id.as_deref(),
-        history_limit: app.config.max_history_messages,
     };
     let begun = match store::begin_chat(&app.db, turn).await {
         Ok(b) => b,
         Err(StoreError::DuplicateKey) => {
             // Another socket stored the same key first: answer with its ids.
-            drop(claim);
+            drop((claim, upstream));
             return match replay(&app, &user, key.unwrap_or_default(), true).await {
                 Ok(Some(ack_ok)) => ack_logged(&socket, ack, &ack_ok),
                 Ok(None) => refuse(&socket, ack, ChatError::code(ErrorCode::Internal)),
                 Err(e) => refuse(&socket, ack, e),
             };
         }
-        Err(e) => {
-            if !matches!(e, StoreError::NotFound) {
-                tracing::error!(sid = %socket.id, error = %e, "storing chat:start failed");
-            }
-            return refuse(&socket, ack, e.to_chat_error());
-        }
+        Err(e) => return refuse_stored(&socket, ack, e),
     };
     ack_logged(&socket, ack, &StartAck::ok(begun.conversation_id, begun.user_message_id, begun.assistant_message_id));
     if begun.created {
@@ -158,20 +168,31 @@ async fn chat_start(
     socket.leave(stale);
     socket.join(room);
 
-    let call = ChatCall {
-        messages: context(&app, &request, begun.history),
-        model: request.model,
-        max_tokens: request.max_tokens,
-        temperature: request.temperature,
-    };
     let spec = GenerationSpec {
         message_id: begun.assistant_message_id,
         conversation_id: begun.conversation_id,
         user_id: user,
         origin: socket.id,
-        call,
+        model: request.model,
+        upstream,
     };
+    let cancel_if_gone = app.config.on_disconnect == OnDisconnect::Cancel;
+    let registry = app.registry.clone();
     generation::spawn(app, io, spec, claim);
+    // A socket that left while its turn was being stored was not found by `on_disconnect`.
+    if cancel_if_gone && !socket.connected() {
+        if let Some(generation) = registry.by_socket(socket.id) {
+            generation.stop(StopReason::Disconnect);
+        }
+    }
+}
+
+/// Refuses a `chat:start` the database could not take; the cause goes to the log.
+fn refuse_stored(socket: &SocketRef, ack: AckSender, error: StoreError) {
+    if !matches!(error, StoreError::NotFound) {
+        tracing::error!(sid = %socket.id, error = %error, "storing chat:start failed");
+    }
+    refuse(socket, ack, error.to_chat_error());
 }
 
 /// The first ack of an earlier `chat:start` with the same `clientMessageId`, if stored.

@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use futures::FutureExt;
 use serde::Serialize;
 use socketioxide::{SendError, SocketError, SocketIo, extract::SocketRef, socket::Sid};
 use tokio::sync::{mpsc, oneshot};
@@ -29,11 +30,13 @@ use crate::{
     gateway::NAMESPACE,
     protocol::{Chunk, End, ErrorEvent, Stopped, utf16_len},
     store::{self, AnswerEnd, Usage, status},
-    upstream::{ChatCall, UpstreamError},
+    upstream::{OpeningStream, Piece, UpstreamError},
 };
 
 /// How soon text that met a full socket buffer is tried again.
 const FULL_BUFFER_RETRY: Duration = Duration::from_millis(10);
+/// Most upstream pieces joined into one chunk, so one busy answer yields to the others.
+const MAX_PIECES_PER_CHUNK: usize = 64;
 /// How long a final event keeps being retried into a full socket buffer.
 const FINAL_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -244,7 +247,9 @@ pub struct GenerationSpec {
     pub conversation_id: Uuid,
     pub user_id: String,
     pub origin: Sid,
-    pub call: ChatCall,
+    pub model: String,
+    /// The upstream request, started while the turn was being stored.
+    pub upstream: OpeningStream,
 }
 
 /// Registers and spawns a generation; the claim is released when it ends.
@@ -263,7 +268,7 @@ pub fn spawn(app: AppState, io: SocketIo, spec: GenerationSpec, claim: SocketCla
     app.registry.insert(handle.clone());
     let generation = Generation {
         room: room(spec.conversation_id),
-        model: spec.call.model.clone(),
+        model: spec.model,
         handle,
         app,
         io,
@@ -272,7 +277,7 @@ pub fn spawn(app: AppState, io: SocketIo, spec: GenerationSpec, claim: SocketCla
         cursors: HashMap::new(),
         attach_requests,
     };
-    tokio::spawn(generation.run(spec.call, claim));
+    tokio::spawn(generation.run(spec.upstream, claim));
 }
 
 /// Where one socket is in the answer.
@@ -284,6 +289,15 @@ struct Cursor {
     sent_utf16: u64,
     /// Next `seq`.
     seq: u64,
+}
+
+/// What the upstream said about the end of its answer.
+#[derive(Default)]
+struct StreamEnd {
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+    /// The stream is over.
+    done: bool,
 }
 
 /// How the upstream part of a generation ended.
@@ -307,8 +321,8 @@ struct Generation {
 }
 
 impl Generation {
-    async fn run(mut self, call: ChatCall, claim: SocketClaim) {
-        let outcome = self.stream(call).await;
+    async fn run(mut self, upstream: OpeningStream, claim: SocketClaim) {
+        let outcome = self.stream(upstream).await;
         let (status, finish_reason, usage) = match &outcome {
             Outcome::Complete { finish_reason, usage } => (status::COMPLETE, finish_reason.as_str(), *usage),
             Outcome::Stopped(StopReason::User | StopReason::Disconnect) => (status::STOPPED, "stopped", None),
@@ -321,6 +335,7 @@ impl Generation {
             Outcome::Failed(cause) => Some(cause.to_chat_error().code),
         };
         let end = AnswerEnd { content: &self.text, status, finish_reason, model: &self.model, usage, error_code };
+        self.app.checkpoints.forget(self.handle.message_id);
         let stored = self.store_end(&end).await;
 
         // The socket is free before the final event leaves, so the next chat:start never sees BUSY.
@@ -369,13 +384,16 @@ impl Generation {
     }
 
     /// Reads the upstream until it ends, fails or the generation is stopped.
-    async fn stream(&mut self, call: ChatCall) -> Outcome {
+    async fn stream(&mut self, mut opening: OpeningStream) -> Outcome {
         let handle = self.handle.clone();
-        let cancel = handle.cancel.clone();
         let stopped = || Outcome::Stopped(handle.reason.get().copied().unwrap_or(StopReason::User));
+        // One cancellation future for the whole answer: making one per token costs a
+        // lock and a waiter registration each time.
+        let cancelled = handle.cancel.cancelled();
+        tokio::pin!(cancelled);
         let mut upstream = tokio::select! {
-            _ = cancel.cancelled() => return stopped(),
-            opened = self.app.provider.open(call) => match opened {
+            _ = &mut cancelled => return stopped(),
+            opened = opening.opened() => match opened {
                 Ok(s) => s,
                 Err(e) => return Outcome::Failed(e),
             },
@@ -383,8 +401,7 @@ impl Generation {
         let mut checkpoint = tokio::time::interval(self.app.config.checkpoint_interval);
         checkpoint.tick().await;
         let mut checkpointed = 0;
-        let mut finish_reason = None;
-        let mut usage = None;
+        let mut end = StreamEnd::default();
         let window = self.app.config.stream_coalesce;
         // When pending text goes out next: after the coalescing window, or soon again
         // for a socket whose buffer was full (the upstream may pause for long).
@@ -392,7 +409,7 @@ impl Generation {
         loop {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return stopped(),
+                _ = &mut cancelled => return stopped(),
                 Some(request) = self.attach_requests.recv() => self.attach(request),
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
                     flush_at = (!self.deliver()).then(|| tokio::time::Instant::now() + FULL_BUFFER_RETRY);
@@ -400,36 +417,57 @@ impl Generation {
                 _ = checkpoint.tick() => {
                     if self.text.len() != checkpointed {
                         checkpointed = self.text.len();
-                        self.spawn_checkpoint();
+                        self.app.checkpoints.offer(self.handle.message_id, self.text.clone());
                     }
                 }
-                piece = upstream.next() => match piece {
-                    Ok(Some(piece)) => {
-                        if let Some(delta) = piece.delta {
-                            self.text.push_str(&delta);
-                            self.text_utf16 += utf16_len(&delta);
-                            self.handle.offset.store(self.text_utf16, Ordering::Relaxed);
-                            if window.is_zero() {
-                                if !self.deliver() && flush_at.is_none() {
-                                    flush_at = Some(tokio::time::Instant::now() + FULL_BUFFER_RETRY);
-                                }
-                            } else if flush_at.is_none() {
-                                flush_at = Some(tokio::time::Instant::now() + window);
-                            }
+                piece = upstream.next() => {
+                    let before = self.text.len();
+                    let mut next = Some(piece);
+                    let mut taken = 0;
+                    // Pieces that are already waiting join this chunk: when the server
+                    // falls behind it sends fewer, larger frames, and never waits for more.
+                    while let Some(piece) = next.take() {
+                        match piece {
+                            Ok(Some(piece)) => self.add_piece(piece, &mut end),
+                            Ok(None) => end.done = true,
+                            Err(e) => return Outcome::Failed(e),
                         }
-                        finish_reason = piece.finish_reason.or(finish_reason);
-                        usage = piece.usage.or(usage);
+                        taken += 1;
+                        if !end.done && taken < MAX_PIECES_PER_CHUNK {
+                            next = upstream.next().now_or_never();
+                        }
                     }
-                    Ok(None) => break,
-                    Err(e) => return Outcome::Failed(e),
-                },
+                    if self.text.len() != before {
+                        if window.is_zero() {
+                            if !self.deliver() && flush_at.is_none() {
+                                flush_at = Some(tokio::time::Instant::now() + FULL_BUFFER_RETRY);
+                            }
+                        } else if flush_at.is_none() {
+                            flush_at = Some(tokio::time::Instant::now() + window);
+                        }
+                    }
+                    if end.done {
+                        break;
+                    }
+                }
             }
         }
-        match finish_reason {
-            Some(finish_reason) => Outcome::Complete { finish_reason, usage },
+        match end.finish_reason {
+            Some(finish_reason) => Outcome::Complete { finish_reason, usage: end.usage },
             // Every OpenAI-compatible server ends an answer with a reason; a stream without one was cut.
             None => Outcome::Failed(UpstreamError::Failed("the stream ended without a finish reason".into())),
         }
+    }
+
+    /// Adds one upstream piece to the answer.
+    fn add_piece(&mut self, piece: Piece, end: &mut StreamEnd) {
+        if let Some(delta) = piece.delta {
+            self.text.push_str(&delta);
+            self.text_utf16 += utf16_len(&delta);
+            self.handle.offset.store(self.text_utf16, Ordering::Relaxed);
+        }
+        end.finish_reason = piece.finish_reason.or(end.finish_reason.take());
+        end.usage = piece.usage.or(end.usage);
     }
 
     /// Sets the socket's cursor at the requested offset, puts it in the room and sends
@@ -442,16 +480,6 @@ impl Generation {
             tracing::debug!(sid = %socket.id, error = %e, "catch-up not delivered");
         }
         let _ = done.send(sent_utf16);
-    }
-
-    fn spawn_checkpoint(&self) {
-        let db = self.app.db.clone();
-        let (id, text) = (self.handle.message_id, self.text.clone());
-        tokio::spawn(async move {
-            if let Err(e) = store::checkpoint_answer(&db, id, &text).await {
-                tracing::warn!(message_id = %id, error = %e, "checkpoint failed");
-            }
-        });
     }
 
     /// Writes the end of the answer, retrying briefly through a database blip.

@@ -117,6 +117,15 @@ pub fn stamp_token() -> String {
     format!("{micros} ")
 }
 
+/// A `chat.completion.chunk` carrying one token, written directly: benchmarks share the
+/// machine with the mock, so its per-token cost stays small.
+fn content_chunk(created: u64, model: &str, token: &str) -> String {
+    let (model, token) = (Value::from(model), Value::from(token));
+    format!(
+        r#"{{"id":"chatcmpl-mock","object":"chat.completion.chunk","created":{created},"model":{model},"choices":[{{"index":0,"delta":{{"content":{token}}},"finish_reason":null}}]}}"#
+    )
+}
+
 async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value>) -> Response {
     if let Ok(mut log) = state.requests.lock() {
         log.push(body.clone());
@@ -164,7 +173,7 @@ async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value
                 pace.tick().await;
             }
             let token = if config.stamp { stamp_token() } else { all[i].to_owned() };
-            yield Ok(Event::default().data(chunk(json!({"content": token}), Value::Null).to_string()));
+            yield Ok(Event::default().data(content_chunk(created, &model, &token)));
         }
         yield Ok(Event::default().data(chunk(json!({}), json!(finish)).to_string()));
         if include_usage {
@@ -181,7 +190,19 @@ async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value
 
 #[cfg(test)]
 mod tests {
-    use super::tokenize;
+    use serde_json::{Value, json};
+
+    use super::{content_chunk, tokenize};
+
+    #[test]
+    fn a_content_chunk_is_the_json_a_provider_sends() {
+        let chunk: Value = serde_json::from_str(&content_chunk(7, "gpt-4", "say \"hi\"\n")).expect("valid JSON");
+        let expected = json!({
+            "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 7, "model": "gpt-4",
+            "choices": [{"index": 0, "delta": {"content": "say \"hi\"\n"}, "finish_reason": null}],
+        });
+        assert_eq!(chunk, expected);
+    }
 
     #[test]
     fn tokens_are_words_with_their_trailing_space() {

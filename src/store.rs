@@ -44,9 +44,13 @@ impl StoreError {
     }
 }
 
-/// Connects with at most `max_connections` pooled connections (`None`: 4 for SQLite,
-/// which has one writer anyway, 16 otherwise), tunes SQLite for a server's write
-/// pattern, and runs the migrations.
+/// Connects with at most `max_connections` pooled connections (`None`: 1 for SQLite,
+/// 16 otherwise), tunes SQLite for a server's write pattern, and runs the migrations.
+///
+/// SQLite has one writer at a time. With several connections, a writer that finds the
+/// lock taken sleeps in SQLite's busy handler (1, 2, 5, 10 ms, ...) instead of queueing,
+/// which under load put 100 ms and more in front of `chat:start`s. One connection makes
+/// every statement queue in order on the pool; reads are short enough not to mind.
 pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<DatabaseConnection, DbErr> {
     let sqlite = url.starts_with("sqlite:");
     let mut options = ConnectOptions::new(url.to_owned());
@@ -55,7 +59,7 @@ pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<Database
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
         .idle_timeout(Duration::from_secs(60))
-        .max_connections(max_connections.unwrap_or(if sqlite { 4 } else { 16 }));
+        .max_connections(max_connections.unwrap_or(if sqlite { 1 } else { 16 }));
     // WAL lets readers run beside the writer; with it, `synchronous=NORMAL` is still
     // crash-safe (a power cut may lose the last commits, never corrupt) and spares an
     // fsync per commit, which is most of a chat:start's cost.
@@ -77,15 +81,13 @@ pub struct HistoryMessage {
 }
 
 /// What [`begin_chat`] stored.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct ChatBegun {
     pub conversation_id: Uuid,
     /// True when the conversation was created by this call.
     pub created: bool,
     pub user_message_id: Uuid,
     pub assistant_message_id: Uuid,
-    /// Earlier messages of the conversation, oldest first (not including the new one).
-    pub history: Vec<HistoryMessage>,
 }
 
 /// What a chat turn stores before the model is called.
@@ -95,39 +97,52 @@ pub struct NewTurn<'a> {
     pub message: &'a str,
     pub model: &'a str,
     pub client_message_id: Option<&'a str>,
-    pub history_limit: u64,
+}
+
+/// The last `limit` messages of `user`'s conversation, oldest first: what the model sees
+/// before the new message. `NotFound` when the conversation is not `user`'s.
+pub async fn conversation_history(
+    db: &DatabaseConnection,
+    user_id: &str,
+    conversation_id: Uuid,
+    limit: u64,
+) -> Result<Vec<HistoryMessage>, StoreError> {
+    if !owns_conversation(db, user_id, conversation_id).await? {
+        return Err(StoreError::NotFound);
+    }
+    Ok(load_history(db, conversation_id, limit).await?)
 }
 
 /// Stores the user message and the assistant's `streaming` row in one transaction,
-/// creating the conversation when none is given. Loads the history for the model.
+/// creating the conversation when none is given. Four statements in all (begin, the
+/// conversation, both messages, commit): each is a round trip to the database.
 pub async fn begin_chat(db: &DatabaseConnection, turn: NewTurn<'_>) -> Result<ChatBegun, StoreError> {
     let txn = db.begin().await?;
     let now = Utc::now();
-    let (conversation_id, created, history) = match turn.conversation_id {
+    let (conversation_id, created) = match turn.conversation_id {
         Some(id) => {
-            let found = conversation::Entity::find_by_id(id)
+            let touched = conversation::Entity::update_many()
+                .col_expr(conversation::Column::UpdatedAt, sea_orm::sea_query::Expr::value(now))
+                .filter(conversation::Column::Id.eq(id))
                 .filter(conversation::Column::UserId.eq(turn.user_id))
-                .one(&txn)
-                .await?
-                .ok_or(StoreError::NotFound)?;
-            let history = load_history(&txn, found.id, turn.history_limit).await?;
-            conversation::ActiveModel { id: Set(found.id), updated_at: Set(now), ..Default::default() }
-                .update(&txn)
+                .exec(&txn)
                 .await?;
-            (found.id, false, history)
+            if touched.rows_affected == 0 {
+                return Err(StoreError::NotFound);
+            }
+            (id, false)
         }
         None => {
             let id = Uuid::now_v7();
-            conversation::ActiveModel {
+            let conversation = conversation::ActiveModel {
                 id: Set(id),
                 user_id: Set(turn.user_id.to_owned()),
                 title: Set(turn.message.chars().take(80).collect()),
                 created_at: Set(now),
                 updated_at: Set(now),
-            }
-            .insert(&txn)
-            .await?;
-            (id, true, Vec::new())
+            };
+            conversation::Entity::insert(conversation).exec_without_returning(&txn).await?;
+            (id, true)
         }
     };
     let user_message_id = Uuid::now_v7();
@@ -135,20 +150,20 @@ pub async fn begin_chat(db: &DatabaseConnection, turn: NewTurn<'_>) -> Result<Ch
     question.content = Set(turn.message.to_owned());
     question.status = Set(status::COMPLETE.to_owned());
     question.client_message_id = Set(turn.client_message_id.map(str::to_owned));
-    if let Err(e) = question.insert(&txn).await {
-        return Err(match e.sql_err() {
-            Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => StoreError::DuplicateKey,
-            _ => e.into(),
-        });
-    }
     let assistant_message_id = Uuid::now_v7();
     let mut answer = new_message(conversation_id, assistant_message_id, turn.user_id, "assistant", now);
     answer.content = Set(String::new());
     answer.status = Set(status::STREAMING.to_owned());
     answer.model = Set(Some(turn.model.to_owned()));
-    answer.insert(&txn).await?;
+    if let Err(e) = message::Entity::insert_many([question, answer]).exec_without_returning(&txn).await {
+        return Err(match e.sql_err() {
+            // Only the question carries a unique key (`clientMessageId`).
+            Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => StoreError::DuplicateKey,
+            _ => e.into(),
+        });
+    }
     txn.commit().await?;
-    Ok(ChatBegun { conversation_id, created, user_message_id, assistant_message_id, history })
+    Ok(ChatBegun { conversation_id, created, user_message_id, assistant_message_id })
 }
 
 fn new_message(conversation_id: Uuid, id: Uuid, user_id: &str, role: &str, now: chrono::DateTime<Utc>) -> message::ActiveModel {
@@ -225,16 +240,21 @@ pub async fn finish_answer(db: &DatabaseConnection, id: Uuid, end: &AnswerEnd<'_
     .map(drop)
 }
 
-/// Writes the partial text of a streaming answer, so a crash loses only the last moments.
-pub async fn checkpoint_answer(db: &DatabaseConnection, id: Uuid, content: &str) -> Result<(), DbErr> {
-    message::Entity::update_many()
-        .col_expr(message::Column::Content, sea_orm::sea_query::Expr::value(content.to_owned()))
-        .col_expr(message::Column::UpdatedAt, sea_orm::sea_query::Expr::value(Utc::now()))
-        .filter(message::Column::Id.eq(id))
-        .filter(message::Column::Status.eq(status::STREAMING))
-        .exec(db)
-        .await
-        .map(drop)
+/// Writes the partial texts of streaming answers in one transaction, so a crash loses
+/// only the last moments. Rows that have ended meanwhile are left as they are.
+pub async fn checkpoint_answers(db: &DatabaseConnection, answers: &[(Uuid, String)]) -> Result<(), DbErr> {
+    let txn = db.begin().await?;
+    let now = Utc::now();
+    for (id, content) in answers {
+        message::Entity::update_many()
+            .col_expr(message::Column::Content, sea_orm::sea_query::Expr::value(content.as_str()))
+            .col_expr(message::Column::UpdatedAt, sea_orm::sea_query::Expr::value(now))
+            .filter(message::Column::Id.eq(*id))
+            .filter(message::Column::Status.eq(status::STREAMING))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await
 }
 
 /// The ids of an earlier `chat:start` of `user` with this `clientMessageId`.

@@ -1,7 +1,7 @@
 //! The one seam to the model: async-openai's streaming chat completions against
 //! any OpenAI-compatible base URL (the built-in mock included).
 
-use std::time::Duration;
+use std::{future::Future, pin::Pin, task::Poll, time::Duration};
 
 use async_openai::{
     Client,
@@ -15,6 +15,7 @@ use async_openai::{
 };
 use async_openai::middleware::{ReqwestService, retry::OpenAIRetryLayer};
 use futures::StreamExt;
+use tokio::time::Sleep;
 
 use crate::{
     error::{ChatError, ErrorCode},
@@ -110,6 +111,8 @@ pub struct Piece {
 impl Provider {
     /// A provider for `base_url` (ending in `/v1` for most servers).
     pub fn new(base_url: &str, api_key: &str, timeouts: (Duration, Duration), retry: RetryPolicy) -> Self {
+        // reqwest is built without a default TLS crypto provider and panics without one.
+        crate::install_crypto_provider();
         let config = OpenAIConfig::new().with_api_base(base_url).with_api_key(api_key);
         // Retries are ours (jittered, counted per generation), so async-openai's own layer is off.
         let http = tower::ServiceBuilder::new()
@@ -117,6 +120,14 @@ impl Provider {
             .service(ReqwestService::new(reqwest::Client::new()));
         let client = Client::with_config(config).with_http_service(http);
         Self { client, first_token_timeout: timeouts.0, idle_timeout: timeouts.1, retry }
+    }
+
+    /// Starts opening the stream in the background, so the model works on the answer
+    /// while the caller does something else (stores the turn). Dropping the result
+    /// aborts the request.
+    pub fn start_open(&self, call: ChatCall) -> OpeningStream {
+        let provider = self.clone();
+        OpeningStream(tokio::spawn(async move { provider.open(call).await }))
     }
 
     /// Opens the stream, retrying connect errors, 429 and 5xx with jittered backoff.
@@ -150,10 +161,12 @@ impl Provider {
         let opened = tokio::time::timeout(self.first_token_timeout, self.client.chat().create_stream(request))
             .await
             .map_err(|_| UpstreamError::Silent)??;
+        let deadline = tokio::time::Instant::now() + self.first_token_timeout;
         Ok(UpstreamStream {
             inner: opened,
             idle_timeout: self.idle_timeout,
-            deadline: tokio::time::Instant::now() + self.first_token_timeout,
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
         })
     }
 }
@@ -171,6 +184,26 @@ fn to_request_message(m: HistoryMessage) -> ChatCompletionRequestMessage {
     }
 }
 
+/// A stream being opened by [`Provider::start_open`]. Dropped, it aborts the request
+/// (or closes the stream, once open), so the upstream stops working on the answer.
+pub struct OpeningStream(tokio::task::JoinHandle<Result<UpstreamStream, UpstreamError>>);
+
+impl OpeningStream {
+    /// Waits for the stream to be open. Cancel-safe.
+    pub async fn opened(&mut self) -> Result<UpstreamStream, UpstreamError> {
+        match (&mut self.0).await {
+            Ok(opened) => opened,
+            Err(e) => Err(UpstreamError::Failed(format!("opening the stream stopped: {e}"))),
+        }
+    }
+}
+
+impl Drop for OpeningStream {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// An open answer stream with its silence timeouts.
 pub struct UpstreamStream {
     inner: ChatCompletionResponseStream,
@@ -178,12 +211,28 @@ pub struct UpstreamStream {
     /// When silence becomes a timeout: the first-token limit, then the idle limit after each
     /// piece of text. Kept here so a caller may drop and re-call [`Self::next`] freely.
     deadline: tokio::time::Instant,
+    /// Fires at or before `deadline`. Moving a timer per token costs more than the token's
+    /// own bookkeeping, so it is set once and, when it fires early, moved to the deadline.
+    timer: Pin<Box<Sleep>>,
 }
 
 impl UpstreamStream {
     /// The next piece, `None` at the end of the stream. Cancel-safe.
     pub async fn next(&mut self) -> Result<Option<Piece>, UpstreamError> {
-        let item = tokio::time::timeout_at(self.deadline, self.inner.next()).await.map_err(|_| UpstreamError::Silent)?;
+        let Self { inner, deadline, timer, .. } = self;
+        let item = std::future::poll_fn(|cx| {
+            if let Poll::Ready(item) = inner.poll_next_unpin(cx) {
+                return Poll::Ready(Ok(item));
+            }
+            loop {
+                std::task::ready!(timer.as_mut().poll(cx));
+                if tokio::time::Instant::now() >= *deadline {
+                    return Poll::Ready(Err(UpstreamError::Silent));
+                }
+                timer.as_mut().reset(*deadline);
+            }
+        })
+        .await?;
         let Some(chunk) = item.transpose()? else {
             return Ok(None);
         };

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::*;
+use crate::{
+    fake_upstream::{FakeUpstream, Reply},
+    helpers::*,
+};
 
 #[tokio::test]
 async fn a_4000_token_burst_into_a_slow_client_arrives_whole() {
@@ -61,4 +64,24 @@ async fn a_coalescing_window_joins_deltas_into_fewer_frames() {
     assert_chunks_consistent(&answer.chunks, &ack["messageId"], &ack["conversationId"]);
     assert_eq!(answer.text(), words);
     assert!(answer.chunks.len() < 30, "60 deltas 2 ms apart in 50 ms windows: {} chunks", answer.chunks.len());
+}
+
+#[tokio::test]
+async fn pieces_already_waiting_upstream_leave_as_one_chunk() {
+    // The upstream writes a 500-token answer at once: the generation finds its pieces
+    // waiting and joins them instead of sending a frame per piece.
+    let words: Vec<String> = (0..500).map(|i| format!("w{i} ")).collect();
+    let fake = FakeUpstream::start(vec![Reply::Burst(words.clone())]).await;
+    let app = spawn_app_with(&[("OPENAI_BASE_URL", &fake.base_url()), ("OPENAI_API_KEY", "sk-test")]).await;
+    let mut client = app.client(&user()).await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "burst" })).await;
+    let answer = read_answer(&mut client).await;
+    let text = words.concat();
+    assert_eq!(answer.final_name, "chat:end");
+    assert_chunks_consistent(&answer.chunks, &ack["messageId"], &ack["conversationId"]);
+    assert_eq!(answer.text(), text);
+    assert_eq!(answer.final_data["completionTokens"], json!(500));
+    assert_eq!(app.message(ack["messageId"].as_str().unwrap()).await.content, text);
+    eprintln!("500 tokens arrived in {} chunks", answer.chunks.len());
+    assert!(answer.chunks.len() <= 100, "waiting pieces are joined (at most 64 a chunk), not sent one frame each");
 }

@@ -25,6 +25,8 @@ pub enum Reply {
     SilentAfter(Vec<&'static str>),
     /// Streams these tokens and ends cleanly, but with no finish reason and no `[DONE]`.
     EndWithoutFinish(Vec<&'static str>),
+    /// The whole answer (tokens, finish reason, usage, `[DONE]`) in one write.
+    Burst(Vec<String>),
 }
 
 /// The default answer's tokens.
@@ -94,14 +96,20 @@ async fn reply(State(fake): State<FakeUpstream>, Json(_body): Json<Value>) -> Re
             .unwrap()
     };
     let tokens = |t: &[&str]| t.iter().map(|t| Ok(chunk(Some(t), None))).collect::<Vec<_>>();
+    let answer = |t: &[&str]| {
+        let mut frames = tokens(t);
+        frames.push(Ok(chunk(None, Some("stop"))));
+        let usage = json!({ "id": "x", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4", "choices": [],
+            "usage": { "prompt_tokens": 7, "completion_tokens": t.len(), "total_tokens": 7 + t.len() } });
+        frames.push(Ok(Bytes::from(format!("data: {usage}\n\ndata: [DONE]\n\n"))));
+        frames
+    };
     match next {
-        Reply::Answer(t) => {
-            let mut frames = tokens(&t);
-            frames.push(Ok(chunk(None, Some("stop"))));
-            let usage = json!({ "id": "x", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4", "choices": [],
-                "usage": { "prompt_tokens": 7, "completion_tokens": t.len(), "total_tokens": 7 + t.len() } });
-            frames.push(Ok(Bytes::from(format!("data: {usage}\n\ndata: [DONE]\n\n"))));
-            sse(frames, Tail::End)
+        Reply::Answer(t) => sse(answer(&t), Tail::End),
+        Reply::Burst(t) => {
+            let t: Vec<&str> = t.iter().map(String::as_str).collect();
+            let body: Vec<u8> = answer(&t).into_iter().flat_map(|f| f.unwrap().to_vec()).collect();
+            sse(vec![Ok(Bytes::from(body))], Tail::End)
         }
         Reply::Status(status, code) => {
             let error = json!({ "error": { "message": "scripted failure", "type": "server_error", "param": null, "code": code } });

@@ -120,3 +120,58 @@ async fn an_unreachable_upstream_is_upstream_error() {
     let row = app.message(ack["messageId"].as_str().unwrap()).await;
     assert_eq!((row.status.as_str(), row.content.as_str()), ("error", ""));
 }
+
+#[tokio::test]
+async fn a_slow_but_steady_upstream_is_not_silent() {
+    // Each token comes well within the 300 ms limits, the whole answer takes far longer.
+    let words: String = (0..12).map(|i| format!("w{i} ")).collect();
+    let words = words.trim_end().to_owned();
+    let app = spawn_app_with(&[
+        ("MOCK_RESPONSE", &words),
+        ("MOCK_TOKEN_DELAY_MS", "100"),
+        ("UPSTREAM_FIRST_TOKEN_TIMEOUT_MS", "300"),
+        ("UPSTREAM_IDLE_TIMEOUT_MS", "300"),
+    ])
+    .await;
+    let mut client = app.client(&user()).await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "slow" })).await;
+    let answer = read_answer(&mut client).await;
+    assert_eq!(answer.final_name, "chat:end", "{:?}", answer.final_data);
+    assert_eq!(answer.text(), words);
+    let row = app.message(ack["messageId"].as_str().unwrap()).await;
+    assert_eq!((row.status.as_str(), row.content.as_str()), ("complete", words.as_str()));
+}
+
+#[tokio::test]
+async fn a_request_started_for_a_refused_start_is_aborted() {
+    // chat:start opens the upstream request while it stores the turn; when storing fails
+    // the request is dropped. Here the upstream takes the request and never answers.
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let retry = chatwire::upstream::RetryPolicy { attempts: 1, base_delay: std::time::Duration::from_millis(10) };
+    let minute = std::time::Duration::from_secs(60);
+    let provider = chatwire::upstream::Provider::new(&url, "sk-test", (minute, minute), retry);
+    let call = chatwire::upstream::ChatCall {
+        model: "gpt-4".into(),
+        max_tokens: 10,
+        temperature: 0.7,
+        messages: vec![chatwire::store::HistoryMessage { role: "user".into(), content: "hi".into() }],
+    };
+    let opening = provider.start_open(call);
+    let (mut conn, _) = listener.accept().await.unwrap();
+    let mut request = vec![0u8; 4096];
+    assert!(conn.read(&mut request).await.unwrap() > 0, "the request arrives");
+    drop(opening);
+    // Without the abort, the connection would wait a minute for the first token.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match conn.read(&mut request).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "dropping the opening stream closes the upstream connection");
+}

@@ -22,7 +22,6 @@ pub struct TestApp {
     /// The built-in mock, unless the test points the server at its own upstream.
     mock: Option<MockUpstream>,
     stop: Option<oneshot::Sender<()>>,
-    pub server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -51,14 +50,6 @@ impl TestApp {
     /// One stored message.
     pub async fn message(&self, id: &str) -> entity::message::Model {
         entity::Message::find_by_id(Uuid::parse_str(id).unwrap()).one(&self.state.db).await.unwrap().expect("stored message")
-    }
-
-    /// Starts graceful shutdown and waits for the server to exit.
-    pub async fn shutdown(mut self) -> std::io::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.server.take().unwrap().await.unwrap()
     }
 }
 
@@ -103,13 +94,16 @@ pub async fn spawn_app_with(vars: &[(&str, &str)]) -> TestApp {
         ("MOCK_RESPONSE", ANSWER),
         ("MOCK_TOKEN_DELAY_MS", "5"),
         ("CHECKPOINT_INTERVAL_MS", "200"),
-        // Tests run side by side on one PostgreSQL server with 100 connections.
-        ("DATABASE_MAX_CONNECTIONS", "4"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    env.insert("DATABASE_URL".into(), database_url(&dir).await);
+    let url = database_url(&dir).await;
+    if url.starts_with("postgres") {
+        // Tests run side by side on one PostgreSQL server with 100 connections.
+        env.insert("DATABASE_MAX_CONNECTIONS".into(), "4".into());
+    }
+    env.insert("DATABASE_URL".into(), url);
     for (k, v) in vars {
         if v.is_empty() {
             env.remove(*k);
@@ -123,10 +117,10 @@ pub async fn spawn_app_with(vars: &[(&str, &str)]) -> TestApp {
     let state = app.state().clone();
     let mock = app.mock_upstream().cloned();
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async move {
+    tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
     }));
-    TestApp { addr, state, mock, stop: Some(stop), server: Some(server), _dir: dir }
+    TestApp { addr, state, mock, stop: Some(stop), _dir: dir }
 }
 
 /// Starts the server with the default test settings.

@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use crate::{
@@ -39,7 +40,7 @@ async fn by_default_an_answer_whose_client_left_is_finished_and_stored() {
     let app = spawn_app_with(&[("MOCK_RESPONSE", LONG), ("MOCK_TOKEN_DELAY_MS", "20")]).await;
     let row = leave_mid_answer(&app).await;
     assert_eq!((row.status.as_str(), row.content.as_str(), row.finish_reason.as_deref()), ("complete", LONG, Some("stop")));
-    assert!(app.state.registry.is_empty());
+    assert!(app.state.registry.wait_empty(Duration::from_secs(5)).await, "the answer leaves the registry after its row");
 }
 
 #[tokio::test]
@@ -48,7 +49,7 @@ async fn with_on_disconnect_cancel_the_partial_answer_is_stored_as_stopped() {
     let row = leave_mid_answer(&app).await;
     assert_eq!((row.status.as_str(), row.finish_reason.as_deref()), ("stopped", Some("stopped")));
     assert!(!row.content.is_empty() && row.content.len() < LONG.len() && LONG.starts_with(&row.content));
-    assert!(app.state.registry.is_empty());
+    assert!(app.state.registry.wait_empty(Duration::from_secs(5)).await, "the answer leaves the registry after its row");
 }
 
 /// The real binary as a child process, with its bound address read from its JSON log.
@@ -179,4 +180,32 @@ async fn a_crash_loses_at_most_the_last_checkpoint_and_the_next_start_marks_the_
     let mut restarted = restarted;
     restarted.process.kill().unwrap();
     restarted.process.wait().unwrap();
+}
+
+#[tokio::test]
+async fn with_on_disconnect_cancel_a_client_gone_before_its_turn_is_stored_stops_the_answer() {
+    let app = spawn_app_with(&[("MOCK_RESPONSE", LONG), ("MOCK_TOKEN_DELAY_MS", "20"), ("ON_DISCONNECT", "cancel")]).await;
+    let who = user();
+    let mut client = app.client(&who).await;
+    // Gone while the server is still storing the turn, before any ack or chunk.
+    client.emit("chat:start", json!({ "message": "count" })).await;
+    client.close().await;
+    let answer = || {
+        entity::Message::find()
+            .filter(entity::message::Column::UserId.eq(who.as_str()))
+            .filter(entity::message::Column::Role.eq("assistant"))
+            .one(&app.state.db)
+    };
+    for _ in 0..100 {
+        if let Some(row) = answer().await.unwrap() {
+            if row.status != "streaming" {
+                assert_eq!((row.status.as_str(), row.finish_reason.as_deref()), ("stopped", Some("stopped")));
+                assert!(row.content.len() < LONG.len(), "stopped early, not finished: {:?}", row.content);
+                assert!(app.state.registry.wait_empty(Duration::from_secs(5)).await, "the answer leaves the registry after its row");
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the answer never ended");
 }

@@ -2,6 +2,7 @@
 
 mod auth;
 mod chat;
+mod checkpoints;
 mod client;
 mod database;
 mod delivery;

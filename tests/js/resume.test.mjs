@@ -322,6 +322,8 @@ describe('chat:active and chat:resume details', () => {
     const cu = client(u);
     const cv = client(v);
     await Promise.all([waitConnected(cu.socket), waitConnected(cv.socket)]);
+    // chat:active follows the connect packet; it may be read just after 'connect' fires.
+    await until(() => cu.active.length > 0, 'chat:active on connect');
     assert.deepEqual(cu.active, [{ generations: [] }], 'nothing running at first');
     const [au, av] = await Promise.all([start(cu), start(cv)]);
     await until(() => cu.chunks >= 3 && cv.chunks >= 3, 'three chunks each');
