@@ -72,6 +72,7 @@ impl Application {
         let addr = SocketAddr::new(config.host, config.port);
         let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let db = store::connect(&config.database_url, config.database_max_connections).await?;
+        store::spawn_wal_checkpointer(&config.database_url).await?;
 
         let (mock, provider) = match &config.upstream {
             UpstreamConfig::Mock(mock_config) => {

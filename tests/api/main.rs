@@ -14,4 +14,5 @@ mod lifecycle;
 mod limits;
 mod malformed;
 mod resume;
+mod sqlite;
 mod transport;
