@@ -1,6 +1,7 @@
 //! `ttft`: `chat:start`s at a fixed rate (open loop) and the gateway's time to first token.
 //!
-//! A pool of connected sockets takes the starts: at each scheduled instant a free
+//! A pool of connected sockets takes the starts in turn (the one free the longest
+//! goes next, so every socket carries load): at each scheduled instant a free
 //! socket sends `chat:start` and times the first `chat:message`. The schedule never
 //! waits for answers (no coordinated omission); a start that finds no free socket is
 //! counted as `skipped`, which means the pool was too small or the server too slow.
@@ -155,11 +156,11 @@ pub async fn run(cfg: &TtftConfig) -> TtftResult {
     }
     drop(free_tx);
     // Wait until the pool is connected: every socket reports once, free or failed.
-    let mut free = Vec::with_capacity(pool);
+    let mut free = std::collections::VecDeque::with_capacity(pool);
     let connect_deadline = Instant::now() + Duration::from_secs(60);
     while free.len() + failed(&shared) < pool && Instant::now() < connect_deadline {
         match tokio::time::timeout(Duration::from_millis(50), free_rx.recv()).await {
-            Ok(Some(i)) => free.push(i),
+            Ok(Some(i)) => free.push_back(i),
             Ok(None) => break,
             Err(_) => {}
         }
@@ -180,9 +181,9 @@ pub async fn run(cfg: &TtftConfig) -> TtftResult {
         k += 1;
         tokio::time::sleep_until(at.into()).await;
         while let Ok(i) = free_rx.try_recv() {
-            free.push(i);
+            free.push_back(i);
         }
-        match free.pop() {
+        match free.pop_front() {
             Some(i) if senders[i].send(()).is_ok() => sent += 1,
             _ => skipped += 1,
         }
@@ -191,7 +192,7 @@ pub async fn run(cfg: &TtftConfig) -> TtftResult {
     let drain_deadline = Instant::now() + cfg.recv_timeout;
     while free.len() < connected && Instant::now() < drain_deadline {
         match tokio::time::timeout(Duration::from_millis(100), free_rx.recv()).await {
-            Ok(Some(i)) => free.push(i),
+            Ok(Some(i)) => free.push_back(i),
             Ok(None) => break,
             Err(_) => {}
         }
@@ -255,7 +256,22 @@ async fn worker(
 ) {
     let request = serde_json::json!({ "message": "Benchmark: time to first token.", "maxTokens": cfg.tokens });
     let delay_us = cfg.first_token_delay.as_micros() as i64;
-    while commands.recv().await.is_some() {
+    loop {
+        // A free socket still answers the server's heartbeats, or the server closes it
+        // (after 5 s on chatwire's defaults) and the next start sent on it is lost.
+        let command = tokio::select! {
+            command = commands.recv() => command,
+            idle = conn.recv() => match idle {
+                Ok(_) => continue,
+                Err(e) => {
+                    note(shared, e.category());
+                    return;
+                }
+            },
+        };
+        if command.is_none() {
+            break;
+        }
         let sent_at = Instant::now();
         if let Err(e) = conn.emit("chat:start", &request).await {
             note(shared, e.category());

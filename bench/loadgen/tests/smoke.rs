@@ -63,6 +63,11 @@ fn health_ok(port: u16) -> bool {
 }
 
 fn start_chatwire() -> Server {
+    start_chatwire_with(&[])
+}
+
+/// `chatwire serve` with the smoke settings changed by `vars`.
+fn start_chatwire_with(vars: &[(&str, &str)]) -> Server {
     let bin = chatwire_bin();
     assert!(
         bin.exists(),
@@ -93,6 +98,7 @@ fn start_chatwire() -> Server {
         .env("RATE_LIMIT_PER_MINUTE", "0")
         .env("MAX_CONCURRENT_STREAMS_PER_USER", "1000")
         .env("RUST_LOG", "warn")
+        .envs(vars.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -272,4 +278,24 @@ async fn the_ceiling_speaks_the_same_frames() {
     assert_eq!(tr.error_count, 0, "{:?}", tr.errors);
     assert_eq!(tr.first_tokens, tr.requests_sent);
     server.abort();
+}
+
+/// Sockets waiting in the `ttft` pool answer the server's heartbeats: with a 150 ms
+/// ping and every socket idle for most of a second between its starts, a pool that
+/// did not would lose its sockets to the heartbeat timeout and its starts with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttft_keeps_its_waiting_sockets_alive() {
+    let server = start_chatwire_with(&[("PING_INTERVAL_MS", "150"), ("PING_TIMEOUT_MS", "150")]);
+    let target = Target::parse(&format!("http://127.0.0.1:{}", server.port), "/ai").unwrap();
+    let mut t = ttft::TtftConfig::new(target, SECRET, 20.0, Duration::from_secs(2), Duration::ZERO);
+    t.pool = Some(16);
+    let tr = ttft::run(&t).await;
+    eprintln!("{tr}");
+    assert_eq!(tr.connected, 16);
+    assert_eq!(tr.error_count, 0, "{:?}", tr.errors);
+    assert_eq!(
+        (tr.skipped, tr.first_tokens, tr.answers),
+        (0, tr.requests_sent, tr.requests_sent)
+    );
+    assert!(tr.requests_sent >= 30, "{} starts", tr.requests_sent);
 }
