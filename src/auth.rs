@@ -47,7 +47,8 @@ pub struct Authenticator {
 
 enum Mode {
     Open,
-    Jwt { keys: Vec<(Algorithm, DecodingKey)>, validation: Validation, user_claim: String },
+    // Boxed: a `Validation` is large, and `Open` carries nothing.
+    Jwt { keys: Vec<(Algorithm, DecodingKey)>, validation: Box<Validation>, user_claim: String },
 }
 
 impl Authenticator {
@@ -74,7 +75,7 @@ impl Authenticator {
             }
             None => validation.validate_aud = false,
         }
-        Self { mode: Mode::Jwt { keys, validation, user_claim: jwt.user_claim.clone() } }
+        Self { mode: Mode::Jwt { keys, validation: Box::new(validation), user_claim: jwt.user_claim.clone() } }
     }
 
     /// True when no token is required.
@@ -119,15 +120,15 @@ fn keys(jwt: &JwtConfig) -> Vec<(Algorithm, DecodingKey)> {
 
 /// Finds the token: handshake `auth.token`, then `Authorization: Bearer`, then `?token=`.
 fn find_token<'a>(auth: Option<&'a Value>, parts: &'a http::request::Parts) -> Option<std::borrow::Cow<'a, str>> {
-    if let Some(Value::String(t)) = auth.and_then(|a| a.get("token")) {
-        if !t.is_empty() {
-            return Some(t.as_str().into());
-        }
+    if let Some(Value::String(t)) = auth.and_then(|a| a.get("token"))
+        && !t.is_empty()
+    {
+        return Some(t.as_str().into());
     }
-    if let Some(h) = parts.headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok()) {
-        if let Some(t) = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")) {
-            return Some(t.trim().into());
-        }
+    if let Some(h) = parts.headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok())
+        && let Some(t) = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))
+    {
+        return Some(t.trim().into());
     }
     let query = parts.uri.query()?;
     form_urlencoded_token(query)

@@ -105,10 +105,10 @@ async fn chat_start(
         }
         Err(ClaimRefused::Busy) => {
             // A retry of the start that is still being stored on this socket is not BUSY.
-            if let Some(key) = key {
-                if let Ok(Some(ack_ok)) = replay(&app, &user, key, true).await {
-                    return ack_logged(&socket, ack, &ack_ok);
-                }
+            if let Some(key) = key
+                && let Ok(Some(ack_ok)) = replay(&app, &user, key, true).await
+            {
+                return ack_logged(&socket, ack, &ack_ok);
             }
             return refuse(&socket, ack, ChatError::code(ErrorCode::Busy));
         }
@@ -180,10 +180,10 @@ async fn chat_start(
     let registry = app.registry.clone();
     generation::spawn(app, io, spec, claim);
     // A socket that left while its turn was being stored was not found by `on_disconnect`.
-    if cancel_if_gone && !socket.connected() {
-        if let Some(generation) = registry.by_socket(socket.id) {
-            generation.stop(StopReason::Disconnect);
-        }
+    if cancel_if_gone && !socket.connected()
+        && let Some(generation) = registry.by_socket(socket.id)
+    {
+        generation.stop(StopReason::Disconnect);
     }
 }
 
@@ -252,10 +252,10 @@ async fn chat_stop(socket: SocketRef, State(app): State<AppState>, TryData(paylo
 }
 
 async fn on_disconnect(socket: SocketRef, State(app): State<AppState>) {
-    if app.config.on_disconnect == OnDisconnect::Cancel {
-        if let Some(generation) = app.registry.by_socket(socket.id) {
-            generation.stop(StopReason::Disconnect);
-        }
+    if app.config.on_disconnect == OnDisconnect::Cancel
+        && let Some(generation) = app.registry.by_socket(socket.id)
+    {
+        generation.stop(StopReason::Disconnect);
     }
     tracing::debug!(sid = %socket.id, "disconnected");
 }

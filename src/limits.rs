@@ -11,10 +11,13 @@ use governor::{
     state::keyed::DashMapStateStore,
 };
 
+/// governor's limiter keyed by user id.
+type KeyedLimiter<C> = RateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
 /// The per-user token bucket; `None` inside when the limit is off.
 #[derive(Clone)]
 pub struct StartRateLimiter<C: Clock = DefaultClock> {
-    limiter: Option<Arc<RateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<C::Instant>>>>,
+    limiter: Option<Arc<KeyedLimiter<C>>>,
 }
 
 impl StartRateLimiter {

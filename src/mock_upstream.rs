@@ -172,7 +172,8 @@ async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value
             if let (Some(pace), true) = (pace.as_mut(), i > 0) {
                 pace.tick().await;
             }
-            let token = if config.stamp { stamp_token() } else { all[i].to_owned() };
+            // `n` never passes the text's length outside stamp mode.
+            let token = if config.stamp { stamp_token() } else { all.get(i).copied().unwrap_or_default().to_owned() };
             yield Ok(Event::default().data(content_chunk(created, &model, &token)));
         }
         yield Ok(Event::default().data(chunk(json!({}), json!(finish)).to_string()));

@@ -45,16 +45,16 @@ pub async fn chat_resume(socket: SocketRef, State(app): State<AppState>, TryData
         Ok(r) => r,
         Err(e) => return fail(&socket, ack, e),
     };
-    if let Some(running) = app.registry.get(request.message_id).filter(|g| g.user_id == user) {
-        if let Some(offset) = running.attach(socket.clone(), request.offset).await {
-            let reply = json!({
-                "ok": true, "status": status::STREAMING, "messageId": running.message_id,
-                "conversationId": running.conversation_id, "offset": offset,
-            });
-            return ack_logged(&socket, ack, &reply);
-        }
-        // It finished meanwhile: its row is final now.
+    if let Some(running) = app.registry.get(request.message_id).filter(|g| g.user_id == user)
+        && let Some(offset) = running.attach(socket.clone(), request.offset).await
+    {
+        let reply = json!({
+            "ok": true, "status": status::STREAMING, "messageId": running.message_id,
+            "conversationId": running.conversation_id, "offset": offset,
+        });
+        return ack_logged(&socket, ack, &reply);
     }
+    // Not running, or it finished meanwhile: its row is final now.
     let row = match store::find_answer(&app.db, &user, request.message_id).await {
         Ok(Some(row)) => row,
         Ok(None) => return fail(&socket, ack, ChatError::new(ErrorCode::NotFound, "message not found")),

@@ -21,7 +21,7 @@ pub enum Incoming {
 }
 
 enum Transport {
-    Ws(WebSocketStream<MaybeTlsStream<TcpStream>>),
+    Ws(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
     Polling { http: reqwest::Client, url: String, queue: VecDeque<String> },
 }
 
@@ -72,7 +72,7 @@ impl Client {
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config))
             .await
             .expect("websocket handshake");
-        let mut client = Self { transport: Transport::Ws(ws), next_ack: 0, backlog: VecDeque::new(), active: VecDeque::new() };
+        let mut client = Self { transport: Transport::Ws(Box::new(ws)), next_ack: 0, backlog: VecDeque::new(), active: VecDeque::new() };
         let open = client.recv_raw().await;
         assert!(open.starts_with('0'), "expected an Engine.IO open packet, got {open}");
         client.join_namespace(creds.auth).await?;
@@ -95,18 +95,17 @@ impl Client {
     async fn join_namespace(&mut self, auth: Option<Value>) -> Result<(), Refused> {
         let auth = auth.map(|a| a.to_string()).unwrap_or_default();
         self.send_raw(format!("0{NS},{auth}")).await;
-        loop {
-            let packet = self.recv_raw().await;
-            if let Some(body) = packet.strip_prefix(&format!("0{NS},")) {
-                assert!(serde_json::from_str::<Value>(body).unwrap()["sid"].is_string());
-                return Ok(());
-            }
-            if let Some(body) = packet.strip_prefix(&format!("4{NS},")) {
-                let err: Value = serde_json::from_str(body).unwrap();
-                return Err(Refused(err["message"].as_str().unwrap_or_default().to_owned()));
-            }
-            panic!("unexpected packet while connecting: {packet}");
+        // The first packet on the namespace answers the connect: accepted or refused.
+        let packet = self.recv_raw().await;
+        if let Some(body) = packet.strip_prefix(&format!("0{NS},")) {
+            assert!(serde_json::from_str::<Value>(body).unwrap()["sid"].is_string());
+            return Ok(());
         }
+        if let Some(body) = packet.strip_prefix(&format!("4{NS},")) {
+            let err: Value = serde_json::from_str(body).unwrap();
+            return Err(Refused(err["message"].as_str().unwrap_or_default().to_owned()));
+        }
+        panic!("unexpected packet while connecting: {packet}");
     }
 
     /// `socket.emit(event, data)`.
@@ -202,7 +201,7 @@ impl Client {
     /// Closes the transport abruptly.
     pub async fn close(self) {
         if let Transport::Ws(mut ws) = self.transport {
-            let _ = ws.close(None).await;
+            let _ = ws.as_mut().close(None).await;
         }
     }
 

@@ -197,13 +197,13 @@ async fn with_on_disconnect_cancel_a_client_gone_before_its_turn_is_stored_stops
             .one(&app.state.db)
     };
     for _ in 0..100 {
-        if let Some(row) = answer().await.unwrap() {
-            if row.status != "streaming" {
-                assert_eq!((row.status.as_str(), row.finish_reason.as_deref()), ("stopped", Some("stopped")));
-                assert!(row.content.len() < LONG.len(), "stopped early, not finished: {:?}", row.content);
-                assert!(app.state.registry.wait_empty(Duration::from_secs(5)).await, "the answer leaves the registry after its row");
-                return;
-            }
+        if let Some(row) = answer().await.unwrap()
+            && row.status != "streaming"
+        {
+            assert_eq!((row.status.as_str(), row.finish_reason.as_deref()), ("stopped", Some("stopped")));
+            assert!(row.content.len() < LONG.len(), "stopped early, not finished: {:?}", row.content);
+            assert!(app.state.registry.wait_empty(Duration::from_secs(5)).await, "the answer leaves the registry after its row");
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

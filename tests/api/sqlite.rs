@@ -32,11 +32,11 @@ async fn stored_answers_are_copied_from_the_write_ahead_log_into_the_database_fi
         let Ok(db) = Database::connect(format!("sqlite://{}?mode=ro", copied.display())).await else { continue };
         let row = entity::Message::find_by_id(id).one(&db).await;
         db.close().await.unwrap();
-        if let Ok(Some(row)) = row {
-            if row.status == "complete" {
-                assert_eq!(row.content, ANSWER);
-                return;
-            }
+        if let Ok(Some(row)) = row
+            && row.status == "complete"
+        {
+            assert_eq!(row.content, ANSWER);
+            return;
         }
     }
     panic!("the answer never left the write-ahead log");
