@@ -53,11 +53,8 @@ impl StoreError {
 /// every statement queue in order on the pool; reads are short enough not to mind.
 pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<DatabaseConnection, DbErr> {
     let sqlite = url.starts_with("sqlite:");
-    let mut options = ConnectOptions::new(url.to_owned());
+    let mut options = base_options(url);
     options
-        .sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(5))
         .idle_timeout(Duration::from_secs(60))
         .max_connections(max_connections.unwrap_or(if sqlite { 1 } else { 16 }));
     // WAL lets readers run beside the writer; with it, `synchronous=NORMAL` is still
@@ -71,6 +68,16 @@ pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<Database
     let db = Database::connect(options).await?;
     Migrator::up(&db, None).await?;
     Ok(db)
+}
+
+/// What every pool opened here shares: no statement logging, bounded waits.
+fn base_options(url: &str) -> ConnectOptions {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5));
+    options
 }
 
 /// How often a SQLite file's write-ahead log is copied back into the database.
@@ -87,13 +94,8 @@ pub async fn spawn_wal_checkpointer(url: &str) -> Result<(), DbErr> {
     if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
         return Ok(());
     }
-    let mut options = ConnectOptions::new(url.to_owned());
-    options
-        .sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(5))
-        .min_connections(1)
-        .max_connections(1);
+    let mut options = base_options(url);
+    options.min_connections(1).max_connections(1);
     let db = Database::connect(options).await?;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(WAL_CHECKPOINT_EVERY);
