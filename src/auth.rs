@@ -1,17 +1,13 @@
-//! Socket authentication: a connect middleware that verifies the JWT once and
-//! stores the [`User`] in the socket's extensions.
+//! Authentication, for every wire: verifies a JWT and names its [`User`], and finds a
+//! token in an HTTP request. It knows no wire.
 //!
-//! Every failure is the fixed `unauthorized` (socketioxide sends a middleware's
-//! error text verbatim); the reason goes to the log only.
+//! Every failure reaches a client as the fixed `unauthorized`; the reason goes to the
+//! log only.
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::{Map, Value};
-use socketioxide::extract::{SocketRef, State, TryData};
 
-use crate::{
-    app::AppState,
-    config::{AuthConfig, JwtConfig},
-};
+use crate::config::{AuthConfig, JwtConfig};
 
 /// The authenticated user of a socket. Only ever built from a verified token (or open mode).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,61 +114,28 @@ fn keys(jwt: &JwtConfig) -> Vec<(Algorithm, DecodingKey)> {
     keys
 }
 
-/// Finds the token: handshake `auth.token`, then `Authorization: Bearer`, then `?token=`.
-fn find_token<'a>(auth: Option<&'a Value>, parts: &'a http::request::Parts) -> Option<std::borrow::Cow<'a, str>> {
-    if let Some(Value::String(t)) = auth.and_then(|a| a.get("token"))
-        && !t.is_empty()
-    {
-        return Some(t.as_str().into());
-    }
-    if let Some(h) = parts.headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok())
+/// Finds a token in a request: `Authorization: Bearer`, then `?token=`.
+pub fn request_token<'a>(headers: &'a http::HeaderMap, uri: &'a http::Uri) -> Option<std::borrow::Cow<'a, str>> {
+    if let Some(h) = headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok())
         && let Some(t) = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))
     {
         return Some(t.trim().into());
     }
-    let query = parts.uri.query()?;
-    form_urlencoded_token(query)
+    form_urlencoded_token(uri.query()?)
 }
 
 fn form_urlencoded_token(query: &str) -> Option<std::borrow::Cow<'_, str>> {
     form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v).filter(|v| !v.is_empty())
 }
 
-/// The `/ai` connect middleware: verifies, then registers the chat handlers.
-pub async fn authenticate(socket: SocketRef, auth: TryData<Value>, state: State<AppState>) -> Result<(), Unauthorized> {
-    identify(&socket, auth, state)?;
-    crate::gateway::register_handlers(&socket);
-    Ok(())
-}
-
-/// The root namespace's connect middleware. Socket.IO v2 clients (protocol v4) join `/`
-/// before any other namespace; they must hold a valid token there too.
-pub async fn authenticate_root(socket: SocketRef, auth: TryData<Value>, state: State<AppState>) -> Result<(), Unauthorized> {
-    identify(&socket, auth, state)
-}
-
-/// Verifies the socket's credentials and stores its [`User`].
-fn identify(socket: &SocketRef, TryData(auth): TryData<Value>, State(app): State<AppState>) -> Result<(), Unauthorized> {
-    let auth = auth.ok();
-    let user = if app.auth.is_open() {
-        let id = match auth.as_ref().and_then(|a| a.get("userId")) {
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => "anonymous".to_owned(),
-        };
-        User(id)
-    } else {
-        let token = find_token(auth.as_ref(), socket.req_parts()).ok_or_else(|| {
-            tracing::info!(sid = %socket.id, reason = %AuthError::Missing, "connection refused");
-            Unauthorized
-        })?;
-        app.auth.verify(&token).map_err(|reason| {
-            tracing::info!(sid = %socket.id, %reason, "connection refused");
-            Unauthorized
-        })?
-    };
-    socket.extensions.insert(user);
-    Ok(())
+/// A user id a client names itself in open mode: a non-empty string of at most 128
+/// characters, or a number.
+pub fn claimed_user(value: Option<&Value>) -> Option<User> {
+    match value {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => Some(User(s.clone())),
+        Some(Value::Number(n)) => Some(User(n.to_string())),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr, time::Duration};
 
-use crate::{telemetry::LogFormat, upstream::RetryPolicy};
+use crate::{providers::RetryPolicy, telemetry::LogFormat};
 
 /// A configuration mistake, naming the variable at fault.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +125,10 @@ pub struct Config {
     pub ping_timeout: Duration,
     /// Packets a socket may have queued before `emit` reports it full (socketioxide's `max_buffer_size`).
     pub socket_buffer_packets: usize,
+    /// Most answer text queued for one socket, in bytes (with the packets, it caps a frame).
+    pub socket_buffer_bytes: usize,
+    /// Longest silence on an SSE response before a `: keep-alive` comment.
+    pub sse_keepalive: Duration,
     /// Longest accepted `chat:start.message`, in characters.
     pub max_message_chars: usize,
     pub default_max_tokens: u32,
@@ -215,6 +219,14 @@ impl Config {
                 0 => return Err(bad("SOCKET_BUFFER_PACKETS", "must be above 0")),
                 n => n,
             },
+            socket_buffer_bytes: match env.parse("SOCKET_BUFFER_BYTES", 1_048_576usize)? {
+                n if n < 4096 => return Err(bad("SOCKET_BUFFER_BYTES", "must be at least 4096")),
+                n => n,
+            },
+            sse_keepalive: match env.parse("SSE_KEEPALIVE_MS", 15_000u64)? {
+                0 => return Err(bad("SSE_KEEPALIVE_MS", "must be above 0")),
+                n => Duration::from_millis(n),
+            },
             max_message_chars: env.parse("MAX_MESSAGE_CHARS", 32_000)?,
             default_max_tokens,
             max_tokens_limit,
@@ -261,6 +273,12 @@ impl Config {
     /// the next one, so a live row is never older than a timeout plus two intervals.
     pub fn stale_answer_after(&self) -> Duration {
         self.upstream_first_token_timeout.max(self.upstream_idle_timeout) + self.checkpoint_interval * 3
+    }
+
+    /// Most bytes of answer text in one frame to a socket: its byte budget shared by its
+    /// packets, so a full queue holds at most `SOCKET_BUFFER_BYTES`. At least 1 KiB.
+    pub fn frame_max_bytes(&self) -> usize {
+        (self.socket_buffer_bytes / self.socket_buffer_packets).max(1024)
     }
 
     /// True when the server will accept unauthenticated sockets.
@@ -347,46 +365,5 @@ impl Vars {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
-
-    #[test]
-    fn defaults_are_open_mode_with_the_mock() {
-        let c = Config::from_vars(vars(&[])).unwrap();
-        assert_eq!(c.port, 8000);
-        assert!(c.is_open_mode());
-        assert!(matches!(c.upstream, UpstreamConfig::Mock(_)));
-        assert_eq!(c.ping_interval, Duration::from_secs(10));
-        assert_eq!(c.ping_timeout, Duration::from_secs(5));
-        assert_eq!(c.cors_origins, vec!["http://localhost:5173"]);
-    }
-
-    #[test]
-    fn a_wrong_value_names_its_variable() {
-        let e = Config::from_vars(vars(&[("PORT", "eighty")])).unwrap_err();
-        assert_eq!(e.var, "PORT");
-        let e = Config::from_vars(vars(&[("CORS_ORIGIN", "*")])).unwrap_err();
-        assert_eq!(e.var, "CORS_ORIGIN");
-        let e = Config::from_vars(vars(&[("JWT_ISSUER", "me")])).unwrap_err();
-        assert_eq!(e.var, "JWT_ISSUER");
-        let e = Config::from_vars(vars(&[("JWT_PUBLIC_KEY", "nope")])).unwrap_err();
-        assert_eq!(e.var, "JWT_PUBLIC_KEY");
-    }
-
-    #[test]
-    fn production_refuses_open_mode() {
-        let e = Config::from_vars(vars(&[("NODE_ENV", "production")])).unwrap_err();
-        assert_eq!(e.var, "JWT_SECRET");
-        assert!(Config::from_vars(vars(&[("NODE_ENV", "production"), ("JWT_SECRET", "s")])).is_ok());
-    }
-
-    #[test]
-    fn cors_is_a_comma_list() {
-        let c = Config::from_vars(vars(&[("CORS_ORIGIN", "http://a.test, https://b.test")])).unwrap();
-        assert_eq!(c.cors_origins, vec!["http://a.test", "https://b.test"]);
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

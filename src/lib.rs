@@ -1,27 +1,25 @@
-//! chatwire: a Socket.IO gateway that streams LLM answers to existing
-//! socket.io-client chat apps and stores every conversation.
+//! chatwire: streams LLM answers to the chat clients teams already have, over several
+//! wires, and stores every conversation.
 //!
-//! `main.rs` only parses the configuration and calls [`app::Application`];
+//! The shape is one engine and thin wires; imports point one way:
+//! `transport`, `http` -> `engine` -> `store`, `providers`, `cluster` -> `chat`.
+//! `main.rs` only parses the configuration and calls [`startup::Application`];
 //! integration tests start the server through the same entry points.
 
-pub mod app;
 pub mod auth;
-pub mod checkpoint;
+pub mod chat;
+pub mod cluster;
 pub mod config;
-pub mod error;
-pub mod gateway;
-pub mod generation;
+pub mod engine;
 pub mod http;
-pub mod limits;
-pub mod mock_upstream;
-pub mod protocol;
-pub mod resume;
+pub mod providers;
+pub mod startup;
 pub mod store;
 pub mod telemetry;
-pub mod upstream;
+pub mod transport;
 
-pub use app::{AppState, Application};
 pub use config::Config;
+pub use startup::{AppState, Application};
 
 /// Installs rustls' process-wide crypto provider (ring). reqwest, built without a
 /// default provider, needs one before the first client is made; calling twice is harmless.

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use chatwire::{Application, Config, config::MockConfig, mock_upstream::MockUpstream, telemetry};
+use chatwire::{Application, Config, config::MockConfig, providers::mock::MockUpstream, telemetry};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

@@ -28,16 +28,10 @@ async fn row(app: &TestApp, id: Uuid) -> entity::message::Model {
 async fn one_round_writes_every_offered_text_and_leaves_ended_answers_alone() {
     // A long interval: the test runs the rounds itself.
     let app = spawn_app_with(&[("CHECKPOINT_INTERVAL_MS", "600000")]).await;
-    let checkpoints = &app.state.checkpoints;
+    let checkpoints = &app.state.engine.checkpoints();
     let (a, b, ended) = (streaming_answer(&app, "u1").await, streaming_answer(&app, "u2").await, streaming_answer(&app, "u3").await);
-    let end = store::AnswerEnd {
-        content: "final",
-        status: "complete",
-        finish_reason: "stop",
-        model: "gpt-4",
-        usage: None,
-        error_code: None,
-    };
+    let ending = chatwire::chat::Final::Complete { model: "gpt-4".into(), finish_reason: "stop".into(), usage: Default::default() };
+    let end = store::AnswerEnd { content: "final", ending: &ending, model: "gpt-4", partial_usage: None, cut_reason: "" };
     store::finish_answer(&app.state.db, ended, &end).await.unwrap();
 
     checkpoints.offer(a, "a old".into());
@@ -64,7 +58,7 @@ async fn one_round_writes_every_offered_text_and_leaves_ended_answers_alone() {
 async fn a_failed_round_keeps_its_texts_for_the_next_one() {
     let app = spawn_app_with(&[("CHECKPOINT_INTERVAL_MS", "600000")]).await;
     let id = streaming_answer(&app, "u1").await;
-    let checkpoints = &app.state.checkpoints;
+    let checkpoints = &app.state.engine.checkpoints();
     checkpoints.offer(id, "kept".into());
     // A database that refuses every statement.
     let closed = app.state.db.clone();
@@ -98,5 +92,5 @@ async fn streaming_answers_are_checkpointed_while_they_run() {
         assert_eq!(answer.final_name, "chat:end");
         assert_eq!(answer.text(), words);
     }
-    assert_eq!(app.state.checkpoints.pending(), 0, "nothing is left pending for ended answers");
+    assert_eq!(app.state.engine.checkpoints().pending(), 0, "nothing is left pending for ended answers");
 }

@@ -149,10 +149,10 @@ async fn a_request_started_for_a_refused_start_is_aborted() {
     use tokio::io::AsyncReadExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let retry = chatwire::upstream::RetryPolicy { attempts: 1, base_delay: std::time::Duration::from_millis(10) };
+    let retry = chatwire::providers::RetryPolicy { attempts: 1, base_delay: std::time::Duration::from_millis(10) };
     let minute = std::time::Duration::from_secs(60);
-    let provider = chatwire::upstream::Provider::new(&url, "sk-test", (minute, minute), retry);
-    let call = chatwire::upstream::ChatCall {
+    let provider = chatwire::providers::Provider::new(&url, "sk-test", (minute, minute), retry);
+    let call = chatwire::providers::ChatCall {
         model: "gpt-4".into(),
         max_tokens: 10,
         temperature: 0.7,

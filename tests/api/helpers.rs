@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use chatwire::{AppState, Application, Config, mock_upstream::MockUpstream};
+use chatwire::{AppState, Application, Config, providers::mock::MockUpstream};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use sea_orm::{ConnectionTrait, Database, EntityTrait, QueryFilter, QueryOrder, ColumnTrait};
 use serde_json::{Value, json};

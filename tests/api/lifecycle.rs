@@ -40,7 +40,7 @@ async fn by_default_an_answer_whose_client_left_is_finished_and_stored() {
     let app = spawn_app_with(&[("MOCK_RESPONSE", LONG), ("MOCK_TOKEN_DELAY_MS", "20")]).await;
     let row = leave_mid_answer(&app).await;
     assert_eq!((row.status.as_str(), row.content.as_str(), row.finish_reason.as_deref()), ("complete", LONG, Some("stop")));
-    assert!(app.state.registry.wait_empty(Duration::from_secs(5)).await, "the answer leaves the registry after its row");
+    assert!(app.state.engine.wait_idle(Duration::from_secs(5)).await, "the answer leaves the registry after its row");
 }
 
 #[tokio::test]
@@ -49,7 +49,7 @@ async fn with_on_disconnect_cancel_the_partial_answer_is_stored_as_stopped() {
     let row = leave_mid_answer(&app).await;
     assert_eq!((row.status.as_str(), row.finish_reason.as_deref()), ("stopped", Some("stopped")));
     assert!(!row.content.is_empty() && row.content.len() < LONG.len() && LONG.starts_with(&row.content));
-    assert!(app.state.registry.wait_empty(Duration::from_secs(5)).await, "the answer leaves the registry after its row");
+    assert!(app.state.engine.wait_idle(Duration::from_secs(5)).await, "the answer leaves the registry after its row");
 }
 
 /// The real binary as a child process, with its bound address read from its JSON log.
@@ -202,7 +202,7 @@ async fn with_on_disconnect_cancel_a_client_gone_before_its_turn_is_stored_stops
         {
             assert_eq!((row.status.as_str(), row.finish_reason.as_deref()), ("stopped", Some("stopped")));
             assert!(row.content.len() < LONG.len(), "stopped early, not finished: {:?}", row.content);
-            assert!(app.state.registry.wait_empty(Duration::from_secs(5)).await, "the answer leaves the registry after its row");
+            assert!(app.state.engine.wait_idle(Duration::from_secs(5)).await, "the answer leaves the registry after its row");
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -33,7 +33,7 @@ async fn concurrent_answers_per_user_are_capped_across_sockets() {
     let refused = tab2.emit_with_ack("chat:start", json!({ "message": "also" })).await;
     assert_eq!(refused["error"]["code"], "RATE_LIMIT");
     assert_eq!(read_answer(&mut tab1).await.final_name, "chat:end");
-    assert_eq!(app.state.registry.users_tracked(), 0, "finished users are forgotten");
+    assert_eq!(app.state.engine.users_tracked(), 0, "finished users are forgotten");
     // Once the first answer ended, the second tab may start.
     assert_eq!(tab2.emit_with_ack("chat:start", json!({ "message": "now" })).await["ok"], json!(true));
 }

@@ -85,7 +85,7 @@ async fn a_flood_of_malformed_packets_leaves_the_server_serving_and_flat() {
     }
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(app.state.registry.wait_empty(Duration::from_secs(10)).await);
+    assert!(app.state.engine.wait_idle(Duration::from_secs(10)).await);
     let after = rss_kib();
     eprintln!("{sent} malformed packets: RSS {before} KiB -> {after} KiB");
     assert!(after < before + 32 * 1024, "RSS grew from {before} KiB to {after} KiB");

@@ -12,6 +12,7 @@ use std::{
 };
 
 use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::store;
@@ -62,14 +63,17 @@ impl Checkpoints {
         }
     }
 
-    /// Runs the writer: a round every `interval`, for as long as the process lives.
-    pub fn spawn_writer(self: &Arc<Self>, db: DatabaseConnection, interval: Duration) {
+    /// Runs the writer: a round every `interval`, until `shutdown`.
+    pub fn spawn_writer(self: &Arc<Self>, db: DatabaseConnection, interval: Duration, shutdown: CancellationToken) {
         let checkpoints = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut rounds = tokio::time::interval(interval);
             rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                rounds.tick().await;
+                tokio::select! {
+                    _ = rounds.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
                 let Some(checkpoints) = checkpoints.upgrade() else { return };
                 if let Err(e) = checkpoints.write_pending(&db).await {
                     tracing::warn!(error = %e, "writing checkpoints failed; retrying next round");

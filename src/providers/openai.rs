@@ -17,10 +17,7 @@ use async_openai::middleware::{ReqwestService, retry::OpenAIRetryLayer};
 use futures::StreamExt;
 use tokio::time::Sleep;
 
-use crate::{
-    error::{ChatError, ErrorCode},
-    store::{HistoryMessage, Usage},
-};
+use crate::chat::{ChatError, ErrorCode, HistoryMessage, Usage};
 
 /// A client for one upstream, cloned cheaply into every generation.
 #[derive(Clone)]

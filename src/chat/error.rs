@@ -52,6 +52,21 @@ impl ErrorCode {
         .find(|c| c.as_str() == code)
     }
 
+    /// The HTTP status an HTTP wire answers with for this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::InvalidPayload | Self::InvalidParams | Self::InvalidModel | Self::MessageTooLong => 400,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::Busy => 409,
+            Self::RateLimit => 429,
+            Self::UpstreamError => 502,
+            Self::Unavailable => 503,
+            Self::UpstreamTimeout => 504,
+            Self::Internal => 500,
+        }
+    }
+
     /// The default human text for a code, used when there is nothing more specific to say.
     pub fn default_message(self) -> &'static str {
         match self {

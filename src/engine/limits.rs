@@ -26,15 +26,17 @@ impl StartRateLimiter {
         Self { limiter: NonZeroU32::new(per_minute).map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n)))) }
     }
 
-    /// Sweeps every `period` until the process ends.
-    pub fn spawn_sweeper(&self, period: Duration) {
+    /// Sweeps every `period` until `shutdown`.
+    pub fn spawn_sweeper(&self, period: Duration, shutdown: tokio_util::sync::CancellationToken) {
         let this = self.clone();
         if this.limiter.is_some() {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(period);
                 loop {
-                    tick.tick().await;
-                    this.sweep();
+                    tokio::select! {
+                        _ = tick.tick() => this.sweep(),
+                        _ = shutdown.cancelled() => return,
+                    }
                 }
             });
         }

@@ -1,14 +1,11 @@
-//! The `/ai` wire protocol: payloads in, validated into typed requests at the edge,
-//! and the events out, with the exact field names of PROTOCOL.md.
+//! The start command: a `chat:start` payload (the same JSON on every wire) validated
+//! into a typed command for the token's user. Never panics, whatever the JSON.
 
-use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{
-    config::Config,
-    error::{ChatError, ErrorCode},
-};
+use super::error::{ChatError, ErrorCode};
+use crate::config::Config;
 
 /// Longest accepted `clientMessageId`.
 pub const MAX_CLIENT_MESSAGE_ID: usize = 64;
@@ -17,7 +14,7 @@ const MAX_MODEL_NAME: usize = 128;
 
 /// A validated `chat:start`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct StartRequest {
+pub struct StartCommand {
     pub message: String,
     /// `None` starts a new conversation.
     pub conversation_id: Option<Uuid>,
@@ -28,7 +25,7 @@ pub struct StartRequest {
     pub system_prompt: Option<String>,
 }
 
-impl StartRequest {
+impl StartCommand {
     /// Validates a raw payload for the token's `user`. Never panics, whatever the JSON.
     pub fn parse(payload: &Value, user: &str, config: &Config) -> Result<Self, ChatError> {
         let Value::Object(obj) = payload else {
@@ -139,196 +136,9 @@ impl StartRequest {
     }
 }
 
-fn wrong_type(field: &str, expected: &str) -> ChatError {
+/// A field of the wrong JSON type.
+pub(crate) fn wrong_type(field: &str, expected: &str) -> ChatError {
     ChatError::new(ErrorCode::InvalidPayload, format!("{field} must be {expected}"))
-}
-
-/// A validated `chat:stop`: a message id, or the socket's current generation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StopRequest {
-    pub message_id: Option<Uuid>,
-}
-
-impl StopRequest {
-    /// Accepts nothing, `null`, `{}` or `{ messageId }`.
-    pub fn parse(payload: Option<&Value>) -> Result<Self, ChatError> {
-        let obj = match payload {
-            None | Some(Value::Null) => return Ok(Self { message_id: None }),
-            Some(Value::Object(obj)) => obj,
-            Some(_) => return Err(ChatError::new(ErrorCode::InvalidPayload, "payload must be an object")),
-        };
-        let message_id = match obj.get("messageId") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => {
-                Some(Uuid::try_parse(s).map_err(|_| ChatError::new(ErrorCode::InvalidParams, "messageId is not a UUID"))?)
-            }
-            Some(_) => return Err(wrong_type("messageId", "a string")),
-        };
-        Ok(Self { message_id })
-    }
-}
-
-/// A validated `chat:resume`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResumeRequest {
-    pub message_id: Uuid,
-    /// UTF-16 units of the answer the client already has.
-    pub offset: u64,
-}
-
-impl ResumeRequest {
-    /// Accepts `{ messageId, offset? }`.
-    pub fn parse(payload: Option<&Value>) -> Result<Self, ChatError> {
-        let Some(Value::Object(obj)) = payload else {
-            return Err(ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"));
-        };
-        let message_id = required_uuid(obj.get("messageId"), "messageId")?;
-        let offset = match obj.get("offset") {
-            None | Some(Value::Null) => 0,
-            Some(Value::Number(n)) => {
-                n.as_u64().ok_or_else(|| ChatError::new(ErrorCode::InvalidParams, "offset must be a whole number"))?
-            }
-            Some(_) => return Err(wrong_type("offset", "a number")),
-        };
-        Ok(Self { message_id, offset })
-    }
-}
-
-/// A validated `chat:join` or `chat:leave`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConversationRequest {
-    pub conversation_id: Uuid,
-}
-
-impl ConversationRequest {
-    /// Accepts `{ conversationId }`.
-    pub fn parse(payload: Option<&Value>) -> Result<Self, ChatError> {
-        let Some(Value::Object(obj)) = payload else {
-            return Err(ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"));
-        };
-        Ok(Self { conversation_id: required_uuid(obj.get("conversationId"), "conversationId")? })
-    }
-}
-
-fn required_uuid(value: Option<&Value>, field: &str) -> Result<Uuid, ChatError> {
-    match value {
-        Some(Value::String(s)) => {
-            Uuid::try_parse(s).map_err(|_| ChatError::new(ErrorCode::InvalidParams, format!("{field} is not a UUID")))
-        }
-        None | Some(Value::Null) => Err(ChatError::new(ErrorCode::InvalidPayload, format!("{field} is required"))),
-        Some(_) => Err(wrong_type(field, "a string")),
-    }
-}
-
-/// One running answer, as `chat:active` and `chat:join` list them.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ActiveGeneration {
-    pub conversation_id: Uuid,
-    pub message_id: Uuid,
-    /// UTF-16 length of the answer so far.
-    pub offset: u64,
-}
-
-/// The `chat:start` acknowledgement.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(untagged)]
-pub enum StartAck {
-    #[serde(rename_all = "camelCase")]
-    Ok { ok: bool, conversation_id: Uuid, user_message_id: Uuid, message_id: Uuid },
-    Err { ok: bool, error: ChatError },
-}
-
-impl StartAck {
-    pub fn ok(conversation_id: Uuid, user_message_id: Uuid, message_id: Uuid) -> Self {
-        Self::Ok { ok: true, conversation_id, user_message_id, message_id }
-    }
-    pub fn err(error: ChatError) -> Self {
-        Self::Err { ok: false, error }
-    }
-}
-
-/// `chat:conversation`: a conversation was created.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ConversationCreated {
-    pub conversation_id: Uuid,
-}
-
-/// `chat:user-message`: the user's message is stored.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UserMessageStored<'a> {
-    pub message_id: Uuid,
-    pub content: &'a str,
-    pub conversation_id: Uuid,
-}
-
-/// `chat:message`: a chunk of the answer.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Chunk<'a> {
-    pub content: &'a str,
-    pub is_complete: bool,
-    pub message_id: Uuid,
-    pub conversation_id: Uuid,
-    pub seq: u64,
-    /// UTF-16 length of the answer before this chunk.
-    pub offset: u64,
-}
-
-/// `chat:end`: the answer is complete and stored.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct End<'a> {
-    pub message_id: Uuid,
-    pub conversation_id: Uuid,
-    pub total_tokens: u32,
-    pub model: &'a str,
-    pub finish_reason: &'a str,
-    pub prompt_tokens: u32,
-    pub completion_tokens: u32,
-    pub content: &'a str,
-}
-
-/// `chat:stopped`: the answer was stopped; `content` is the stored partial answer.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Stopped<'a> {
-    pub message_id: Uuid,
-    pub conversation_id: Uuid,
-    pub content: &'a str,
-}
-
-/// `chat:error`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ErrorEvent<'a> {
-    pub message: &'a str,
-    pub code: ErrorCode,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message_id: Option<Uuid>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub conversation_id: Option<Uuid>,
-}
-
-impl<'a> ErrorEvent<'a> {
-    /// An error about no particular generation.
-    pub fn bare(error: &'a ChatError) -> Self {
-        Self { message: &error.message, code: error.code, message_id: None, conversation_id: None }
-    }
-}
-
-/// `chat:stop`'s acknowledgement.
-#[derive(Serialize)]
-pub struct StopAck {
-    pub ok: bool,
-    pub stopped: bool,
-}
-
-/// UTF-16 length, the unit of `offset` (JavaScript's `string.length`).
-pub fn utf16_len(s: &str) -> u64 {
-    s.chars().map(|c| c.len_utf16() as u64).sum()
 }
 
 #[cfg(test)]
@@ -341,12 +151,12 @@ mod tests {
     }
 
     fn code(v: Value) -> ErrorCode {
-        StartRequest::parse(&v, "u1", &config()).unwrap_err().code
+        StartCommand::parse(&v, "u1", &config()).unwrap_err().code
     }
 
     #[test]
     fn defaults_fill_what_the_client_left_out() {
-        let r = StartRequest::parse(&json!({"message": "hi", "conversationId": null, "userId": "u1"}), "u1", &config()).unwrap();
+        let r = StartCommand::parse(&json!({"message": "hi", "conversationId": null, "userId": "u1"}), "u1", &config()).unwrap();
         assert_eq!(r.model, "gpt-4");
         assert_eq!(r.max_tokens, 4096);
         assert_eq!(r.temperature, 0.7);
@@ -372,31 +182,27 @@ mod tests {
 
     #[test]
     fn numeric_user_ids_match_their_string_form() {
-        assert!(StartRequest::parse(&json!({"message": "hi", "userId": 42}), "42", &config()).is_ok());
+        assert!(StartCommand::parse(&json!({"message": "hi", "userId": 42}), "42", &config()).is_ok());
     }
 
     #[test]
     fn temperature_reaches_the_upstream_as_written() {
-        let r = StartRequest::parse(&json!({"message": "hi", "temperature": 0.3}), "u1", &config()).unwrap();
+        let r = StartCommand::parse(&json!({"message": "hi", "temperature": 0.3}), "u1", &config()).unwrap();
         assert_eq!(serde_json::to_string(&r.temperature).unwrap(), "0.3");
     }
 
-    #[test]
-    fn utf16_offsets_count_like_javascript() {
-        assert_eq!(utf16_len("héllo"), 5);
-        assert_eq!(utf16_len("😀a"), 3);
-    }
 }
 
 #[cfg(test)]
-mod fuzz {
+pub(crate) mod fuzz {
     //! Arbitrary JSON into the payload parsers: never a panic, always a protocol code.
 
     use super::*;
     use proptest::prelude::*;
     use serde_json::{Map, json};
 
-    fn any_json() -> impl Strategy<Value = Value> {
+    /// Arbitrary JSON, mostly objects with the protocol's own field names.
+    pub(crate) fn any_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
@@ -418,7 +224,7 @@ mod fuzz {
         prop_oneof![
             prop::sample::select(vec![
                 "message", "userId", "conversationId", "model", "maxTokens", "temperature", "clientMessageId",
-                "systemPrompt", "messageId",
+                "systemPrompt", "messageId", "offset",
             ])
             .prop_map(str::to_owned),
             ".{0,12}",
@@ -431,7 +237,7 @@ mod fuzz {
         #[test]
         fn start_payloads_never_panic(payload in any_json()) {
             let config = Config::from_vars(Default::default()).unwrap();
-            match StartRequest::parse(&payload, "u1", &config) {
+            match StartCommand::parse(&payload, "u1", &config) {
                 Ok(r) => {
                     prop_assert!(!r.message.trim().is_empty());
                     prop_assert!((0.0..=2.0).contains(&r.temperature));
@@ -445,11 +251,5 @@ mod fuzz {
             }
         }
 
-        #[test]
-        fn stop_payloads_never_panic(payload in any_json()) {
-            if let Err(e) = StopRequest::parse(Some(&payload)) {
-                prop_assert!(matches!(e.code, ErrorCode::InvalidPayload | ErrorCode::InvalidParams));
-            }
-        }
     }
 }

@@ -1,27 +1,31 @@
-//! Plain HTTP beside Socket.IO: `/health`, `/` and the CORS allowlist.
+//! Plain HTTP beside the wires: `/health`, `/` with live counts, and the CORS allowlist.
+
+use std::sync::Arc;
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use axum::extract::{OriginalUri, Request};
 use http::{HeaderName, HeaderValue, Method};
 use serde_json::{Value, json};
-use socketioxide::SocketIo;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::{
-    app::AppState,
     config::{Config, UpstreamConfig},
-    gateway::NAMESPACE,
+    engine::Engine,
 };
+
+/// Counts connections of the wires that have them (Socket.IO sockets).
+pub type ConnectionCount = Arc<dyn Fn() -> usize + Send + Sync>;
 
 #[derive(Clone)]
 struct HttpState {
-    io: SocketIo,
-    app: AppState,
+    engine: Engine,
+    config: Arc<Config>,
+    connections: ConnectionCount,
 }
 
-/// The HTTP routes. Socket.IO is layered on top by the caller.
-pub fn router(io: SocketIo, app: AppState) -> Router {
-    Router::new().route("/", get(info)).route("/health", get(health)).with_state(HttpState { io, app })
+/// The HTTP routes.
+pub fn router(engine: Engine, config: Arc<Config>, connections: ConnectionCount) -> Router {
+    Router::new().route("/", get(info)).route("/health", get(health)).with_state(HttpState { engine, config, connections })
 }
 
 /// CORS for exactly the configured origins, credentials allowed (as the NestJS gateway).
@@ -63,7 +67,7 @@ pub async fn detach_from_read_buffer(request: Request) -> Request {
 
 /// 200 while the database answers, 503 when it does not.
 async fn health(State(s): State<HttpState>) -> (StatusCode, Json<Value>) {
-    match s.app.db.ping().await {
+    match s.engine.db().ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ok", "database": "ok", "version": env!("CARGO_PKG_VERSION") }))),
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unreachable");
@@ -74,14 +78,13 @@ async fn health(State(s): State<HttpState>) -> (StatusCode, Json<Value>) {
 
 /// Service info and live counts.
 async fn info(State(s): State<HttpState>) -> Json<Value> {
-    let connections = s.io.of(NAMESPACE).map(|ns| ns.sockets().len()).unwrap_or(0);
     Json(json!({
         "name": "chatwire",
         "version": env!("CARGO_PKG_VERSION"),
-        "namespace": NAMESPACE,
-        "connections": connections,
-        "generations": s.app.registry.len(),
-        "auth": if s.app.config.is_open_mode() { "open" } else { "jwt" },
-        "upstream": match s.app.config.upstream { UpstreamConfig::Mock(_) => "mock", UpstreamConfig::OpenAi { .. } => "openai-compatible" },
+        "namespace": "/ai",
+        "connections": (s.connections)(),
+        "generations": s.engine.running(),
+        "auth": if s.config.is_open_mode() { "open" } else { "jwt" },
+        "upstream": match s.config.upstream { UpstreamConfig::Mock(_) => "mock", UpstreamConfig::OpenAi { .. } => "openai-compatible" },
     }))
 }

@@ -1,0 +1,210 @@
+//! A generation: one model answer, from the upstream's stream into the answer's log.
+//!
+//! It appends deltas (pieces already waiting upstream are joined into one append, and
+//! `STREAM_COALESCE_MS` joins a window's worth) and never waits for a reader. The
+//! database is written at the start (by the engine), at periodic checkpoints, and once
+//! at the end, before the final entry is appended: whoever reads the final entry, live
+//! or later from the row, reads the same stored text.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::FutureExt;
+use tokio::time::Instant;
+
+use super::Parts;
+use crate::{
+    chat::{AnswerIds, ChatError, ErrorCode, Final, StopReason, Usage, text},
+    cluster::{Claim, Ending, LogWriter, Registration, StopHandle},
+    providers::{OpeningStream, Piece, UpstreamError},
+    store::{self, AnswerEnd},
+};
+
+/// Most upstream pieces joined into one append, so one busy answer yields to the others.
+const MAX_PIECES_PER_APPEND: usize = 64;
+
+/// Everything a generation needs, fixed at its start.
+pub(super) struct Spec {
+    pub ids: AnswerIds,
+    pub user_id: String,
+    pub model: String,
+    /// The upstream request, started while the turn was being stored.
+    pub upstream: OpeningStream,
+    pub writer: Box<dyn LogWriter>,
+    pub stop: Arc<StopHandle>,
+}
+
+/// Spawns the generation. Its claim and its place in the directory are released when
+/// it ends, however it ends (a panic included).
+pub(super) fn spawn(parts: Arc<Parts>, spec: Spec, held: (Claim, Registration)) {
+    tokio::spawn(run(parts, spec, held));
+}
+
+/// What the upstream said about the end of its answer.
+#[derive(Default)]
+struct StreamEnd {
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+    done: bool,
+}
+
+/// How the upstream part ended.
+enum Outcome {
+    Complete { finish_reason: String, usage: Option<Usage> },
+    Stopped(StopReason),
+    Failed(UpstreamError),
+}
+
+async fn run(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration)) {
+    let started = Instant::now();
+    let mut first_token = None;
+    let outcome = stream(&parts, &mut spec, &mut first_token).await;
+    let (ending, cut_reason) = match outcome {
+        Outcome::Complete { finish_reason, usage } => {
+            (Final::Complete { model: spec.model.clone(), finish_reason, usage: usage.unwrap_or_default() }, "")
+        }
+        Outcome::Stopped(StopReason::User | StopReason::Disconnect) => (Final::Stopped, "stopped"),
+        Outcome::Stopped(StopReason::Shutdown) => (Final::shutdown(), "shutdown"),
+        Outcome::Failed(cause) => {
+            tracing::warn!(message_id = %spec.ids.message_id, error = %cause, "upstream failed");
+            (Final::Failed(cause.to_chat_error()), "error")
+        }
+    };
+    let content = spec.writer.text();
+    parts.checkpoints.forget(spec.ids.message_id);
+    let end = AnswerEnd { content: &content, ending: &ending, model: &spec.model, partial_usage: None, cut_reason };
+    let ending = if store_end(&parts, spec.ids, &end).await { ending } else { Final::Failed(ChatError::code(ErrorCode::Unavailable)) };
+    log_answer(&spec, &ending, started, first_token);
+
+    // The connection is free before the final entry is read, so its next start never
+    // sees BUSY. The answer leaves the directory once its final entry is in the log:
+    // readers that come later read the stored row.
+    let (claim, registration) = held;
+    drop(claim);
+    let length = text::utf16_len(&content);
+    spec.writer.finish(Ending { outcome: ending, content, length });
+    drop(registration);
+}
+
+/// One INFO line per answer, at its end.
+fn log_answer(spec: &Spec, ending: &Final, started: Instant, first_token: Option<Instant>) {
+    let usage = match ending {
+        Final::Complete { usage, .. } => *usage,
+        _ => Usage::default(),
+    };
+    tracing::info!(
+        message_id = %spec.ids.message_id,
+        conversation_id = %spec.ids.conversation_id,
+        user_id = %spec.user_id,
+        model = %spec.model,
+        prompt_tokens = usage.prompt_tokens,
+        completion_tokens = usage.completion_tokens,
+        ttft_ms = first_token.map(|t| t.duration_since(started).as_millis() as u64),
+        duration_ms = started.elapsed().as_millis() as u64,
+        status = ending.status().as_str(),
+        "answer ended"
+    );
+}
+
+/// Reads the upstream into the log until it ends, fails or the generation is stopped.
+async fn stream(parts: &Parts, spec: &mut Spec, first_token: &mut Option<Instant>) -> Outcome {
+    let stop = spec.stop.clone();
+    let stopped = || Outcome::Stopped(stop.reason());
+    // One cancellation future for the whole answer: making one per token costs a lock
+    // and a waiter registration each time.
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
+    let mut upstream = tokio::select! {
+        _ = &mut cancelled => return stopped(),
+        opened = spec.upstream.opened() => match opened {
+            Ok(s) => s,
+            Err(e) => return Outcome::Failed(e),
+        },
+    };
+    let mut checkpoint = tokio::time::interval(parts.config.checkpoint_interval);
+    checkpoint.tick().await;
+    let mut checkpointed = 0;
+    let mut end = StreamEnd::default();
+    let window = parts.config.stream_coalesce;
+    // Text held back for the coalescing window, and when it goes out.
+    let mut held = String::new();
+    let mut flush_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut cancelled => {
+                spec.writer.append(&held);
+                return stopped();
+            }
+            _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
+                spec.writer.append(&std::mem::take(&mut held));
+                flush_at = None;
+            }
+            _ = checkpoint.tick() => {
+                let length = spec.writer.length();
+                if length != checkpointed {
+                    checkpointed = length;
+                    parts.checkpoints.offer(spec.ids.message_id, spec.writer.text());
+                }
+            }
+            piece = upstream.next() => {
+                let mut next = Some(piece);
+                let mut taken = 0;
+                // Pieces already waiting join this append: when the server falls behind
+                // it appends less often, in larger pieces, and never waits for more.
+                while let Some(piece) = next.take() {
+                    match piece {
+                        Ok(Some(piece)) => add_piece(piece, &mut held, &mut end),
+                        Ok(None) => end.done = true,
+                        Err(e) => {
+                            spec.writer.append(&held);
+                            return Outcome::Failed(e);
+                        }
+                    }
+                    taken += 1;
+                    if !end.done && taken < MAX_PIECES_PER_APPEND {
+                        next = upstream.next().now_or_never();
+                    }
+                }
+                if !held.is_empty() {
+                    first_token.get_or_insert_with(Instant::now);
+                    if window.is_zero() || end.done {
+                        spec.writer.append(&std::mem::take(&mut held));
+                        flush_at = None;
+                    } else if flush_at.is_none() {
+                        flush_at = Some(Instant::now() + window);
+                    }
+                }
+                if end.done {
+                    break;
+                }
+            }
+        }
+    }
+    match end.finish_reason {
+        Some(finish_reason) => Outcome::Complete { finish_reason, usage: end.usage },
+        // Every OpenAI-compatible server ends an answer with a reason; a stream without one was cut.
+        None => Outcome::Failed(UpstreamError::Failed("the stream ended without a finish reason".into())),
+    }
+}
+
+fn add_piece(piece: Piece, held: &mut String, end: &mut StreamEnd) {
+    if let Some(delta) = piece.delta {
+        held.push_str(&delta);
+    }
+    end.finish_reason = piece.finish_reason.or(end.finish_reason.take());
+    end.usage = piece.usage.or(end.usage);
+}
+
+/// Writes the end of the answer, retrying briefly through a database blip.
+async fn store_end(parts: &Parts, ids: AnswerIds, end: &AnswerEnd<'_>) -> bool {
+    for attempt in 0..5u32 {
+        match store::finish_answer(&parts.db, ids.message_id, end).await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::error!(message_id = %ids.message_id, attempt, error = %e, "storing the answer failed");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+        }
+    }
+    false
+}

@@ -1,0 +1,319 @@
+//! The engine: the only API the wires call. `start`, `stop`, `subscribe(message,
+//! offset)`, `follow(conversation)` and `active(user)`. It owns idempotent replays of a
+//! `clientMessageId`, the rate limit, the claims, the history, the upstream call, the
+//! stored rows and the generation task. It knows no wire: a connection is the wire's
+//! own [`ConnectionId`], and what a reader reads is a log [`Entry`].
+
+mod checkpoint;
+mod generation;
+mod limits;
+mod stored;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{StreamExt, stream::BoxStream};
+use sea_orm::DatabaseConnection;
+use uuid::Uuid;
+
+pub use checkpoint::Checkpoints;
+pub use limits::StartRateLimiter;
+
+use crate::{
+    chat::{AnswerIds, ChatError, ConnectionId, ErrorCode, HistoryMessage, StartCommand, Status, StopReason},
+    cluster::{AnswerLogs, ClaimRefused, Directory, LogReader, RunningAnswer, StopHandle},
+    config::{Config, OnDisconnect},
+    providers::{ChatCall, Provider},
+    store::{self, NewTurn, StoreError},
+};
+pub use crate::cluster::{Ending, Entry};
+
+/// What a started answer gives its wire.
+pub struct Started {
+    pub ids: AnswerIds,
+    pub user_message_id: Uuid,
+    /// True when this start created the conversation.
+    pub created: bool,
+    /// The answer's log from its first delta, attached before the generation began.
+    pub reader: Box<dyn LogReader>,
+}
+
+/// The result of a `start`.
+pub enum StartOutcome {
+    Started(Started),
+    /// A repeat of an earlier start with the same `clientMessageId`: nothing new runs.
+    Repeated { ids: AnswerIds, user_message_id: Uuid },
+}
+
+/// A reader of one answer from an offset, running or stored.
+pub struct Subscription {
+    pub ids: AnswerIds,
+    /// `streaming` while it runs, else its stored status.
+    pub status: Status,
+    /// The offset really used: clamped to the text and to a character boundary.
+    pub offset: u64,
+    pub reader: Box<dyn LogReader>,
+}
+
+/// A running answer as `chat:active` lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActiveAnswer {
+    pub ids: AnswerIds,
+    /// Its UTF-16 length so far.
+    pub offset: u64,
+}
+
+/// The engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine(Arc<Parts>);
+
+/// Everything the engine and its generations share.
+pub(crate) struct Parts {
+    pub config: Arc<Config>,
+    pub db: DatabaseConnection,
+    pub provider: Provider,
+    pub directory: Arc<dyn Directory>,
+    pub logs: Arc<dyn AnswerLogs>,
+    pub limiter: StartRateLimiter,
+    pub checkpoints: Arc<Checkpoints>,
+}
+
+impl Engine {
+    /// An engine over these parts. Its background writers are started by the caller
+    /// ([`Engine::spawn_background`]).
+    pub fn new(
+        config: Arc<Config>,
+        db: DatabaseConnection,
+        provider: Provider,
+        directory: Arc<dyn Directory>,
+        logs: Arc<dyn AnswerLogs>,
+    ) -> Self {
+        let limiter = StartRateLimiter::new(config.rate_limit_per_minute);
+        Self(Arc::new(Parts { config, db, provider, directory, logs, limiter, checkpoints: Arc::default() }))
+    }
+
+    /// Runs the checkpoint writer and the rate limiter's sweeper until `shutdown`.
+    pub fn spawn_background(&self, shutdown: tokio_util::sync::CancellationToken) {
+        self.0.checkpoints.spawn_writer(self.0.db.clone(), self.0.config.checkpoint_interval, shutdown.clone());
+        self.0.limiter.spawn_sweeper(Duration::from_secs(60), shutdown);
+    }
+
+    /// The database (for health checks and tools).
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.0.db
+    }
+
+    /// Partial answers waiting to be written.
+    pub fn checkpoints(&self) -> &Checkpoints {
+        &self.0.checkpoints
+    }
+
+    /// Starts an answer for `user` on `connection`.
+    pub async fn start(&self, connection: &ConnectionId, user: &str, command: StartCommand) -> Result<StartOutcome, ChatError> {
+        let parts = &self.0;
+        let key = command.client_message_id.as_deref();
+        if let Some(key) = key
+            && let Some(repeated) = self.repeated(user, key, false).await?
+        {
+            return Ok(repeated);
+        }
+        if !parts.limiter.allow(user) {
+            return Err(ChatError::new(ErrorCode::RateLimit, "too many chats started; try again shortly"));
+        }
+        let claim = match parts.directory.claim(connection, user, parts.config.max_concurrent_streams_per_user).await {
+            Ok(claim) => claim,
+            Err(ClaimRefused::UserLimit) => {
+                return Err(ChatError::new(ErrorCode::RateLimit, "too many answers streaming at once"));
+            }
+            Err(ClaimRefused::Busy) => {
+                // A retry of the start still being stored on this connection is not BUSY.
+                if let Some(key) = key
+                    && let Ok(Some(repeated)) = self.repeated(user, key, true).await
+                {
+                    return Ok(repeated);
+                }
+                return Err(ChatError::code(ErrorCode::Busy));
+            }
+        };
+        let history = match command.conversation_id {
+            Some(id) => store::conversation_history(&parts.db, user, id, parts.config.max_history_messages)
+                .await
+                .map_err(|e| refused_by_store(connection, e))?,
+            None => Vec::new(),
+        };
+        let call = ChatCall {
+            messages: context(&parts.config, &command, history),
+            model: command.model.clone(),
+            max_tokens: command.max_tokens,
+            temperature: command.temperature,
+        };
+        // The model starts on the answer while the turn is stored: its time to first token
+        // and the database's writes overlap. A start refused below drops (aborts) the request.
+        let upstream = parts.provider.start_open(call);
+        let turn = NewTurn {
+            user_id: user,
+            conversation_id: command.conversation_id,
+            message: &command.message,
+            model: &command.model,
+            client_message_id: key,
+        };
+        let begun = match store::begin_chat(&parts.db, turn).await {
+            Ok(b) => b,
+            Err(StoreError::DuplicateKey) => {
+                // Another connection stored the same key first: answer with its ids.
+                drop((claim, upstream));
+                return self.repeated(user, key.unwrap_or_default(), true).await?.ok_or_else(|| ChatError::code(ErrorCode::Internal));
+            }
+            Err(e) => return Err(refused_by_store(connection, e)),
+        };
+        let ids = AnswerIds { message_id: begun.assistant_message_id, conversation_id: begun.conversation_id };
+        let writer = parts.logs.create(ids.message_id);
+        let reader = parts.logs.open(ids.message_id, 0).await.ok_or_else(|| ChatError::code(ErrorCode::Internal))?;
+        let stop = Arc::new(StopHandle::default());
+        let running = RunningAnswer { ids, user_id: user.to_owned(), connection: connection.clone() };
+        let registration = parts.directory.register(running, stop.clone()).await;
+        let spec = generation::Spec { ids, user_id: user.to_owned(), model: command.model, upstream, writer, stop };
+        generation::spawn(self.0.clone(), spec, (claim, registration));
+        Ok(StartOutcome::Started(Started { ids, user_message_id: begun.user_message_id, created: begun.created, reader }))
+    }
+
+    /// The ids of an earlier start with this key, if stored. With `wait`, gives an
+    /// in-flight first attempt a moment to commit.
+    async fn repeated(&self, user: &str, key: &str, wait: bool) -> Result<Option<StartOutcome>, ChatError> {
+        let attempts = if wait { 20 } else { 1 };
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            match store::find_turn(&self.0.db, user, key).await {
+                Ok(Some(t)) => {
+                    let ids = AnswerIds { message_id: t.assistant_message_id, conversation_id: t.conversation_id };
+                    return Ok(Some(StartOutcome::Repeated { ids, user_message_id: t.user_message_id }));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stops `user`'s answer. `Ok(false)` when it is theirs but no longer runs;
+    /// `NOT_FOUND` when it is not theirs or does not exist.
+    pub async fn stop(&self, user: &str, message_id: Uuid) -> Result<bool, ChatError> {
+        let directory = &self.0.directory;
+        if directory.get(message_id).await.is_some_and(|a| a.user_id == user) {
+            return Ok(directory.stop(message_id, StopReason::User).await);
+        }
+        match store::find_answer(&self.0.db, user, message_id).await {
+            Ok(Some(_)) => Ok(false),
+            Ok(None) => Err(ChatError::new(ErrorCode::NotFound, "message not found")),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Stops the answer `connection` is running, if any.
+    pub async fn stop_connection(&self, connection: &ConnectionId) -> bool {
+        match self.0.directory.of_connection(connection).await {
+            Some(a) => self.0.directory.stop(a.ids.message_id, StopReason::User).await,
+            None => false,
+        }
+    }
+
+    /// A connection has gone: with `ON_DISCONNECT=cancel`, its answer stops.
+    pub async fn connection_closed(&self, connection: &ConnectionId) {
+        if self.0.config.on_disconnect == OnDisconnect::Cancel
+            && let Some(a) = self.0.directory.of_connection(connection).await
+        {
+            self.0.directory.stop(a.ids.message_id, StopReason::Disconnect).await;
+        }
+    }
+
+    /// Reads `user`'s answer from `offset` (UTF-16 units): a running one from its log,
+    /// a finished one from its stored row, through the same kind of reader.
+    pub async fn subscribe(&self, user: &str, message_id: Uuid, offset: u64) -> Result<Subscription, ChatError> {
+        if let Some(running) = self.0.directory.get(message_id).await.filter(|a| a.user_id == user)
+            && let Some(reader) = self.0.logs.open(message_id, offset).await
+        {
+            let offset = reader.offset();
+            return Ok(Subscription { ids: running.ids, status: Status::Streaming, offset, reader });
+        }
+        // Not running, or it ended meanwhile: its row is final now.
+        let stored = match store::find_answer(&self.0.db, user, message_id).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Err(ChatError::new(ErrorCode::NotFound, "message not found")),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let (ids, status) = (stored.ids, stored.status);
+        let reader = stored::StoredReader::new(stored, offset);
+        Ok(Subscription { ids, status, offset: reader.offset(), reader: Box::new(reader) })
+    }
+
+    /// The answers running in `user`'s conversation now, then each one started in it
+    /// later. `NOT_FOUND` when the conversation is not theirs.
+    pub async fn follow(&self, user: &str, conversation_id: Uuid) -> Result<BoxStream<'static, AnswerIds>, ChatError> {
+        match store::owns_conversation(&self.0.db, user, conversation_id).await {
+            Ok(true) => {}
+            Ok(false) => return Err(ChatError::new(ErrorCode::NotFound, "conversation not found")),
+            Err(e) => return Err(unavailable(e)),
+        }
+        let user = user.to_owned();
+        let answers = self.0.directory.follow(conversation_id);
+        Ok(answers.filter(move |a| std::future::ready(a.user_id == user)).map(|a| a.ids).boxed())
+    }
+
+    /// `user`'s running answers, oldest first, with their length so far.
+    pub async fn active(&self, user: &str) -> Vec<ActiveAnswer> {
+        let mut active = Vec::new();
+        for answer in self.0.directory.of_user(user).await {
+            if let Some(offset) = self.0.logs.length(answer.ids.message_id).await {
+                active.push(ActiveAnswer { ids: answer.ids, offset });
+            }
+        }
+        active
+    }
+
+    /// Answers running in this process.
+    pub fn running(&self) -> usize {
+        self.0.directory.local_count()
+    }
+
+    /// Users holding a claim in this process.
+    pub fn users_tracked(&self) -> usize {
+        self.0.directory.local_users()
+    }
+
+    /// Waits until no answer runs here, or `limit` passes. True when none runs.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        self.0.directory.wait_local_empty(limit).await
+    }
+
+    /// Cuts every answer running here.
+    pub fn stop_all(&self, reason: StopReason) {
+        self.0.directory.stop_local(reason);
+    }
+}
+
+/// A start the database refused; the cause goes to the log.
+fn refused_by_store(connection: &ConnectionId, error: StoreError) -> ChatError {
+    if !matches!(error, StoreError::NotFound) {
+        tracing::error!(%connection, error = %error, "storing chat:start failed");
+    }
+    error.to_chat_error()
+}
+
+fn unavailable(e: sea_orm::DbErr) -> ChatError {
+    tracing::error!(error = %e, "database read failed");
+    ChatError::code(ErrorCode::Unavailable)
+}
+
+/// The messages sent upstream: system prompt(s), the conversation so far, the new message.
+fn context(config: &Config, command: &StartCommand, history: Vec<HistoryMessage>) -> Vec<HistoryMessage> {
+    let system = |content: &String| HistoryMessage { role: "system".into(), content: content.clone() };
+    config
+        .system_prompt
+        .iter()
+        .chain(command.system_prompt.iter())
+        .map(system)
+        .chain(history)
+        .chain(std::iter::once(HistoryMessage { role: "user".into(), content: command.message.clone() }))
+        .collect()
+}

@@ -1,0 +1,193 @@
+//! The composition root: configuration in, the engine and every wire built and bound,
+//! one shutdown token for all of them. [`Application::build`] binds and connects;
+//! [`Application::run_until`] serves until a shutdown future resolves. `main` and the
+//! integration tests start the server the same way.
+
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Router, serve::ListenerExt};
+use sea_orm::DatabaseConnection;
+use socketioxide::SocketIo;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    auth::Authenticator,
+    chat::StopReason,
+    cluster::{MemoryDirectory, MemoryLogs},
+    config::{Config, UpstreamConfig},
+    engine::Engine,
+    http,
+    providers::{Provider, mock::MockUpstream},
+    store,
+    transport::{Wire, socketio, sse},
+};
+
+/// How long shutdown waits for the last events to reach slow sockets.
+const DELIVERY_DRAIN: Duration = Duration::from_secs(5);
+/// Connections waiting to be accepted; tokio's default of 128 drops SYNs in reconnect bursts.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// What tests and tools reach into; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: DatabaseConnection,
+    pub engine: Engine,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot open the database: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("cannot start the mock upstream: {0}")]
+    Mock(io::Error),
+}
+
+/// A bound, connected server, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    io: SocketIo,
+    state: AppState,
+    mock: Option<MockUpstream>,
+    /// Stops every background task once the wires are drained.
+    shutdown: CancellationToken,
+    deliveries: TaskTracker,
+}
+
+impl Application {
+    /// Binds the listener, opens and migrates the database, builds the engine and wires.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        crate::install_crypto_provider();
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+        let shutdown = CancellationToken::new();
+        let db = store::connect(&config.database_url, config.database_max_connections).await?;
+        store::spawn_wal_checkpointer(&config.database_url, shutdown.clone()).await?;
+
+        let (mock, provider) = match &config.upstream {
+            UpstreamConfig::Mock(mock_config) => {
+                let mock = MockUpstream::start(mock_config.clone()).await.map_err(StartError::Mock)?;
+                let provider = Provider::new(&mock.base_url(), "mock", config.upstream_timeouts(), config.upstream_retry);
+                (Some(mock), provider)
+            }
+            UpstreamConfig::OpenAi { base_url, api_key } => {
+                let provider = Provider::new(base_url, api_key.expose(), config.upstream_timeouts(), config.upstream_retry);
+                (None, provider)
+            }
+        };
+        let config = Arc::new(config);
+        let engine =
+            Engine::new(config.clone(), db.clone(), provider, Arc::new(MemoryDirectory::default()), Arc::new(MemoryLogs::default()));
+        engine.spawn_background(shutdown.clone());
+        spawn_stale_answer_sweeper(db.clone(), config.stale_answer_after(), shutdown.clone());
+
+        let deliveries = TaskTracker::new();
+        let auth = Arc::new(Authenticator::new(&config.auth));
+        let wire = Wire { engine: engine.clone(), config: config.clone(), auth, deliveries: deliveries.clone() };
+        let (layer, io) = socketio::layer(wire.clone());
+        let counted = io.clone();
+        let router = http::router(engine.clone(), config.clone(), Arc::new(move || socketio::connections(&counted)))
+            .merge(sse::router(wire))
+            .layer(layer)
+            .layer(http::cors(&config))
+            .layer(axum::middleware::map_request(http::detach_from_read_buffer));
+        let state = AppState { config, db, engine };
+        Ok(Self { listener, router, io, state, mock, shutdown, deliveries })
+    }
+
+    /// The bound address (the real port when `PORT=0`).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// The shared state (database, engine), for tests and tools.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The built-in mock upstream, when no upstream is configured.
+    pub fn mock_upstream(&self) -> Option<&MockUpstream> {
+        self.mock.as_ref()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets running answers
+    /// finish within the grace period, cuts the rest, closes every socket and stops the
+    /// background tasks.
+    pub async fn run_until(self, signal: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
+        let Self { listener, router, io, state, mock: _mock, shutdown, deliveries } = self;
+        let stop_accepting = CancellationToken::new();
+        let drained = CancellationToken::new();
+        let drain = tokio::spawn({
+            let (stop_accepting, drained, shutdown) = (stop_accepting.clone(), drained.clone(), shutdown.clone());
+            async move {
+                signal.await;
+                let engine = &state.engine;
+                tracing::info!(running = engine.running(), "shutting down");
+                stop_accepting.cancel();
+                if !engine.wait_idle(state.config.shutdown_grace).await {
+                    tracing::warn!(running = engine.running(), "grace period over; cutting running answers");
+                    engine.stop_all(StopReason::Shutdown);
+                    engine.wait_idle(Duration::from_secs(10)).await;
+                }
+                // Final events still on their way to sockets go out before they close.
+                deliveries.close();
+                if tokio::time::timeout(DELIVERY_DRAIN, deliveries.wait()).await.is_err() {
+                    tracing::warn!(left = deliveries.len(), "some final events were not delivered before shutdown");
+                }
+                io.close().await;
+                shutdown.cancel();
+                drained.cancel();
+            }
+        });
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
+            .await;
+        // Connections may all be gone before answers are; finish draining either way.
+        if served.is_ok() {
+            drained.cancelled().await;
+        }
+        drain.abort();
+        shutdown.cancel();
+        served
+    }
+}
+
+/// Marks answers whose process died as failed: once at start-up, then periodically.
+fn spawn_stale_answer_sweeper(db: DatabaseConnection, stale_after: Duration, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(stale_after.max(Duration::from_secs(1)));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            match store::fail_stale_answers(&db, stale_after).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(answers = n, "answers interrupted by a dead process marked as failed"),
+                Err(e) => tracing::warn!(error = %e, "sweeping interrupted answers failed"),
+            }
+        }
+    });
+}
+
+/// Binds with a large listen backlog, so reconnect bursts after a deploy are not dropped.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}

@@ -1,0 +1,133 @@
+//! An answer's row: its periodic checkpoints, its final update, reading it back, and
+//! failing the rows of processes that died.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use entity::message;
+use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, Set, TransactionTrait};
+use uuid::Uuid;
+
+use crate::chat::{AnswerIds, ChatError, ErrorCode, Final, Status, Usage};
+
+/// The end of an answer, written in one update.
+#[derive(Clone, Debug)]
+pub struct AnswerEnd<'a> {
+    pub content: &'a str,
+    pub ending: &'a Final,
+    /// The model asked for (a completed answer stores the one the upstream named).
+    pub model: &'a str,
+    /// The token counts of an answer that did not complete, where known.
+    pub partial_usage: Option<Usage>,
+    /// Why an answer that did not complete ended (`stopped`, `error`, `shutdown`).
+    pub cut_reason: &'a str,
+}
+
+/// Finishes an assistant row: content, usage, model, finish reason, error code and
+/// status in one update.
+pub async fn finish_answer(db: &DatabaseConnection, id: Uuid, end: &AnswerEnd<'_>) -> Result<(), DbErr> {
+    let as_i32 = |n: u32| Some(i32::try_from(n).unwrap_or(i32::MAX));
+    let (model, finish_reason, usage, error_code) = match end.ending {
+        Final::Complete { model, finish_reason, usage } => (model.as_str(), finish_reason.as_str(), Some(*usage), None),
+        Final::Stopped => (end.model, end.cut_reason, end.partial_usage, None),
+        Final::Failed(error) => (end.model, end.cut_reason, end.partial_usage, Some(error.code)),
+    };
+    message::ActiveModel {
+        id: Set(id),
+        content: Set(end.content.to_owned()),
+        status: Set(end.ending.status().as_str().to_owned()),
+        finish_reason: Set(Some(finish_reason.to_owned())),
+        model: Set(Some(model.to_owned())),
+        prompt_tokens: Set(usage.and_then(|u| as_i32(u.prompt_tokens))),
+        completion_tokens: Set(usage.and_then(|u| as_i32(u.completion_tokens))),
+        total_tokens: Set(usage.and_then(|u| as_i32(u.total_tokens))),
+        error_code: Set(error_code.map(|c| c.as_str().to_owned())),
+        updated_at: Set(Utc::now()),
+        ..Default::default()
+    }
+    .update(db)
+    .await
+    .map(drop)
+}
+
+/// Writes the partial texts of streaming answers in one transaction, so a crash loses
+/// only the last moments. Rows that have ended meanwhile are left as they are.
+pub async fn checkpoint_answers(db: &DatabaseConnection, answers: &[(Uuid, String)]) -> Result<(), DbErr> {
+    let txn = db.begin().await?;
+    let now = Utc::now();
+    for (id, content) in answers {
+        message::Entity::update_many()
+            .col_expr(message::Column::Content, sea_orm::sea_query::Expr::value(content.as_str()))
+            .col_expr(message::Column::UpdatedAt, sea_orm::sea_query::Expr::value(now))
+            .filter(message::Column::Id.eq(*id))
+            .filter(message::Column::Status.eq(Status::Streaming.as_str()))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await
+}
+
+/// An answer as stored, read back for a reader that comes after it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredAnswer {
+    pub ids: AnswerIds,
+    pub status: Status,
+    pub content: String,
+    /// How it ended; `None` while its row is still `streaming` (its process runs
+    /// elsewhere, or died and is not swept yet).
+    pub ending: Option<Final>,
+}
+
+/// An assistant message of `user`, or `None` when it does not exist or is someone else's.
+pub async fn find_answer(db: &DatabaseConnection, user_id: &str, id: Uuid) -> Result<Option<StoredAnswer>, DbErr> {
+    let row = message::Entity::find_by_id(id)
+        .filter(message::Column::UserId.eq(user_id))
+        .filter(message::Column::Role.eq("assistant"))
+        .one(db)
+        .await?;
+    Ok(row.map(stored_answer))
+}
+
+fn stored_answer(row: message::Model) -> StoredAnswer {
+    let count = |n: Option<i32>| n.and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+    let status = Status::parse(&row.status);
+    let ending = match status {
+        Status::Streaming => None,
+        Status::Complete => Some(Final::Complete {
+            model: row.model.clone().unwrap_or_default(),
+            finish_reason: row.finish_reason.clone().unwrap_or_else(|| "stop".into()),
+            usage: Usage {
+                prompt_tokens: count(row.prompt_tokens),
+                completion_tokens: count(row.completion_tokens),
+                total_tokens: count(row.total_tokens),
+            },
+        }),
+        Status::Stopped => Some(Final::Stopped),
+        Status::Error => {
+            let code = row.error_code.as_deref().and_then(ErrorCode::parse).unwrap_or(ErrorCode::UpstreamError);
+            Some(Final::Failed(ChatError::code(code)))
+        }
+    };
+    StoredAnswer {
+        ids: AnswerIds { message_id: row.id, conversation_id: row.conversation_id },
+        status,
+        content: row.content,
+        ending,
+    }
+}
+
+/// Answers still `streaming` whose row has not moved for `stale_after`: their process
+/// died (a live generation checkpoints well within that). Marks them failed, keeping
+/// their checkpointed text, so clients resuming them are told. Safe with several nodes.
+pub async fn fail_stale_answers(db: &DatabaseConnection, stale_after: Duration) -> Result<u64, DbErr> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
+    let res = message::Entity::update_many()
+        .col_expr(message::Column::Status, sea_orm::sea_query::Expr::value(Status::Error.as_str()))
+        .col_expr(message::Column::FinishReason, sea_orm::sea_query::Expr::value("interrupted"))
+        .col_expr(message::Column::ErrorCode, sea_orm::sea_query::Expr::value(ErrorCode::Unavailable.as_str()))
+        .filter(message::Column::Status.eq(Status::Streaming.as_str()))
+        .filter(message::Column::UpdatedAt.lt(cutoff))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected)
+}

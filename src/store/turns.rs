@@ -1,0 +1,175 @@
+//! A chat turn: the conversation's history for the model, the user message and the
+//! answer's `streaming` row stored together, and the turn a repeated key refers to.
+
+use chrono::Utc;
+use entity::{conversation, message};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    TransactionTrait,
+};
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::chat::{HistoryMessage, Status};
+
+/// What [`begin_chat`] stored.
+#[derive(Clone, Copy, Debug)]
+pub struct ChatBegun {
+    pub conversation_id: Uuid,
+    /// True when the conversation was created by this call.
+    pub created: bool,
+    pub user_message_id: Uuid,
+    pub assistant_message_id: Uuid,
+}
+
+/// What a chat turn stores before the model is called.
+pub struct NewTurn<'a> {
+    pub user_id: &'a str,
+    pub conversation_id: Option<Uuid>,
+    pub message: &'a str,
+    pub model: &'a str,
+    pub client_message_id: Option<&'a str>,
+}
+
+/// The last `limit` messages of `user`'s conversation, oldest first: what the model sees
+/// before the new message. `NotFound` when the conversation is not `user`'s.
+pub async fn conversation_history(
+    db: &DatabaseConnection,
+    user_id: &str,
+    conversation_id: Uuid,
+    limit: u64,
+) -> Result<Vec<HistoryMessage>, StoreError> {
+    if !owns_conversation(db, user_id, conversation_id).await? {
+        return Err(StoreError::NotFound);
+    }
+    Ok(load_history(db, conversation_id, limit).await?)
+}
+
+/// Stores the user message and the assistant's `streaming` row in one transaction,
+/// creating the conversation when none is given. Four statements in all (begin, the
+/// conversation, both messages, commit): each is a round trip to the database.
+pub async fn begin_chat(db: &DatabaseConnection, turn: NewTurn<'_>) -> Result<ChatBegun, StoreError> {
+    let txn = db.begin().await?;
+    let now = Utc::now();
+    let (conversation_id, created) = match turn.conversation_id {
+        Some(id) => {
+            let touched = conversation::Entity::update_many()
+                .col_expr(conversation::Column::UpdatedAt, sea_orm::sea_query::Expr::value(now))
+                .filter(conversation::Column::Id.eq(id))
+                .filter(conversation::Column::UserId.eq(turn.user_id))
+                .exec(&txn)
+                .await?;
+            if touched.rows_affected == 0 {
+                return Err(StoreError::NotFound);
+            }
+            (id, false)
+        }
+        None => {
+            let id = Uuid::now_v7();
+            let conversation = conversation::ActiveModel {
+                id: Set(id),
+                user_id: Set(turn.user_id.to_owned()),
+                title: Set(turn.message.chars().take(80).collect()),
+                created_at: Set(now),
+                updated_at: Set(now),
+            };
+            conversation::Entity::insert(conversation).exec_without_returning(&txn).await?;
+            (id, true)
+        }
+    };
+    let user_message_id = Uuid::now_v7();
+    let mut question = new_message(conversation_id, user_message_id, turn.user_id, "user", now);
+    question.content = Set(turn.message.to_owned());
+    question.status = Set(Status::Complete.as_str().to_owned());
+    question.client_message_id = Set(turn.client_message_id.map(str::to_owned));
+    let assistant_message_id = Uuid::now_v7();
+    let mut answer = new_message(conversation_id, assistant_message_id, turn.user_id, "assistant", now);
+    answer.content = Set(String::new());
+    answer.status = Set(Status::Streaming.as_str().to_owned());
+    answer.model = Set(Some(turn.model.to_owned()));
+    if let Err(e) = message::Entity::insert_many([question, answer]).exec_without_returning(&txn).await {
+        return Err(match e.sql_err() {
+            // Only the question carries a unique key (`clientMessageId`).
+            Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => StoreError::DuplicateKey,
+            _ => e.into(),
+        });
+    }
+    txn.commit().await?;
+    Ok(ChatBegun { conversation_id, created, user_message_id, assistant_message_id })
+}
+
+fn new_message(conversation_id: Uuid, id: Uuid, user_id: &str, role: &str, now: chrono::DateTime<Utc>) -> message::ActiveModel {
+    message::ActiveModel {
+        id: Set(id),
+        conversation_id: Set(conversation_id),
+        user_id: Set(user_id.to_owned()),
+        role: Set(role.to_owned()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        model: Set(None),
+        prompt_tokens: Set(None),
+        completion_tokens: Set(None),
+        total_tokens: Set(None),
+        finish_reason: Set(None),
+        client_message_id: Set(None),
+        error_code: Set(None),
+        content: Set(String::new()),
+        status: Set(String::new()),
+    }
+}
+
+/// The last `limit` messages with text, oldest first. Failed answers with no text are skipped.
+async fn load_history<C: ConnectionTrait>(db: &C, conversation_id: Uuid, limit: u64) -> Result<Vec<HistoryMessage>, DbErr> {
+    let mut rows = message::Entity::find()
+        .filter(message::Column::ConversationId.eq(conversation_id))
+        .filter(message::Column::Content.ne(""))
+        .order_by_desc(message::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?;
+    rows.reverse();
+    Ok(rows.into_iter().map(|m| HistoryMessage { role: m.role, content: m.content }).collect())
+}
+
+/// The ids of an earlier `chat:start` of `user` with this `clientMessageId`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TurnIds {
+    pub conversation_id: Uuid,
+    pub user_message_id: Uuid,
+    pub assistant_message_id: Uuid,
+}
+
+/// Finds the turn a repeated `clientMessageId` refers to, if it was stored.
+pub async fn find_turn(db: &DatabaseConnection, user_id: &str, client_message_id: &str) -> Result<Option<TurnIds>, DbErr> {
+    let Some(question) = message::Entity::find()
+        .filter(message::Column::UserId.eq(user_id))
+        .filter(message::Column::ClientMessageId.eq(client_message_id))
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    // The answer row is inserted right after the question, in the same transaction.
+    let answer = message::Entity::find()
+        .filter(message::Column::ConversationId.eq(question.conversation_id))
+        .filter(message::Column::Id.gt(question.id))
+        .filter(message::Column::Role.eq("assistant"))
+        .order_by_asc(message::Column::Id)
+        .one(db)
+        .await?;
+    Ok(answer.map(|a| TurnIds {
+        conversation_id: question.conversation_id,
+        user_message_id: question.id,
+        assistant_message_id: a.id,
+    }))
+}
+
+/// True when the conversation exists and belongs to `user`.
+pub async fn owns_conversation(db: &DatabaseConnection, user_id: &str, id: Uuid) -> Result<bool, DbErr> {
+    Ok(conversation::Entity::find_by_id(id)
+        .filter(conversation::Column::UserId.eq(user_id))
+        .one(db)
+        .await?
+        .is_some())
+}
+

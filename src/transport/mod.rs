@@ -1,0 +1,23 @@
+//! The wires: each decodes its clients' messages into engine calls and encodes log
+//! entries into its own frames. `events` holds the `/ai` event payloads, which the SSE
+//! wire sends too.
+
+pub mod events;
+pub mod socketio;
+pub mod sse;
+
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+
+use crate::{auth::Authenticator, config::Config, engine::Engine};
+
+/// What every wire's handlers share; cheap to clone.
+#[derive(Clone)]
+pub struct Wire {
+    pub engine: Engine,
+    pub config: Arc<Config>,
+    pub auth: Arc<Authenticator>,
+    /// The tasks delivering answers to connections, so shutdown lets their final events out.
+    pub deliveries: TaskTracker,
+}

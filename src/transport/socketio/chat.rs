@@ -1,0 +1,75 @@
+//! `chat:start`, `chat:stop` and disconnects on `/ai`.
+
+use serde_json::Value;
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+
+use super::{ack_logged, connection_id, emit_logged, payload::StopRequest, reader, user_of};
+use crate::{
+    auth::User,
+    chat::{ChatError, ErrorCode, StartCommand},
+    engine::StartOutcome,
+    transport::{
+        Wire,
+        events::{ConversationCreated, ErrorEvent, StartAck, StopAck, UserMessageStored},
+    },
+};
+
+/// Refuses a request: the ack (if asked) and `chat:error` both say why.
+pub(super) fn refuse(socket: &SocketRef, ack: AckSender, error: ChatError) {
+    ack_logged(socket, ack, &StartAck::err(error.clone()));
+    emit_logged(socket, "chat:error", &ErrorEvent::bare(&error));
+}
+
+pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+    let Some(User(user)) = user_of(&socket) else {
+        return refuse(&socket, ack, ChatError::code(ErrorCode::Internal));
+    };
+    let command = match payload
+        .map_err(|_| ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"))
+        .and_then(|p| StartCommand::parse(&p, &user, &wire.config))
+    {
+        Ok(c) => c,
+        Err(e) => return refuse(&socket, ack, e),
+    };
+    let message = command.message.clone();
+    let connection = connection_id(&socket);
+    let started = match wire.engine.start(&connection, &user, command).await {
+        Ok(StartOutcome::Started(started)) => started,
+        Ok(StartOutcome::Repeated { ids, user_message_id }) => return ack_logged(&socket, ack, &StartAck::ok(ids, user_message_id)),
+        Err(e) => return refuse(&socket, ack, e),
+    };
+    let ids = started.ids;
+    ack_logged(&socket, ack, &StartAck::ok(ids, started.user_message_id));
+    if started.created {
+        emit_logged(&socket, "chat:conversation", &ConversationCreated { conversation_id: ids.conversation_id });
+    }
+    let stored = UserMessageStored { message_id: started.user_message_id, content: &message, conversation_id: ids.conversation_id };
+    emit_logged(&socket, "chat:user-message", &stored);
+    // The answer goes to this socket (and to those that ask for it), not to every
+    // socket that once talked in the conversation.
+    reader::deliver(&wire, &socket, ids, started.reader, None);
+    // A socket that left while its turn was being stored was not seen by `on_disconnect`.
+    if !socket.connected() {
+        wire.engine.connection_closed(&connection).await;
+    }
+}
+
+pub(super) async fn chat_stop(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+    let Some(User(user)) = user_of(&socket) else { return };
+    let request = match StopRequest::parse(payload.ok().as_ref()) {
+        Ok(r) => r,
+        Err(error) => return refuse(&socket, ack, error),
+    };
+    let stopped = match request.message_id {
+        // Another user's answer, or one that is not running, is simply not stopped.
+        Some(id) => wire.engine.stop(&user, id).await.unwrap_or(false),
+        None => wire.engine.stop_connection(&connection_id(&socket)).await,
+    };
+    ack_logged(&socket, ack, &StopAck { ok: true, stopped });
+}
+
+pub(super) async fn on_disconnect(socket: SocketRef, State(wire): State<Wire>) {
+    reader::Subscriptions::of(&socket).close();
+    wire.engine.connection_closed(&connection_id(&socket)).await;
+    tracing::debug!(sid = %socket.id, "disconnected");
+}

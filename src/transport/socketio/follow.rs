@@ -1,0 +1,90 @@
+//! Resuming and watching answers on `/ai`: `chat:resume`, `chat:join`, `chat:leave`.
+//! Only the owner reaches an answer; everyone else is told `NOT_FOUND`.
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+
+use super::{
+    ack_logged,
+    chat::refuse,
+    payload::{ConversationRequest, ResumeRequest},
+    reader::{self, Subscriptions},
+    user_of,
+};
+use crate::{
+    auth::User,
+    transport::{Wire, events::ActiveGeneration},
+};
+
+/// `chat:resume { messageId, offset }`: the missed text, then live or the stored end.
+pub(super) async fn chat_resume(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+    let Some(User(user)) = user_of(&socket) else { return };
+    let request = match ResumeRequest::parse(payload.ok().as_ref()) {
+        Ok(r) => r,
+        Err(e) => return refuse(&socket, ack, e),
+    };
+    let subscription = match wire.engine.subscribe(&user, request.message_id, request.offset).await {
+        Ok(s) => s,
+        Err(e) => return refuse(&socket, ack, e),
+    };
+    let ids = subscription.ids;
+    let reply = json!({
+        "ok": true, "status": subscription.status.as_str(), "messageId": ids.message_id,
+        "conversationId": ids.conversation_id, "offset": subscription.offset,
+    });
+    ack_logged(&socket, ack, &reply);
+    reader::deliver(&wire, &socket, ids, subscription.reader, None);
+}
+
+/// `chat:join { conversationId }`: watch a conversation of yours from this socket too:
+/// its running answer from the start, then each later one, until `chat:leave`.
+pub(super) async fn chat_join(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+    let Some(User(user)) = user_of(&socket) else { return };
+    let request = match ConversationRequest::parse(payload.ok().as_ref()) {
+        Ok(r) => r,
+        Err(e) => return refuse(&socket, ack, e),
+    };
+    let conversation_id = request.conversation_id;
+    let mut answers = match wire.engine.follow(&user, conversation_id).await {
+        Ok(answers) => answers,
+        Err(e) => return refuse(&socket, ack, e),
+    };
+    let generations: Vec<ActiveGeneration> = wire
+        .engine
+        .active(&user)
+        .await
+        .into_iter()
+        .filter(|a| a.ids.conversation_id == conversation_id)
+        .map(Into::into)
+        .collect();
+    ack_logged(&socket, ack, &json!({ "ok": true, "conversationId": conversation_id, "generations": generations }));
+    let subscriptions = Subscriptions::of(&socket);
+    let task = tokio::spawn({
+        let (socket, subscriptions) = (socket.clone(), subscriptions.clone());
+        async move {
+            while let Some(ids) = answers.next().await {
+                // Its own answers (and ones it resumed) already have their reader.
+                if subscriptions.reads(ids.message_id) {
+                    continue;
+                }
+                match wire.engine.subscribe(&user, ids.message_id, 0).await {
+                    Ok(s) => reader::deliver(&wire, &socket, ids, s.reader, Some(conversation_id)),
+                    Err(e) => tracing::debug!(sid = %socket.id, error = %e, "followed answer not readable"),
+                }
+            }
+        }
+    });
+    subscriptions.follow(conversation_id, task.abort_handle());
+}
+
+/// `chat:leave { conversationId }`: stop watching.
+pub(super) async fn chat_leave(socket: SocketRef, TryData(payload): TryData<Value>, ack: AckSender) {
+    match ConversationRequest::parse(payload.ok().as_ref()) {
+        Ok(r) => {
+            Subscriptions::of(&socket).leave(r.conversation_id);
+            ack_logged(&socket, ack, &json!({ "ok": true, "conversationId": r.conversation_id }));
+        }
+        Err(e) => refuse(&socket, ack, e),
+    }
+}

@@ -1,0 +1,132 @@
+//! The `/ai` namespace: the NestJS `AiGateway`'s Socket.IO wire over the engine.
+//!
+//! socketioxide sends the namespace CONNECT packet before it runs the (spawned) connect
+//! handler, so a client may emit before that handler has run. The event handlers are
+//! therefore registered by the auth middleware, which socketioxide awaits before it
+//! answers CONNECT: an event sent right after `connect` is never lost.
+
+mod chat;
+mod follow;
+mod payload;
+mod reader;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use socketioxide::{
+    SocketIo,
+    extract::{AckSender, SocketRef, State, TryData},
+    handler::ConnectHandler,
+    layer::SocketIoLayer,
+};
+
+use crate::{
+    auth::{self, AuthError, Unauthorized, User},
+    chat::ConnectionId,
+    transport::{Wire, events::ActiveGeneration},
+};
+
+/// The namespace existing clients connect to.
+pub const NAMESPACE: &str = "/ai";
+/// Initial WebSocket read buffer per connection (the default, 4 KiB, is mostly idle).
+const WS_READ_BUFFER: usize = 1024;
+/// Largest packet accepted from a client, as Node's Socket.IO (`maxHttpBufferSize`).
+const MAX_PAYLOAD: u64 = 1_000_000;
+
+/// The Socket.IO layer for the router, and its handle (to count and close sockets).
+pub fn layer(wire: Wire) -> (SocketIoLayer, SocketIo) {
+    let config = wire.config.clone();
+    let (layer, io) = SocketIo::builder()
+        .ping_interval(config.ping_interval)
+        .ping_timeout(config.ping_timeout)
+        .max_buffer_size(config.socket_buffer_packets)
+        // Client frames are small; a large message still grows the buffer as needed.
+        .ws_read_buffer_size(WS_READ_BUFFER)
+        .max_payload(MAX_PAYLOAD)
+        .ws_max_message_size(MAX_PAYLOAD as usize)
+        .with_state(wire)
+        .build_layer();
+    io.ns(NAMESPACE, on_connect.with(authenticate));
+    // Nothing happens on `/`, but socket.io-client 2.x must be able to join it first.
+    io.ns("/", (async |_: SocketRef| {}).with(authenticate_root));
+    (layer, io)
+}
+
+/// Sockets connected to `/ai` now.
+pub fn connections(io: &SocketIo) -> usize {
+    io.of(NAMESPACE).map(|ns| ns.sockets().len()).unwrap_or(0)
+}
+
+/// The `/ai` connect middleware: verifies, then registers the chat handlers.
+async fn authenticate(socket: SocketRef, auth: TryData<Value>, state: State<Wire>) -> Result<(), Unauthorized> {
+    identify(&socket, auth, state)?;
+    socket.extensions.insert(reader::Subscriptions::default());
+    socket.on("chat:start", chat::chat_start);
+    socket.on("chat:stop", chat::chat_stop);
+    socket.on("chat:resume", follow::chat_resume);
+    socket.on("chat:join", follow::chat_join);
+    socket.on("chat:leave", follow::chat_leave);
+    socket.on_disconnect(chat::on_disconnect);
+    Ok(())
+}
+
+/// The root namespace's connect middleware. Socket.IO v2 clients (protocol v4) join `/`
+/// before any other namespace; they must hold a valid token there too.
+async fn authenticate_root(socket: SocketRef, auth: TryData<Value>, state: State<Wire>) -> Result<(), Unauthorized> {
+    identify(&socket, auth, state)
+}
+
+/// Verifies the socket's credentials (handshake `auth.token`, then the request's
+/// Bearer header or `?token=`) and stores its [`User`].
+fn identify(socket: &SocketRef, TryData(auth): TryData<Value>, State(wire): State<Wire>) -> Result<(), Unauthorized> {
+    let auth = auth.ok();
+    let user = if wire.auth.is_open() {
+        auth::claimed_user(auth.as_ref().and_then(|a| a.get("userId"))).unwrap_or_else(|| User("anonymous".into()))
+    } else {
+        let handshake = match auth.as_ref().and_then(|a| a.get("token")) {
+            Some(Value::String(t)) if !t.is_empty() => Some(t.as_str().into()),
+            _ => None,
+        };
+        let token = handshake.or_else(|| auth::request_token(&socket.req_parts().headers, &socket.req_parts().uri)).ok_or_else(|| {
+            tracing::info!(sid = %socket.id, reason = %AuthError::Missing, "connection refused");
+            Unauthorized
+        })?;
+        wire.auth.verify(&token).map_err(|reason| {
+            tracing::info!(sid = %socket.id, %reason, "connection refused");
+            Unauthorized
+        })?
+    };
+    socket.extensions.insert(user);
+    Ok(())
+}
+
+/// The connect handler, run once the client knows it is connected: tells it which of
+/// its answers are running, so that it can resume them.
+async fn on_connect(socket: SocketRef, State(wire): State<Wire>) {
+    tracing::debug!(sid = %socket.id, "connected");
+    if let Some(User(user)) = user_of(&socket) {
+        let generations: Vec<ActiveGeneration> = wire.engine.active(&user).await.into_iter().map(Into::into).collect();
+        emit_logged(&socket, "chat:active", &json!({ "generations": generations }));
+    }
+}
+
+fn user_of(socket: &SocketRef) -> Option<User> {
+    socket.extensions.get::<User>()
+}
+
+/// The engine's name for this socket.
+fn connection_id(socket: &SocketRef) -> ConnectionId {
+    ConnectionId::new("sio", socket.id)
+}
+
+/// Sends an event the client must see; a failure is logged, never ignored.
+fn emit_logged<T: Serialize + ?Sized>(socket: &SocketRef, event: &str, data: &T) {
+    if let Err(e) = socket.emit(event, data) {
+        tracing::warn!(sid = %socket.id, event, error = %e, "emit failed");
+    }
+}
+
+fn ack_logged<T: Serialize + ?Sized>(socket: &SocketRef, ack: AckSender, data: &T) {
+    if let Err(e) = ack.send(data) {
+        tracing::warn!(sid = %socket.id, error = %e, "ack failed");
+    }
+}

@@ -1,0 +1,235 @@
+//! The HTTP/SSE wire, for clients that cannot use Socket.IO (curl, serverless front
+//! ends, AI SDKs, proxies that break WebSockets). Same JWTs, as a Bearer header (or
+//! `?token=`, which browsers' `EventSource` needs); same payloads as `/ai`.
+//!
+//! - `POST /v1/chat`: a `chat:start` payload in; `text/event-stream` out: `chat:ack`,
+//!   then the `/ai` events in the `/ai` order. Each `chat:message` has `id:` set to the
+//!   answer's UTF-16 offset after it; the final event's is the whole length.
+//! - `GET /v1/answers/{messageId}/events`: resumes from `Last-Event-ID` (or `?offset=`).
+//! - `POST /v1/answers/{messageId}/stop`: `{ ok: true, stopped }`.
+//!
+//! A refusal before anything starts is an HTTP error whose JSON body is the `/ai`
+//! refusal ack; a failure after `chat:ack` ends the stream with `chat:error`.
+
+use std::convert::Infallible;
+
+use async_stream::stream;
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, Uri},
+    response::{
+        IntoResponse, Response, Sse,
+        sse::{Event, KeepAlive},
+    },
+    routing::{get, post},
+};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{
+    auth::{self, User},
+    chat::{AnswerIds, ChatError, ConnectionId, ErrorCode, StartCommand},
+    cluster::{Entry, LogReader},
+    engine::{Engine, StartOutcome},
+    transport::{
+        Wire,
+        events::{ConversationCreated, StartAck, StopAck, UserMessageStored, final_event},
+    },
+};
+
+/// Most bytes of answer text in one `chat:message` event (hyper pulls the stream only as
+/// fast as the client reads, so nothing queues behind a slow one).
+const FRAME_MAX_BYTES: usize = 64 * 1024;
+
+/// The SSE routes.
+pub fn router(wire: Wire) -> Router {
+    Router::new()
+        .route("/v1/chat", post(chat))
+        .route("/v1/answers/{message_id}/events", get(events))
+        .route("/v1/answers/{message_id}/stop", post(stop))
+        .with_state(wire)
+}
+
+/// A refusal: the `/ai` refusal ack as a JSON body, with the code's HTTP status.
+struct Refusal(ChatError);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(StartAck::err(self.0))).into_response()
+    }
+}
+
+/// No token, or a bad one: 401 with the code `UNAUTHORIZED`, whatever the reason.
+fn unauthorized() -> Response {
+    let body = json!({ "ok": false, "error": { "code": "UNAUTHORIZED", "message": "unauthorized" } });
+    (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+}
+
+/// The request's user: the verified token's, or in open mode the one it names.
+fn authenticate(wire: &Wire, headers: &HeaderMap, uri: &Uri, claimed: Option<&Value>) -> Result<String, Response> {
+    if wire.auth.is_open() {
+        return Ok(auth::claimed_user(claimed).map_or_else(|| "anonymous".to_owned(), |User(u)| u));
+    }
+    let Some(token) = auth::request_token(headers, uri) else {
+        tracing::info!(reason = %auth::AuthError::Missing, "SSE request refused");
+        return Err(unauthorized());
+    };
+    wire.auth.verify(&token).map(|User(u)| u).map_err(|reason| {
+        tracing::info!(%reason, "SSE request refused");
+        unauthorized()
+    })
+}
+
+/// The user of a request about one answer, and the answer's id from the path.
+fn answer_of(wire: &Wire, headers: &HeaderMap, uri: &Uri, claimed: Option<String>, id: &str) -> Result<(String, Uuid), Response> {
+    let user = authenticate(wire, headers, uri, claimed.map(Value::String).as_ref())?;
+    let message_id = Uuid::try_parse(id)
+        .map_err(|_| Refusal(ChatError::new(ErrorCode::InvalidParams, "messageId is not a UUID")).into_response())?;
+    Ok((user, message_id))
+}
+
+async fn chat(State(wire): State<Wire>, headers: HeaderMap, uri: Uri, body: Bytes) -> Response {
+    let payload: Option<Value> = serde_json::from_slice(&body).ok();
+    let user = match authenticate(&wire, &headers, &uri, payload.as_ref().and_then(|p| p.get("userId"))) {
+        Ok(user) => user,
+        Err(refused) => return refused,
+    };
+    let Some(payload) = payload else {
+        return Refusal(ChatError::new(ErrorCode::InvalidPayload, "the body must be a JSON object")).into_response();
+    };
+    let command = match StartCommand::parse(&payload, &user, &wire.config) {
+        Ok(c) => c,
+        Err(e) => return Refusal(e).into_response(),
+    };
+    let message = command.message.clone();
+    let connection = ConnectionId::new("sse", Uuid::new_v4());
+    let (ids, user_message_id, mut preamble, reader) = match wire.engine.start(&connection, &user, command).await {
+        Ok(StartOutcome::Started(s)) => {
+            let mut preamble = Vec::new();
+            if s.created {
+                preamble.push(event("chat:conversation", &ConversationCreated { conversation_id: s.ids.conversation_id }));
+            }
+            let stored = UserMessageStored { message_id: s.user_message_id, content: &message, conversation_id: s.ids.conversation_id };
+            preamble.push(event("chat:user-message", &stored));
+            (s.ids, s.user_message_id, preamble, s.reader)
+        }
+        // A repeat of an earlier start: its ack, then its answer from the start.
+        Ok(StartOutcome::Repeated { ids, user_message_id }) => match wire.engine.subscribe(&user, ids.message_id, 0).await {
+            Ok(s) => (ids, user_message_id, Vec::new(), s.reader),
+            Err(e) => return Refusal(e).into_response(),
+        },
+        Err(e) => return Refusal(e).into_response(),
+    };
+    preamble.insert(0, event("chat:ack", &StartAck::ok(ids, user_message_id)));
+    let closed = ClosedGuard { engine: wire.engine.clone(), connection };
+    respond(&wire, preamble, ids, reader, Some(closed))
+}
+
+/// The query of a request about one answer: where a resume starts, and (open mode) who asks.
+#[derive(Deserialize)]
+struct ResumeQuery {
+    offset: Option<String>,
+    #[serde(rename = "userId")]
+    user_id: Option<String>,
+}
+
+async fn events(
+    State(wire): State<Wire>,
+    Path(message_id): Path<String>,
+    Query(query): Query<ResumeQuery>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let (user, message_id) = match answer_of(&wire, &headers, &uri, query.user_id, &message_id) {
+        Ok(found) => found,
+        Err(refused) => return refused,
+    };
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let offset = match last_event_id.or(query.offset).as_deref().map(str::trim) {
+        None | Some("") => 0,
+        Some(raw) => match raw.parse::<u64>() {
+            Ok(n) => n,
+            Err(_) => return Refusal(ChatError::new(ErrorCode::InvalidParams, "offset must be a whole number")).into_response(),
+        },
+    };
+    match wire.engine.subscribe(&user, message_id, offset).await {
+        Ok(s) => respond(&wire, Vec::new(), s.ids, s.reader, None),
+        Err(e) => Refusal(e).into_response(),
+    }
+}
+
+async fn stop(
+    State(wire): State<Wire>,
+    Path(message_id): Path<String>,
+    Query(query): Query<ResumeQuery>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let (user, message_id) = match answer_of(&wire, &headers, &uri, query.user_id, &message_id) {
+        Ok(found) => found,
+        Err(refused) => return refused,
+    };
+    match wire.engine.stop(&user, message_id).await {
+        Ok(stopped) => Json(StopAck { ok: true, stopped }).into_response(),
+        Err(e) => Refusal(e).into_response(),
+    }
+}
+
+/// Tells the engine when a `POST /v1/chat` response is gone (the client left, or it ended).
+struct ClosedGuard {
+    engine: Engine,
+    connection: ConnectionId,
+}
+
+impl Drop for ClosedGuard {
+    fn drop(&mut self) {
+        let (engine, connection) = (self.engine.clone(), self.connection.clone());
+        tokio::spawn(async move { engine.connection_closed(&connection).await });
+    }
+}
+
+/// The event stream: `preamble`, then the answer's log until its final event.
+fn respond(wire: &Wire, preamble: Vec<Event>, ids: AnswerIds, reader: Box<dyn LogReader>, closed: Option<ClosedGuard>) -> Response {
+    let keep_alive = KeepAlive::new().interval(wire.config.sse_keepalive).text("keep-alive");
+    Sse::new(answer_events(preamble, ids, reader, closed)).keep_alive(keep_alive).into_response()
+}
+
+fn answer_events(
+    preamble: Vec<Event>,
+    ids: AnswerIds,
+    mut reader: Box<dyn LogReader>,
+    closed: Option<ClosedGuard>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream! {
+        let _closed = closed;
+        for e in preamble {
+            yield Ok(e);
+        }
+        let mut seq = 0;
+        while let Some(entry) = reader.next(FRAME_MAX_BYTES).await {
+            match entry {
+                Entry::Text { text, offset, end } => {
+                    let chunk = crate::transport::events::Chunk::new(ids, &text, offset, seq);
+                    seq += 1;
+                    yield Ok(event("chat:message", &chunk).id(end.to_string()));
+                }
+                Entry::Final(ending) => {
+                    let (name, payload) = final_event(ids, &ending);
+                    yield Ok(event(name, &payload).id(ending.length.to_string()));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One named event with a JSON payload.
+fn event<T: Serialize>(name: &str, data: &T) -> Event {
+    let data = serde_json::to_string(data).unwrap_or_else(|_| "null".into());
+    Event::default().event(name).data(data)
+}
