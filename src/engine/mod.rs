@@ -75,6 +75,8 @@ pub(crate) struct Parts {
     pub logs: Arc<dyn AnswerLogs>,
     pub limiter: StartRateLimiter,
     pub checkpoints: Arc<Checkpoints>,
+    /// Readers handed out by `subscribe` since start-up (resumes and watchers).
+    pub subscriptions: std::sync::atomic::AtomicU64,
 }
 
 impl Engine {
@@ -88,7 +90,8 @@ impl Engine {
         logs: Arc<dyn AnswerLogs>,
     ) -> Self {
         let limiter = StartRateLimiter::new(config.rate_limit_per_minute);
-        Self(Arc::new(Parts { config, db, provider, directory, logs, limiter, checkpoints: Arc::default() }))
+        let (checkpoints, subscriptions) = (Arc::default(), Default::default());
+        Self(Arc::new(Parts { config, db, provider, directory, logs, limiter, checkpoints, subscriptions }))
     }
 
     /// Runs the checkpoint writer and the rate limiter's sweeper until `shutdown`.
@@ -230,6 +233,7 @@ impl Engine {
     /// Reads `user`'s answer from `offset` (UTF-16 units): a running one from its log,
     /// a finished one from its stored row, through the same kind of reader.
     pub async fn subscribe(&self, user: &str, message_id: Uuid, offset: u64) -> Result<Subscription, ChatError> {
+        self.0.subscriptions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(running) = self.0.directory.get(message_id).await.filter(|a| a.user_id == user)
             && let Some(reader) = self.0.logs.open(message_id, offset).await
         {
@@ -269,6 +273,11 @@ impl Engine {
             }
         }
         active
+    }
+
+    /// How many readers `subscribe` has handed out since start-up.
+    pub fn subscriptions(&self) -> u64 {
+        self.0.subscriptions.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Answers running in this process.

@@ -27,6 +27,8 @@ pub enum Reply {
     EndWithoutFinish(Vec<&'static str>),
     /// The whole answer (tokens, finish reason, usage, `[DONE]`) in one write.
     Burst(Vec<String>),
+    /// The answer in writes of this many tokens each, 5 ms apart.
+    Bursts(Vec<String>, usize),
 }
 
 /// The default answer's tokens.
@@ -110,6 +112,12 @@ async fn reply(State(fake): State<FakeUpstream>, Json(_body): Json<Value>) -> Re
             let t: Vec<&str> = t.iter().map(String::as_str).collect();
             let body: Vec<u8> = answer(&t).into_iter().flat_map(|f| f.unwrap().to_vec()).collect();
             sse(vec![Ok(Bytes::from(body))], Tail::End)
+        }
+        Reply::Bursts(t, n) => {
+            let t: Vec<&str> = t.iter().map(String::as_str).collect();
+            let frames: Vec<Bytes> = answer(&t).into_iter().map(Result::unwrap).collect();
+            let writes = frames.chunks(n).map(|group| Ok(Bytes::from(group.concat()))).collect();
+            sse(writes, Tail::End)
         }
         Reply::Status(status, code) => {
             let error = json!({ "error": { "message": "scripted failure", "type": "server_error", "param": null, "code": code } });

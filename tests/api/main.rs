@@ -14,5 +14,7 @@ mod lifecycle;
 mod limits;
 mod malformed;
 mod resume;
+mod routing;
+mod sse;
 mod sqlite;
 mod transport;

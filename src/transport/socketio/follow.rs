@@ -14,6 +14,7 @@ use super::{
 };
 use crate::{
     auth::User,
+    chat::{ChatError, ErrorCode},
     transport::{Wire, events::ActiveGeneration},
 };
 
@@ -24,10 +25,17 @@ pub(super) async fn chat_resume(socket: SocketRef, State(wire): State<Wire>, Try
         Ok(r) => r,
         Err(e) => return refuse(&socket, ack, e),
     };
+    let subscriptions = Subscriptions::of(&socket);
+    // The socket's earlier reader of this answer stops now, not after the new one is ready.
+    subscriptions.stop_reading(request.message_id);
     let subscription = match wire.engine.subscribe(&user, request.message_id, request.offset).await {
         Ok(s) => s,
         Err(e) => return refuse(&socket, ack, e),
     };
+    if !subscriptions.allow_replay(request.message_id, subscription.offset, wire.config.socket_buffer_bytes as u64) {
+        let error = ChatError::new(ErrorCode::RateLimit, "this connection asked for the same answer too often; reconnect to resume");
+        return refuse(&socket, ack, error);
+    }
     let ids = subscription.ids;
     let reply = json!({
         "ok": true, "status": subscription.status.as_str(), "messageId": ids.message_id,

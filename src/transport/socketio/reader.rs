@@ -5,8 +5,14 @@
 //! gone. The task then keeps that one frame, waits a little and sends it again; the log
 //! goes on growing meanwhile, and its next read returns everything since, joined. So a
 //! slow socket gets fewer, larger frames, never a gap, and holds up nobody else.
-//! Frames carry at most `SOCKET_BUFFER_BYTES / SOCKET_BUFFER_PACKETS` bytes of text, so
-//! a socket's queue is bounded in bytes; a socket has at most one reader per answer.
+//! Frames carry at most `SOCKET_BUFFER_BYTES / SOCKET_BUFFER_PACKETS` bytes of text, and
+//! a socket has at most one reader per answer.
+//!
+//! What has gone out on a socket stays counted: a connection is reliable and ordered,
+//! so text sent again on the same socket is a replay. A socket may replay at most
+//! `SOCKET_BUFFER_BYTES` in its life (`RATE_LIMIT` beyond), so a client that asks for the
+//! same answer again and again without reading cannot make the server queue copy after
+//! copy (the transport below moves queued packets on into buffers it does not bound).
 
 use std::{
     collections::HashMap,
@@ -42,7 +48,15 @@ struct Inner {
     readers: HashMap<Uuid, (u64, AbortHandle, Option<Uuid>)>,
     follows: HashMap<Uuid, AbortHandle>,
     numbers: u64,
+    /// Per answer: how far it has gone out on this socket (UTF-16), and the final
+    /// event's size once that went out too.
+    sent: HashMap<Uuid, (u64, Option<u64>)>,
+    /// UTF-16 units replayed so far.
+    replayed: u64,
 }
+
+/// Answers whose progress a socket remembers; past this, the oldest memory is dropped.
+const SENT_REMEMBERED: usize = 1024;
 
 impl Subscriptions {
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -58,6 +72,38 @@ impl Subscriptions {
     /// True when the socket already reads this answer.
     pub fn reads(&self, message_id: Uuid) -> bool {
         self.lock().readers.contains_key(&message_id)
+    }
+
+    /// Counts a replay of `message_id` from `offset` against the socket's `budget`.
+    /// False when the replay would exceed it.
+    pub fn allow_replay(&self, message_id: Uuid, offset: u64, budget: u64) -> bool {
+        let mut inner = self.lock();
+        let Some(&(sent, final_len)) = inner.sent.get(&message_id) else { return true };
+        let again = sent.saturating_sub(offset) + final_len.unwrap_or(0);
+        if inner.replayed + again > budget {
+            return false;
+        }
+        inner.replayed += again;
+        true
+    }
+
+    fn record(&self, message_id: Uuid, end: u64, final_len: Option<u64>) {
+        let mut inner = self.lock();
+        if inner.sent.len() >= SENT_REMEMBERED && !inner.sent.contains_key(&message_id) {
+            inner.sent.clear();
+        }
+        let entry = inner.sent.entry(message_id).or_default();
+        entry.0 = entry.0.max(end);
+        if final_len.is_some() {
+            entry.1 = final_len;
+        }
+    }
+
+    /// Ends the socket's reader of this answer, if any.
+    pub fn stop_reading(&self, message_id: Uuid) {
+        if let Some((_, task, _)) = self.lock().readers.remove(&message_id) {
+            task.abort();
+        }
     }
 
     /// Records a follow task of `conversation_id`, replacing (ending) an earlier one.
@@ -106,7 +152,7 @@ pub fn deliver(wire: &Wire, socket: &SocketRef, ids: AnswerIds, reader: Box<dyn 
     let task = wire.deliveries.spawn({
         let (socket, subscriptions) = (socket.clone(), subscriptions.clone());
         async move {
-            run(&socket, ids, reader, frame_max).await;
+            run(&socket, &subscriptions, ids, reader, frame_max).await;
             let mut inner = subscriptions.lock();
             if inner.readers.get(&ids.message_id).is_some_and(|(n, _, _)| *n == number) {
                 inner.readers.remove(&ids.message_id);
@@ -119,7 +165,7 @@ pub fn deliver(wire: &Wire, socket: &SocketRef, ids: AnswerIds, reader: Box<dyn 
 }
 
 /// Reads and emits until the final event is out, the socket is gone, or it stalls.
-async fn run(socket: &SocketRef, ids: AnswerIds, mut reader: Box<dyn LogReader>, frame_max: usize) {
+async fn run(socket: &SocketRef, subscriptions: &Subscriptions, ids: AnswerIds, mut reader: Box<dyn LogReader>, frame_max: usize) {
     let mut seq = 0;
     let mut held: Option<Entry> = None;
     let mut stalled_since: Option<Instant> = None;
@@ -140,8 +186,13 @@ async fn run(socket: &SocketRef, ids: AnswerIds, mut reader: Box<dyn LogReader>,
             }
         };
         match sent {
-            Ok(()) if matches!(entry, Entry::Final(_)) => return,
             Ok(()) => {
+                match &entry {
+                    Entry::Text { end, .. } => subscriptions.record(ids.message_id, *end, None),
+                    Entry::Final(ending) => {
+                        return subscriptions.record(ids.message_id, ending.length, Some(ending.length));
+                    }
+                }
                 seq += 1;
                 stalled_since = None;
                 retry = FULL_BUFFER_RETRY;
