@@ -3,28 +3,32 @@
 # ceiling, side by side, with the same load generator and the same mock upstream.
 #
 #   bench/run.sh            full sizes (10,000 idle connections, 1,000 streams, ...)
-#   bench/run.sh --quick    the same at small sizes, in under 3 minutes
+#   bench/run.sh --quick    the same at small sizes, in under 4 minutes
 #
-# Options: --servers chatwire,nestjs,ceiling   --scenarios idle,stream,saturate,ttft
+# Options: --servers chatwire,nestjs,ceiling   --scenarios idle,stream,saturate,ttft,cpu
 # Each scenario starts every server afresh (new database), in an order that rotates from
 # one scenario to the next. Prints a markdown table, writes bench/results/latest.json,
 # and ends with the line
-#   ratios: tokens_per_s=A rss_per_conn=B lag_p99=C ttft_p99=D
+#   ratios: tokens_per_s=A rss_per_conn=B lag_p99=C ttft_p99=D cpu_per_token=E
 # (how many times better chatwire is than the NestJS peer; above 1, chatwire wins).
-# Every process it starts listens on 127.0.0.1 only and is stopped on exit.
+# The headline `cpu` scenario is server CPU per delivered token at one fixed load below
+# every server's saturation (CPU_CLIENTS x RATE tokens/s, the same in both modes).
+# Binaries come from $CARGO_TARGET_DIR (default target/)/release; BUILD_NICE=10 builds
+# them at a lower priority. Every process it starts listens on 127.0.0.1 only and is
+# stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 MODE=full
 SERVERS=chatwire,nestjs,ceiling
-SCENARIOS=idle,stream,saturate,ttft
+SCENARIOS=idle,stream,saturate,ttft,cpu
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) MODE=quick ;;
     --servers) SERVERS=$2; shift ;;
     --scenarios) SCENARIOS=$2; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -40,6 +44,12 @@ else
   : "${SAT_START:=100}" "${SAT_FACTOR:=1.5}" "${SAT_MAX:=9000}" "${SAT_S:=10}"
   : "${TTFT_RATE:=100}" "${TTFT_S:=20}" "${SETTLE_MS:=3000}" "${HOLD_MS:=2000}" "${PAUSE_MS:=2000}"
 fi
+# The cpu scenario's fixed load is the same in both modes, so quick and full runs give
+# the same figure: 100 clients x RATE (50 tok/s) = 5,000 tokens/s, 200 tokens/answer, under
+# half of the NestJS peer's saturation (about 11,000 tokens/s on the 2-core machine of
+# docs/BENCHMARKS.md) and a fifth of chatwire's. Only the window is shorter in --quick.
+: "${CPU_CLIENTS:=100}" "${CPU_TOKENS:=200}"
+if [ "$MODE" = quick ]; then : "${CPU_S:=8}"; else : "${CPU_S:=30}"; fi
 : "${FIRST_TOKEN_DELAY_MS:=0}" "${THRESHOLD_MS:=100}" "${MIN_DELIVERY:=0.9}"
 TOKEN_DELAY_MS=$((1000 / RATE))
 SECRET="bench-$(date +%s)-$RANDOM"
@@ -63,9 +73,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say "building release binaries"
-cargo build --release -p chatwire -p loadgen >&2
-CHATWIRE=$ROOT/target/release/chatwire
-LOADGEN=$ROOT/target/release/loadgen
+nice -n "${BUILD_NICE:-0}" cargo build --release -p chatwire -p loadgen >&2
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
+CHATWIRE=$TARGET_DIR/release/chatwire
+LOADGEN=$TARGET_DIR/release/loadgen
 
 # The NestJS peer: installed from its lock file and built; skipped, with a note, when
 # that is not possible here.
@@ -186,6 +198,8 @@ run_one() { # scenario server
     saturate) args=(stream --saturate --clients "$SAT_START" --factor "$SAT_FACTOR" --max-clients "$SAT_MAX"
                     --threshold-ms "$THRESHOLD_MS" --min-delivery "$MIN_DELIVERY" --pause-ms "$PAUSE_MS" --tokens "$TOKENS" --rate "$RATE" --duration "$SAT_S") ;;
     ttft) args=(ttft --rate "$TTFT_RATE" --duration "$TTFT_S" --first-token-delay-ms "$FIRST_TOKEN_DELAY_MS") ;;
+    cpu) args=(cpu --clients "$CPU_CLIENTS" --tokens "$CPU_TOKENS" --rate "$RATE" --duration "$CPU_S"
+               --threshold-ms "$THRESHOLD_MS" --min-delivery "$MIN_DELIVERY" --upstream-pid "$MOCK_PID") ;;
     *) echo "unknown scenario $scenario" >&2; stop_server; return 0 ;;
   esac
   local out=$WORK/$scenario-$name.out
@@ -228,7 +242,9 @@ cat >"$RESULTS/meta.json" <<EOF
     "rate_per_stream": $RATE, "token_delay_ms": $TOKEN_DELAY_MS, "stream_seconds": $STREAM_S,
     "saturate_start": $SAT_START, "saturate_factor": $SAT_FACTOR, "saturate_max": $SAT_MAX,
     "saturate_step_seconds": $SAT_S, "threshold_ms": $THRESHOLD_MS, "min_delivery": $MIN_DELIVERY, "ttft_rate": $TTFT_RATE,
-    "ttft_seconds": $TTFT_S, "first_token_delay_ms": $FIRST_TOKEN_DELAY_MS
+    "ttft_seconds": $TTFT_S, "first_token_delay_ms": $FIRST_TOKEN_DELAY_MS,
+    "cpu_clients": $CPU_CLIENTS, "cpu_tokens_per_answer": $CPU_TOKENS, "cpu_seconds": $CPU_S,
+    "cpu_offered_tokens_per_s": $((CPU_CLIENTS * RATE))
   },
   "servers": $(json_str "$SERVERS"),
   "peer_note": $(json_str "${PEER_NOTE:-}")

@@ -5,7 +5,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use loadgen::{Target, ceiling, idle, report, stream, sys, ttft};
+use loadgen::{Target, ceiling, cpu, idle, report, stream, sys, ttft};
 
 #[derive(Parser)]
 #[command(
@@ -106,6 +106,38 @@ enum Command {
         /// Stop the search here (each client is a socket on both ends).
         #[arg(long, default_value_t = 9000)]
         max_clients: usize,
+        /// The upstream mock's process id, to report its CPU use as well.
+        #[arg(long)]
+        upstream_pid: Option<u32>,
+    },
+    /// Server CPU per delivered token at one fixed load, below saturation.
+    Cpu {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// maxTokens per answer.
+        #[arg(long, default_value_t = 200)]
+        tokens: u32,
+        /// Tokens/s per stream the upstream is set to (MOCK_TOKEN_DELAY_MS = 1000 / rate).
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Measurement window in seconds.
+        #[arg(long, default_value_t = 30.0)]
+        duration: f64,
+        /// Clients start spread over this many seconds before the window (default: one
+        /// whole answer, tokens / rate, so the window sees a steady load).
+        #[arg(long)]
+        warmup: Option<f64>,
+        /// Give up on a client that hears nothing for this many seconds.
+        #[arg(long, default_value_t = 30.0)]
+        recv_timeout: f64,
+        /// Above this lag p99 the server was overloaded and the figure is marked so.
+        #[arg(long, default_value_t = 100.0)]
+        threshold_ms: f64,
+        /// Under this share of the offered tokens/s delivered, likewise.
+        #[arg(long, default_value_t = 0.9)]
+        min_delivery: f64,
         /// The upstream mock's process id, to report its CPU use as well.
         #[arg(long)]
         upstream_pid: Option<u32>,
@@ -240,6 +272,42 @@ async fn main() {
                 emit(&stream::run(&cfg).await);
             }
         }
+        Command::Cpu {
+            common,
+            clients,
+            tokens,
+            rate,
+            duration,
+            warmup,
+            recv_timeout,
+            threshold_ms,
+            min_delivery,
+            upstream_pid,
+        } => {
+            let mut sc = stream::StreamConfig::new(
+                common.target(),
+                common.secret.clone(),
+                clients,
+                tokens,
+                rate,
+                secs(duration),
+            );
+            sc.label = common.label.clone();
+            sc.pid = common.pid;
+            sc.connect_concurrency = common.connect_concurrency;
+            sc.warmup = warmup.map(secs);
+            sc.recv_timeout = secs(recv_timeout);
+            sc.upstream_pid = upstream_pid;
+            sc.user_prefix = "cpu-".into();
+            emit(
+                &cpu::run(&cpu::CpuConfig {
+                    stream: sc,
+                    threshold_ms,
+                    min_delivery,
+                })
+                .await,
+            );
+        }
         Command::Ttft {
             common,
             rate,
@@ -309,6 +377,7 @@ async fn main() {
             println!("{}", report::table(&doc));
             println!("goals (docs/BENCHMARKS.md; not test assertions):");
             println!("{}", report::goals_text(&doc));
+            println!("{}", report::cpu_line(&doc));
             println!("{}", report::ratios_line(&doc));
         }
         Command::FreePort => {

@@ -151,6 +151,10 @@ pub struct StreamResult {
     pub upstream_cpu_cores: Option<f64>,
     /// The load generator's own CPU during the window, as a share of one core.
     pub loadgen_cpu_cores: Option<f64>,
+    /// The whole machine's busy CPU during the window, in cores (`/proc/stat`): minus
+    /// the server, the upstream and the load generator, what else was running.
+    #[serde(default)]
+    pub machine_busy_cores: Option<f64>,
 }
 
 impl StreamResult {
@@ -330,7 +334,9 @@ pub async fn run(cfg: &StreamConfig) -> StreamResult {
     let upstream_start = sys::sample(cfg.upstream_pid);
     let me = Some(std::process::id());
     let self_start = sys::sample(me);
+    let machine_start = sys::machine_busy_micros();
     tokio::time::sleep_until(window_end.into()).await;
+    let machine_end = sys::machine_busy_micros();
     let self_end = sys::sample(me);
     let cpu_end = sys::sample(cfg.pid);
     let upstream_end = sys::sample(cfg.upstream_pid);
@@ -399,6 +405,9 @@ pub async fn run(cfg: &StreamConfig) -> StreamResult {
         loadgen_cpu_cores: self_start
             .zip(self_end)
             .map(|(a, b)| round3(b.cpu_us.saturating_sub(a.cpu_us) as f64 / 1e6 / secs)),
+        machine_busy_cores: machine_start
+            .zip(machine_end)
+            .map(|(a, b)| round3(b.saturating_sub(a) as f64 / 1e6 / secs)),
     }
 }
 
@@ -600,6 +609,9 @@ impl std::fmt::Display for StreamResult {
         }
         if let Some(l) = self.loadgen_cpu_cores {
             writeln!(f, "  loadgen CPU       {l:.2} cores")?;
+        }
+        if let Some(m) = self.machine_busy_cores {
+            writeln!(f, "  machine busy      {m:.2} cores (everything)")?;
         }
         write!(
             f,

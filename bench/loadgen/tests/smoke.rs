@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use loadgen::{Conn, Target, ceiling, client::ClientError, idle, stream, ttft};
+use loadgen::{Conn, Target, ceiling, client::ClientError, cpu, idle, stream, ttft};
 
 const SECRET: &str = "smoke-secret";
 
@@ -189,6 +189,35 @@ async fn scenarios_run_clean_against_chatwire() {
     assert_clean_stream(&r, 5, 20);
     assert_eq!(r.server, "chatwire");
     assert!(r.server_cpu_cores.is_some() && r.server_rss_kib.is_some());
+
+    // The headline scenario: the stream machinery at a fixed load, with the server's CPU
+    // per token and whether it kept up (it easily does at this size).
+    let mut fixed = cfg.clone();
+    fixed.user_prefix = "cpu-".into();
+    fixed.duration = Duration::from_secs(1);
+    let c = cpu::run(&cpu::CpuConfig {
+        stream: fixed,
+        threshold_ms: 60_000.0,
+        min_delivery: 0.0,
+    })
+    .await;
+    eprintln!("{c}");
+    assert_eq!(c.run.scenario, "cpu");
+    let mut as_stream = c.run.clone();
+    as_stream.scenario = "stream".into();
+    assert_clean_stream(&as_stream, 5, 20);
+    assert!(c.below_saturation && c.overload.is_none(), "{c:#?}");
+    assert!(
+        c.run.server_cpu_us_per_token.is_some_and(|t| t > 0.0),
+        "{c:#?}"
+    );
+    // Its starts are spread over one whole answer (20 tokens at 200 tok/s).
+    assert_eq!(c.run.warmup_s, 0.1);
+    let json = serde_json::to_string(&c).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["scenario"], "cpu");
+    assert_eq!(v["below_saturation"], true);
+    assert_eq!(serde_json::from_str::<cpu::CpuResult>(&json).unwrap(), c);
 
     // Two saturation steps; the threshold is out of reach so the cap ends the search.
     let mut base = cfg.clone();
