@@ -74,6 +74,17 @@ impl Authenticator {
         Self { mode: Mode::Jwt { keys, validation: Box::new(validation), user_claim: jwt.user_claim.clone() } }
     }
 
+    /// The auth mode as the start-up summary says it: `open`, or `jwt` and its algorithms.
+    pub fn describe(&self) -> String {
+        match &self.mode {
+            Mode::Open => "open (no token required; every connection names its own user)".into(),
+            Mode::Jwt { keys, .. } => {
+                let algs: Vec<String> = keys.iter().map(|(alg, _)| format!("{alg:?}")).collect();
+                format!("jwt ({})", algs.join(", "))
+            }
+        }
+    }
+
     /// True when no token is required.
     pub fn is_open(&self) -> bool {
         matches!(self.mode, Mode::Open)

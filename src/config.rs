@@ -108,12 +108,18 @@ pub enum OnDisconnect {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub host: IpAddr,
+    /// True when `HOST` was set; otherwise open mode listens on loopback only.
+    pub host_explicit: bool,
     pub port: u16,
     /// Exact origins allowed by CORS, credentials included.
     pub cors_origins: Vec<String>,
     pub auth: AuthConfig,
-    /// `NODE_ENV=production`: refuse to start in open mode.
+    /// `NODE_ENV=production`: refuse to start in open mode or on the mock model.
     pub production: bool,
+    /// Whether a client's `systemPrompt` is accepted (`ALLOW_CLIENT_SYSTEM_PROMPT`).
+    pub allow_client_system_prompt: bool,
+    /// This process's name in logs and, in cluster mode, among the nodes (`NODE_ID`).
+    pub node_id: String,
     pub database_url: String,
     /// Pool size; `None` picks one for the database kind.
     pub database_max_connections: Option<u32>,
@@ -173,10 +179,12 @@ impl Config {
                 "NODE_ENV=production but no JWT_SECRET or JWT_PUBLIC_KEY is set; refusing to run in open mode",
             ));
         }
-        let cors_origins = env.list("CORS_ORIGIN").unwrap_or_else(|| vec!["http://localhost:5173".into()]);
-        if let Some(o) = cors_origins.iter().find(|o| *o == "*" || http::HeaderValue::from_str(o).is_err()) {
-            return Err(bad("CORS_ORIGIN", format!("{o:?} is not an exact origin; list each allowed origin (credentials are allowed, so `*` is refused)")));
-        }
+        let cors_origins = env
+            .list("CORS_ORIGIN")
+            .unwrap_or_else(|| vec!["http://localhost:5173".into()])
+            .iter()
+            .map(|o| origin(o))
+            .collect::<Result<Vec<_>, _>>()?;
         let ping_interval = Duration::from_millis(env.parse("PING_INTERVAL_MS", 10_000u64)?);
         let ping_timeout = Duration::from_millis(env.parse("PING_TIMEOUT_MS", 5_000u64)?);
         if ping_interval.is_zero() {
@@ -197,11 +205,15 @@ impl Config {
             return Err(bad("DEFAULT_MODEL", format!("{default_model:?} is not in ALLOWED_MODELS")));
         }
         Ok(Self {
-            host: env.parse("HOST", IpAddr::from([0, 0, 0, 0]))?,
+            // Open mode lets anyone chat on the upstream's key: loopback only, unless asked.
+            host: env.parse("HOST", if matches!(auth, AuthConfig::Open) { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from([0, 0, 0, 0]) })?,
+            host_explicit: env.get("HOST").is_some(),
             port: env.parse("PORT", 8000)?,
             cors_origins,
             auth,
             production,
+            allow_client_system_prompt: env.parse("ALLOW_CLIENT_SYSTEM_PROMPT", !production)?,
+            node_id: env.get("NODE_ID").map_or_else(default_node_id, str::to_owned),
             database_url: env.get("DATABASE_URL").unwrap_or("sqlite://chatwire.db?mode=rwc").to_owned(),
             database_max_connections: match env.get("DATABASE_MAX_CONNECTIONS") {
                 None => None,
@@ -210,7 +222,7 @@ impl Config {
                     n => Some(n),
                 },
             },
-            upstream: upstream_config(&env)?,
+            upstream: upstream_config(&env, production)?,
             default_model,
             allowed_models,
             ping_interval,
@@ -319,10 +331,46 @@ fn auth_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
     }))
 }
 
-fn upstream_config(env: &Vars) -> Result<UpstreamConfig, ConfigError> {
+/// One allowed origin, as a browser sends it: `scheme://host[:port]`, no path. A
+/// trailing slash is dropped; anything else that is not an origin is refused.
+fn origin(raw: &str) -> Result<String, ConfigError> {
+    let trimmed = raw.trim_end_matches('/');
+    let refuse = |why: &str| {
+        Err(bad("CORS_ORIGIN", format!("{raw:?} {why}; list each allowed origin as scheme://host[:port] (credentials are allowed, so `*` is refused)")))
+    };
+    if trimmed == "*" {
+        return refuse("is a wildcard");
+    }
+    let Ok(uri) = trimmed.parse::<http::Uri>() else { return refuse("is not an origin") };
+    match (uri.scheme_str(), uri.authority(), uri.path_and_query().map(|p| p.as_str())) {
+        (Some("http" | "https"), Some(_), None | Some("" | "/")) if !trimmed.contains('@') => Ok(trimmed.to_owned()),
+        (Some("http" | "https"), Some(_), _) => refuse("has a path, a query or credentials"),
+        _ => refuse("is not an http(s) origin"),
+    }
+}
+
+/// The host's name and this process's id: unique among the nodes of one deployment.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let host = if host.is_empty() { "chatwire".to_owned() } else { host };
+    format!("{host}-{}", std::process::id())
+}
+
+fn upstream_config(env: &Vars, production: bool) -> Result<UpstreamConfig, ConfigError> {
     let base_url = env.get("OPENAI_BASE_URL");
     let api_key = env.get("OPENAI_API_KEY");
-    if base_url.is_none() && api_key.is_none() {
+    let forced_mock = match env.get("UPSTREAM") {
+        None => false,
+        Some("mock") => true,
+        Some(other) => return Err(bad("UPSTREAM", format!("{other:?} is not `mock`; leave it unset to use OPENAI_BASE_URL / OPENAI_API_KEY"))),
+    };
+    if production && !forced_mock && base_url.is_none() && api_key.is_none() {
+        return Err(bad(
+            "OPENAI_API_KEY",
+            "NODE_ENV=production but no upstream is set (OPENAI_API_KEY or OPENAI_BASE_URL); refusing to serve the built-in mock model (UPSTREAM=mock asks for it)",
+        ));
+    }
+    if forced_mock || (base_url.is_none() && api_key.is_none()) {
         let mut mock = MockConfig::default();
         if let Some(text) = env.get("MOCK_RESPONSE") {
             mock.response = text.to_owned();

@@ -33,7 +33,51 @@ fn a_wrong_value_names_its_variable() {
 fn production_refuses_open_mode() {
     let e = Config::from_vars(vars(&[("NODE_ENV", "production")])).unwrap_err();
     assert_eq!(e.var, "JWT_SECRET");
-    assert!(Config::from_vars(vars(&[("NODE_ENV", "production"), ("JWT_SECRET", "s")])).is_ok());
+    assert!(Config::from_vars(vars(&[("NODE_ENV", "production"), ("JWT_SECRET", "s"), ("OPENAI_API_KEY", "k")])).is_ok());
+}
+
+#[test]
+fn production_refuses_the_mock_model_unless_asked_for() {
+    let e = Config::from_vars(vars(&[("NODE_ENV", "production"), ("JWT_SECRET", "s")])).unwrap_err();
+    assert_eq!(e.var, "OPENAI_API_KEY");
+    assert!(e.problem.contains("UPSTREAM=mock"), "{e}");
+    let c = Config::from_vars(vars(&[("NODE_ENV", "production"), ("JWT_SECRET", "s"), ("UPSTREAM", "mock")])).unwrap();
+    assert!(matches!(c.upstream, UpstreamConfig::Mock(_)));
+    // UPSTREAM=mock wins over a configured key; anything else is a mistake.
+    let c = Config::from_vars(vars(&[("UPSTREAM", "mock"), ("OPENAI_API_KEY", "k")])).unwrap();
+    assert!(matches!(c.upstream, UpstreamConfig::Mock(_)));
+    assert_eq!(Config::from_vars(vars(&[("UPSTREAM", "openia")])).unwrap_err().var, "UPSTREAM");
+}
+
+#[test]
+fn open_mode_listens_on_loopback_unless_host_is_set() {
+    let open = Config::from_vars(vars(&[])).unwrap();
+    assert_eq!((open.host, open.host_explicit), (IpAddr::from([127, 0, 0, 1]), false));
+    let asked = Config::from_vars(vars(&[("HOST", "0.0.0.0")])).unwrap();
+    assert_eq!((asked.host, asked.host_explicit), (IpAddr::from([0, 0, 0, 0]), true));
+    let jwt = Config::from_vars(vars(&[("JWT_SECRET", "s")])).unwrap();
+    assert_eq!(jwt.host, IpAddr::from([0, 0, 0, 0]), "with tokens, all interfaces as before");
+}
+
+#[test]
+fn client_system_prompts_are_off_in_production_by_default() {
+    assert!(Config::from_vars(vars(&[])).unwrap().allow_client_system_prompt);
+    let prod = Config::from_vars(vars(&[("NODE_ENV", "production"), ("JWT_SECRET", "s"), ("UPSTREAM", "mock")])).unwrap();
+    assert!(!prod.allow_client_system_prompt);
+    let off = Config::from_vars(vars(&[("ALLOW_CLIENT_SYSTEM_PROMPT", "false")])).unwrap();
+    assert!(!off.allow_client_system_prompt);
+    assert_eq!(Config::from_vars(vars(&[("ALLOW_CLIENT_SYSTEM_PROMPT", "maybe")])).unwrap_err().var, "ALLOW_CLIENT_SYSTEM_PROMPT");
+}
+
+#[test]
+fn origins_are_normalized_or_refused_by_name() {
+    let c = Config::from_vars(vars(&[("CORS_ORIGIN", "https://app.example.com/, http://localhost:5173")])).unwrap();
+    assert_eq!(c.cors_origins, vec!["https://app.example.com", "http://localhost:5173"]);
+    for wrong in ["*", "app.example.com", "https://app.example.com/chat", "ftp://x.test", "https://u:p@x.test"] {
+        let e = Config::from_vars(vars(&[("CORS_ORIGIN", wrong)])).unwrap_err();
+        assert_eq!(e.var, "CORS_ORIGIN", "{wrong}");
+        assert!(e.problem.contains(wrong), "{e}");
+    }
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub mod http;
 pub mod providers;
 pub mod startup;
 pub mod store;
+pub mod summary;
 pub mod telemetry;
 pub mod transport;
 

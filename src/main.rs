@@ -14,7 +14,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the `/ai` Socket.IO namespace (the default). Configured by environment variables.
+    /// Serve the `/ai` Socket.IO namespace and the SSE wire (the default). Configured by environment variables.
+    #[command(after_help = chatwire::summary::ENVIRONMENT)]
     Serve,
     /// Serve only the OpenAI-compatible mock model (MOCK_* variables set its text and speed).
     MockUpstream {
@@ -62,11 +63,10 @@ async fn serve(config: Config) -> Result<(), String> {
         tracing::warn!("==================================================================");
     }
     let app = Application::build(config).await.map_err(|e| e.to_string())?;
-    let addr = app.local_addr().map_err(|e| e.to_string())?;
-    if let Some(mock) = app.mock_upstream() {
-        tracing::info!(base_url = %mock.base_url(), "no upstream configured; using the built-in mock model");
+    for (what, value) in app.summary() {
+        tracing::info!("{what:>15}: {value}");
     }
-    tracing::info!(%addr, "chatwire listening");
+    tracing::info!(addr = %app.local_addr().map_err(|e| e.to_string())?, version = env!("CARGO_PKG_VERSION"), "chatwire listening");
     app.run_until(shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("chatwire stopped");
     Ok(())

@@ -115,6 +115,14 @@ impl Application {
         &self.state
     }
 
+    /// The start-up summary: where to connect, auth, database, upstream, origins, node.
+    pub fn summary(&self) -> Vec<(&'static str, String)> {
+        let mut config = (*self.state.config).clone();
+        config.port = self.port();
+        let mock_url = self.mock.as_ref().map(MockUpstream::base_url);
+        crate::summary::lines(&config, &Authenticator::new(&config.auth), mock_url.as_deref())
+    }
+
     /// The built-in mock upstream, when no upstream is configured.
     pub fn mock_upstream(&self) -> Option<&MockUpstream> {
         self.mock.as_ref()

@@ -115,6 +115,9 @@ impl StartCommand {
 
         let system_prompt = match field("systemPrompt") {
             None => None,
+            Some(_) if !config.allow_client_system_prompt => {
+                return Err(ChatError::new(ErrorCode::Forbidden, "systemPrompt is not allowed on this server"));
+            }
             Some(Value::String(s)) if s.chars().count() <= config.max_message_chars => {
                 Some(s.clone()).filter(|s| !s.trim().is_empty())
             }
@@ -178,6 +181,16 @@ mod tests {
         assert_eq!(code(json!({"message": "hi", "userId": "u2"})), ErrorCode::Forbidden);
         assert_eq!(code(json!({"message": "hi", "userId": {}})), ErrorCode::InvalidPayload);
         assert_eq!(code(json!({"message": "hi", "clientMessageId": "k".repeat(65)})), ErrorCode::InvalidParams);
+    }
+
+    #[test]
+    fn a_client_system_prompt_is_forbidden_when_switched_off() {
+        let mut off = config();
+        off.allow_client_system_prompt = false;
+        let e = StartCommand::parse(&json!({"message": "hi", "systemPrompt": "be a pirate"}), "u1", &off).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden);
+        assert!(StartCommand::parse(&json!({"message": "hi"}), "u1", &off).is_ok());
+        assert_eq!(StartCommand::parse(&json!({"message": "hi", "systemPrompt": "x"}), "u1", &config()).unwrap().system_prompt.as_deref(), Some("x"));
     }
 
     #[test]

@@ -54,10 +54,20 @@ enum Outcome {
     Failed(UpstreamError),
 }
 
+/// What the generation saw of the upstream so far, for the log line and a cut answer.
+#[derive(Default)]
+struct Seen {
+    first_token: Option<Instant>,
+    /// Pieces of text received.
+    pieces: u32,
+    /// The upstream's usage chunk, when it sent one.
+    usage: Option<Usage>,
+}
+
 async fn run(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration)) {
     let started = Instant::now();
-    let mut first_token = None;
-    let outcome = stream(&parts, &mut spec, &mut first_token).await;
+    let mut seen = Seen::default();
+    let outcome = stream(&parts, &mut spec, &mut seen).await;
     let (ending, cut_reason) = match outcome {
         Outcome::Complete { finish_reason, usage } => {
             (Final::Complete { model: spec.model.clone(), finish_reason, usage: usage.unwrap_or_default() }, "")
@@ -71,9 +81,12 @@ async fn run(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration)) {
     };
     let content = spec.writer.text();
     parts.checkpoints.forget(spec.ids.message_id);
-    let end = AnswerEnd { content: &content, ending: &ending, model: &spec.model, partial_usage: None, cut_reason };
+    // An answer cut by the shutdown keeps the upstream's counts, else the pieces received.
+    let partial_usage = (cut_reason == "shutdown")
+        .then(|| seen.usage.unwrap_or(Usage { completion_tokens: seen.pieces, total_tokens: seen.pieces, prompt_tokens: 0 }));
+    let end = AnswerEnd { content: &content, ending: &ending, model: &spec.model, partial_usage, cut_reason };
     let ending = if store_end(&parts, spec.ids, &end).await { ending } else { Final::Failed(ChatError::code(ErrorCode::Unavailable)) };
-    log_answer(&spec, &ending, started, first_token);
+    log_answer(&spec, &ending, started, &seen);
 
     // The connection is free before the final entry is read, so its next start never
     // sees BUSY. The answer leaves the directory once its final entry is in the log:
@@ -86,10 +99,10 @@ async fn run(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration)) {
 }
 
 /// One INFO line per answer, at its end.
-fn log_answer(spec: &Spec, ending: &Final, started: Instant, first_token: Option<Instant>) {
+fn log_answer(spec: &Spec, ending: &Final, started: Instant, seen: &Seen) {
     let usage = match ending {
         Final::Complete { usage, .. } => *usage,
-        _ => Usage::default(),
+        _ => seen.usage.unwrap_or_default(),
     };
     tracing::info!(
         message_id = %spec.ids.message_id,
@@ -98,7 +111,7 @@ fn log_answer(spec: &Spec, ending: &Final, started: Instant, first_token: Option
         model = %spec.model,
         prompt_tokens = usage.prompt_tokens,
         completion_tokens = usage.completion_tokens,
-        ttft_ms = first_token.map(|t| t.duration_since(started).as_millis() as u64),
+        ttft_ms = seen.first_token.map(|t| t.duration_since(started).as_millis() as u64),
         duration_ms = started.elapsed().as_millis() as u64,
         status = ending.status().as_str(),
         "answer ended"
@@ -106,7 +119,7 @@ fn log_answer(spec: &Spec, ending: &Final, started: Instant, first_token: Option
 }
 
 /// Reads the upstream into the log until it ends, fails or the generation is stopped.
-async fn stream(parts: &Parts, spec: &mut Spec, first_token: &mut Option<Instant>) -> Outcome {
+async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
     let stop = spec.stop.clone();
     let stopped = || Outcome::Stopped(stop.reason());
     // One cancellation future for the whole answer: making one per token costs a lock
@@ -153,7 +166,11 @@ async fn stream(parts: &Parts, spec: &mut Spec, first_token: &mut Option<Instant
                 // it appends less often, in larger pieces, and never waits for more.
                 while let Some(piece) = next.take() {
                     match piece {
-                        Ok(Some(piece)) => add_piece(piece, &mut held, &mut end),
+                        Ok(Some(piece)) => {
+                            seen.pieces += u32::from(piece.delta.is_some());
+                            add_piece(piece, &mut held, &mut end);
+                            seen.usage = end.usage;
+                        }
                         Ok(None) => end.done = true,
                         Err(e) => {
                             spec.writer.append(&held);
@@ -166,7 +183,7 @@ async fn stream(parts: &Parts, spec: &mut Spec, first_token: &mut Option<Instant
                     }
                 }
                 if !held.is_empty() {
-                    first_token.get_or_insert_with(Instant::now);
+                    seen.first_token.get_or_insert_with(Instant::now);
                     if window.is_zero() || end.done {
                         spec.writer.append(&std::mem::take(&mut held));
                         flush_at = None;

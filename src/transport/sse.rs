@@ -73,7 +73,8 @@ fn unauthorized() -> Response {
 /// The request's user: the verified token's, or in open mode the one it names.
 fn authenticate(wire: &Wire, headers: &HeaderMap, uri: &Uri, claimed: Option<&Value>) -> Result<String, Response> {
     if wire.auth.is_open() {
-        return Ok(auth::claimed_user(claimed).map_or_else(|| "anonymous".to_owned(), |User(u)| u));
+        // Unnamed, each request is a user of its own, as each anonymous socket is.
+        return Ok(auth::claimed_user(claimed).map_or_else(|| format!("anonymous-{}", Uuid::new_v4()), |User(u)| u));
     }
     let Some(token) = auth::request_token(headers, uri) else {
         tracing::info!(reason = %auth::AuthError::Missing, "SSE request refused");

@@ -110,7 +110,41 @@ async fn open_mode_takes_the_user_from_auth_user_id() {
     let mut client = Client::websocket(app.addr, creds).await.unwrap();
     let conversation = whoami(&mut client).await;
     assert_eq!(app.messages(&conversation).await[0].user_id, "guest-7");
-    let mut anonymous = Client::websocket(app.addr, Credentials::default()).await.unwrap();
-    let conversation = whoami(&mut anonymous).await;
-    assert_eq!(app.messages(&conversation).await[0].user_id, "anonymous");
+    // Unnamed connections are users of their own: two testers share nothing.
+    let mut first = Client::websocket(app.addr, Credentials::default()).await.unwrap();
+    let mut second = Client::websocket(app.addr, Credentials::default()).await.unwrap();
+    let (a, b) = (whoami(&mut first).await, whoami(&mut second).await);
+    let (a, b) = (app.messages(&a).await[0].user_id.clone(), app.messages(&b).await[0].user_id.clone());
+    assert!(a.starts_with("anonymous-") && b.starts_with("anonymous-") && a != b, "{a} {b}");
+}
+
+#[tokio::test]
+async fn open_mode_takes_the_user_from_the_latest_chat_start_user_id_for_every_later_event() {
+    let app = spawn_app_with(&[("JWT_SECRET", "")]).await;
+    let creds = Credentials { auth: Some(json!({ "userId": "from-handshake" })), ..Default::default() };
+    let mut client = Client::websocket(app.addr, creds).await.unwrap();
+    // The NestJS guide's client, as it is written: userId in every chat:start.
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "hi", "userId": "guide-user", "conversationId": null })).await;
+    assert_eq!(ack["ok"], json!(true));
+    read_answer(&mut client).await;
+    assert_eq!(app.messages(ack["conversationId"].as_str().unwrap()).await[0].user_id, "guide-user");
+    // Later events act as that user: a resume without userId finds the answer.
+    let resumed = client.emit_with_ack("chat:resume", json!({ "messageId": ack["messageId"], "offset": 0 })).await;
+    assert_eq!(resumed["status"], "complete");
+    read_answer(&mut client).await;
+    // Another connection naming another user does not reach it.
+    let mut other = Client::websocket(app.addr, Credentials::default()).await.unwrap();
+    let refused = other.emit_with_ack("chat:resume", json!({ "messageId": ack["messageId"] })).await;
+    assert_eq!(refused["error"]["code"], "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn with_tokens_a_different_payload_user_id_is_still_forbidden() {
+    let app = spawn_app().await;
+    let user = user();
+    let mut client = app.client(&user).await;
+    let refused = client.emit_with_ack("chat:start", json!({ "message": "hi", "userId": "someone-else" })).await;
+    assert_eq!(refused["error"]["code"], "FORBIDDEN");
+    let ok = client.emit_with_ack("chat:start", json!({ "message": "hi", "userId": user, "conversationId": null })).await;
+    assert_eq!(ok["ok"], json!(true), "the guide's client, with its own user's id, works");
 }

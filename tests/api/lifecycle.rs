@@ -1,16 +1,13 @@
 //! A client that leaves mid-answer, and a server that is told to stop (SIGTERM on
 //! the real binary): every answer ends in a stored row matching what clients saw.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use crate::{
+    binary::spawn_binary,
     client::{Client, Credentials},
     helpers::*,
 };
@@ -52,41 +49,6 @@ async fn with_on_disconnect_cancel_the_partial_answer_is_stored_as_stopped() {
     assert!(app.state.engine.wait_idle(Duration::from_secs(5)).await, "the answer leaves the registry after its row");
 }
 
-/// The real binary as a child process, with its bound address read from its JSON log.
-struct Child {
-    process: std::process::Child,
-    addr: std::net::SocketAddr,
-}
-
-fn spawn_binary(db_url: &str, vars: &[(&str, &str)]) -> Child {
-    let mut process = Command::new(env!("CARGO_BIN_EXE_chatwire"))
-        .arg("serve")
-        .env_clear()
-        .envs([
-            ("HOST", "127.0.0.1"),
-            ("PORT", "0"),
-            ("JWT_SECRET", SECRET),
-            ("DATABASE_URL", db_url),
-            ("LOG_FORMAT", "json"),
-            ("RUST_LOG", "info"),
-        ])
-        .envs(vars.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the chatwire binary starts");
-    let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server logs its address").unwrap();
-        let log: Value = serde_json::from_str(&line).unwrap_or_default();
-        if log["message"] == "chatwire listening" {
-            break log["addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Child { process, addr }
-}
 
 #[tokio::test]
 async fn sigterm_lets_short_answers_finish_and_cuts_long_ones_with_their_partial_text_stored() {

@@ -1,6 +1,7 @@
 //! chatwire's integration tests: one binary, the real server on port 0.
 
 mod auth;
+mod binary;
 mod chat;
 mod checkpoints;
 mod client;
@@ -17,4 +18,5 @@ mod resume;
 mod routing;
 mod sse;
 mod sqlite;
+mod startup;
 mod transport;

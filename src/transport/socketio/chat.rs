@@ -5,7 +5,7 @@ use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 
 use super::{ack_logged, connection_id, emit_logged, payload::StopRequest, reader, user_of};
 use crate::{
-    auth::User,
+    auth::{self, User},
     chat::{ChatError, ErrorCode, StartCommand},
     engine::StartOutcome,
     transport::{
@@ -21,6 +21,13 @@ pub(super) fn refuse(socket: &SocketRef, ack: AckSender, error: ChatError) {
 }
 
 pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+    // In open mode a connection is whoever its latest chat:start says (as the NestJS
+    // gateway took `userId` from the payload), for every event from then on.
+    if wire.auth.is_open()
+        && let Some(named) = payload.as_ref().ok().and_then(|p| auth::claimed_user(p.get("userId")))
+    {
+        socket.extensions.insert(named);
+    }
     let Some(User(user)) = user_of(&socket) else {
         return refuse(&socket, ack, ChatError::code(ErrorCode::Internal));
     };

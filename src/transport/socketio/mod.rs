@@ -80,7 +80,8 @@ async fn authenticate_root(socket: SocketRef, auth: TryData<Value>, state: State
 fn identify(socket: &SocketRef, TryData(auth): TryData<Value>, State(wire): State<Wire>) -> Result<(), Unauthorized> {
     let auth = auth.ok();
     let user = if wire.auth.is_open() {
-        auth::claimed_user(auth.as_ref().and_then(|a| a.get("userId"))).unwrap_or_else(|| User("anonymous".into()))
+        // Each anonymous connection is a user of its own: testers share nothing.
+        auth::claimed_user(auth.as_ref().and_then(|a| a.get("userId"))).unwrap_or_else(|| User(format!("anonymous-{}", socket.id)))
     } else {
         let handshake = match auth.as_ref().and_then(|a| a.get("token")) {
             Some(Value::String(t)) if !t.is_empty() => Some(t.as_str().into()),

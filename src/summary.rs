@@ -1,0 +1,98 @@
+//! What the server says about itself: the start-up summary (where to connect, the auth
+//! mode, where the data goes, which model answers) and the environment variables that
+//! `chatwire serve --help` lists.
+
+use crate::{
+    auth::Authenticator,
+    config::{Config, UpstreamConfig},
+};
+
+/// The start-up summary, a `(what, value)` pair a line. `mock_url` is the built-in
+/// mock's base URL when it serves the answers.
+pub fn lines(config: &Config, auth: &Authenticator, mock_url: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut host = config.host.to_string();
+    if config.host.is_ipv6() {
+        host = format!("[{host}]");
+    }
+    let listen = if config.is_open_mode() && !config.host_explicit {
+        format!("http://{host}:{}/ai (loopback only in open mode; set HOST to listen elsewhere)", config.port)
+    } else {
+        format!("http://{host}:{}/ai", config.port)
+    };
+    let upstream = match (&config.upstream, mock_url) {
+        (UpstreamConfig::OpenAi { base_url, .. }, _) => format!("{base_url}, default model {}", config.default_model),
+        (UpstreamConfig::Mock(_), Some(url)) => format!("the built-in mock model at {url} (no OPENAI_API_KEY or OPENAI_BASE_URL)"),
+        (UpstreamConfig::Mock(_), None) => "the built-in mock model".into(),
+    };
+    vec![
+        ("connect to", listen),
+        ("SSE", format!("POST http://{host}:{}/v1/chat", config.port)),
+        ("auth", auth.describe()),
+        ("database", database(&config.database_url)),
+        ("upstream", upstream),
+        ("allowed origins", config.cors_origins.join(", ")),
+        ("node", config.node_id.clone()),
+    ]
+}
+
+/// The database without credentials: a SQLite file's absolute path, or a server's
+/// host, port and database.
+fn database(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let path = rest.trim_start_matches("//").split('?').next().unwrap_or_default();
+        if path.is_empty() || path.contains(":memory:") || url.contains("mode=memory") {
+            return "SQLite in memory (nothing is kept)".into();
+        }
+        let absolute = std::path::absolute(path).map(|p| p.display().to_string()).unwrap_or_else(|_| path.to_owned());
+        return format!("SQLite file {absolute}");
+    }
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let (server, database) = rest.split_once('/').unwrap_or((rest, ""));
+    let database = database.split('?').next().unwrap_or_default();
+    format!("PostgreSQL {server}, database {database}")
+}
+
+/// The variables `chatwire serve` reads, for `--help`; the README's table has them all.
+pub const ENVIRONMENT: &str = "\
+Environment (also read from .env; README.md has the full table):
+  PORT, HOST                 where to listen (open mode: 127.0.0.1 unless HOST is set)
+  CORS_ORIGIN                comma list of allowed origins (scheme://host[:port])
+  JWT_SECRET, JWT_PUBLIC_KEY HS256 secret / RS256 or ES256 PEM; neither = open mode
+  JWT_ISSUER, JWT_AUDIENCE, JWT_USER_CLAIM
+  NODE_ENV=production        refuses open mode and the mock model
+  DATABASE_URL               sqlite://FILE?mode=rwc (default sqlite://chatwire.db) or postgres://...
+  DATABASE_MAX_CONNECTIONS
+  OPENAI_API_KEY, OPENAI_BASE_URL, UPSTREAM=mock
+  DEFAULT_MODEL, ALLOWED_MODELS, DEFAULT_MAX_TOKENS, MAX_TOKENS_LIMIT, DEFAULT_TEMPERATURE
+  MAX_MESSAGE_CHARS, SYSTEM_PROMPT, ALLOW_CLIENT_SYSTEM_PROMPT, MAX_HISTORY_MESSAGES
+  PING_INTERVAL_MS, PING_TIMEOUT_MS, SOCKET_BUFFER_PACKETS, SOCKET_BUFFER_BYTES, SSE_KEEPALIVE_MS
+  UPSTREAM_FIRST_TOKEN_TIMEOUT_MS, UPSTREAM_IDLE_TIMEOUT_MS, UPSTREAM_ATTEMPTS, UPSTREAM_RETRY_BASE_MS
+  RATE_LIMIT_PER_MINUTE, MAX_CONCURRENT_STREAMS_PER_USER, ON_DISCONNECT, STREAM_COALESCE_MS
+  CHECKPOINT_INTERVAL_MS, SHUTDOWN_GRACE_SECONDS, NODE_ID
+  MOCK_RESPONSE, MOCK_TOKEN_DELAY_MS, MOCK_FIRST_TOKEN_DELAY_MS, MOCK_STAMP
+  LOG_FORMAT (pretty|json), RUST_LOG";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_line_names_the_place_without_secrets() {
+        assert_eq!(database("postgres://app:hunter2@db.internal:5432/chat?sslmode=require"), "PostgreSQL db.internal:5432, database chat");
+        assert!(database("sqlite://chatwire.db?mode=rwc").starts_with("SQLite file /"));
+        assert!(database("sqlite://chatwire.db?mode=rwc").ends_with("/chatwire.db"));
+        assert_eq!(database("sqlite::memory:"), "SQLite in memory (nothing is kept)");
+    }
+
+    #[test]
+    fn every_variable_of_the_readme_table_is_in_the_help() {
+        let readme = include_str!("../README.md");
+        for line in readme.lines().filter(|l| l.starts_with("| `")) {
+            let var = line.trim_start_matches("| `").split('`').next().unwrap_or_default();
+            if var.chars().all(|c| c.is_ascii_uppercase() || c == '_') && !var.is_empty() {
+                assert!(ENVIRONMENT.contains(var), "{var} is in the README's table but not in --help");
+            }
+        }
+    }
+}
