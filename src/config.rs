@@ -117,6 +117,8 @@ pub struct Config {
     pub database_url: String,
     /// Pool size; `None` picks one for the database kind.
     pub database_max_connections: Option<u32>,
+    /// The PostgreSQL schema chatwire's tables live in (`DATABASE_SCHEMA`); unused on SQLite.
+    pub database_schema: String,
     pub upstream: UpstreamConfig,
     pub default_model: String,
     /// Empty means any model the upstream knows.
@@ -210,6 +212,7 @@ impl Config {
                     n => Some(n),
                 },
             },
+            database_schema: database_schema(&env)?,
             upstream: upstream_config(&env)?,
             default_model,
             allowed_models,
@@ -339,6 +342,23 @@ fn upstream_config(env: &Vars) -> Result<UpstreamConfig, ConfigError> {
     // Local servers (Ollama, vLLM, llama.cpp) accept any key.
     let api_key = Secret(api_key.unwrap_or("none").to_owned());
     Ok(UpstreamConfig::OpenAi { base_url, api_key })
+}
+
+/// `DATABASE_SCHEMA`: a plain SQL identifier, so it is the same name quoted or not and
+/// can go into a connection's `search_path` as it is.
+fn database_schema(env: &Vars) -> Result<String, ConfigError> {
+    let name = env.get("DATABASE_SCHEMA").unwrap_or("chatwire");
+    let plain = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with("pg_");
+    if !plain {
+        return Err(bad(
+            "DATABASE_SCHEMA",
+            format!("{name:?} is not a plain SQL identifier (lower-case letters, digits and `_`, not starting with a digit or `pg_`, at most 63 characters)"),
+        ));
+    }
+    Ok(name.to_owned())
 }
 
 /// The variables, with empty values treated as unset (as `.env` files often leave them).
