@@ -401,3 +401,46 @@ async fn the_documented_export_of_typeorm_tables_imports_into_chatwire() {
     let public_after = (schema::dump(&nest, "public.conversations").await, schema::dump(&nest, "public.messages").await);
     assert_eq!(public_after, public_before, "the TypeORM tables are untouched");
 }
+
+#[tokio::test]
+async fn repeated_ids_and_malformed_lines_are_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database(dir.path()).await;
+    let file = dir.path().join("history.jsonl");
+    let line = |id: &str, conversation: &str, created: &str| {
+        json!({"id": id, "userId": "dave", "conversationId": conversation, "role": "user", "content": "Hi", "createdAt": created})
+            .to_string()
+    };
+    let lines = [
+        line("m-1", "c-1", "2025-02-01T00:00:00Z"),
+        line("m-1", "c-1", "2025-02-01T00:00:00Z"), // the same line again: already present
+        line("m-1", "c-9", "2025-02-01T00:00:00Z"), // the id in another conversation
+        line("m-2", "c-1", "2025-02-01 00:00:00"),  // no zone
+        "{\"id\": \"m-3\",".to_owned(),
+        "[1, 2]".to_owned(),
+        json!({"id": "m-4", "userId": "", "conversationId": "c-1", "role": "user", "content": "Hi", "createdAt": "2025-02-01T00:00:00Z"}).to_string(),
+        json!({"id": "m-5", "userId": "dave", "conversationId": "c-1", "role": "assistant", "content": 7, "createdAt": "2025-02-01T00:00:00Z"}).to_string(),
+        json!({"id": "m-6", "userId": "dave", "conversationId": "c-1", "role": "assistant", "content": "ok", "totalTokens": -1, "createdAt": "2025-02-01T00:00:01Z"}).to_string(),
+        json!({"id": "m-7", "conversationId": "c-1", "role": "user", "content": "Hi", "createdAt": "2025-02-01T00:00:00Z"}).to_string(),
+    ];
+    std::fs::write(&file, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let out = import(&url, &file, false);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let reported: Vec<&str> = stderr.lines().collect();
+    assert_eq!(reported.len(), 8, "{stderr}");
+    assert_eq!(reported[0], "line 3: message id \"m-1\" is already used in another conversation");
+    assert!(reported[1].starts_with("line 4: createdAt \"2025-02-01 00:00:00\" is not an ISO 8601 time with a zone"), "{stderr}");
+    assert!(reported[2].starts_with("line 5: not valid JSON: "), "{stderr}");
+    assert_eq!(reported[3], "line 6: not a JSON object");
+    assert_eq!(reported[4], "line 7: userId must be a non-empty string or an integer");
+    assert_eq!(reported[5], "line 8: content must be a string");
+    assert_eq!(reported[6], "line 9: totalTokens must be a whole number from 0 to 2147483647, not -1");
+    assert_eq!(reported[7], "line 10: missing userId");
+    assert_eq!(text(&out.stdout), "imported 1 lines, 1 already present, skipped 8\n");
+    let db = open(&url).await;
+    let rows = all_messages(&db).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].id, rows[0].conversation_id), (chatwire::import::mapped("m-1"), chatwire::import::mapped("c-1")));
+    assert_eq!(conversations(&db).await.len(), 1, "no conversation for c-9");
+}
