@@ -4,7 +4,7 @@
 //! `JWT_SECRET`, `OPENAI_API_KEY`, ...). A wrong value stops start-up with a
 //! message naming the variable.
 
-use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr, time::Duration};
+use std::{collections::HashMap, fmt, net::IpAddr, time::Duration};
 
 use crate::{providers::RetryPolicy, telemetry::LogFormat};
 
@@ -123,6 +123,8 @@ pub struct Config {
     pub database_url: String,
     /// Pool size; `None` picks one for the database kind.
     pub database_max_connections: Option<u32>,
+    /// The PostgreSQL schema chatwire's tables live in (`DATABASE_SCHEMA`); unused on SQLite.
+    pub database_schema: String,
     pub upstream: UpstreamConfig,
     pub default_model: String,
     /// Empty means any model the upstream knows.
@@ -222,6 +224,7 @@ impl Config {
                     n => Some(n),
                 },
             },
+            database_schema: database_schema(&env)?,
             upstream: upstream_config(&env, production)?,
             default_model,
             allowed_models,
@@ -299,118 +302,9 @@ impl Config {
     }
 }
 
-fn auth_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
-    let secret = env.get("JWT_SECRET").map(|s| Secret(s.to_owned()));
-    // PEMs in env files are often written on one line with literal `\n`.
-    let public_key_pem = env.get("JWT_PUBLIC_KEY").map(|k| k.replace("\\n", "\n"));
-    let issuer = env.get("JWT_ISSUER").map(str::to_owned);
-    let audience = env.get("JWT_AUDIENCE").map(str::to_owned);
-    let user_claim = env.get("JWT_USER_CLAIM").map(str::to_owned);
-    if secret.is_none() && public_key_pem.is_none() {
-        if let Some(var) = [("JWT_ISSUER", &issuer), ("JWT_AUDIENCE", &audience), ("JWT_USER_CLAIM", &user_claim)]
-            .into_iter()
-            .find_map(|(name, v)| v.as_ref().map(|_| name))
-        {
-            return Err(bad(var, "is set but neither JWT_SECRET nor JWT_PUBLIC_KEY is; set one of them"));
-        }
-        return Ok(AuthConfig::Open);
-    }
-    if let Some(pem) = &public_key_pem {
-        let rsa = jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).is_ok();
-        let ec = jsonwebtoken::DecodingKey::from_ec_pem(pem.as_bytes()).is_ok();
-        if !rsa && !ec {
-            return Err(bad("JWT_PUBLIC_KEY", "is not an RSA or EC public key in PEM form"));
-        }
-    }
-    Ok(AuthConfig::Jwt(JwtConfig {
-        secret,
-        public_key_pem,
-        issuer,
-        audience,
-        user_claim: user_claim.unwrap_or_else(|| "sub".into()),
-    }))
-}
-
-/// One allowed origin, as a browser sends it: `scheme://host[:port]`, no path. A
-/// trailing slash is dropped; anything else that is not an origin is refused.
-fn origin(raw: &str) -> Result<String, ConfigError> {
-    let trimmed = raw.trim_end_matches('/');
-    let refuse = |why: &str| {
-        Err(bad("CORS_ORIGIN", format!("{raw:?} {why}; list each allowed origin as scheme://host[:port] (credentials are allowed, so `*` is refused)")))
-    };
-    if trimmed == "*" {
-        return refuse("is a wildcard");
-    }
-    let Ok(uri) = trimmed.parse::<http::Uri>() else { return refuse("is not an origin") };
-    match (uri.scheme_str(), uri.authority(), uri.path_and_query().map(|p| p.as_str())) {
-        (Some("http" | "https"), Some(_), None | Some("" | "/")) if !trimmed.contains('@') => Ok(trimmed.to_owned()),
-        (Some("http" | "https"), Some(_), _) => refuse("has a path, a query or credentials"),
-        _ => refuse("is not an http(s) origin"),
-    }
-}
-
-/// The host's name and this process's id: unique among the nodes of one deployment.
-fn default_node_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
-    let host = if host.is_empty() { "chatwire".to_owned() } else { host };
-    format!("{host}-{}", std::process::id())
-}
-
-fn upstream_config(env: &Vars, production: bool) -> Result<UpstreamConfig, ConfigError> {
-    let base_url = env.get("OPENAI_BASE_URL");
-    let api_key = env.get("OPENAI_API_KEY");
-    let forced_mock = match env.get("UPSTREAM") {
-        None => false,
-        Some("mock") => true,
-        Some(other) => return Err(bad("UPSTREAM", format!("{other:?} is not `mock`; leave it unset to use OPENAI_BASE_URL / OPENAI_API_KEY"))),
-    };
-    if production && !forced_mock && base_url.is_none() && api_key.is_none() {
-        return Err(bad(
-            "OPENAI_API_KEY",
-            "NODE_ENV=production but no upstream is set (OPENAI_API_KEY or OPENAI_BASE_URL); refusing to serve the built-in mock model (UPSTREAM=mock asks for it)",
-        ));
-    }
-    if forced_mock || (base_url.is_none() && api_key.is_none()) {
-        let mut mock = MockConfig::default();
-        if let Some(text) = env.get("MOCK_RESPONSE") {
-            mock.response = text.to_owned();
-        }
-        mock.token_delay = Duration::from_millis(env.parse("MOCK_TOKEN_DELAY_MS", 25u64)?);
-        mock.first_token_delay = Duration::from_millis(env.parse("MOCK_FIRST_TOKEN_DELAY_MS", 0u64)?);
-        mock.stamp = env.parse("MOCK_STAMP", false)?;
-        return Ok(UpstreamConfig::Mock(mock));
-    }
-    let base_url = base_url.unwrap_or("https://api.openai.com/v1").trim_end_matches('/').to_owned();
-    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-        return Err(bad("OPENAI_BASE_URL", "must start with http:// or https://"));
-    }
-    // Local servers (Ollama, vLLM, llama.cpp) accept any key.
-    let api_key = Secret(api_key.unwrap_or("none").to_owned());
-    Ok(UpstreamConfig::OpenAi { base_url, api_key })
-}
-
-/// The variables, with empty values treated as unset (as `.env` files often leave them).
-struct Vars(HashMap<String, String>);
-
-impl Vars {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
-    }
-
-    fn list(&self, name: &str) -> Option<Vec<String>> {
-        self.get(name).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
-    }
-
-    fn parse<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
-    where
-        T::Err: fmt::Display,
-    {
-        match self.get(name) {
-            None => Ok(default),
-            Some(raw) => raw.parse().map_err(|e| bad(name, format!("{raw:?} is not valid: {e}"))),
-        }
-    }
-}
+#[path = "config_vars.rs"]
+mod vars;
+use vars::{Vars, auth_config, database_schema, default_node_id, origin, upstream_config};
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

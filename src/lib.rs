@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod import;
 pub mod providers;
 pub mod startup;
 pub mod store;

@@ -26,6 +26,15 @@ enum Command {
     },
     /// Run the database migrations and exit.
     Migrate,
+    /// Import conversations and messages from a JSON-lines file (see docs/IMPORT.md).
+    Import {
+        /// One message per line.
+        #[arg(long, value_name = "FILE")]
+        jsonl: std::path::PathBuf,
+        /// Import nothing, and exit 1, when any line is bad.
+        #[arg(long)]
+        strict: bool,
+    },
 }
 
 #[tokio::main]
@@ -43,7 +52,8 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::MockUpstream { port, host } => mock(config, host, port).await,
-        Command::Migrate => chatwire::store::connect(&config.database_url, config.database_max_connections).await.map(drop).map_err(|e| e.to_string()),
+        Command::Import { jsonl, strict } => chatwire::import::run_cli(&config, &jsonl, strict).await,
+        Command::Migrate => chatwire::store::connect(&config.database_url, config.database_max_connections, &config.database_schema).await.map(drop).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

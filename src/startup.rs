@@ -66,7 +66,7 @@ impl Application {
         let addr = SocketAddr::new(config.host, config.port);
         let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let shutdown = CancellationToken::new();
-        let db = store::connect(&config.database_url, config.database_max_connections).await?;
+        let db = store::connect(&config.database_url, config.database_max_connections, &config.database_schema).await?;
         store::spawn_wal_checkpointer(&config.database_url, shutdown.clone()).await?;
 
         let (mock, provider) = match &config.upstream {

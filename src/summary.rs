@@ -28,7 +28,7 @@ pub fn lines(config: &Config, auth: &Authenticator, mock_url: Option<&str>) -> V
         ("connect to", listen),
         ("SSE", format!("POST http://{host}:{}/v1/chat", config.port)),
         ("auth", auth.describe()),
-        ("database", database(&config.database_url)),
+        ("database", database(&config.database_url, &config.database_schema)),
         ("upstream", upstream),
         ("allowed origins", config.cors_origins.join(", ")),
         ("node", config.node_id.clone()),
@@ -37,7 +37,7 @@ pub fn lines(config: &Config, auth: &Authenticator, mock_url: Option<&str>) -> V
 
 /// The database without credentials: a SQLite file's absolute path, or a server's
 /// host, port and database.
-fn database(url: &str) -> String {
+fn database(url: &str, schema: &str) -> String {
     if let Some(rest) = url.strip_prefix("sqlite:") {
         let path = rest.trim_start_matches("//").split('?').next().unwrap_or_default();
         if path.is_empty() || path.contains(":memory:") || url.contains("mode=memory") {
@@ -50,7 +50,7 @@ fn database(url: &str) -> String {
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     let (server, database) = rest.split_once('/').unwrap_or((rest, ""));
     let database = database.split('?').next().unwrap_or_default();
-    format!("PostgreSQL {server}, database {database}")
+    format!("PostgreSQL {server}, database {database}, schema {schema}")
 }
 
 /// The variables `chatwire serve` reads, for `--help`; the README's table has them all.
@@ -62,6 +62,7 @@ Environment (also read from .env; README.md has the full table):
   JWT_ISSUER, JWT_AUDIENCE, JWT_USER_CLAIM
   NODE_ENV=production        refuses open mode and the mock model
   DATABASE_URL               sqlite://FILE?mode=rwc (default sqlite://chatwire.db) or postgres://...
+  DATABASE_SCHEMA            PostgreSQL schema of chatwire's tables (default chatwire)
   DATABASE_MAX_CONNECTIONS
   OPENAI_API_KEY, OPENAI_BASE_URL, UPSTREAM=mock
   DEFAULT_MODEL, ALLOWED_MODELS, DEFAULT_MAX_TOKENS, MAX_TOKENS_LIMIT, DEFAULT_TEMPERATURE
@@ -79,10 +80,11 @@ mod tests {
 
     #[test]
     fn the_database_line_names_the_place_without_secrets() {
-        assert_eq!(database("postgres://app:hunter2@db.internal:5432/chat?sslmode=require"), "PostgreSQL db.internal:5432, database chat");
-        assert!(database("sqlite://chatwire.db?mode=rwc").starts_with("SQLite file /"));
-        assert!(database("sqlite://chatwire.db?mode=rwc").ends_with("/chatwire.db"));
-        assert_eq!(database("sqlite::memory:"), "SQLite in memory (nothing is kept)");
+        let pg = database("postgres://app:hunter2@db.internal:5432/chat?sslmode=require", "chatwire");
+        assert_eq!(pg, "PostgreSQL db.internal:5432, database chat, schema chatwire");
+        assert!(database("sqlite://chatwire.db?mode=rwc", "x").starts_with("SQLite file /"));
+        assert!(database("sqlite://chatwire.db?mode=rwc", "x").ends_with("/chatwire.db"));
+        assert_eq!(database("sqlite::memory:", "x"), "SQLite in memory (nothing is kept)");
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_create_conversations_and_messages;
 mod m20261122_000002_add_error_code;
+mod m20261201_000003_messages_by_time;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_create_conversations_and_messages::Migration),
             Box::new(m20261122_000002_add_error_code::Migration),
+            Box::new(m20261201_000003_messages_by_time::Migration),
         ]
     }
 }

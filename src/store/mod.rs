@@ -2,16 +2,18 @@
 //! [`DatabaseConnection`], grouped by what they touch, testable without any wire.
 
 mod answers;
+mod imports;
 mod turns;
 
 pub use answers::{AnswerEnd, StoredAnswer, checkpoint_answers, fail_stale_answers, find_answer, finish_answer};
 pub use crate::chat::HistoryMessage;
+pub use imports::{ImportMode, ImportResult, ImportedMessage, Refusal, import_messages};
 pub use turns::{ChatBegun, NewTurn, TurnIds, begin_chat, conversation_history, find_turn, owns_conversation};
 
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait};
 
 use crate::chat::{ChatError, ErrorCode};
 
@@ -39,12 +41,13 @@ impl StoreError {
 
 /// Connects with at most `max_connections` pooled connections (`None`: 1 for SQLite,
 /// 16 otherwise), tunes SQLite for a server's write pattern, and runs the migrations.
+/// On PostgreSQL every connection works in `schema` (see [`migrate`]); SQLite ignores it.
 ///
 /// SQLite has one writer at a time. With several connections, a writer that finds the
 /// lock taken sleeps in SQLite's busy handler (1, 2, 5, 10 ms, ...) instead of queueing,
 /// which under load put 100 ms and more in front of `chat:start`s. One connection makes
 /// every statement queue in order on the pool; reads are short enough not to mind.
-pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<DatabaseConnection, DbErr> {
+pub async fn connect(url: &str, max_connections: Option<u32>, schema: &str) -> Result<DatabaseConnection, DbErr> {
     let sqlite = url.starts_with("sqlite:");
     let mut options = base_options(url);
     options
@@ -58,9 +61,74 @@ pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<Database
             .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
     });
+    // The schema is the whole `search_path`, set in the startup packet (no extra round
+    // trip per connection): unqualified names never resolve to `public`. It comes after
+    // any `options` of the URL, so it wins over a `search_path` set there.
+    let search_path = schema.to_owned();
+    options.map_sqlx_postgres_opts(move |o| o.options([("search_path", search_path.as_str())]));
     let db = Database::connect(options).await?;
-    Migrator::up(&db, None).await?;
+    migrate(&db, schema).await?;
     Ok(db)
+}
+
+/// The advisory lock key that serializes migrations across processes: the bytes of
+/// "chatwire" read as a big-endian integer. Advisory locks are per database, so
+/// servers on other databases of the same PostgreSQL never wait for each other.
+const MIGRATION_LOCK_KEY: i64 = i64::from_be_bytes(*b"chatwire");
+
+/// Runs the pending migrations. On PostgreSQL, any number of processes may call this
+/// at once: one transaction takes a transaction-level advisory lock, creates `schema`
+/// when it is missing, migrates and commits, so the next process finds the work done.
+///
+/// The lock belongs to the transaction's own connection, the one every migration
+/// statement runs on (a migration's own transaction is a savepoint inside it), and it
+/// ends with the transaction: a failed migration rolls back and releases it, and a
+/// process that dies releases it with its connection. A session-level lock taken on a
+/// pooled connection would instead go back to the pool still held when an error skipped
+/// the unlock.
+pub async fn migrate(db: &DatabaseConnection, schema: &str) -> Result<(), DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Migrator::up(db, None).await;
+    }
+    let named = |what: &str, e: DbErr| DbErr::Migration(format!("{what} (schema {schema:?}): {e}"));
+    let txn = db.begin().await?;
+    txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
+        .await
+        .map_err(|e| named("taking the migration lock", e))?;
+    let exists = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT 1 AS found FROM pg_namespace WHERE nspname = $1",
+            [schema.into()],
+        ))
+        .await
+        .map_err(|e| named("looking for the schema", e))?
+        .is_some();
+    if !exists {
+        // Checked first, so a role without CREATE on the database can use a schema an
+        // administrator made for it. The name is a plain identifier (see the config).
+        txn.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .await
+            .map_err(|e| named("creating the schema", e))?;
+        warn_about_tables_in_public(&txn, schema).await;
+    }
+    Migrator::up(&txn, None).await.map_err(|e| named("running the migrations", e))?;
+    txn.commit().await.map_err(|e| named("committing the migrations", e))
+}
+
+/// A deployment from before `DATABASE_SCHEMA` keeps its tables in `public`; starting it
+/// in a new, empty schema would look like lost history, so say where the old tables are.
+async fn warn_about_tables_in_public<C: ConnectionTrait>(db: &C, schema: &str) {
+    let probe = Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT 1 AS found FROM information_schema.tables WHERE table_schema = 'public' AND table_name = 'seaql_migrations'",
+    );
+    if let Ok(Some(_)) = db.query_one_raw(probe).await {
+        tracing::warn!(
+            schema,
+            "created an empty schema, but schema public holds a migration table (chatwire's tables from before DATABASE_SCHEMA?); set DATABASE_SCHEMA=public to keep using them"
+        );
+    }
 }
 
 /// What every pool opened here shares: no statement logging, bounded waits.

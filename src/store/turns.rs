@@ -119,10 +119,13 @@ fn new_message(conversation_id: Uuid, id: Uuid, user_id: &str, role: &str, now: 
 }
 
 /// The last `limit` messages with text, oldest first. Failed answers with no text are skipped.
+/// Ordered by `createdAt`, then id: the two rows of a turn share their time and are told
+/// apart by their UUIDv7s, and imported rows keep ids that carry no time.
 async fn load_history<C: ConnectionTrait>(db: &C, conversation_id: Uuid, limit: u64) -> Result<Vec<HistoryMessage>, DbErr> {
     let mut rows = message::Entity::find()
         .filter(message::Column::ConversationId.eq(conversation_id))
         .filter(message::Column::Content.ne(""))
+        .order_by_desc(message::Column::CreatedAt)
         .order_by_desc(message::Column::Id)
         .limit(limit)
         .all(db)

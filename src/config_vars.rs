@@ -1,0 +1,137 @@
+//! How each variable is read: the sections of [`super::Config`] that take more than a
+//! parse, and the variables themselves (empty values count as unset).
+
+use std::{collections::HashMap, fmt, str::FromStr, time::Duration};
+
+use super::{AuthConfig, ConfigError, JwtConfig, MockConfig, Secret, UpstreamConfig, bad};
+
+pub(super) fn auth_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
+    let secret = env.get("JWT_SECRET").map(|s| Secret(s.to_owned()));
+    // PEMs in env files are often written on one line with literal `\n`.
+    let public_key_pem = env.get("JWT_PUBLIC_KEY").map(|k| k.replace("\\n", "\n"));
+    let issuer = env.get("JWT_ISSUER").map(str::to_owned);
+    let audience = env.get("JWT_AUDIENCE").map(str::to_owned);
+    let user_claim = env.get("JWT_USER_CLAIM").map(str::to_owned);
+    if secret.is_none() && public_key_pem.is_none() {
+        if let Some(var) = [("JWT_ISSUER", &issuer), ("JWT_AUDIENCE", &audience), ("JWT_USER_CLAIM", &user_claim)]
+            .into_iter()
+            .find_map(|(name, v)| v.as_ref().map(|_| name))
+        {
+            return Err(bad(var, "is set but neither JWT_SECRET nor JWT_PUBLIC_KEY is; set one of them"));
+        }
+        return Ok(AuthConfig::Open);
+    }
+    if let Some(pem) = &public_key_pem {
+        let rsa = jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).is_ok();
+        let ec = jsonwebtoken::DecodingKey::from_ec_pem(pem.as_bytes()).is_ok();
+        if !rsa && !ec {
+            return Err(bad("JWT_PUBLIC_KEY", "is not an RSA or EC public key in PEM form"));
+        }
+    }
+    Ok(AuthConfig::Jwt(JwtConfig {
+        secret,
+        public_key_pem,
+        issuer,
+        audience,
+        user_claim: user_claim.unwrap_or_else(|| "sub".into()),
+    }))
+}
+
+/// One allowed origin, as a browser sends it: `scheme://host[:port]`, no path. A
+/// trailing slash is dropped; anything else that is not an origin is refused.
+pub(super) fn origin(raw: &str) -> Result<String, ConfigError> {
+    let trimmed = raw.trim_end_matches('/');
+    let refuse = |why: &str| {
+        Err(bad("CORS_ORIGIN", format!("{raw:?} {why}; list each allowed origin as scheme://host[:port] (credentials are allowed, so `*` is refused)")))
+    };
+    if trimmed == "*" {
+        return refuse("is a wildcard");
+    }
+    let Ok(uri) = trimmed.parse::<http::Uri>() else { return refuse("is not an origin") };
+    match (uri.scheme_str(), uri.authority(), uri.path_and_query().map(|p| p.as_str())) {
+        (Some("http" | "https"), Some(_), None | Some("" | "/")) if !trimmed.contains('@') => Ok(trimmed.to_owned()),
+        (Some("http" | "https"), Some(_), _) => refuse("has a path, a query or credentials"),
+        _ => refuse("is not an http(s) origin"),
+    }
+}
+
+/// The host's name and this process's id: unique among the nodes of one deployment.
+pub(super) fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let host = if host.is_empty() { "chatwire".to_owned() } else { host };
+    format!("{host}-{}", std::process::id())
+}
+
+pub(super) fn upstream_config(env: &Vars, production: bool) -> Result<UpstreamConfig, ConfigError> {
+    let base_url = env.get("OPENAI_BASE_URL");
+    let api_key = env.get("OPENAI_API_KEY");
+    let forced_mock = match env.get("UPSTREAM") {
+        None => false,
+        Some("mock") => true,
+        Some(other) => return Err(bad("UPSTREAM", format!("{other:?} is not `mock`; leave it unset to use OPENAI_BASE_URL / OPENAI_API_KEY"))),
+    };
+    if production && !forced_mock && base_url.is_none() && api_key.is_none() {
+        return Err(bad(
+            "OPENAI_API_KEY",
+            "NODE_ENV=production but no upstream is set (OPENAI_API_KEY or OPENAI_BASE_URL); refusing to serve the built-in mock model (UPSTREAM=mock asks for it)",
+        ));
+    }
+    if forced_mock || (base_url.is_none() && api_key.is_none()) {
+        let mut mock = MockConfig::default();
+        if let Some(text) = env.get("MOCK_RESPONSE") {
+            mock.response = text.to_owned();
+        }
+        mock.token_delay = Duration::from_millis(env.parse("MOCK_TOKEN_DELAY_MS", 25u64)?);
+        mock.first_token_delay = Duration::from_millis(env.parse("MOCK_FIRST_TOKEN_DELAY_MS", 0u64)?);
+        mock.stamp = env.parse("MOCK_STAMP", false)?;
+        return Ok(UpstreamConfig::Mock(mock));
+    }
+    let base_url = base_url.unwrap_or("https://api.openai.com/v1").trim_end_matches('/').to_owned();
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        return Err(bad("OPENAI_BASE_URL", "must start with http:// or https://"));
+    }
+    // Local servers (Ollama, vLLM, llama.cpp) accept any key.
+    let api_key = Secret(api_key.unwrap_or("none").to_owned());
+    Ok(UpstreamConfig::OpenAi { base_url, api_key })
+}
+
+/// `DATABASE_SCHEMA`: a plain SQL identifier, so it is the same name quoted or not and
+/// can go into a connection's `search_path` as it is.
+pub(super) fn database_schema(env: &Vars) -> Result<String, ConfigError> {
+    let name = env.get("DATABASE_SCHEMA").unwrap_or("chatwire");
+    let plain = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with("pg_");
+    if !plain {
+        return Err(bad(
+            "DATABASE_SCHEMA",
+            format!("{name:?} is not a plain SQL identifier (lower-case letters, digits and `_`, not starting with a digit or `pg_`, at most 63 characters)"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The variables, with empty values treated as unset (as `.env` files often leave them).
+pub(super) struct Vars(pub(super) HashMap<String, String>);
+
+impl Vars {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    pub(super) fn list(&self, name: &str) -> Option<Vec<String>> {
+        self.get(name).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+    }
+
+    pub(super) fn parse<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|e| bad(name, format!("{raw:?} is not valid: {e}"))),
+        }
+    }
+}
+
