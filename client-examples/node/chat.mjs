@@ -9,10 +9,14 @@
 // Ctrl-C while an answer streams stops it (chat:stop); Ctrl-C again, Ctrl-C when
 // idle, or end of input (Ctrl-D) quits. Lines can also be piped in:
 //   printf 'Hello\nAnd then?\n' | node chat.mjs
+//
+// The answer's events go through @chatwire/resumable: if the link drops mid-answer,
+// socket.io-client reconnects and the answer goes on from where it was, nothing twice.
 
 import { randomUUID } from 'node:crypto';
 import readline from 'node:readline';
 import { io } from 'socket.io-client';
+import { resumable } from '@chatwire/resumable';
 
 const url = (process.env.CHATWIRE_URL || 'http://localhost:8000').replace(/\/+$/, '');
 const token = process.env.CHATWIRE_TOKEN || undefined;
@@ -66,24 +70,26 @@ function sendNext() {
     prompt();
     return;
   }
-  streaming = { messageId: null, stopRequested: false };
+  const turn = { messageId: null, stopRequested: false };
+  streaming = turn;
   // The ack comes at once, before any streaming. clientMessageId makes a retry
   // after a reconnect safe: the server never starts the same message twice.
-  socket
-    .timeout(15_000)
-    .emitWithAck('chat:start', { message, conversationId, clientMessageId: randomUUID() })
-    .then((ack) => {
-      if (!ack?.ok) {
-        const e = ack?.error ?? {};
-        lastAckError = `${e.code}: ${e.message}`;
-        finish(red(`error ${e.code ?? ''}: ${e.message ?? 'refused'}`));
-        return;
-      }
-      conversationId = ack.conversationId;
-      if (streaming) streaming.messageId = ack.messageId;
-      process.stdout.write('ai> ');
-    })
-    .catch((err) => finish(red(`no answer from the server (${err.message})`)));
+  const timer = setTimeout(() => streaming === turn && !turn.messageId && finish(red('no answer from the server (timed out)')), 15_000);
+  const payload = { message, clientMessageId: randomUUID() };
+  if (conversationId) payload.conversationId = conversationId;
+  chat.start(payload, (ack) => {
+    clearTimeout(timer);
+    if (streaming !== turn) return;
+    if (!ack?.ok) {
+      const e = ack?.error ?? {};
+      lastAckError = `${e.code}: ${e.message}`;
+      finish(red(`error ${e.code ?? ''}: ${e.message ?? 'refused'}`));
+      return;
+    }
+    conversationId = ack.conversationId;
+    turn.messageId = ack.messageId;
+    process.stdout.write('ai> ');
+  });
 }
 
 /** The current answer is over: report and go on with the next line. */
@@ -115,8 +121,10 @@ socket.io.on('reconnect_failed', () => {
 });
 
 socket.on('disconnect', (reason) => {
-  status(`disconnected (${reason})`);
-  if (streaming) finish(red('the answer was cut off by the disconnect'));
+  // socket.io-client reconnects by itself (`active`) and the helper then resumes the
+  // answer; only a socket closed for good cuts it off.
+  status(`disconnected (${reason})${socket.active && streaming ? '; the answer resumes after the reconnect' : ''}`);
+  if (streaming && !socket.active) finish(red('the answer was cut off by the disconnect'));
 });
 
 socket.on('chat:conversation', (d) => {
@@ -124,21 +132,28 @@ socket.on('chat:conversation', (d) => {
   status(`conversation ${conversationId}`);
 });
 
-socket.on('chat:message', (d) => {
-  process.stdout.write(d.content);
+/** Is this event about the running answer (or about no answer in particular)? */
+const ours = (messageId) => !!streaming && (!messageId || !streaming.messageId || messageId === streaming.messageId);
+
+const chat = resumable(socket, {
+  // New text of the answer, once and in order (also across a reconnect).
+  onChunk(text, meta) {
+    if (ours(meta.messageId)) process.stdout.write(text);
+  },
+  onEnd(d) {
+    if (!ours(d.messageId)) return;
+    process.stdout.write('\n');
+    finish(`[${d.model}, ${d.totalTokens} tokens, ${d.finishReason}]`);
+  },
+  onStopped(d) {
+    if (!ours(d.messageId)) return;
+    process.stdout.write('\n');
+    finish('[stopped]');
+  },
+  onError,
 });
 
-socket.on('chat:end', (d) => {
-  process.stdout.write('\n');
-  finish(`[${d.model}, ${d.totalTokens} tokens, ${d.finishReason}]`);
-});
-
-socket.on('chat:stopped', () => {
-  process.stdout.write('\n');
-  finish('[stopped]');
-});
-
-socket.on('chat:error', (e) => {
+function onError(e) {
   // An error that belongs to no running answer (for example one that also came
   // through the ack) is only shown.
   if (streaming && (e.messageId == null || e.messageId === streaming.messageId)) {
@@ -148,7 +163,7 @@ socket.on('chat:error', (e) => {
     status(red(`error ${e.code}: ${e.message}`));
   }
   lastAckError = null;
-});
+}
 
 rl.on('line', (line) => {
   const text = line.trim();

@@ -12,7 +12,8 @@ export default defineConfig({
     host: 'localhost',
     port: 5173,
     strictPort: true,
-    // The app imports ../resumable/resumable.js and the modules in ../shared.
+    // The app imports @chatwire/resumable (linked from ../resumable by npm) and the
+    // modules in ../shared.
     fs: { allow: ['.', '../resumable', '../shared'] },
   },
 });

@@ -15,8 +15,10 @@ import {
   launchBrowser,
   mintToken,
   recordFrames,
+  recordProblems,
   serveStatic,
   sleep,
+  startViteDev,
 } from './support.mjs';
 
 const T = 60_000; // per test
@@ -27,6 +29,27 @@ const SCREENSHOT_DIR =
   process.env.UPDATE_SCREENSHOTS === '1'
     ? path.join(REPO, 'docs/screenshots')
     : path.join(REPO, 'target/browser-screenshots');
+
+// An answer in Markdown, with HTML the model must not get into the page: a script, an
+// image with an onerror handler, a javascript: link and a remote image (which would be
+// fetched at once). The mock streams it a word (plus its white space) per token.
+const MARKDOWN_RESPONSE = [
+  '# Release notes',
+  '',
+  'Some **bold** text and `inline code`.',
+  '',
+  '```js',
+  'const answer = 42;',
+  'console.log(answer);',
+  '```',
+  '',
+  '<script>window.__pwned = 1</script>',
+  '',
+  'Inline <img src=x onerror="window.__pwned = 2"> html and a [bad link](javascript:window.__pwned=3) and ![pixel](http://127.0.0.1:9/p.png) end.',
+  '',
+  '- one',
+  '- two',
+].join('\n');
 
 const sel = {
   state: '[data-testid="connection-state"]',
@@ -408,6 +431,183 @@ export function defineAppSuite(app) {
         }
       } finally {
         await open.dispose();
+      }
+    });
+
+    test('answers are rendered as Markdown, and no HTML of the model runs', { timeout: 90_000 }, async () => {
+      const md = new Chatwire({ corsOrigin: web.origin, tokenDelayMs: 5, env: { MOCK_RESPONSE: MARKDOWN_RESPONSE } });
+      await md.start();
+      const context = await browser.newContext();
+      // Records any script, image, frame or on* handler ever put into the transcript
+      // (while streaming too), before the app's own code runs.
+      await context.addInitScript(() => {
+        window.__inserted = [];
+        new MutationObserver((records) => {
+          for (const r of records) {
+            for (const n of r.addedNodes) {
+              if (n.nodeType !== 1 || !n.closest('[data-testid="transcript"]')) continue;
+              for (const el of [n, ...n.querySelectorAll('*')]) {
+                const bad = /^(SCRIPT|IMG|IFRAME|OBJECT|EMBED|STYLE|svg)$/i.test(el.tagName) || [...el.attributes].some((a) => /^on/i.test(a.name));
+                if (bad) window.__inserted.push(el.outerHTML.slice(0, 200));
+              }
+            }
+          }
+        }).observe(document, { childList: true, subtree: true });
+      });
+      const page = await context.newPage();
+      const problems = recordProblems(page);
+      const requests = [];
+      page.on('request', (r) => requests.push(r.url()));
+      try {
+        const q = new URLSearchParams({ server: md.url, token: md.token() });
+        await page.goto(`${web.origin}/?${q}`);
+        await page.waitForSelector(`${sel.state}[data-state="connected"]`, { timeout: 15_000 });
+        await ask(page, 'Release notes, please.');
+        // While streaming, the partial Markdown is rendered already.
+        await page.waitForSelector(`${sel.streamingContent} h1`, { timeout: 20_000 });
+        const answers = await waitAssistant(page, 1);
+        assert.equal(answers[0].status, 'complete');
+
+        const check = async (when) => {
+          const last = page.locator(`${sel.assistant} [data-testid="message-content"]`).last();
+          assert.equal(await last.locator('h1').textContent(), 'Release notes', `${when}: heading`);
+          assert.equal(await last.locator('strong').textContent(), 'bold', `${when}: bold`);
+          assert.equal(await last.locator('p code').textContent(), 'inline code', `${when}: inline code`);
+          assert.equal(await last.locator('pre code').textContent(), 'const answer = 42;\nconsole.log(answer);\n', `${when}: code block`);
+          assert.match((await last.locator('pre code').getAttribute('class')) ?? '', /language-js/, `${when}: code block language`);
+          assert.deepEqual(await last.locator('li').allTextContents(), ['one', 'two'], `${when}: list`);
+          // The model's HTML is shown as text, never made into elements.
+          const text = await last.textContent();
+          assert.ok(text.includes('<script>window.__pwned = 1</script>'), `${when}: the script tag is shown as text: ${text}`);
+          assert.ok(text.includes('<img src=x onerror="window.__pwned = 2">'), `${when}: the img tag is shown as text`);
+          const transcript = page.locator('[data-testid="transcript"]');
+          assert.equal(await transcript.locator('script, img, iframe, object, embed, style, svg').count(), 0, `${when}: no such element in the transcript`);
+          assert.equal(await transcript.locator('[onerror], [onload], [onclick]').count(), 0, `${when}: no event handler attribute`);
+          const bad = last.locator('a', { hasText: 'bad link' });
+          assert.equal(await bad.count(), 1);
+          assert.ok(!/^\s*javascript:/i.test((await bad.getAttribute('href')) ?? ''), `${when}: no javascript: link`);
+          const pixel = last.locator('a', { hasText: 'pixel' });
+          assert.equal(await pixel.getAttribute('href'), 'http://127.0.0.1:9/p.png', `${when}: an image becomes a link`);
+          assert.equal(await page.evaluate(() => window.__pwned), undefined, `${when}: nothing of the model ran`);
+          assert.deepEqual(await page.evaluate(() => window.__inserted), [], `${when}: nothing dangerous was ever inserted`);
+        };
+        await check('after streaming');
+        // And again from the transcript restored after a reload.
+        await page.reload();
+        await page.waitForSelector(`${sel.state}[data-state="connected"]`, { timeout: 15_000 });
+        assert.equal((await waitAssistant(page, 1)).length, 1);
+        await check('after a reload');
+        assert.ok(!requests.some((u) => u.includes('/p.png') || /\/x$/.test(u)), `no image of the answer was fetched: ${requests.join(' ')}`);
+        assert.deepEqual(problems, [], 'no console error');
+      } finally {
+        await context.close();
+        await md.dispose();
+      }
+    });
+
+    test("after a reload the conversation's earlier turns come back, and it goes on", { timeout: 90_000 }, async () => {
+      const { page, frames, close } = await openApp({ token: server.token() });
+      const transcript = () =>
+        page.$$eval(sel.message, (els) =>
+          els.map((e) => ({ role: e.dataset.role, status: e.dataset.status, content: e.querySelector('[data-testid="message-content"]').textContent })),
+        );
+      try {
+        await ask(page, 'First question?');
+        await waitAssistant(page, 1);
+        await ask(page, 'Second question?');
+        await waitAssistant(page, 2);
+        const conv = await conversationId(page);
+        const before = await transcript();
+        assert.deepEqual(before, [
+          { role: 'user', status: 'sent', content: 'First question?' },
+          { role: 'assistant', status: 'complete', content: MOCK_RESPONSE },
+          { role: 'user', status: 'sent', content: 'Second question?' },
+          { role: 'assistant', status: 'complete', content: MOCK_RESPONSE },
+        ]);
+        // Kept per conversation (until the server has a history endpoint).
+        const keys = await page.evaluate(() => Object.keys(sessionStorage));
+        assert.ok(keys.some((k) => k.startsWith('chatwire:transcript:') && k.endsWith(conv)), `a transcript entry for ${conv}: ${keys}`);
+
+        await page.reload();
+        await page.waitForSelector(`${sel.state}[data-state="connected"]`, { timeout: 15_000 });
+        assert.deepEqual(await transcript(), before, 'the same turns after the reload');
+        assert.equal(await conversationId(page), conv, 'the same conversation');
+
+        // The conversation goes on: the follow-up carries its id.
+        const cut = frames.length;
+        await ask(page, 'Third question?');
+        const answers = await waitAssistant(page, 3);
+        assert.equal(answers.length, 3);
+        assert.deepEqual(answers[2], { status: 'complete', content: MOCK_RESPONSE });
+        const start = frames.slice(cut).find((f) => f.dir === 'sent' && f.name === 'chat:start');
+        assert.equal(start.args[0].conversationId, conv);
+        assert.equal((await transcript()).length, 6);
+
+        // A new conversation is the current one after a reload: empty.
+        await page.click('[data-testid="new-conversation"]');
+        await page.reload();
+        await page.waitForSelector(`${sel.state}[data-state="connected"]`, { timeout: 15_000 });
+        assert.deepEqual(await transcript(), []);
+        assert.equal(await conversationId(page), '');
+
+        // Another tab (its own sessionStorage) starts empty.
+        const other = await openApp({ token: server.token() });
+        try {
+          assert.deepEqual(await other.page.$$(sel.message), []);
+        } finally {
+          await other.close();
+        }
+      } finally {
+        await close();
+      }
+    });
+
+    test('a normal start logs no console error (built app)', { timeout: T }, async () => {
+      const context = await browser.newContext();
+      const page = await context.newPage();
+      const problems = recordProblems(page);
+      try {
+        const q = new URLSearchParams({ server: server.url, token: server.token() });
+        await page.goto(`${web.origin}/?${q}`);
+        await page.waitForSelector(`${sel.state}[data-state="connected"]`, { timeout: 15_000 });
+        await ask(page, 'Hello?');
+        await waitAssistant(page, 1);
+        await sleep(200);
+        assert.deepEqual(problems, []);
+      } finally {
+        await context.close();
+      }
+    });
+
+    test(`a normal start in development (Vite dev server${app === 'react' ? ', React StrictMode' : ''}) logs no console error`, { timeout: 120_000 }, async () => {
+      const dev = await startViteDev(app);
+      const devServer = new Chatwire({ secret: null, corsOrigin: dev.origin });
+      const context = await browser.newContext();
+      try {
+        await devServer.start();
+        const page = await context.newPage();
+        const problems = recordProblems(page);
+        const all = [];
+        page.on('console', (m) => all.push(`[console.${m.type()}] ${m.text()}`));
+        const sockets = [];
+        page.on('websocket', (ws) => {
+          if (ws.url().includes('/socket.io/')) sockets.push(ws.url());
+        });
+        await page.goto(`${dev.origin}/?${new URLSearchParams({ server: devServer.url })}`);
+        await page.waitForSelector(`${sel.state}[data-state="connected"]`, { timeout: 60_000 }).catch((e) => {
+          throw new Error(`${e.message}\npage log:\n${all.join('\n')}\nvite:\n${dev.output}`);
+        });
+        assert.match(await page.textContent('.subtitle'), /open mode/);
+        await ask(page, 'Hello from development?');
+        const answers = await waitAssistant(page, 1);
+        assert.deepEqual(answers, [{ status: 'complete', content: MOCK_RESPONSE }]);
+        await sleep(300);
+        assert.deepEqual(problems, [], `console of a normal start:\n${all.join('\n')}`);
+        assert.equal(sockets.length, 1, `one chatwire websocket opened: ${sockets.join(' ')}`);
+      } finally {
+        await context.close();
+        await devServer.dispose();
+        await dev.close();
       }
     });
   });

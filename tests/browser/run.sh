@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Browser tests of the React and Vue example apps (headless Chromium through
-# playwright-core, against the real chatwire binary), then the socket.io-client
-# compatibility matrix (4.8 and 4.0.0, each transport setting; printed as a table).
+# The @chatwire/resumable package (installed into a scratch npm project and used
+# against the real chatwire binary), browser tests of the React and Vue example apps
+# (headless Chromium through playwright-core, against the real chatwire binary; built
+# dist/ and the Vite dev server), then the socket.io-client compatibility matrix (4.8
+# and 4.0.0, each transport setting; printed as a table).
 #
 #   tests/browser/run.sh                      everything
 #   tests/browser/run.sh compat.test.mjs      only some test files
@@ -47,5 +49,5 @@ npm_ci "$here"
 
 step "browser tests and compatibility matrix (node --test)"
 cd "$here"
-if [ "$#" -gt 0 ]; then files=("$@"); else files=(react.test.mjs vue.test.mjs compat.test.mjs); fi
+if [ "$#" -gt 0 ]; then files=("$@"); else files=(package.test.mjs react.test.mjs vue.test.mjs compat.test.mjs); fi
 node --test --test-concurrency=1 --test-reporter=spec "${files[@]}"

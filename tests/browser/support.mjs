@@ -261,3 +261,67 @@ export function recordFrames(page) {
   });
   return frames;
 }
+
+/**
+ * The example app's Vite dev server (`npm run dev`, i.e. development builds: React's
+ * StrictMode double mount, Vue's dev warnings) on a free port of 127.0.0.1.
+ * Needs the app's node_modules (npm ci).
+ */
+export async function startViteDev(app) {
+  const dir = path.join(REPO, 'client-examples', app);
+  const vite = path.join(dir, 'node_modules/vite/bin/vite.js');
+  if (!fs.existsSync(vite)) throw new Error(`${vite} not found: run npm ci in ${dir}`);
+  const port = await freePort();
+  const child = spawn(process.execPath, [vite, '--host', '127.0.0.1', '--port', String(port), '--strictPort', '--clearScreen', 'false'], {
+    cwd: dir,
+    env: { ...process.env, BROWSER: 'none', NO_COLOR: '1' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  children.add(child);
+  let output = '';
+  child.stdout.on('data', (c) => (output += c));
+  child.stderr.on('data', (c) => (output += c));
+  let exited = null;
+  child.on('exit', (code, signal) => {
+    exited = { code, signal };
+    children.delete(child);
+  });
+  const origin = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (exited) throw new Error(`vite exited early (${JSON.stringify(exited)}):\n${output}`);
+    try {
+      const res = await fetch(`${origin}/`, { signal: AbortSignal.timeout(2000) });
+      if (res.status === 200) break;
+    } catch {
+      /* not up yet */
+    }
+    if (Date.now() > deadline) throw new Error(`vite dev server did not answer within 60 s:\n${output}`);
+    await sleep(100);
+  }
+  return {
+    origin,
+    get output() {
+      return output;
+    },
+    close: async () => {
+      if (exited) return;
+      const gone = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await gone;
+      clearTimeout(t);
+    },
+  };
+}
+
+/** Console errors and warnings, uncaught exceptions and failed requests of a page. */
+export function recordProblems(page) {
+  const problems = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning') problems.push(`[console.${m.type()}] ${m.text()}`);
+  });
+  page.on('pageerror', (e) => problems.push(`[pageerror] ${e.message}`));
+  page.on('requestfailed', (r) => problems.push(`[requestfailed] ${r.url()} ${r.failure()?.errorText ?? ''}`));
+  return problems;
+}

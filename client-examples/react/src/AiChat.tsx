@@ -1,8 +1,10 @@
-import { useEffect, useRef, useState, type FormEvent } from 'react';
+import { useEffect, useMemo, useRef, useState, type FormEvent } from 'react';
+import { resumable } from '@chatwire/resumable';
 import { useAiSocket, type ConnectionState } from './useAiSocket';
+import { renderMarkdown } from './markdown';
 import { describeError } from '../../shared/errors';
 import { clearAnswer, loadAnswer, saveAnswer } from '../../shared/savedAnswer';
-import { resumable } from '../../resumable/resumable.js';
+import { loadTranscript, saveTranscript } from '../../shared/transcript';
 import type {
   ChatStartAck,
   ChatStartPayload,
@@ -51,12 +53,16 @@ export interface AiChatProps {
 
 export function AiChat({ serverUrl, accessToken, transports }: AiChatProps) {
   const { socket, state, connectError, reconnect } = useAiSocket(serverUrl, accessToken, transports);
-  // An answer that was streaming when the page was reloaded continues where it was.
+  // An answer that was streaming when the page was reloaded continues where it was,
+  // after the earlier turns of its conversation (or of the current one).
   const [restored] = useState(() => loadAnswer(serverUrl));
-  const [messages, setMessages] = useState<Message[]>([]);
+  const [history] = useState(() => loadTranscript(serverUrl, accessToken, restored?.conversationId));
+  const [messages, setMessages] = useState<Message[]>(() => (history?.messages ?? []).map((m) => ({ ...m, key: nextKey() })));
   const [input, setInput] = useState('');
   const [phase, setPhaseState] = useState<Phase>(restored ? 'streaming' : 'idle');
-  const [conversationId, setConversationIdState] = useState<string | null>(restored?.conversationId ?? null);
+  const [conversationId, setConversationIdState] = useState<string | null>(
+    restored?.conversationId ?? history?.conversationId ?? null,
+  );
   const [currentResponse, setCurrentResponse] = useState(restored?.text ?? '');
   const [error, setError] = useState<ShownError | null>(null);
 
@@ -65,7 +71,7 @@ export function AiChat({ serverUrl, accessToken, transports }: AiChatProps) {
   // so its chat:end pushed an empty answer; handlers here read refs instead.
   const phaseRef = useRef<Phase>(restored ? 'streaming' : 'idle');
   const responseRef = useRef(restored?.text ?? '');
-  const conversationRef = useRef<string | null>(restored?.conversationId ?? null);
+  const conversationRef = useRef<string | null>(restored?.conversationId ?? history?.conversationId ?? null);
   const generationRef = useRef<string | null>(restored?.messageId ?? null); // messageId of the answer being streamed
   const chatRef = useRef<ReturnType<typeof resumable> | null>(null);
   const transcriptRef = useRef<HTMLDivElement>(null);
@@ -201,11 +207,18 @@ export function AiChat({ serverUrl, accessToken, transports }: AiChatProps) {
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [socket]);
 
+  // The transcript survives a reload (sessionStorage until the server has a history endpoint).
+  useEffect(() => {
+    saveTranscript(serverUrl, accessToken, conversationId, messages);
+  }, [serverUrl, accessToken, conversationId, messages]);
+
   // Keep the newest text in view.
   useEffect(() => {
     const el = transcriptRef.current;
     if (el) el.scrollTop = el.scrollHeight;
   }, [messages, currentResponse]);
+
+  const streamingHtml = useMemo(() => renderMarkdown(currentResponse), [currentResponse]);
 
   const connected = state === 'connected';
   const busy = phase !== 'idle';
@@ -300,7 +313,11 @@ export function AiChat({ serverUrl, accessToken, transports }: AiChatProps) {
             data-status={msg.status}
           >
             <strong className="role">{msg.role}</strong>
-            <div className="content" data-testid="message-content">{msg.content}</div>
+            {msg.role === 'assistant' ? (
+              <MarkdownContent text={msg.content} />
+            ) : (
+              <div className="content" data-testid="message-content">{msg.content}</div>
+            )}
             {msg.meta && <div className="meta">{msg.meta}</div>}
           </div>
         ))}
@@ -309,7 +326,8 @@ export function AiChat({ serverUrl, accessToken, transports }: AiChatProps) {
           <div className="message assistant streaming" data-testid="streaming-message" data-phase={phase}>
             <strong className="role">assistant</strong>
             <div className="content">
-              <span data-testid="streaming-content">{currentResponse}</span>
+              {/* Sanitized by renderMarkdown (marked, then DOMPurify): no raw HTML of the model. */}
+              <div className="markdown streaming-md" data-testid="streaming-content" dangerouslySetInnerHTML={{ __html: streamingHtml }} />
               <span className="cursor" data-testid="cursor">▊</span>
             </div>
           </div>
@@ -356,4 +374,10 @@ export function AiChat({ serverUrl, accessToken, transports }: AiChatProps) {
       </form>
     </div>
   );
+}
+
+/** An answer rendered as Markdown; renderMarkdown sanitizes it (marked, then DOMPurify). */
+function MarkdownContent({ text }: { text: string }) {
+  const html = useMemo(() => renderMarkdown(text), [text]);
+  return <div className="content markdown" data-testid="message-content" dangerouslySetInnerHTML={{ __html: html }} />;
 }

@@ -39,6 +39,8 @@ export function useAiSocket(
       // No token: open mode (the server then ignores auth).
       auth: accessToken ? { token: accessToken } : {},
       transports: transportKey.split(',') as ('websocket' | 'polling')[],
+      // Connected below, one task later (see there).
+      autoConnect: false,
     });
     setState('connecting');
     setConnectError(null);
@@ -64,8 +66,15 @@ export function useAiSocket(
     s.on('connect_error', onConnectError);
     s.io.on('reconnect_attempt', onReconnectAttempt);
     setSocket(s);
+    // Connect on the next task, not in the effect itself: in development React's
+    // StrictMode mounts, unmounts and mounts again at once, and a socket connected by the
+    // first mount would be closed while its WebSocket is still opening, which the browser
+    // reports as a console error ("WebSocket is closed before the connection is
+    // established"). The throwaway first socket is cleaned up before it ever connects.
+    const timer = setTimeout(() => s.connect(), 0);
 
     return () => {
+      clearTimeout(timer);
       s.off('connect', onConnect);
       s.off('disconnect', onDisconnect);
       s.off('connect_error', onConnectError);
