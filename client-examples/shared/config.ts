@@ -25,3 +25,20 @@ export function readConfig(search: string = window.location.search): ChatConfig 
     transports: transport === 'polling' ? ['polling', 'websocket'] : ['websocket'],
   };
 }
+
+/**
+ * The handshake `auth` payload. With a token, the token. Without one (open mode) the
+ * server makes every unnamed connection a user of its own, so this tab names itself
+ * with an id kept in sessionStorage: a reload is the same user and finds its
+ * conversation and running answer again.
+ */
+export function handshakeAuth(token: string | undefined): Record<string, string> {
+  if (token) return { token };
+  const key = 'chatwire:open-mode-user';
+  let user = window.sessionStorage.getItem(key);
+  if (!user) {
+    user = `tab-${crypto.randomUUID()}`;
+    window.sessionStorage.setItem(key, user);
+  }
+  return { userId: user };
+}

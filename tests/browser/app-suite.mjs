@@ -426,6 +426,15 @@ export function defineAppSuite(app) {
           await ask(page, 'Anyone there?');
           const answers = await waitAssistant(page, 1);
           assert.deepEqual(answers, [{ status: 'complete', content: MOCK_RESPONSE }]);
+          // The tab names its own user, so after a reload it is the same user and its
+          // conversation goes on (an unnamed connection would be a stranger to it).
+          const conv = await conversationId(page);
+          await page.reload();
+          await page.waitForSelector(`${sel.state}[data-state="connected"]`, { timeout: 15_000 });
+          await ask(page, 'Still there?');
+          const after = await waitAssistant(page, 2);
+          assert.deepEqual(after[1], { status: 'complete', content: MOCK_RESPONSE }, 'the follow-up is answered, not NOT_FOUND');
+          assert.equal(await conversationId(page), conv);
         } finally {
           await close();
         }

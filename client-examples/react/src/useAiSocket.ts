@@ -1,5 +1,6 @@
 import { useEffect, useState } from 'react';
 import { io, type Socket } from 'socket.io-client';
+import { handshakeAuth } from '../../shared/config';
 
 /**
  * connecting    first attempt under way
@@ -36,8 +37,8 @@ export function useAiSocket(
 
   useEffect(() => {
     const s = io(`${serverUrl}/ai`, {
-      // No token: open mode (the server then ignores auth).
-      auth: accessToken ? { token: accessToken } : {},
+      // No token: open mode, where the tab names its own user (see handshakeAuth).
+      auth: handshakeAuth(accessToken),
       transports: transportKey.split(',') as ('websocket' | 'polling')[],
       // Connected below, one task later (see there).
       autoConnect: false,

@@ -1,5 +1,6 @@
 import { onScopeDispose, ref, shallowRef, toValue, watch, type MaybeRefOrGetter, type Ref, type ShallowRef } from 'vue';
 import { io, type Socket } from 'socket.io-client';
+import { handshakeAuth } from '../../shared/config';
 
 /**
  * connecting    first attempt under way
@@ -37,8 +38,8 @@ export function useAiSocket(
     () => [toValue(serverUrl), toValue(accessToken)] as const,
     ([url, token], _old, onCleanup) => {
       const s = io(`${url}/ai`, {
-        // No token: open mode (the server then ignores auth).
-        auth: token ? { token } : {},
+        // No token: open mode, where the tab names its own user (see handshakeAuth).
+        auth: handshakeAuth(token),
         transports,
       });
       state.value = 'connecting';
