@@ -71,26 +71,26 @@ fn unauthorized() -> Response {
 }
 
 /// The request's user: the verified token's, or in open mode the one it names.
-fn authenticate(wire: &Wire, headers: &HeaderMap, uri: &Uri, claimed: Option<&Value>) -> Result<String, Response> {
+fn authenticate(wire: &Wire, headers: &HeaderMap, uri: &Uri, claimed: Option<&Value>) -> Result<String, Box<Response>> {
     if wire.auth.is_open() {
         // Unnamed, each request is a user of its own, as each anonymous socket is.
         return Ok(auth::claimed_user(claimed).map_or_else(|| format!("anonymous-{}", Uuid::new_v4()), |User(u)| u));
     }
     let Some(token) = auth::request_token(headers, uri) else {
         tracing::info!(reason = %auth::AuthError::Missing, "SSE request refused");
-        return Err(unauthorized());
+        return Err(Box::new(unauthorized()));
     };
     wire.auth.verify(&token).map(|User(u)| u).map_err(|reason| {
         tracing::info!(%reason, "SSE request refused");
-        unauthorized()
+        Box::new(unauthorized())
     })
 }
 
 /// The user of a request about one answer, and the answer's id from the path.
-fn answer_of(wire: &Wire, headers: &HeaderMap, uri: &Uri, claimed: Option<String>, id: &str) -> Result<(String, Uuid), Response> {
+fn answer_of(wire: &Wire, headers: &HeaderMap, uri: &Uri, claimed: Option<String>, id: &str) -> Result<(String, Uuid), Box<Response>> {
     let user = authenticate(wire, headers, uri, claimed.map(Value::String).as_ref())?;
     let message_id = Uuid::try_parse(id)
-        .map_err(|_| Refusal(ChatError::new(ErrorCode::InvalidParams, "messageId is not a UUID")).into_response())?;
+        .map_err(|_| Box::new(Refusal(ChatError::new(ErrorCode::InvalidParams, "messageId is not a UUID")).into_response()))?;
     Ok((user, message_id))
 }
 
@@ -98,7 +98,7 @@ async fn chat(State(wire): State<Wire>, headers: HeaderMap, uri: Uri, body: Byte
     let payload: Option<Value> = serde_json::from_slice(&body).ok();
     let user = match authenticate(&wire, &headers, &uri, payload.as_ref().and_then(|p| p.get("userId"))) {
         Ok(user) => user,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let Some(payload) = payload else {
         return Refusal(ChatError::new(ErrorCode::InvalidPayload, "the body must be a JSON object")).into_response();
@@ -148,7 +148,7 @@ async fn events(
 ) -> Response {
     let (user, message_id) = match answer_of(&wire, &headers, &uri, query.user_id, &message_id) {
         Ok(found) => found,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let offset = match last_event_id.or(query.offset).as_deref().map(str::trim) {
@@ -173,7 +173,7 @@ async fn stop(
 ) -> Response {
     let (user, message_id) = match answer_of(&wire, &headers, &uri, query.user_id, &message_id) {
         Ok(found) => found,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     match wire.engine.stop(&user, message_id).await {
         Ok(stopped) => Json(StopAck { ok: true, stopped }).into_response(),
