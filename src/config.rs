@@ -152,6 +152,10 @@ pub struct Config {
     pub upstream_retry: RetryPolicy,
     /// `chat:start`s a user may make per minute (token bucket); 0 is no limit.
     pub rate_limit_per_minute: u32,
+    /// Lookups (resumes, joins, repeated `clientMessageId`s) a user may make per minute; 0 is no limit.
+    pub lookups_per_minute: u32,
+    /// Events one socket may have in progress at once; more are refused with `RATE_LIMIT`.
+    pub socket_events_in_flight: usize,
     /// Generations a user may run at once, across sockets.
     pub max_concurrent_streams_per_user: usize,
     pub on_disconnect: OnDisconnect,
@@ -258,6 +262,11 @@ impl Config {
                 base_delay: Duration::from_millis(env.parse("UPSTREAM_RETRY_BASE_MS", 250u64)?),
             },
             rate_limit_per_minute: env.parse("RATE_LIMIT_PER_MINUTE", 60)?,
+            lookups_per_minute: env.parse("LOOKUPS_PER_MINUTE", 600)?,
+            socket_events_in_flight: match env.parse("SOCKET_EVENTS_IN_FLIGHT", 16usize)? {
+                0 => return Err(bad("SOCKET_EVENTS_IN_FLIGHT", "must be at least 1")),
+                n => n,
+            },
             max_concurrent_streams_per_user: match env.parse("MAX_CONCURRENT_STREAMS_PER_USER", 3usize)? {
                 0 => return Err(bad("MAX_CONCURRENT_STREAMS_PER_USER", "must be at least 1")),
                 n => n,

@@ -74,6 +74,8 @@ pub(crate) struct Parts {
     pub directory: Arc<dyn Directory>,
     pub logs: Arc<dyn AnswerLogs>,
     pub limiter: StartRateLimiter,
+    /// The per-user bucket of lookups: resumes, joins and repeated keys.
+    pub lookups: StartRateLimiter,
     pub checkpoints: Arc<Checkpoints>,
     /// Readers handed out by `subscribe` since start-up (resumes and watchers).
     pub subscriptions: std::sync::atomic::AtomicU64,
@@ -90,14 +92,16 @@ impl Engine {
         logs: Arc<dyn AnswerLogs>,
     ) -> Self {
         let limiter = StartRateLimiter::new(config.rate_limit_per_minute);
+        let lookups = StartRateLimiter::new(config.lookups_per_minute);
         let (checkpoints, subscriptions) = (Arc::default(), Default::default());
-        Self(Arc::new(Parts { config, db, provider, directory, logs, limiter, checkpoints, subscriptions }))
+        Self(Arc::new(Parts { config, db, provider, directory, logs, limiter, lookups, checkpoints, subscriptions }))
     }
 
     /// Runs the checkpoint writer and the rate limiter's sweeper until `shutdown`.
     pub fn spawn_background(&self, shutdown: tokio_util::sync::CancellationToken) {
         self.0.checkpoints.spawn_writer(self.0.db.clone(), self.0.config.checkpoint_interval, shutdown.clone());
-        self.0.limiter.spawn_sweeper(Duration::from_secs(60), shutdown);
+        self.0.limiter.spawn_sweeper(Duration::from_secs(60), shutdown.clone());
+        self.0.lookups.spawn_sweeper(Duration::from_secs(60), shutdown);
     }
 
     /// The database (for health checks and tools).
@@ -114,10 +118,12 @@ impl Engine {
     pub async fn start(&self, connection: &ConnectionId, user: &str, command: StartCommand) -> Result<StartOutcome, ChatError> {
         let parts = &self.0;
         let key = command.client_message_id.as_deref();
-        if let Some(key) = key
-            && let Some(repeated) = self.repeated(user, key, false).await?
-        {
-            return Ok(repeated);
+        if let Some(key) = key {
+            // The repeat lookup comes before the start's own limit, so it counts as a lookup.
+            self.allow_lookup(user)?;
+            if let Some(repeated) = self.repeated(user, key, false).await? {
+                return Ok(repeated);
+            }
         }
         if !parts.limiter.allow(user) {
             return Err(ChatError::new(ErrorCode::RateLimit, "too many chats started; try again shortly"));
@@ -179,6 +185,15 @@ impl Engine {
         Ok(StartOutcome::Started(Started { ids, user_message_id: begun.user_message_id, created: begun.created, reader }))
     }
 
+    /// Takes one lookup from `user`'s bucket: a flood of resumes or joins costs the
+    /// flooder, not the database every other user waits on.
+    fn allow_lookup(&self, user: &str) -> Result<(), ChatError> {
+        if self.0.lookups.allow(user) {
+            return Ok(());
+        }
+        Err(ChatError::new(ErrorCode::RateLimit, "too many lookups; try again shortly"))
+    }
+
     /// The ids of an earlier start with this key, if stored. With `wait`, gives an
     /// in-flight first attempt a moment to commit.
     async fn repeated(&self, user: &str, key: &str, wait: bool) -> Result<Option<StartOutcome>, ChatError> {
@@ -233,6 +248,7 @@ impl Engine {
     /// Reads `user`'s answer from `offset` (UTF-16 units): a running one from its log,
     /// a finished one from its stored row, through the same kind of reader.
     pub async fn subscribe(&self, user: &str, message_id: Uuid, offset: u64) -> Result<Subscription, ChatError> {
+        self.allow_lookup(user)?;
         self.0.subscriptions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(running) = self.0.directory.get(message_id).await.filter(|a| a.user_id == user)
             && let Some(reader) = self.0.logs.open(message_id, offset).await
@@ -254,6 +270,7 @@ impl Engine {
     /// The answers running in `user`'s conversation now, then each one started in it
     /// later. `NOT_FOUND` when the conversation is not theirs.
     pub async fn follow(&self, user: &str, conversation_id: Uuid) -> Result<BoxStream<'static, AnswerIds>, ChatError> {
+        self.allow_lookup(user)?;
         match store::owns_conversation(&self.0.db, user, conversation_id).await {
             Ok(true) => {}
             Ok(false) => return Err(ChatError::new(ErrorCode::NotFound, "conversation not found")),

@@ -8,6 +8,7 @@ mod client;
 mod database;
 mod delivery;
 mod fake_upstream;
+mod flood;
 mod faults;
 mod helpers;
 mod http;

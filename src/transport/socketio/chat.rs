@@ -3,7 +3,7 @@
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 
-use super::{ack_logged, connection_id, emit_logged, payload::StopRequest, reader, user_of};
+use super::{ack_logged, connection_id, emit_logged, event_permit, payload::StopRequest, reader, user_of};
 use crate::{
     auth::{self, User},
     chat::{ChatError, ErrorCode, StartCommand},
@@ -21,6 +21,9 @@ pub(super) fn refuse(socket: &SocketRef, ack: AckSender, error: ChatError) {
 }
 
 pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+    let Some(_permit) = event_permit(&socket) else {
+        return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
+    };
     // In open mode a connection is whoever its latest chat:start says (as the NestJS
     // gateway took `userId` from the payload), for every event from then on.
     if wire.auth.is_open()
@@ -62,6 +65,9 @@ pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, TryD
 }
 
 pub(super) async fn chat_stop(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+    let Some(_permit) = event_permit(&socket) else {
+        return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
+    };
     let Some(User(user)) = user_of(&socket) else { return };
     let request = match StopRequest::parse(payload.ok().as_ref()) {
         Ok(r) => r,

@@ -8,6 +8,7 @@ use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use super::{
     ack_logged,
     chat::refuse,
+    event_permit,
     payload::{ConversationRequest, ResumeRequest},
     reader::{self, Subscriptions},
     user_of,
@@ -20,6 +21,9 @@ use crate::{
 
 /// `chat:resume { messageId, offset }`: the missed text, then live or the stored end.
 pub(super) async fn chat_resume(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+    let Some(_permit) = event_permit(&socket) else {
+        return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
+    };
     let Some(User(user)) = user_of(&socket) else { return };
     let request = match ResumeRequest::parse(payload.ok().as_ref()) {
         Ok(r) => r,
@@ -48,6 +52,9 @@ pub(super) async fn chat_resume(socket: SocketRef, State(wire): State<Wire>, Try
 /// `chat:join { conversationId }`: watch a conversation of yours from this socket too:
 /// its running answer from the start, then each later one, until `chat:leave`.
 pub(super) async fn chat_join(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+    let Some(_permit) = event_permit(&socket) else {
+        return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
+    };
     let Some(User(user)) = user_of(&socket) else { return };
     let request = match ConversationRequest::parse(payload.ok().as_ref()) {
         Ok(r) => r,

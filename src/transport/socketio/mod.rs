@@ -10,8 +10,14 @@ mod follow;
 mod payload;
 mod reader;
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
 use serde::Serialize;
 use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use socketioxide::{
     SocketIo,
     extract::{AckSender, SocketRef, State, TryData},
@@ -58,8 +64,11 @@ pub fn connections(io: &SocketIo) -> usize {
 
 /// The `/ai` connect middleware: verifies, then registers the chat handlers.
 async fn authenticate(socket: SocketRef, auth: TryData<Value>, state: State<Wire>) -> Result<(), Unauthorized> {
+    let limit = state.0.config.socket_events_in_flight;
     identify(&socket, auth, state)?;
     socket.extensions.insert(reader::Subscriptions::default());
+    socket.extensions.insert(InFlight(Arc::new(Semaphore::new(limit))));
+    socket.extensions.insert(DropLogged::default());
     socket.on("chat:start", chat::chat_start);
     socket.on("chat:stop", chat::chat_stop);
     socket.on("chat:resume", follow::chat_resume);
@@ -110,6 +119,21 @@ async fn on_connect(socket: SocketRef, State(wire): State<Wire>) {
     }
 }
 
+/// The events a socket may have in progress at once (socketioxide spawns a task per
+/// event; a flood of them must not pile up waiting for the database).
+#[derive(Clone)]
+struct InFlight(Arc<Semaphore>);
+
+/// A permit for one event of this socket, or `None` when it has too many in progress.
+fn event_permit(socket: &SocketRef) -> Option<OwnedSemaphorePermit> {
+    socket.extensions.get::<InFlight>()?.0.try_acquire_owned().ok()
+}
+
+/// Whether this socket's first lost event was logged: later ones go to debug only, so a
+/// client that floods and never reads cannot flood the log too.
+#[derive(Clone, Default)]
+struct DropLogged(Arc<AtomicBool>);
+
 fn user_of(socket: &SocketRef) -> Option<User> {
     socket.extensions.get::<User>()
 }
@@ -122,12 +146,22 @@ fn connection_id(socket: &SocketRef) -> ConnectionId {
 /// Sends an event the client must see; a failure is logged, never ignored.
 fn emit_logged<T: Serialize + ?Sized>(socket: &SocketRef, event: &str, data: &T) {
     if let Err(e) = socket.emit(event, data) {
-        tracing::warn!(sid = %socket.id, event, error = %e, "emit failed");
+        log_lost(socket, event, &e);
     }
 }
 
 fn ack_logged<T: Serialize + ?Sized>(socket: &SocketRef, ack: AckSender, data: &T) {
     if let Err(e) = ack.send(data) {
-        tracing::warn!(sid = %socket.id, error = %e, "ack failed");
+        log_lost(socket, "ack", &e);
+    }
+}
+
+/// The first event a socket loses is a WARN; the rest of that socket's are DEBUG.
+fn log_lost(socket: &SocketRef, event: &str, error: &dyn std::fmt::Display) {
+    let first = socket.extensions.get::<DropLogged>().is_none_or(|d| !d.0.swap(true, Ordering::Relaxed));
+    if first {
+        tracing::warn!(sid = %socket.id, event, error = %error, "event not delivered (later losses on this socket are logged at debug)");
+    } else {
+        tracing::debug!(sid = %socket.id, event, error = %error, "event not delivered");
     }
 }
