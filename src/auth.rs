@@ -43,8 +43,9 @@ pub struct Authenticator {
 
 enum Mode {
     Open,
-    // Boxed: a `Validation` is large, and `Open` carries nothing.
-    Jwt { keys: Vec<(Algorithm, DecodingKey)>, validation: Box<Validation>, user_claim: String },
+    /// A key and its own validation per algorithm: a `Validation` listing several
+    /// algorithms refuses every key that does not fit them all.
+    Jwt { keys: Vec<(Algorithm, DecodingKey, Validation)>, user_claim: String },
 }
 
 impl Authenticator {
@@ -53,25 +54,8 @@ impl Authenticator {
         let AuthConfig::Jwt(jwt) = config else {
             return Self { mode: Mode::Open };
         };
-        let keys = keys(jwt);
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = keys.iter().map(|(alg, _)| *alg).collect();
-        // A NestJS JwtService signs without `exp` unless `expiresIn` is set; `exp` is checked when present.
-        validation.required_spec_claims.clear();
-        validation.validate_nbf = true;
-        validation.leeway = 0;
-        if let Some(iss) = &jwt.issuer {
-            validation.set_issuer(&[iss]);
-            validation.required_spec_claims.insert("iss".into());
-        }
-        match &jwt.audience {
-            Some(aud) => {
-                validation.set_audience(&[aud]);
-                validation.required_spec_claims.insert("aud".into());
-            }
-            None => validation.validate_aud = false,
-        }
-        Self { mode: Mode::Jwt { keys, validation: Box::new(validation), user_claim: jwt.user_claim.clone() } }
+        let keys = keys(jwt).into_iter().map(|(alg, key)| (alg, key, validation(jwt, alg))).collect();
+        Self { mode: Mode::Jwt { keys, user_claim: jwt.user_claim.clone() } }
     }
 
     /// The auth mode as the start-up summary says it: `open`, or `jwt` and its algorithms.
@@ -79,7 +63,7 @@ impl Authenticator {
         match &self.mode {
             Mode::Open => "open (no token required; every connection names its own user)".into(),
             Mode::Jwt { keys, .. } => {
-                let algs: Vec<String> = keys.iter().map(|(alg, _)| format!("{alg:?}")).collect();
+                let algs: Vec<String> = keys.iter().map(|(alg, _, _)| format!("{alg:?}")).collect();
                 format!("jwt ({})", algs.join(", "))
             }
         }
@@ -92,15 +76,13 @@ impl Authenticator {
 
     /// The user a token names, if the token is valid.
     pub fn verify(&self, token: &str) -> Result<User, AuthError> {
-        let Mode::Jwt { keys, validation, user_claim } = &self.mode else {
+        let Mode::Jwt { keys, user_claim } = &self.mode else {
             return Ok(User("anonymous".into()));
         };
         let header = decode_header(token)?;
-        let key = keys
-            .iter()
-            .find(|(alg, _)| *alg == header.alg)
-            .map(|(_, key)| key)
-            .ok_or(AuthError::NoKeyFor(header.alg))?;
+        // The header only picks the key; that key's validation allows its algorithm alone.
+        let (_, key, validation) =
+            keys.iter().find(|(alg, _, _)| *alg == header.alg).ok_or(AuthError::NoKeyFor(header.alg))?;
         let claims = decode::<Map<String, Value>>(token, key, validation)?.claims;
         match claims.get(user_claim) {
             Some(Value::String(s)) if !s.is_empty() => Ok(User(s.clone())),
@@ -108,6 +90,28 @@ impl Authenticator {
             _ => Err(AuthError::NoUser(user_claim.clone())),
         }
     }
+}
+
+/// What a token signed with `alg` must satisfy: that algorithm only, `exp` and `nbf`
+/// when present, `iss` and `aud` when configured.
+fn validation(jwt: &JwtConfig, alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    // A NestJS JwtService signs without `exp` unless `expiresIn` is set; `exp` is checked when present.
+    validation.required_spec_claims.clear();
+    validation.validate_nbf = true;
+    validation.leeway = 0;
+    if let Some(iss) = &jwt.issuer {
+        validation.set_issuer(&[iss]);
+        validation.required_spec_claims.insert("iss".into());
+    }
+    match &jwt.audience {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            validation.required_spec_claims.insert("aud".into());
+        }
+        None => validation.validate_aud = false,
+    }
+    validation
 }
 
 fn keys(jwt: &JwtConfig) -> Vec<(Algorithm, DecodingKey)> {
@@ -125,14 +129,20 @@ fn keys(jwt: &JwtConfig) -> Vec<(Algorithm, DecodingKey)> {
     keys
 }
 
-/// Finds a token in a request: `Authorization: Bearer`, then `?token=`.
+/// Finds a token in a request: `Authorization: Bearer` (the scheme in any case, as
+/// RFC 7235 has it), then `?token=`.
 pub fn request_token<'a>(headers: &'a http::HeaderMap, uri: &'a http::Uri) -> Option<std::borrow::Cow<'a, str>> {
-    if let Some(h) = headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok())
-        && let Some(t) = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))
-    {
-        return Some(t.trim().into());
+    if let Some(t) = headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(bearer_token) {
+        return Some(t.into());
     }
     form_urlencoded_token(uri.query()?)
+}
+
+/// The credentials of an `Authorization` value whose scheme is `Bearer`, in any case.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn form_urlencoded_token(query: &str) -> Option<std::borrow::Cow<'_, str>> {
@@ -157,5 +167,16 @@ mod tests {
     fn query_tokens_are_percent_decoded() {
         assert_eq!(form_urlencoded_token("EIO=4&token=a%2Eb.c&x=1").as_deref(), Some("a.b.c"));
         assert_eq!(form_urlencoded_token("EIO=4&transport=websocket"), None);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        for header in ["Bearer a.b.c", "bearer a.b.c", "BEARER a.b.c", "bEaReR   a.b.c "] {
+            assert_eq!(bearer_token(header), Some("a.b.c"), "{header}");
+        }
+        assert_eq!(bearer_token("Basic a.b.c"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer   "), None);
+        assert_eq!(bearer_token("Bearera.b.c"), None);
     }
 }

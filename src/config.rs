@@ -90,6 +90,10 @@ impl Default for MockConfig {
     }
 }
 
+/// The largest `maxTokens` a client may ask for when `MAX_TOKENS_LIMIT` is unset: a
+/// modest bill per answer on a real upstream.
+pub const DEFAULT_MAX_TOKENS_LIMIT: u32 = 16_384;
+
 /// What the built-in mock says when `MOCK_RESPONSE` is unset.
 pub const DEFAULT_MOCK_RESPONSE: &str = "Hello! I am chatwire's built-in mock model. \
 No upstream provider is configured, so I stream this fixed answer word by word. \
@@ -137,7 +141,7 @@ pub struct Config {
     pub socket_buffer_bytes: usize,
     /// Longest silence on an SSE response before a `: keep-alive` comment.
     pub sse_keepalive: Duration,
-    /// Longest accepted `chat:start.message`, in characters.
+    /// Longest accepted `chat:start.message` (and `systemPrompt`), in UTF-16 units.
     pub max_message_chars: usize,
     pub default_max_tokens: u32,
     /// Largest `maxTokens` a client may ask for.
@@ -196,7 +200,7 @@ impl Config {
         if ping_interval.is_zero() {
             return Err(bad("PING_INTERVAL_MS", "must be above 0"));
         }
-        let max_tokens_limit: u32 = env.parse("MAX_TOKENS_LIMIT", 128_000)?;
+        let max_tokens_limit: u32 = env.parse("MAX_TOKENS_LIMIT", DEFAULT_MAX_TOKENS_LIMIT)?;
         let default_max_tokens: u32 = env.parse("DEFAULT_MAX_TOKENS", 4096)?;
         if default_max_tokens == 0 || default_max_tokens > max_tokens_limit {
             return Err(bad("DEFAULT_MAX_TOKENS", "must be between 1 and MAX_TOKENS_LIMIT"));
@@ -220,7 +224,7 @@ impl Config {
             production,
             allow_client_system_prompt: env.parse("ALLOW_CLIENT_SYSTEM_PROMPT", !production)?,
             node_id: env.get("NODE_ID").map_or_else(default_node_id, str::to_owned),
-            database_url: env.get("DATABASE_URL").unwrap_or("sqlite://chatwire.db?mode=rwc").to_owned(),
+            database_url: database_url(&env)?,
             database_max_connections: match env.get("DATABASE_MAX_CONNECTIONS") {
                 None => None,
                 Some(_) => match env.parse("DATABASE_MAX_CONNECTIONS", 0u32)? {
@@ -313,7 +317,8 @@ impl Config {
 
 #[path = "config_vars.rs"]
 mod vars;
-use vars::{Vars, auth_config, database_schema, default_node_id, origin, upstream_config};
+pub use vars::redact_url;
+use vars::{Vars, auth_config, database_schema, database_url, default_node_id, origin, upstream_config};
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

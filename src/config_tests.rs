@@ -85,3 +85,26 @@ fn cors_is_a_comma_list() {
     let c = Config::from_vars(vars(&[("CORS_ORIGIN", "http://a.test, https://b.test")])).unwrap();
     assert_eq!(c.cors_origins, vec!["http://a.test", "https://b.test"]);
 }
+
+#[test]
+fn a_client_may_ask_for_at_most_16384_tokens_by_default() {
+    let c = Config::from_vars(vars(&[])).unwrap();
+    assert_eq!(c.max_tokens_limit, 16_384);
+    assert_eq!(c.default_max_tokens, 4096);
+    assert!(c.default_max_tokens <= c.max_tokens_limit);
+}
+
+#[test]
+fn a_mistyped_database_url_is_named_without_its_password() {
+    let e = Config::from_vars(vars(&[("DATABASE_URL", "postgress://app:hunter2@db.internal:5432/chat")])).unwrap_err();
+    assert_eq!(e.var, "DATABASE_URL");
+    assert_eq!(
+        e.to_string(),
+        "DATABASE_URL: \"postgress://app:***@db.internal:5432/chat\" is neither sqlite:... nor postgres://... (postgresql://...)"
+    );
+    for ok in ["sqlite://x.db?mode=rwc", "sqlite::memory:", "postgres://a:b@h/d", "postgresql://h/d"] {
+        assert_eq!(Config::from_vars(vars(&[("DATABASE_URL", ok)])).unwrap().database_url, ok);
+    }
+    assert_eq!(redact_url("postgres://app@h/d"), "postgres://app@h/d");
+    assert_eq!(redact_url("postgres://app:p@ss@h/d?x=@"), "postgres://app:***@h/d?x=@");
+}

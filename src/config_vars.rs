@@ -95,6 +95,32 @@ pub(super) fn upstream_config(env: &Vars, production: bool) -> Result<UpstreamCo
     Ok(UpstreamConfig::OpenAi { base_url, api_key })
 }
 
+/// `DATABASE_URL`: a SQLite or PostgreSQL URL. Anything else is refused here, before a
+/// driver would print it whole, and the message shows it without its password.
+pub(super) fn database_url(env: &Vars) -> Result<String, ConfigError> {
+    let url = env.get("DATABASE_URL").unwrap_or("sqlite://chatwire.db?mode=rwc");
+    if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(url.to_owned());
+    }
+    Err(bad(
+        "DATABASE_URL",
+        format!("{:?} is neither sqlite:... nor postgres://... (postgresql://...)", redact_url(url)),
+    ))
+}
+
+/// `url` with the password of its user info (`scheme://user:password@host`) as `***`,
+/// for every message that may show a database URL.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+        None => url.to_owned(),
+    }
+}
+
 /// `DATABASE_SCHEMA`: a plain SQL identifier, so it is the same name quoted or not and
 /// can go into a connection's `search_path` as it is.
 pub(super) fn database_schema(env: &Vars) -> Result<String, ConfigError> {

@@ -41,8 +41,9 @@ pub struct AppState {
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
-    #[error("cannot open the database: {0}")]
-    Database(#[from] sea_orm::DbErr),
+    /// Already without the URL's password.
+    #[error("DATABASE_URL: cannot open the database: {0}")]
+    Database(String),
     #[error("cannot start the mock upstream: {0}")]
     Mock(io::Error),
 }
@@ -66,8 +67,17 @@ impl Application {
         let addr = SocketAddr::new(config.host, config.port);
         let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let shutdown = CancellationToken::new();
-        let db = store::connect(&config.database_url, config.database_max_connections, &config.database_schema).await?;
-        store::spawn_wal_checkpointer(&config.database_url, shutdown.clone()).await?;
+        let db_error = |e: sea_orm::DbErr| StartError::Database(redacted(&config.database_url, &e.to_string()));
+        let db = store::connect(&config.database_url, config.database_max_connections, &config.database_schema)
+            .await
+            .map_err(db_error)?;
+        store::spawn_wal_checkpointer(&config.database_url, shutdown.clone()).await.map_err(db_error)?;
+        if config.allowed_models.is_empty() && matches!(config.upstream, UpstreamConfig::OpenAi { .. }) {
+            tracing::warn!(
+                "ALLOWED_MODELS is unset: clients may ask the upstream for any model it serves, on your key; \
+                 set ALLOWED_MODELS to the models you mean to pay for"
+            );
+        }
 
         let (mock, provider) = match &config.upstream {
             UpstreamConfig::Mock(mock_config) => {
@@ -91,7 +101,7 @@ impl Application {
         let wire = Wire { engine: engine.clone(), config: config.clone(), auth, deliveries: deliveries.clone() };
         let (layer, io) = socketio::layer(wire.clone());
         let counted = io.clone();
-        let router = http::router(engine.clone(), config.clone(), Arc::new(move || socketio::connections(&counted)))
+        let router = http::router(engine.clone(), wire.auth.clone(), Arc::new(move || socketio::connections(&counted)))
             .merge(sse::router(wire))
             .layer(layer)
             .layer(http::cors(&config))
@@ -173,6 +183,28 @@ impl Application {
     }
 }
 
+/// A driver's message about `url` with the URL's password nowhere in it (as written, or
+/// percent-decoded).
+fn redacted(url: &str, message: &str) -> String {
+    let mut message = message.replace(url, &crate::config::redact_url(url));
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|p| !p.is_empty());
+    if let Some(password) = password {
+        let decoded: String = form_urlencoded::parse(format!("p={password}").as_bytes()).map(|(_, v)| v.into_owned()).collect();
+        for secret in [password, decoded.as_str()] {
+            if !secret.is_empty() {
+                message = message.replace(secret, "***");
+            }
+        }
+    }
+    message
+}
+
 /// Marks answers whose process died as failed: once at start-up, then periodically.
 fn spawn_stale_answer_sweeper(db: DatabaseConnection, stale_after: Duration, shutdown: CancellationToken) {
     tokio::spawn(async move {
@@ -198,4 +230,14 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_errors_never_show_the_password() {
+        let url = "postgres://app:s%3Dcret@db.internal:5432/chat";
+        let said = super::redacted(url, &format!("cannot reach {url}: password s=cret refused, s%3Dcret"));
+        assert_eq!(said, "cannot reach postgres://app:***@db.internal:5432/chat: password *** refused, ***");
+    }
 }

@@ -50,7 +50,7 @@ impl StartCommand {
             }
             Some(_) => return Err(wrong_type("message", "a string")),
         };
-        if message.chars().count() > config.max_message_chars {
+        if too_long(message, config) {
             return Err(ChatError::new(
                 ErrorCode::MessageTooLong,
                 format!("message is longer than {} characters", config.max_message_chars),
@@ -118,7 +118,7 @@ impl StartCommand {
             Some(_) if !config.allow_client_system_prompt => {
                 return Err(ChatError::new(ErrorCode::Forbidden, "systemPrompt is not allowed on this server"));
             }
-            Some(Value::String(s)) if s.chars().count() <= config.max_message_chars => {
+            Some(Value::String(s)) if !too_long(s, config) => {
                 Some(s.clone()).filter(|s| !s.trim().is_empty())
             }
             Some(Value::String(_)) => {
@@ -137,6 +137,12 @@ impl StartCommand {
             system_prompt,
         })
     }
+}
+
+/// Over `MAX_MESSAGE_CHARS`, counted as JavaScript's `string.length` (UTF-16 units),
+/// so an emoji counts two, as in the client's own counter.
+fn too_long(text: &str, config: &Config) -> bool {
+    super::text::utf16_len(text) > config.max_message_chars as u64
 }
 
 /// A field of the wrong JSON type.
@@ -191,6 +197,17 @@ mod tests {
         assert_eq!(e.code, ErrorCode::Forbidden);
         assert!(StartCommand::parse(&json!({"message": "hi"}), "u1", &off).is_ok());
         assert_eq!(StartCommand::parse(&json!({"message": "hi", "systemPrompt": "x"}), "u1", &config()).unwrap().system_prompt.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn the_length_limits_count_utf16_units() {
+        let mut small = config();
+        small.max_message_chars = 4;
+        let parse = |v: Value| StartCommand::parse(&v, "u1", &small).map(|_| ()).map_err(|e| e.code);
+        assert_eq!(parse(json!({"message": "😀😀"})), Ok(()));
+        assert_eq!(parse(json!({"message": "😀😀x"})), Err(ErrorCode::MessageTooLong));
+        assert_eq!(parse(json!({"message": "hi", "systemPrompt": "😀😀"})), Ok(()));
+        assert_eq!(parse(json!({"message": "hi", "systemPrompt": "😀😀x"})), Err(ErrorCode::MessageTooLong));
     }
 
     #[test]

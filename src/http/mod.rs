@@ -1,15 +1,18 @@
-//! Plain HTTP beside the wires: `/health`, `/` with live counts, and the CORS allowlist.
+//! Plain HTTP beside the wires: `/health`, `/` (name and version only), the live counts
+//! at `/v1/status` for holders of a token, and the CORS allowlist.
 
 use std::sync::Arc;
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use axum::extract::{OriginalUri, Request};
+use axum::http::{HeaderMap, Uri};
 use http::{HeaderName, HeaderValue, Method};
 use serde_json::{Value, json};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::{
-    config::{Config, UpstreamConfig},
+    auth::{self, Authenticator},
+    config::Config,
     engine::Engine,
 };
 
@@ -19,13 +22,17 @@ pub type ConnectionCount = Arc<dyn Fn() -> usize + Send + Sync>;
 #[derive(Clone)]
 struct HttpState {
     engine: Engine,
-    config: Arc<Config>,
+    auth: Arc<Authenticator>,
     connections: ConnectionCount,
 }
 
 /// The HTTP routes.
-pub fn router(engine: Engine, config: Arc<Config>, connections: ConnectionCount) -> Router {
-    Router::new().route("/", get(info)).route("/health", get(health)).with_state(HttpState { engine, config, connections })
+pub fn router(engine: Engine, auth: Arc<Authenticator>, connections: ConnectionCount) -> Router {
+    Router::new()
+        .route("/", get(info))
+        .route("/health", get(health))
+        .route("/v1/status", get(status))
+        .with_state(HttpState { engine, auth, connections })
 }
 
 /// CORS for exactly the configured origins, credentials allowed (as the NestJS gateway).
@@ -76,15 +83,24 @@ async fn health(State(s): State<HttpState>) -> (StatusCode, Json<Value>) {
     }
 }
 
-/// Service info and live counts.
-async fn info(State(s): State<HttpState>) -> Json<Value> {
-    Json(json!({
-        "name": "chatwire",
-        "version": env!("CARGO_PKG_VERSION"),
-        "namespace": "/ai",
-        "connections": (s.connections)(),
-        "generations": s.engine.running(),
-        "auth": if s.config.is_open_mode() { "open" } else { "jwt" },
-        "upstream": match s.config.upstream { UpstreamConfig::Mock(_) => "mock", UpstreamConfig::OpenAi { .. } => "openai-compatible" },
-    }))
+/// What anyone may know: the service and its version.
+async fn info() -> Json<Value> {
+    Json(json!({ "name": "chatwire", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// Live counts, for operators' tools: the same credentials as the wires (a Bearer
+/// header or `?token=`; none in open mode). Anything else is 401 `UNAUTHORIZED`.
+async fn status(State(s): State<HttpState>, headers: HeaderMap, uri: Uri) -> (StatusCode, Json<Value>) {
+    if !s.auth.is_open() {
+        let verified = match auth::request_token(&headers, &uri) {
+            None => Err(auth::AuthError::Missing),
+            Some(token) => s.auth.verify(&token).map(drop),
+        };
+        if let Err(reason) = verified {
+            tracing::info!(%reason, "status request refused");
+            let body = json!({ "ok": false, "error": { "code": "UNAUTHORIZED", "message": "unauthorized" } });
+            return (StatusCode::UNAUTHORIZED, Json(body));
+        }
+    }
+    (StatusCode::OK, Json(json!({ "connections": (s.connections)(), "generations": s.engine.running() })))
 }

@@ -15,9 +15,10 @@ async fn health_and_info_answer() {
 
     let _client = app.client(&user()).await;
     let info: Value = http.get(format!("http://{}/", app.addr)).send().await.unwrap().json().await.unwrap();
-    assert_eq!(info["name"], "chatwire");
-    assert_eq!(info["namespace"], "/ai");
-    assert_eq!(info["connections"], json!(1));
+    assert_eq!(info, json!({ "name": "chatwire", "version": env!("CARGO_PKG_VERSION") }));
+    let status: Value =
+        http.get(format!("http://{}/v1/status", app.addr)).bearer_auth(token("ops")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status, json!({ "connections": 1, "generations": 0 }));
 }
 
 #[tokio::test]

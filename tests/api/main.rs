@@ -10,6 +10,7 @@ mod delivery;
 mod fake_upstream;
 mod flood;
 mod faults;
+mod hardening_auth;
 mod helpers;
 mod http;
 mod import;

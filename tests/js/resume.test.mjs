@@ -15,6 +15,7 @@ import {
   connect,
   makeSocket,
   mockTokens,
+  serverStatus,
   sleep,
   startServer,
   uniqueUser,
@@ -181,7 +182,7 @@ describe('resuming after a dropped transport', () => {
     await wrec.waitFor('chat:end', { timeout: 15_000 });
     // The registry forgets the answer once it is stored.
     for (;;) {
-      const info = await (await fetch(`${server.url}/`)).json();
+      const info = await serverStatus(server);
       if (info.generations === 0) break;
       await sleep(20);
     }
@@ -606,7 +607,7 @@ describe('jitter run', () => {
     };
     const gaps = helpers.reduce((n, c) => n + c.stats.gaps, 0);
     const trimmed = helpers.reduce((n, c) => n + c.stats.trimmed + c.stats.dropped, 0);
-    const info = await (await fetch(`${jserver.url}/`)).json();
+    const info = await serverStatus(jserver);
 
     console.log(
       `# jitter run: ${CLIENTS} helper + ${CLIENTS} stock clients, ${JITTER_TOKENS}-token answers at 20 ms, ` +

@@ -10,7 +10,7 @@
 import http from 'node:http';
 import assert from 'node:assert/strict';
 
-import { FINAL_EVENTS, UUID_RE, assertKeys, mockTokens } from './support.mjs';
+import { FINAL_EVENTS, UUID_RE, assertKeys, mockTokens, serverStatus } from './support.mjs';
 
 // ---------------------------------------------------------------------------
 // SSE parsing
@@ -301,9 +301,9 @@ export function stopAnswer(server, token, messageId) {
   });
 }
 
-/** GET / (the server's info: generations registered now, ...). */
+/** GET /v1/status with a token: `{ connections, generations }` registered now. */
 export async function serverInfo(server) {
-  return (await fetch(`${server.url}/`)).json();
+  return serverStatus(server);
 }
 
 // ---------------------------------------------------------------------------

@@ -187,6 +187,16 @@ export async function startServer(options = {}) {
   };
 }
 
+/**
+ * GET /v1/status with a token of the server's: `{ connections, generations }`, the live
+ * counts (not public: `GET /` tells only the name and version).
+ */
+export async function serverStatus(server) {
+  const res = await fetch(`${server.url}/v1/status`, { headers: { Authorization: `Bearer ${server.token('status-reader')}` } });
+  if (res.status !== 200) throw new Error(`GET /v1/status: HTTP ${res.status} ${await res.text()}`);
+  return res.json();
+}
+
 // ---------------------------------------------------------------------------
 // socket.io-client helpers
 

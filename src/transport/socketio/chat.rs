@@ -64,12 +64,25 @@ pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, TryD
     }
 }
 
+/// How socketioxide's parser says an event came with no argument.
+const NO_ARGUMENT: &str = "first element not found";
+
 pub(super) async fn chat_stop(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
     let Some(_permit) = event_permit(&socket) else {
         return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
     let Some(User(user)) = user_of(&socket) else { return };
-    let request = match StopRequest::parse(payload.ok().as_ref()) {
+    let payload = match payload {
+        Ok(p) => Some(p),
+        // No argument at all is "this socket's current answer"; anything else that does
+        // not parse (too deep, not JSON) is refused, and stops nothing.
+        Err(e) if e.to_string().starts_with(NO_ARGUMENT) => None,
+        Err(e) => {
+            tracing::debug!(sid = %socket.id, error = %e, "chat:stop payload does not parse");
+            return refuse(&socket, ack, ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"));
+        }
+    };
+    let request = match StopRequest::parse(payload.as_ref()) {
         Ok(r) => r,
         Err(error) => return refuse(&socket, ack, error),
     };
