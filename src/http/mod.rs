@@ -1,5 +1,7 @@
 //! Plain HTTP beside the wires: `/health`, `/` with live counts, and the CORS allowlist.
 
+pub mod limits;
+
 use std::sync::Arc;
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};

@@ -9,6 +9,7 @@ mod database;
 mod delivery;
 mod fake_upstream;
 mod faults;
+mod hardening_http;
 mod helpers;
 mod http;
 mod import;
