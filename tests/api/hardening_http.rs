@@ -201,20 +201,11 @@ async fn sigterm_finishes_within_grace_and_close_timeout_while_clients_stop_read
     // And a request head that never ends.
     let mut half = raw(addr).await.expect("connect");
     half.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n").await.expect("half a request");
-    // Both answers are streaming once the server reports them running.
-    let started = Instant::now();
-    loop {
-        let info = reqwest::get(format!("http://{addr}/")).await.ok();
-        let info: Option<serde_json::Value> = match info {
-            Some(r) => r.json().await.ok(),
-            None => None,
-        };
-        if info.is_some_and(|i| i["generations"] == json!(2)) {
-            break;
-        }
-        assert!(started.elapsed() < BOUND, "the two answers never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Each reader sees its answer begin, then stops reading.
+    tokio::time::timeout(BOUND, ws.until("chat:message")).await.expect("the WebSocket answer starts");
+    let mut head = [0u8; 12];
+    tokio::time::timeout(BOUND, sse.read_exact(&mut head)).await.expect("the SSE answer starts").expect("read");
+    assert_eq!(&head, b"HTTP/1.1 200");
     tokio::time::sleep(Duration::from_millis(500)).await; // the windows fill
 
     let killed = Command::new("kill").args(["-TERM", &child.process.id().to_string()]).status().expect("kill runs");
