@@ -229,3 +229,54 @@ async fn sigterm_finishes_within_grace_and_close_timeout_while_clients_stop_read
     assert!(status.success(), "exit status {status:?}");
     drop((ws, sse, half));
 }
+
+#[tokio::test]
+async fn under_a_low_open_file_limit_a_flood_of_idle_connections_is_refused_without_accept_errors() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}/chatwire.db?mode=rwc", dir.path().display());
+    // `ulimit -n 128`, then the server, its per-address cap out of the way.
+    let mut process = Command::new("sh")
+        .args(["-c", "ulimit -n 128 && exec \"$0\" serve", env!("CARGO_BIN_EXE_chatwire")])
+        .env_clear()
+        .envs([("PORT", "0"), ("LOG_FORMAT", "json"), ("RUST_LOG", "info"), ("HOST", "127.0.0.1"), ("JWT_SECRET", SECRET)])
+        .envs([("DATABASE_URL", db_url.as_str()), ("MAX_CONNECTIONS_PER_IP", "100000"), ("HEADER_READ_TIMEOUT_MS", "30000")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the chatwire binary starts");
+    let lines = BufReader::new(process.stdout.take().expect("stdout")).lines();
+    let (tx, logs) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = tx.send(serde_json::from_str(&line).unwrap_or_default());
+        }
+    });
+    let mut seen = Vec::new();
+    let addr: SocketAddr = loop {
+        let line = logs.recv_timeout(BOUND).expect("the server logs its address");
+        if line["message"] == "chatwire listening" {
+            break line["addr"].as_str().and_then(|a| a.parse().ok()).expect("an address");
+        }
+        seen.push(line);
+    };
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        if let Some(tcp) = raw(addr).await {
+            held.push(tcp);
+        }
+    }
+    // The last one is refused at once: the server stays below the limit instead of failing accept.
+    let mut last = held.pop().expect("connections");
+    assert!(closed_within(&mut last, Duration::from_secs(2)).await, "over the lowered MAX_CONNECTIONS, a connection is kept");
+    drop(held);
+    assert!(health_comes_back(addr).await, "/health answers again once the flood is gone");
+    let _ = process.kill();
+    let _ = process.wait();
+    seen.extend(logs.try_iter());
+    let accept_errors = seen.iter().filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with("accept error"))).count();
+    assert_eq!(accept_errors, 0, "accept failed for lack of file descriptors");
+    assert!(
+        seen.iter().any(|l| l["message"].as_str().is_some_and(|m| m.starts_with("MAX_CONNECTIONS is above the open-file limit"))),
+        "the lowered cap is logged"
+    );
+}
