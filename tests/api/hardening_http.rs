@@ -245,6 +245,15 @@ async fn under_a_low_open_file_limit_a_flood_of_idle_connections_is_refused_with
         .spawn()
         .expect("the chatwire binary starts");
     let lines = BufReader::new(process.stdout.take().expect("stdout")).lines();
+    // A failing assertion still leaves no server running.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let process = Killed(process);
     let (tx, logs) = std::sync::mpsc::channel::<serde_json::Value>();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
@@ -270,8 +279,7 @@ async fn under_a_low_open_file_limit_a_flood_of_idle_connections_is_refused_with
     assert!(closed_within(&mut last, Duration::from_secs(2)).await, "over the lowered MAX_CONNECTIONS, a connection is kept");
     drop(held);
     assert!(health_comes_back(addr).await, "/health answers again once the flood is gone");
-    let _ = process.kill();
-    let _ = process.wait();
+    drop(process);
     seen.extend(logs.try_iter());
     let accept_errors = seen.iter().filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with("accept error"))).count();
     assert_eq!(accept_errors, 0, "accept failed for lack of file descriptors");
