@@ -367,3 +367,35 @@ impl Drop for InFlight {
         self.0.send_modify(|a| a.in_flight = a.in_flight.saturating_sub(1));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_ip: usize) -> Limits {
+        Limits { max_connections: total, max_connections_per_ip: per_ip, header_read_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(1) }
+    }
+
+    #[test]
+    fn a_recurring_error_is_logged_once_per_interval_with_the_count_of_the_rest() {
+        let mut throttle = Throttle::default();
+        assert_eq!(throttle.hit(), Some(0));
+        assert_eq!((throttle.hit(), throttle.hit()), (None, None));
+        throttle.last = Instant::now().checked_sub(LOG_INTERVAL);
+        assert_eq!(throttle.hit(), Some(2));
+    }
+
+    #[test]
+    fn slots_count_per_address_and_in_total_and_are_given_back_on_drop() {
+        let registry = Arc::new(Registry { limits: limits(3, 2), counts: Mutex::default() });
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let first = registry.acquire(a).ok();
+        let _second = registry.acquire(a).ok();
+        assert_eq!(registry.acquire(a).err(), Some("MAX_CONNECTIONS_PER_IP"));
+        let _third = registry.acquire(b).ok();
+        assert_eq!(registry.acquire(b).err(), Some("MAX_CONNECTIONS"));
+        drop(first);
+        assert!(registry.acquire(a).is_ok());
+        assert!(registry.counts.lock().map(|c| c.per_ip.len()).unwrap_or_default() <= 2);
+    }
+}
