@@ -170,6 +170,14 @@ pub struct Config {
     /// How long running answers may finish after SIGTERM before they are cut.
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// Open connections at most, all clients together (`MAX_CONNECTIONS`).
+    pub max_connections: usize,
+    /// Open connections at most from one client IP, before any authentication (`MAX_CONNECTIONS_PER_IP`).
+    pub max_connections_per_ip: usize,
+    /// How long a client may take to send a request head (`HEADER_READ_TIMEOUT_MS`).
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay open with no request in flight (`HTTP_IDLE_TIMEOUT_MS`).
+    pub http_idle_timeout: Duration,
 }
 
 impl Config {
@@ -288,6 +296,10 @@ impl Config {
                 "json" => LogFormat::Json,
                 other => return Err(bad("LOG_FORMAT", format!("{other:?} is neither `pretty` nor `json`"))),
             },
+            max_connections: at_least_one(&env, "MAX_CONNECTIONS", 10_000)?,
+            max_connections_per_ip: at_least_one(&env, "MAX_CONNECTIONS_PER_IP", 256)?,
+            header_read_timeout: Duration::from_millis(at_least_one(&env, "HEADER_READ_TIMEOUT_MS", 10_000)? as u64),
+            http_idle_timeout: Duration::from_millis(at_least_one(&env, "HTTP_IDLE_TIMEOUT_MS", 60_000)? as u64),
         })
     }
 
@@ -318,7 +330,7 @@ impl Config {
 #[path = "config_vars.rs"]
 mod vars;
 pub use vars::redact_url;
-use vars::{Vars, auth_config, database_schema, database_url, default_node_id, origin, upstream_config};
+use vars::{Vars, at_least_one, auth_config, database_schema, database_url, default_node_id, origin, upstream_config};
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

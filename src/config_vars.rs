@@ -161,3 +161,11 @@ impl Vars {
     }
 }
 
+
+/// A count or duration that must be at least 1.
+pub(super) fn at_least_one(env: &Vars, name: &'static str, default: usize) -> Result<usize, ConfigError> {
+    match env.parse(name, default)? {
+        0 => Err(bad(name, "must be at least 1")),
+        n => Ok(n),
+    }
+}

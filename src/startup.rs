@@ -5,7 +5,7 @@
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, serve::ListenerExt};
+use axum::Router;
 use sea_orm::DatabaseConnection;
 use socketioxide::SocketIo;
 use tokio::net::{TcpListener, TcpSocket};
@@ -25,6 +25,8 @@ use crate::{
 
 /// How long shutdown waits for the last events to reach slow sockets.
 const DELIVERY_DRAIN: Duration = Duration::from_secs(5);
+/// After the answers have drained, how long sockets get to close before they are cut.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections waiting to be accepted; tokio's default of 128 drops SYNs in reconnect bursts.
 const LISTEN_BACKLOG: u32 = 4096;
 
@@ -144,9 +146,12 @@ impl Application {
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
         let Self { listener, router, io, state, mock: _mock, shutdown, deliveries } = self;
         let stop_accepting = CancellationToken::new();
+        let force_close = CancellationToken::new();
         let drained = CancellationToken::new();
+        let config = state.config.clone();
         let drain = tokio::spawn({
-            let (stop_accepting, drained, shutdown) = (stop_accepting.clone(), drained.clone(), shutdown.clone());
+            let (stop_accepting, force_close, drained, shutdown) =
+                (stop_accepting.clone(), force_close.clone(), drained.clone(), shutdown.clone());
             async move {
                 signal.await;
                 let engine = &state.engine;
@@ -162,24 +167,31 @@ impl Application {
                 if tokio::time::timeout(DELIVERY_DRAIN, deliveries.wait()).await.is_err() {
                     tracing::warn!(left = deliveries.len(), "some final events were not delivered before shutdown");
                 }
-                io.close().await;
+                // A socket whose client does not read never finishes closing: bounded.
+                if tokio::time::timeout(CLOSE_TIMEOUT, io.close()).await.is_err() {
+                    tracing::warn!("some sockets did not close in time; cutting them");
+                }
                 shutdown.cancel();
                 drained.cancel();
+                // HTTP requests still running (a response nobody reads) get as long, then are cut.
+                tokio::time::sleep(CLOSE_TIMEOUT).await;
+                force_close.cancel();
             }
         });
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
-            .await;
-        // Connections may all be gone before answers are; finish draining either way.
-        if served.is_ok() {
-            drained.cancelled().await;
+        let limits = http::limits::Limits {
+            max_connections: config.max_connections,
+            max_connections_per_ip: config.max_connections_per_ip,
+            header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.http_idle_timeout,
         }
+        .within_fd_limit();
+        http::limits::serve(listener, router, limits, stop_accepting, force_close.clone()).await;
+        // Connections may all be gone before answers are; finish draining either way.
+        drained.cancelled().await;
+        force_close.cancel();
         drain.abort();
         shutdown.cancel();
-        served
+        Ok(())
     }
 }
 

@@ -1,6 +1,8 @@
 //! Plain HTTP beside the wires: `/health`, `/` (name and version only), the live counts
 //! at `/v1/status` for holders of a token, and the CORS allowlist.
 
+pub mod limits;
+
 use std::sync::Arc;
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};

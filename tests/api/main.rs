@@ -11,6 +11,7 @@ mod fake_upstream;
 mod flood;
 mod faults;
 mod hardening_auth;
+mod hardening_http;
 mod helpers;
 mod http;
 mod import;

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use socketioxide::{
-    SocketIo,
+    ParserConfig, SocketIo,
     extract::{AckSender, SocketRef, State, TryData},
     handler::ConnectHandler,
     layer::SocketIoLayer,
@@ -37,6 +37,11 @@ pub const NAMESPACE: &str = "/ai";
 const WS_READ_BUFFER: usize = 1024;
 /// Largest packet accepted from a client, as Node's Socket.IO (`maxHttpBufferSize`).
 const MAX_PAYLOAD: u64 = 1_000_000;
+/// The protocol has no binary payloads: a packet announcing attachments closes its socket
+/// (socketioxide would otherwise wait a minute for up to 10,000 of them, 10 MB).
+const MAX_ATTACHMENTS: usize = 0;
+/// How long a partial binary packet may wait for its attachments (none are accepted anyway).
+const ATTACHMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The Socket.IO layer for the router, and its handle (to count and close sockets).
 pub fn layer(wire: Wire) -> (SocketIoLayer, SocketIo) {
@@ -49,6 +54,12 @@ pub fn layer(wire: Wire) -> (SocketIoLayer, SocketIo) {
         .ws_read_buffer_size(WS_READ_BUFFER)
         .max_payload(MAX_PAYLOAD)
         .ws_max_message_size(MAX_PAYLOAD as usize)
+        .with_parser(
+            ParserConfig::common()
+                .max_incoming_binaries(MAX_ATTACHMENTS)
+                .max_incoming_binary_buf_size(0)
+                .packet_completion_timeout(ATTACHMENT_TIMEOUT),
+        )
         .with_state(wire)
         .build_layer();
     io.ns(NAMESPACE, on_connect.with(authenticate));
