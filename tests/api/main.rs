@@ -9,6 +9,7 @@ mod database;
 mod delivery;
 mod fake_upstream;
 mod faults;
+mod hardening_store;
 mod helpers;
 mod http;
 mod import;
