@@ -227,3 +227,26 @@ async fn a_statement_the_database_refuses_is_internal_not_unavailable() {
         assert!(stored.is_ok(), "SQLite stores it as given");
     }
 }
+
+#[tokio::test]
+async fn an_imported_message_with_a_nul_is_stored_with_the_replacement() {
+    let app = spawn_app().await;
+    let (conversation_id, id) = (Uuid::now_v7(), Uuid::now_v7());
+    let message = store::ImportedMessage {
+        id,
+        conversation_id,
+        user_id: "importer".into(),
+        role: "user".into(),
+        content: "old\u{0}text".into(),
+        model: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        total_tokens: None,
+        created_at: chrono::Utc::now(),
+    };
+    let result = store::import_messages(&app.state.db, &[message], store::ImportMode::AllOrNothing).await.unwrap();
+    assert_eq!(result.imported, 1);
+    let rows = app.messages(&conversation_id.to_string()).await;
+    let rows: Vec<(Uuid, &str, &str)> = rows.iter().map(|m| (m.id, m.role.as_str(), m.content.as_str())).collect();
+    assert_eq!(rows, [(id, "user", "old\u{FFFD}text")]);
+}
