@@ -221,7 +221,7 @@ async fn a_statement_the_database_refuses_is_internal_not_unavailable() {
     let turn = NewTurn { user_id: "u1", conversation_id: None, message: "a\u{0}b", model: "gpt-4", client_message_id: None };
     let stored = store::begin_chat(&app.state.db, turn).await;
     if is_postgres(&app) {
-        let error = stored.err().expect("PostgreSQL refuses NUL");
+        let error = stored.expect_err("PostgreSQL refuses NUL");
         assert_eq!(error.to_chat_error().code, chatwire::chat::ErrorCode::Internal, "{error}");
     } else {
         assert!(stored.is_ok(), "SQLite stores it as given");
