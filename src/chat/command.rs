@@ -103,7 +103,7 @@ impl StartCommand {
 
         let client_message_id = match field("clientMessageId") {
             None => None,
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_CLIENT_MESSAGE_ID => Some(s.clone()),
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_CLIENT_MESSAGE_ID => Some(super::text::storable(s).into_owned()),
             Some(Value::String(_)) => {
                 return Err(ChatError::new(
                     ErrorCode::InvalidParams,
@@ -128,7 +128,8 @@ impl StartCommand {
         };
 
         Ok(Self {
-            message: message.clone(),
+            // Stored, echoed in `chat:user-message` and sent upstream as stored.
+            message: super::text::storable(message).into_owned(),
             conversation_id,
             model,
             max_tokens,

@@ -36,9 +36,25 @@ pub fn prefix_within(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// What stands for U+0000 wherever text enters: PostgreSQL cannot store NUL in `text`,
+/// so it is replaced on every database alike. One UTF-16 unit for one: offsets do not move.
+pub const NUL_REPLACEMENT: char = '\u{FFFD}';
+
+/// `text` as it is stored: every U+0000 replaced by [`NUL_REPLACEMENT`].
+pub fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') { text.replace('\0', "\u{FFFD}").into() } else { text.into() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_is_replaced_one_unit_for_one() {
+        assert_eq!(storable("a\0b\0"), "a\u{FFFD}b\u{FFFD}");
+        assert!(matches!(storable("plain"), std::borrow::Cow::Borrowed("plain")));
+        assert_eq!(utf16_len(&storable("a\0b")), utf16_len("a\0b"));
+    }
 
     #[test]
     fn utf16_offsets_count_like_javascript() {

@@ -1,9 +1,14 @@
 //! Checkpoints of streaming answers, written together.
 //!
-//! Every running generation offers its text once per `CHECKPOINT_INTERVAL_MS`; one
-//! writer stores all the texts offered since its last round in one transaction. With
+//! Every running generation offers its text four times per `CHECKPOINT_INTERVAL_MS`
+//! (an offer replaces the last one, so that costs a copy of the text, no write); one
+//! writer, once per interval, stores the newest text of each answer in one transaction.
+//! A text is thus stored at most 1¼ intervals (plus the write) after it arrived. With
 //! hundreds of answers streaming that is one commit per interval instead of hundreds,
 //! and `chat:start`s are not kept waiting behind them for the database.
+//!
+//! A batch the database refuses is written again row by row, so one text it will not
+//! take (a permanent error) is dropped alone and every other answer's is stored.
 
 use std::{
     collections::HashMap,
@@ -16,6 +21,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::store;
+
+/// How often a generation offers its text: a quarter of the writer's interval.
+pub(crate) fn offer_every(interval: Duration) -> Duration {
+    (interval / 4).max(Duration::from_millis(1))
+}
 
 /// Texts waiting for the next round, the newest per answer.
 #[derive(Default)]
@@ -44,22 +54,51 @@ impl Checkpoints {
         self.lock().len()
     }
 
-    /// Writes what is pending now in one transaction. A batch that fails is put back
-    /// (unless a newer text came meanwhile), so the next round tries it again.
+    /// Writes what is pending now in one transaction and gives how many texts were
+    /// stored. When the database cannot be reached the batch is put back (unless a newer
+    /// text came meanwhile) for the next round, and the error returned. When it refuses
+    /// the batch otherwise, each text is written on its own: the ones it refuses for good
+    /// are dropped (and logged), the others stored.
     pub async fn write_pending(&self, db: &DatabaseConnection) -> Result<usize, sea_orm::DbErr> {
         let batch: Vec<(Uuid, String)> = std::mem::take(&mut *self.lock()).into_iter().collect();
         if batch.is_empty() {
             return Ok(0);
         }
-        match store::checkpoint_answers(db, &batch).await {
-            Ok(()) => Ok(batch.len()),
-            Err(e) => {
-                let mut pending = self.lock();
-                for (id, text) in batch {
-                    pending.entry(id).or_insert(text);
-                }
-                Err(e)
+        let refused = match store::checkpoint_answers(db, &batch).await {
+            Ok(()) => return Ok(batch.len()),
+            Err(e) if store::is_transient(&e) => {
+                self.put_back(batch);
+                return Err(e);
             }
+            Err(e) => e,
+        };
+        tracing::warn!(error = %refused, answers = batch.len(), "a checkpoint batch was refused; writing it row by row");
+        let mut written = 0;
+        let mut unreachable = None;
+        let mut retry = Vec::new();
+        for (id, text) in batch {
+            let one = [(id, text)];
+            match store::checkpoint_answers(db, &one).await {
+                Ok(()) => written += 1,
+                Err(e) if store::is_transient(&e) => {
+                    retry.extend(one);
+                    unreachable = Some(e);
+                }
+                Err(e) => tracing::error!(message_id = %id, error = %e, "the database refused an answer's checkpoint; dropped"),
+            }
+        }
+        self.put_back(retry);
+        match unreachable {
+            Some(e) if written == 0 => Err(e),
+            _ => Ok(written),
+        }
+    }
+
+    /// Queues texts again for the next round, unless a newer one came meanwhile.
+    fn put_back(&self, texts: Vec<(Uuid, String)>) {
+        let mut pending = self.lock();
+        for (id, text) in texts {
+            pending.entry(id).or_insert(text);
         }
     }
 

@@ -85,7 +85,10 @@ async fn run(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration)) {
     let partial_usage = (cut_reason == "shutdown")
         .then(|| seen.usage.unwrap_or(Usage { completion_tokens: seen.pieces, total_tokens: seen.pieces, prompt_tokens: 0 }));
     let end = AnswerEnd { content: &content, ending: &ending, model: &spec.model, partial_usage, cut_reason };
-    let ending = if store_end(&parts, spec.ids, &end).await { ending } else { Final::Failed(ChatError::code(ErrorCode::Unavailable)) };
+    let ending = match store_end(&parts, spec.ids, &end).await {
+        Ok(()) => ending,
+        Err(error) => Final::Failed(error),
+    };
     log_answer(&spec, &ending, started, &seen);
 
     // The connection is free before the final entry is read, so its next start never
@@ -133,7 +136,10 @@ async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
             Err(e) => return Outcome::Failed(e),
         },
     };
-    let mut checkpoint = tokio::time::interval(parts.config.checkpoint_interval);
+    // Offered four times per interval, so the writer's round, once per interval, finds a
+    // text at most a quarter interval old: a crash loses at most 1¼ intervals.
+    let mut checkpoint = tokio::time::interval(super::checkpoint::offer_every(parts.config.checkpoint_interval));
+    checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     checkpoint.tick().await;
     let mut checkpointed = 0;
     let mut end = StreamEnd::default();
@@ -206,22 +212,28 @@ async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
 
 fn add_piece(piece: Piece, held: &mut String, end: &mut StreamEnd) {
     if let Some(delta) = piece.delta {
-        held.push_str(&delta);
+        // The text as it will be stored, so every reader reads what the row holds.
+        held.push_str(&text::storable(&delta));
     }
     end.finish_reason = piece.finish_reason.or(end.finish_reason.take());
     end.usage = piece.usage.or(end.usage);
 }
 
-/// Writes the end of the answer, retrying briefly through a database blip.
-async fn store_end(parts: &Parts, ids: AnswerIds, end: &AnswerEnd<'_>) -> bool {
-    for attempt in 0..5u32 {
+/// Writes the end of the answer, retrying briefly through a database blip. A statement
+/// the database refuses is not retried. The error is what the client is told.
+async fn store_end(parts: &Parts, ids: AnswerIds, end: &AnswerEnd<'_>) -> Result<(), ChatError> {
+    const ATTEMPTS: u32 = 5;
+    for attempt in 0..ATTEMPTS {
         match store::finish_answer(&parts.db, ids.message_id, end).await {
-            Ok(()) => return true,
+            Ok(()) => return Ok(()),
             Err(e) => {
                 tracing::error!(message_id = %ids.message_id, attempt, error = %e, "storing the answer failed");
+                if !store::is_transient(&e) || attempt + 1 >= ATTEMPTS {
+                    return Err(store::db_error(&e));
+                }
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
         }
     }
-    false
+    Err(ChatError::code(ErrorCode::Internal))
 }

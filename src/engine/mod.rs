@@ -37,6 +37,10 @@ pub struct Started {
     pub reader: Box<dyn LogReader>,
 }
 
+/// How many times (20 ms apart) `subscribe` looks again for the generation of a row
+/// found `streaming` before it reads the row as interrupted.
+const REGISTER_CHECKS: usize = 5;
+
 /// The result of a `start`.
 pub enum StartOutcome {
     Started(Started),
@@ -247,24 +251,53 @@ impl Engine {
 
     /// Reads `user`'s answer from `offset` (UTF-16 units): a running one from its log,
     /// a finished one from its stored row, through the same kind of reader.
+    ///
+    /// A row still `streaming` that no generation here runs was cut by a process that
+    /// died: it reads as interrupted, its checkpointed text then `UNAVAILABLE` (status
+    /// `error`), as the stale sweep will store it. The row itself is left to the sweep.
     pub async fn subscribe(&self, user: &str, message_id: Uuid, offset: u64) -> Result<Subscription, ChatError> {
         self.allow_lookup(user)?;
         self.0.subscriptions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(running) = self.0.directory.get(message_id).await.filter(|a| a.user_id == user)
-            && let Some(reader) = self.0.logs.open(message_id, offset).await
-        {
-            let offset = reader.offset();
-            return Ok(Subscription { ids: running.ids, status: Status::Streaming, offset, reader });
+        if let Some(running) = self.running_here(user, message_id, offset).await {
+            return Ok(running);
         }
         // Not running, or it ended meanwhile: its row is final now.
-        let stored = match store::find_answer(&self.0.db, user, message_id).await {
-            Ok(Some(stored)) => stored,
-            Ok(None) => return Err(ChatError::new(ErrorCode::NotFound, "message not found")),
-            Err(e) => return Err(unavailable(e)),
-        };
+        let mut stored = self.stored(user, message_id).await?;
+        if stored.status == Status::Streaming {
+            // A turn's rows are committed a moment before its generation registers; only a
+            // repeated `clientMessageId` can know the id that early. Give it that moment.
+            for _ in 0..REGISTER_CHECKS {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if let Some(running) = self.running_here(user, message_id, offset).await {
+                    return Ok(running);
+                }
+            }
+            stored = self.stored(user, message_id).await?;
+        }
+        if stored.status == Status::Streaming {
+            stored.status = Status::Error;
+            stored.ending = Some(crate::chat::Final::Failed(ChatError::code(ErrorCode::Unavailable)));
+        }
         let (ids, status) = (stored.ids, stored.status);
         let reader = stored::StoredReader::new(stored, offset);
         Ok(Subscription { ids, status, offset: reader.offset(), reader: Box::new(reader) })
+    }
+
+    /// A reader of `user`'s answer running here, if it runs.
+    async fn running_here(&self, user: &str, message_id: Uuid, offset: u64) -> Option<Subscription> {
+        let running = self.0.directory.get(message_id).await.filter(|a| a.user_id == user)?;
+        let reader = self.0.logs.open(message_id, offset).await?;
+        let offset = reader.offset();
+        Some(Subscription { ids: running.ids, status: Status::Streaming, offset, reader })
+    }
+
+    /// `user`'s answer as stored; `NOT_FOUND` when it is not theirs or does not exist.
+    async fn stored(&self, user: &str, message_id: Uuid) -> Result<store::StoredAnswer, ChatError> {
+        match store::find_answer(&self.0.db, user, message_id).await {
+            Ok(Some(stored)) => Ok(stored),
+            Ok(None) => Err(ChatError::new(ErrorCode::NotFound, "message not found")),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     /// The answers running in `user`'s conversation now, then each one started in it
@@ -326,9 +359,10 @@ fn refused_by_store(connection: &ConnectionId, error: StoreError) -> ChatError {
     error.to_chat_error()
 }
 
+/// A failed read: `UNAVAILABLE` when the database cannot be reached, else `INTERNAL`.
 fn unavailable(e: sea_orm::DbErr) -> ChatError {
     tracing::error!(error = %e, "database read failed");
-    ChatError::code(ErrorCode::Unavailable)
+    store::db_error(&e)
 }
 
 /// The messages sent upstream: system prompt(s), the conversation so far, the new message.

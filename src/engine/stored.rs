@@ -17,8 +17,8 @@ pub struct StoredReader {
     /// Bytes already read, and the same in UTF-16 units.
     byte: usize,
     offset: u64,
-    /// `None` for a row still `streaming` (its process runs elsewhere or died): its
-    /// checkpointed text is all there is.
+    /// `None` for a row still `streaming`: its checkpointed text is all there is. The
+    /// engine gives such a row, one no generation here runs, the interrupted ending.
     ending: Option<Arc<Ending>>,
 }
 

@@ -118,7 +118,9 @@ fn stored_answer(row: message::Model) -> StoredAnswer {
 
 /// Answers still `streaming` whose row has not moved for `stale_after`: their process
 /// died (a live generation checkpoints well within that). Marks them failed, keeping
-/// their checkpointed text, so clients resuming them are told. Safe with several nodes.
+/// their checkpointed text. Safe with several nodes. No reader waits on such a row to be
+/// told: a resume of a `streaming` row no generation runs already reads it as
+/// interrupted, with the same text and `UNAVAILABLE` this writes.
 pub async fn fail_stale_answers(db: &DatabaseConnection, stale_after: Duration) -> Result<u64, DbErr> {
     let cutoff = Utc::now() - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
     let res = message::Entity::update_many()

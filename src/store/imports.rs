@@ -11,7 +11,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::chat::Status;
+use crate::chat::{Status, text::storable};
 
 /// Rows per `IN (...)` lookup and per multi-row insert: well under the bind-parameter
 /// limits of SQLite (32,766) and PostgreSQL (65,535) at 15 columns a row.
@@ -158,7 +158,7 @@ async fn write_conversations(
             span.first_question = Some(m);
         }
     }
-    let title = |span: &Span| span.first_question.map(|q| q.content.chars().take(80).collect::<String>());
+    let title = |span: &Span| span.first_question.map(|q| storable(&q.content).chars().take(80).collect::<String>());
     let mut created = Vec::new();
     for (id, span) in &spans {
         match stored.get(id) {
@@ -204,7 +204,8 @@ fn message_row(m: &ImportedMessage) -> message::ActiveModel {
         conversation_id: Set(m.conversation_id),
         user_id: Set(m.user_id.clone()),
         role: Set(m.role.clone()),
-        content: Set(m.content.clone()),
+        // U+0000 as chat:start stores it (PostgreSQL cannot store it at all).
+        content: Set(storable(&m.content).into_owned()),
         model: Set(m.model.clone()),
         prompt_tokens: Set(m.prompt_tokens),
         completion_tokens: Set(m.completion_tokens),

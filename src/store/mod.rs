@@ -34,9 +34,48 @@ impl StoreError {
         match self {
             Self::NotFound => ChatError::new(ErrorCode::NotFound, "conversation not found"),
             Self::DuplicateKey => ChatError::code(ErrorCode::Internal),
-            Self::Db(_) => ChatError::code(ErrorCode::Unavailable),
+            Self::Db(e) => db_error(e),
         }
     }
+}
+
+/// What the client is told about a database error: `UNAVAILABLE` (try again) only when
+/// it is a connection or capacity problem; a statement the database refuses, which will
+/// fail the same way again, is `INTERNAL`.
+pub fn db_error(e: &DbErr) -> ChatError {
+    ChatError::code(if is_transient(e) { ErrorCode::Unavailable } else { ErrorCode::Internal })
+}
+
+/// True when `e` is about reaching the database (no connection, a pool timeout, a broken
+/// link, a server shutting down or overloaded, a lock or serialization conflict), not
+/// about the statement itself: the same statement may well succeed later.
+pub fn is_transient(e: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx::Error};
+    let runtime = match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Exec(r) | DbErr::Query(r) => r,
+        _ => return false,
+    };
+    let RuntimeErr::SqlxError(sqlx) = runtime else { return false };
+    match sqlx.as_ref() {
+        Error::Io(_) | Error::Tls(_) | Error::Protocol(_) | Error::PoolTimedOut | Error::PoolClosed | Error::WorkerCrashed => true,
+        Error::Database(db) => {
+            let sqlite = db.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>().is_some();
+            db.code().is_some_and(|code| if sqlite { sqlite_transient(&code) } else { sqlstate_transient(&code) })
+        }
+        _ => false,
+    }
+}
+
+/// PostgreSQL's SQLSTATE classes 08 (connection), 53 (resources), 57 (operator
+/// intervention: shutdown, cancel), and 40001/40P01 (serialization, deadlock).
+fn sqlstate_transient(code: &str) -> bool {
+    ["08", "53", "57"].iter().any(|class| code.starts_with(class)) || code == "40001" || code == "40P01"
+}
+
+/// SQLite's BUSY (5) and LOCKED (6), with their extended codes (the low byte).
+fn sqlite_transient(code: &str) -> bool {
+    matches!(code.parse::<u32>().map(|n| n & 0xff), Ok(5 | 6))
 }
 
 /// Connects with at most `max_connections` pooled connections (`None`: 1 for SQLite,
@@ -181,3 +220,30 @@ pub async fn spawn_wal_checkpointer(url: &str, shutdown: tokio_util::sync::Cance
     Ok(())
 }
 
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sea_orm::{ConnAcquireErr, RuntimeErr, sqlx::Error};
+
+    use super::*;
+
+    fn sqlx(e: Error) -> DbErr {
+        DbErr::Exec(RuntimeErr::SqlxError(Arc::new(e)))
+    }
+
+    #[test]
+    fn only_connection_problems_are_unavailable() {
+        let code = |e: DbErr| StoreError::Db(e).to_chat_error().code;
+        assert_eq!(code(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)), ErrorCode::Unavailable);
+        assert_eq!(code(sqlx(Error::PoolClosed)), ErrorCode::Unavailable);
+        assert_eq!(code(sqlx(Error::Io(std::io::Error::other("reset")))), ErrorCode::Unavailable);
+        assert_eq!(code(DbErr::Exec(RuntimeErr::Internal("refused".into()))), ErrorCode::Internal);
+        assert_eq!(code(sqlx(Error::RowNotFound)), ErrorCode::Internal);
+        assert_eq!(code(DbErr::RecordNotUpdated), ErrorCode::Internal);
+        assert!(sqlstate_transient("08006") && sqlstate_transient("57P01") && sqlstate_transient("40P01"));
+        assert!(!sqlstate_transient("22021") && !sqlstate_transient("23505"));
+        assert!(sqlite_transient("5") && sqlite_transient("517") && !sqlite_transient("19") && !sqlite_transient("2067"));
+    }
+}

@@ -29,6 +29,8 @@ pub enum Reply {
     Burst(Vec<String>),
     /// The answer in writes of this many tokens each, 5 ms apart.
     Bursts(Vec<String>, usize),
+    /// A whole answer, as [`Reply::Answer`], with this many milliseconds before each token.
+    Slow(Vec<String>, u64),
 }
 
 /// The default answer's tokens.
@@ -76,10 +78,14 @@ fn chunk(content: Option<&str>, finish: Option<&str>) -> Bytes {
 async fn reply(State(fake): State<FakeUpstream>, Json(_body): Json<Value>) -> Response {
     *fake.hits.lock().unwrap() += 1;
     let next = fake.script.lock().unwrap().pop_front().unwrap_or(Reply::Answer(TOKENS.to_vec()));
+    let gap = match &next {
+        Reply::Slow(_, ms) => Duration::from_millis(*ms),
+        _ => Duration::from_millis(5),
+    };
     let sse = |frames: Vec<Result<Bytes, std::io::Error>>, then: Tail| {
         let stream = async_stream::stream! {
             for f in frames {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(gap).await;
                 yield f;
             }
             match then {
@@ -118,6 +124,10 @@ async fn reply(State(fake): State<FakeUpstream>, Json(_body): Json<Value>) -> Re
             let frames: Vec<Bytes> = answer(&t).into_iter().map(Result::unwrap).collect();
             let writes = frames.chunks(n).map(|group| Ok(Bytes::from(group.concat()))).collect();
             sse(writes, Tail::End)
+        }
+        Reply::Slow(t, _) => {
+            let t: Vec<&str> = t.iter().map(String::as_str).collect();
+            sse(answer(&t), Tail::End)
         }
         Reply::Status(status, code) => {
             let error = json!({ "error": { "message": "scripted failure", "type": "server_error", "param": null, "code": code } });
