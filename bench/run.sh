@@ -146,7 +146,8 @@ start_server() { # name scenario
       (cd "$WORK" && exec "${base_env[@]}" PORT="$port" HOST=127.0.0.1 JWT_SECRET="$SECRET" \
         OPENAI_BASE_URL="http://127.0.0.1:$MOCK_PORT/v1" OPENAI_API_KEY=x \
         DATABASE_URL="sqlite://$WORK/chatwire-$scenario.db?mode=rwc" \
-        RATE_LIMIT_PER_MINUTE=0 MAX_CONCURRENT_STREAMS_PER_USER=100000 SHUTDOWN_GRACE_SECONDS=2 \
+        RATE_LIMIT_PER_MINUTE=0 LOOKUPS_PER_MINUTE=0 MAX_CONCURRENT_STREAMS_PER_USER=100000 SHUTDOWN_GRACE_SECONDS=2 \
+        MAX_CONNECTIONS=1000000 MAX_CONNECTIONS_PER_IP=1000000 \
         "$CHATWIRE" serve) >"$WORK/$name-$scenario.log" 2>&1 &
       ;;
     nestjs)

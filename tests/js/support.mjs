@@ -106,6 +106,9 @@ export async function startServer(options = {}) {
     MOCK_TOKEN_DELAY_MS: String(tokenDelayMs),
     MOCK_FIRST_TOKEN_DELAY_MS: String(firstTokenDelayMs),
     RUST_LOG: process.env.CHATWIRE_TEST_RUST_LOG || 'warn',
+    // Every test client comes from 127.0.0.1: the per-address cap would count the
+    // jitter run's 400 clients as one attacker.
+    MAX_CONNECTIONS_PER_IP: '100000',
     ...extraEnv,
   });
 
