@@ -375,7 +375,6 @@ mod tests {
     fn limits(total: usize, per_ip: usize) -> Limits {
         Limits { max_connections: total, max_connections_per_ip: per_ip, header_read_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(1) }
     }
-
     #[test]
     fn a_recurring_error_is_logged_once_per_interval_with_the_count_of_the_rest() {
         let mut throttle = Throttle::default();
