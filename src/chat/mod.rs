@@ -4,6 +4,7 @@
 pub mod answer;
 pub mod command;
 pub mod error;
+pub mod json;
 pub mod text;
 
 pub use answer::{AnswerIds, ConnectionId, Final, HistoryMessage, Status, StopReason, Usage};

@@ -95,7 +95,7 @@ fn answer_of(wire: &Wire, headers: &HeaderMap, uri: &Uri, claimed: Option<String
 }
 
 async fn chat(State(wire): State<Wire>, headers: HeaderMap, uri: Uri, body: Bytes) -> Response {
-    let payload: Option<Value> = serde_json::from_slice(&body).ok();
+    let payload: Option<Value> = crate::chat::json::parse_lenient_bytes(&body).ok();
     let user = match authenticate(&wire, &headers, &uri, payload.as_ref().and_then(|p| p.get("userId"))) {
         Ok(user) => user,
         Err(refused) => return *refused,

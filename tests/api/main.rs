@@ -12,6 +12,7 @@ mod flood;
 mod faults;
 mod hardening_auth;
 mod hardening_http;
+mod hardening_input;
 mod hardening_store;
 mod helpers;
 mod http;

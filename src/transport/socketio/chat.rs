@@ -1,9 +1,8 @@
 //! `chat:start`, `chat:stop` and disconnects on `/ai`.
 
-use serde_json::Value;
-use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::extract::{AckSender, SocketRef, State};
 
-use super::{ack_logged, connection_id, emit_logged, event_permit, payload::StopRequest, reader, user_of};
+use super::{ack_logged, connection_id, emit_logged, event_permit, payload::{Payload, StopRequest}, reader, user_of};
 use crate::{
     auth::{self, User},
     chat::{ChatError, ErrorCode, StartCommand},
@@ -20,14 +19,14 @@ pub(super) fn refuse(socket: &SocketRef, ack: AckSender, error: ChatError) {
     emit_logged(socket, "chat:error", &ErrorEvent::bare(&error));
 }
 
-pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, Payload(payload): Payload, ack: AckSender) {
     let Some(_permit) = event_permit(&socket) else {
         return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
     // In open mode a connection is whoever its latest chat:start says (as the NestJS
     // gateway took `userId` from the payload), for every event from then on.
     if wire.auth.is_open()
-        && let Some(named) = payload.as_ref().ok().and_then(|p| auth::claimed_user(p.get("userId")))
+        && let Some(named) = payload.as_ref().ok().and_then(Option::as_ref).and_then(|p| auth::claimed_user(p.get("userId")))
     {
         socket.extensions.insert(named);
     }
@@ -35,7 +34,9 @@ pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, TryD
         return refuse(&socket, ack, ChatError::code(ErrorCode::Internal));
     };
     let command = match payload
-        .map_err(|_| ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"))
+        .ok()
+        .flatten()
+        .ok_or_else(|| ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"))
         .and_then(|p| StartCommand::parse(&p, &user, &wire.config))
     {
         Ok(c) => c,
@@ -64,23 +65,16 @@ pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, TryD
     }
 }
 
-/// How socketioxide's parser says an event came with no argument.
-const NO_ARGUMENT: &str = "first element not found";
-
-pub(super) async fn chat_stop(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+pub(super) async fn chat_stop(socket: SocketRef, State(wire): State<Wire>, Payload(payload): Payload, ack: AckSender) {
     let Some(_permit) = event_permit(&socket) else {
         return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
     let Some(User(user)) = user_of(&socket) else { return };
-    let payload = match payload {
-        Ok(p) => Some(p),
-        // No argument at all is "this socket's current answer"; anything else that does
-        // not parse (too deep, not JSON) is refused, and stops nothing.
-        Err(e) if e.to_string().starts_with(NO_ARGUMENT) => None,
-        Err(e) => {
-            tracing::debug!(sid = %socket.id, error = %e, "chat:stop payload does not parse");
-            return refuse(&socket, ack, ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"));
-        }
+    // No argument at all is "this socket's current answer"; anything that does not parse
+    // (too deep, not JSON) is refused, and stops nothing.
+    let Ok(payload) = payload else {
+        tracing::debug!(sid = %socket.id, "chat:stop payload does not parse");
+        return refuse(&socket, ack, ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"));
     };
     let request = match StopRequest::parse(payload.as_ref()) {
         Ok(r) => r,

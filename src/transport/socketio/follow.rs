@@ -2,14 +2,14 @@
 //! Only the owner reaches an answer; everyone else is told `NOT_FOUND`.
 
 use futures::StreamExt;
-use serde_json::{Value, json};
-use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use serde_json::json;
+use socketioxide::extract::{AckSender, SocketRef, State};
 
 use super::{
     ack_logged,
     chat::refuse,
     event_permit,
-    payload::{ConversationRequest, ResumeRequest},
+    payload::{ConversationRequest, Payload, ResumeRequest},
     reader::{self, Subscriptions},
     user_of,
 };
@@ -20,12 +20,12 @@ use crate::{
 };
 
 /// `chat:resume { messageId, offset }`: the missed text, then live or the stored end.
-pub(super) async fn chat_resume(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+pub(super) async fn chat_resume(socket: SocketRef, State(wire): State<Wire>, Payload(payload): Payload, ack: AckSender) {
     let Some(_permit) = event_permit(&socket) else {
         return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
     let Some(User(user)) = user_of(&socket) else { return };
-    let request = match ResumeRequest::parse(payload.ok().as_ref()) {
+    let request = match ResumeRequest::parse(payload.ok().flatten().as_ref()) {
         Ok(r) => r,
         Err(e) => return refuse(&socket, ack, e),
     };
@@ -51,12 +51,12 @@ pub(super) async fn chat_resume(socket: SocketRef, State(wire): State<Wire>, Try
 
 /// `chat:join { conversationId }`: watch a conversation of yours from this socket too:
 /// its running answer from the start, then each later one, until `chat:leave`.
-pub(super) async fn chat_join(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+pub(super) async fn chat_join(socket: SocketRef, State(wire): State<Wire>, Payload(payload): Payload, ack: AckSender) {
     let Some(_permit) = event_permit(&socket) else {
         return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
     let Some(User(user)) = user_of(&socket) else { return };
-    let request = match ConversationRequest::parse(payload.ok().as_ref()) {
+    let request = match ConversationRequest::parse(payload.ok().flatten().as_ref()) {
         Ok(r) => r,
         Err(e) => return refuse(&socket, ack, e),
     };
@@ -94,8 +94,8 @@ pub(super) async fn chat_join(socket: SocketRef, State(wire): State<Wire>, TryDa
 }
 
 /// `chat:leave { conversationId }`: stop watching.
-pub(super) async fn chat_leave(socket: SocketRef, TryData(payload): TryData<Value>, ack: AckSender) {
-    match ConversationRequest::parse(payload.ok().as_ref()) {
+pub(super) async fn chat_leave(socket: SocketRef, Payload(payload): Payload, ack: AckSender) {
+    match ConversationRequest::parse(payload.ok().flatten().as_ref()) {
         Ok(r) => {
             Subscriptions::of(&socket).leave(r.conversation_id);
             ack_logged(&socket, ack, &json!({ "ok": true, "conversationId": r.conversation_id }));

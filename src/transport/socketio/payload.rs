@@ -1,10 +1,30 @@
 //! The `/ai` requests other than `chat:start`, validated into typed requests at the
 //! edge. Never panics, whatever the JSON.
 
+use std::{convert::Infallible, sync::Arc};
+
 use serde_json::Value;
+use socketioxide::{adapter::Adapter, handler::FromMessageParts, socket::Socket};
 use uuid::Uuid;
 
-use crate::chat::{ChatError, ErrorCode, command::wrong_type};
+use crate::chat::{ChatError, ErrorCode, command::wrong_type, json::parse_lenient};
+
+/// An event's first argument, read as JavaScript wrote it ([`parse_lenient`]): `Ok(None)`
+/// when the event came without one, `Err` when its JSON does not parse (too deep, cut).
+pub(super) struct Payload(pub Result<Option<Value>, ()>);
+
+impl<A: Adapter> FromMessageParts<A> for Payload {
+    type Error = Infallible;
+
+    fn from_message_parts(_: &Arc<Socket<A>>, v: &mut socketioxide::handler::Value, _: &Option<i64>) -> Result<Self, Infallible> {
+        // The common parser keeps an event's JSON as text: `["event", arg, ...]`.
+        let Some(text) = v.as_str() else { return Ok(Self(Err(()))) };
+        Ok(Self(match parse_lenient(text) {
+            Ok(Value::Array(mut args)) if !args.is_empty() => Ok((args.len() > 1).then(|| args.swap_remove(1))),
+            _ => Err(()),
+        }))
+    }
+}
 
 /// A validated `chat:stop`: a message id, or the socket's current generation.
 #[derive(Clone, Debug, PartialEq, Eq)]
