@@ -13,6 +13,13 @@ use crate::config::{AuthConfig, JwtConfig};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User(pub String);
 
+/// A verified token: its user, and its `exp` (Unix seconds) when it has one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub user: User,
+    pub expires_at: Option<i64>,
+}
+
 /// The one error a client sees when it may not connect.
 #[derive(Debug)]
 pub struct Unauthorized;
@@ -76,19 +83,27 @@ impl Authenticator {
 
     /// The user a token names, if the token is valid.
     pub fn verify(&self, token: &str) -> Result<User, AuthError> {
+        self.verify_session(token).map(|s| s.user)
+    }
+
+    /// The user a token names and until when it is valid, if the token is valid now.
+    pub fn verify_session(&self, token: &str) -> Result<Session, AuthError> {
         let Mode::Jwt { keys, user_claim } = &self.mode else {
-            return Ok(User("anonymous".into()));
+            return Ok(Session { user: User("anonymous".into()), expires_at: None });
         };
         let header = decode_header(token)?;
         // The header only picks the key; that key's validation allows its algorithm alone.
         let (_, key, validation) =
             keys.iter().find(|(alg, _, _)| *alg == header.alg).ok_or(AuthError::NoKeyFor(header.alg))?;
         let claims = decode::<Map<String, Value>>(token, key, validation)?.claims;
-        match claims.get(user_claim) {
-            Some(Value::String(s)) if !s.is_empty() => Ok(User(s.clone())),
-            Some(Value::Number(n)) => Ok(User(n.to_string())),
-            _ => Err(AuthError::NoUser(user_claim.clone())),
-        }
+        let user = match claims.get(user_claim) {
+            Some(Value::String(s)) if !s.is_empty() => User(s.clone()),
+            Some(Value::Number(n)) => User(n.to_string()),
+            _ => return Err(AuthError::NoUser(user_claim.clone())),
+        };
+        // Validated above when present; a token without `exp` never expires.
+        let expires_at = claims.get("exp").and_then(Value::as_f64).map(|exp| exp as i64);
+        Ok(Session { user, expires_at })
     }
 }
 

@@ -162,6 +162,10 @@ pub struct Config {
     pub socket_events_in_flight: usize,
     /// Generations a user may run at once, across sockets.
     pub max_concurrent_streams_per_user: usize,
+    /// Open `/ai` sockets and SSE streams one user may hold on this node.
+    pub max_connections_per_user: usize,
+    /// How long a socket whose token expired may stay to send `chat:auth` before it is closed.
+    pub token_expiry_grace: Duration,
     pub on_disconnect: OnDisconnect,
     /// How long deltas are joined before they go out (0: each delta at once).
     pub stream_coalesce: Duration,
@@ -283,6 +287,11 @@ impl Config {
                 0 => return Err(bad("MAX_CONCURRENT_STREAMS_PER_USER", "must be at least 1")),
                 n => n,
             },
+            max_connections_per_user: match env.parse("MAX_CONNECTIONS_PER_USER", 64usize)? {
+                0 => return Err(bad("MAX_CONNECTIONS_PER_USER", "must be at least 1")),
+                n => n,
+            },
+            token_expiry_grace: Duration::from_secs(env.parse("TOKEN_EXPIRY_GRACE_SECONDS", 30u64)?),
             on_disconnect: match env.get("ON_DISCONNECT").unwrap_or("finish") {
                 "finish" => OnDisconnect::Finish,
                 "cancel" => OnDisconnect::Cancel,

@@ -100,7 +100,8 @@ impl Application {
 
         let deliveries = TaskTracker::new();
         let auth = Arc::new(Authenticator::new(&config.auth));
-        let wire = Wire { engine: engine.clone(), config: config.clone(), auth, deliveries: deliveries.clone() };
+        let connections = crate::transport::connections::UserConnections::new(config.max_connections_per_user);
+        let wire = Wire { engine: engine.clone(), config: config.clone(), auth, deliveries: deliveries.clone(), connections };
         let (layer, io) = socketio::layer(wire.clone());
         let counted = io.clone();
         let router = http::router(engine.clone(), wire.auth.clone(), Arc::new(move || socketio::connections(&counted)))

@@ -13,6 +13,8 @@ pub enum ErrorCode {
     InvalidParams,
     InvalidModel,
     Forbidden,
+    Unauthorized,
+    TokenExpired,
     NotFound,
     Busy,
     RateLimit,
@@ -31,6 +33,8 @@ impl ErrorCode {
             Self::InvalidParams => "INVALID_PARAMS",
             Self::InvalidModel => "INVALID_MODEL",
             Self::Forbidden => "FORBIDDEN",
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::TokenExpired => "TOKEN_EXPIRED",
             Self::NotFound => "NOT_FOUND",
             Self::Busy => "BUSY",
             Self::RateLimit => "RATE_LIMIT",
@@ -45,7 +49,7 @@ impl ErrorCode {
     pub fn parse(code: &str) -> Option<Self> {
         [
             Self::InvalidPayload, Self::MessageTooLong, Self::InvalidParams, Self::InvalidModel, Self::Forbidden,
-            Self::NotFound, Self::Busy, Self::RateLimit, Self::UpstreamError, Self::UpstreamTimeout, Self::Unavailable,
+            Self::Unauthorized, Self::TokenExpired, Self::NotFound, Self::Busy, Self::RateLimit, Self::UpstreamError, Self::UpstreamTimeout, Self::Unavailable,
             Self::Internal,
         ]
         .into_iter()
@@ -56,6 +60,7 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             Self::InvalidPayload | Self::InvalidParams | Self::InvalidModel | Self::MessageTooLong => 400,
+            Self::Unauthorized | Self::TokenExpired => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::Busy => 409,
@@ -75,6 +80,8 @@ impl ErrorCode {
             Self::InvalidParams => "invalid parameters",
             Self::InvalidModel => "model is not available",
             Self::Forbidden => "forbidden",
+            Self::Unauthorized => "unauthorized",
+            Self::TokenExpired => "the token has expired; send chat:auth with a fresh one",
             Self::NotFound => "not found",
             Self::Busy => "a generation is already running on this connection",
             Self::RateLimit => "rate limit reached, try again later",

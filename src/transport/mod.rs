@@ -2,6 +2,7 @@
 //! entries into its own frames. `events` holds the `/ai` event payloads, which the SSE
 //! wire sends too.
 
+pub mod connections;
 pub mod events;
 pub mod socketio;
 pub mod sse;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 
 use crate::{auth::Authenticator, config::Config, engine::Engine};
+use connections::UserConnections;
 
 /// What every wire's handlers share; cheap to clone.
 #[derive(Clone)]
@@ -20,4 +22,6 @@ pub struct Wire {
     pub auth: Arc<Authenticator>,
     /// The tasks delivering answers to connections, so shutdown lets their final events out.
     pub deliveries: TaskTracker,
+    /// Every wire's open connections by user, capped by `MAX_CONNECTIONS_PER_USER`.
+    pub connections: UserConnections,
 }

@@ -37,6 +37,7 @@ use crate::{
     engine::{Engine, StartOutcome},
     transport::{
         Wire,
+        connections::ConnectionSlot,
         events::{ConversationCreated, StartAck, StopAck, UserMessageStored, final_event},
     },
 };
@@ -100,6 +101,9 @@ async fn chat(State(wire): State<Wire>, headers: HeaderMap, uri: Uri, body: Byte
         Ok(user) => user,
         Err(refused) => return *refused,
     };
+    let Some(slot) = wire.connections.acquire(&user) else {
+        return Refusal(too_many_connections()).into_response();
+    };
     let Some(payload) = payload else {
         return Refusal(ChatError::new(ErrorCode::InvalidPayload, "the body must be a JSON object")).into_response();
     };
@@ -128,7 +132,7 @@ async fn chat(State(wire): State<Wire>, headers: HeaderMap, uri: Uri, body: Byte
     };
     preamble.insert(0, event("chat:ack", &StartAck::ok(ids, user_message_id)));
     let closed = ClosedGuard { engine: wire.engine.clone(), connection };
-    respond(&wire, preamble, ids, reader, Some(closed))
+    respond(&wire, preamble, ids, reader, (slot, Some(closed)))
 }
 
 /// The query of a request about one answer: where a resume starts, and (open mode) who asks.
@@ -158,8 +162,11 @@ async fn events(
             Err(_) => return Refusal(ChatError::new(ErrorCode::InvalidParams, "offset must be a whole number")).into_response(),
         },
     };
+    let Some(slot) = wire.connections.acquire(&user) else {
+        return Refusal(too_many_connections()).into_response();
+    };
     match wire.engine.subscribe(&user, message_id, offset).await {
-        Ok(s) => respond(&wire, Vec::new(), s.ids, s.reader, None),
+        Ok(s) => respond(&wire, Vec::new(), s.ids, s.reader, (slot, None)),
         Err(e) => Refusal(e).into_response(),
     }
 }
@@ -194,20 +201,29 @@ impl Drop for ClosedGuard {
     }
 }
 
+/// A user at `MAX_CONNECTIONS_PER_USER`: 429, as a socket's refused connect.
+fn too_many_connections() -> ChatError {
+    ChatError::new(ErrorCode::RateLimit, "too many open connections for this user")
+}
+
+/// What a stream holds until it ends: its place among the user's connections, and for
+/// `POST /v1/chat` the guard that tells the engine it is gone.
+type Held = (ConnectionSlot, Option<ClosedGuard>);
+
 /// The event stream: `preamble`, then the answer's log until its final event.
-fn respond(wire: &Wire, preamble: Vec<Event>, ids: AnswerIds, reader: Box<dyn LogReader>, closed: Option<ClosedGuard>) -> Response {
+fn respond(wire: &Wire, preamble: Vec<Event>, ids: AnswerIds, reader: Box<dyn LogReader>, held: Held) -> Response {
     let keep_alive = KeepAlive::new().interval(wire.config.sse_keepalive).text("keep-alive");
-    Sse::new(answer_events(preamble, ids, reader, closed)).keep_alive(keep_alive).into_response()
+    Sse::new(answer_events(preamble, ids, reader, held)).keep_alive(keep_alive).into_response()
 }
 
 fn answer_events(
     preamble: Vec<Event>,
     ids: AnswerIds,
     mut reader: Box<dyn LogReader>,
-    closed: Option<ClosedGuard>,
+    held: Held,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     stream! {
-        let _closed = closed;
+        let _held = held;
         for e in preamble {
             yield Ok(e);
         }

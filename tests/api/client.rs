@@ -141,9 +141,8 @@ impl Client {
                 other => held.push(other),
             }
         };
-        for (i, e) in held.into_iter().enumerate() {
-            self.backlog.insert(i, e);
-        }
+        // Held events came after those already waiting: arrival order is kept.
+        self.backlog.extend(held);
         ack
     }
 
@@ -202,6 +201,17 @@ impl Client {
             }
         };
         tokio::time::timeout(wait, closed).await.is_ok()
+    }
+
+    /// True when the server disconnects this socket from the namespace (`socket.disconnect()`,
+    /// the Socket.IO DISCONNECT packet) within `wait`; everything read before is dropped.
+    pub async fn wait_disconnected(&mut self, wait: Duration) -> bool {
+        let disconnect = format!("1{NS},");
+        tokio::time::timeout(wait, async {
+            while self.recv_raw_inner().await != disconnect {}
+        })
+        .await
+        .is_ok()
     }
 
     /// Closes the transport abruptly.

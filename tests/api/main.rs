@@ -13,6 +13,7 @@ mod faults;
 mod hardening_auth;
 mod hardening_http;
 mod hardening_input;
+mod hardening_session;
 mod hardening_store;
 mod helpers;
 mod http;

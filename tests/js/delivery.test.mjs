@@ -147,7 +147,7 @@ describe('chat:join while the answer streams in bursts', () => {
   let server;
   before(async () => {
     upstream = await startUpstream({ answer: () => TEXT, burst: BURST, gapMs: GAP_MS });
-    server = await startServer({ env: { OPENAI_BASE_URL: upstream.baseUrl, UPSTREAM_ATTEMPTS: '1' } });
+    server = await startServer({ env: { OPENAI_BASE_URL: upstream.baseUrl, UPSTREAM_ATTEMPTS: '1', MAX_CONNECTIONS_PER_USER: String(JOINERS + 10) } });
   });
   after(async () => {
     closeAllSockets();

@@ -33,6 +33,9 @@ pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, Payl
     let Some(User(user)) = user_of(&socket) else {
         return refuse(&socket, ack, ChatError::code(ErrorCode::Internal));
     };
+    if super::session::expired(&socket) {
+        return refuse(&socket, ack, super::session::expired_error());
+    }
     let command = match payload
         .ok()
         .flatten()
@@ -89,6 +92,7 @@ pub(super) async fn chat_stop(socket: SocketRef, State(wire): State<Wire>, Paylo
 }
 
 pub(super) async fn on_disconnect(socket: SocketRef, State(wire): State<Wire>) {
+    super::session::close(&socket);
     reader::Subscriptions::of(&socket).close();
     wire.engine.connection_closed(&connection_id(&socket)).await;
     tracing::debug!(sid = %socket.id, "disconnected");

@@ -25,6 +25,9 @@ pub(super) async fn chat_resume(socket: SocketRef, State(wire): State<Wire>, Pay
         return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
     let Some(User(user)) = user_of(&socket) else { return };
+    if super::session::expired(&socket) {
+        return refuse(&socket, ack, super::session::expired_error());
+    }
     let request = match ResumeRequest::parse(payload.ok().flatten().as_ref()) {
         Ok(r) => r,
         Err(e) => return refuse(&socket, ack, e),
@@ -56,6 +59,9 @@ pub(super) async fn chat_join(socket: SocketRef, State(wire): State<Wire>, Paylo
         return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
     let Some(User(user)) = user_of(&socket) else { return };
+    if super::session::expired(&socket) {
+        return refuse(&socket, ack, super::session::expired_error());
+    }
     let request = match ConversationRequest::parse(payload.ok().flatten().as_ref()) {
         Ok(r) => r,
         Err(e) => return refuse(&socket, ack, e),

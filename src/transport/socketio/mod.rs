@@ -9,6 +9,7 @@ mod chat;
 mod follow;
 mod payload;
 mod reader;
+mod session;
 
 use std::sync::{
     Arc,
@@ -26,7 +27,7 @@ use socketioxide::{
 };
 
 use crate::{
-    auth::{self, AuthError, Unauthorized, User},
+    auth::{self, AuthError, Session, Unauthorized, User},
     chat::ConnectionId,
     transport::{Wire, events::ActiveGeneration},
 };
@@ -73,18 +74,49 @@ pub fn connections(io: &SocketIo) -> usize {
     io.of(NAMESPACE).map(|ns| ns.sockets().len()).unwrap_or(0)
 }
 
-/// The `/ai` connect middleware: verifies, then registers the chat handlers.
-async fn authenticate(socket: SocketRef, auth: TryData<Value>, state: State<Wire>) -> Result<(), Unauthorized> {
-    let limit = state.0.config.socket_events_in_flight;
-    identify(&socket, auth, state)?;
+/// Why a connect to `/ai` is refused; socketioxide sends the text as it is.
+#[derive(Debug)]
+enum ConnectRefused {
+    /// Whatever the reason: `unauthorized`, the reason goes to the log.
+    Unauthorized,
+    /// The user holds `MAX_CONNECTIONS_PER_USER` connections already.
+    TooManyConnections,
+}
+
+impl std::fmt::Display for ConnectRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unauthorized => Unauthorized.fmt(f),
+            Self::TooManyConnections => f.write_str("RATE_LIMIT"),
+        }
+    }
+}
+
+impl From<Unauthorized> for ConnectRefused {
+    fn from(_: Unauthorized) -> Self {
+        Self::Unauthorized
+    }
+}
+
+/// The `/ai` connect middleware: verifies, takes the user's connection place, then
+/// registers the chat handlers (before any `.await`).
+async fn authenticate(socket: SocketRef, auth: TryData<Value>, state: State<Wire>) -> Result<(), ConnectRefused> {
+    let wire = state.0.clone();
+    let verified = identify(&socket, auth, state)?;
+    let Some(slot) = wire.connections.acquire(&verified.user.0) else {
+        tracing::info!(sid = %socket.id, "connection refused: the user is at MAX_CONNECTIONS_PER_USER");
+        return Err(ConnectRefused::TooManyConnections);
+    };
+    session::open(&socket, &wire, Some(slot), verified.expires_at);
     socket.extensions.insert(reader::Subscriptions::default());
-    socket.extensions.insert(InFlight(Arc::new(Semaphore::new(limit))));
+    socket.extensions.insert(InFlight(Arc::new(Semaphore::new(wire.config.socket_events_in_flight))));
     socket.extensions.insert(DropLogged::default());
     socket.on("chat:start", chat::chat_start);
     socket.on("chat:stop", chat::chat_stop);
     socket.on("chat:resume", follow::chat_resume);
     socket.on("chat:join", follow::chat_join);
     socket.on("chat:leave", follow::chat_leave);
+    socket.on("chat:auth", session::chat_auth);
     socket.on_disconnect(chat::on_disconnect);
     Ok(())
 }
@@ -92,16 +124,18 @@ async fn authenticate(socket: SocketRef, auth: TryData<Value>, state: State<Wire
 /// The root namespace's connect middleware. Socket.IO v2 clients (protocol v4) join `/`
 /// before any other namespace; they must hold a valid token there too.
 async fn authenticate_root(socket: SocketRef, auth: TryData<Value>, state: State<Wire>) -> Result<(), Unauthorized> {
-    identify(&socket, auth, state)
+    identify(&socket, auth, state).map(drop)
 }
 
 /// Verifies the socket's credentials (handshake `auth.token`, then the request's
 /// Bearer header or `?token=`) and stores its [`User`].
-fn identify(socket: &SocketRef, TryData(auth): TryData<Value>, State(wire): State<Wire>) -> Result<(), Unauthorized> {
+fn identify(socket: &SocketRef, TryData(auth): TryData<Value>, State(wire): State<Wire>) -> Result<Session, Unauthorized> {
     let auth = auth.ok();
-    let user = if wire.auth.is_open() {
+    let verified = if wire.auth.is_open() {
         // Each anonymous connection is a user of its own: testers share nothing.
-        auth::claimed_user(auth.as_ref().and_then(|a| a.get("userId"))).unwrap_or_else(|| User(format!("anonymous-{}", socket.id)))
+        let user = auth::claimed_user(auth.as_ref().and_then(|a| a.get("userId")))
+            .unwrap_or_else(|| User(format!("anonymous-{}", socket.id)));
+        Session { user, expires_at: None }
     } else {
         let handshake = match auth.as_ref().and_then(|a| a.get("token")) {
             Some(Value::String(t)) if !t.is_empty() => Some(t.as_str().into()),
@@ -111,13 +145,13 @@ fn identify(socket: &SocketRef, TryData(auth): TryData<Value>, State(wire): Stat
             tracing::info!(sid = %socket.id, reason = %AuthError::Missing, "connection refused");
             Unauthorized
         })?;
-        wire.auth.verify(&token).map_err(|reason| {
+        wire.auth.verify_session(&token).map_err(|reason| {
             tracing::info!(sid = %socket.id, %reason, "connection refused");
             Unauthorized
         })?
     };
-    socket.extensions.insert(user);
-    Ok(())
+    socket.extensions.insert(verified.user.clone());
+    Ok(verified)
 }
 
 /// The connect handler, run once the client knows it is connected: tells it which of
