@@ -203,6 +203,37 @@ impl Client {
         tokio::time::timeout(wait, closed).await.is_ok()
     }
 
+    /// Sends the event array `array` (any text) asking for an ack, and waits for that ack
+    /// (`Some`) or for the server to close the connection (`None`); other packets are
+    /// dropped. Panics when neither comes within [`RECV_TIMEOUT`]: input left unanswered.
+    pub async fn ack_or_close(&mut self, array: &str) -> Option<Value> {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        let Transport::Ws(ws) = &mut self.transport else { panic!("websocket only") };
+        if ws.send(Message::text(format!("42{NS},{id}{array}"))).await.is_err() {
+            return None;
+        }
+        let answer = async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+                    Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
+                        let _ = ws.send(Message::text("3")).await;
+                    }
+                    Some(Ok(Message::Text(t))) => {
+                        if let Some(Incoming::Ack { id: got, data }) = t.strip_prefix('4').and_then(parse)
+                            && got == id
+                        {
+                            return Some(data);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                }
+            }
+        };
+        tokio::time::timeout(RECV_TIMEOUT, answer).await.unwrap_or_else(|_| panic!("no ack and no close for {array}"))
+    }
+
     /// True when the server disconnects this socket from the namespace (`socket.disconnect()`,
     /// the Socket.IO DISCONNECT packet) within `wait`; everything read before is dropped.
     pub async fn wait_disconnected(&mut self, wait: Duration) -> bool {

@@ -9,6 +9,7 @@ mod database;
 mod delivery;
 mod fake_upstream;
 mod flood;
+mod fuzz;
 mod faults;
 mod hardening_auth;
 mod hardening_http;

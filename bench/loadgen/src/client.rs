@@ -231,3 +231,18 @@ impl Conn {
         }
     }
 }
+
+impl Conn {
+    /// Sends an Engine.IO text frame as it is (for attack-shaped traffic).
+    pub async fn send_raw_text(&mut self, text: String) -> Result<(), ClientError> {
+        self.send_text(text).await
+    }
+
+    /// Sends one binary WebSocket frame (a Socket.IO attachment).
+    pub async fn send_binary(&mut self, data: Vec<u8>) -> Result<(), ClientError> {
+        self.ws
+            .send(Message::Binary(data.into()))
+            .await
+            .map_err(|e| ClientError::Closed(e.to_string()))
+    }
+}

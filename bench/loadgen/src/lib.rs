@@ -1,10 +1,11 @@
 //! chatwire's load generator: a Socket.IO 5 client over tokio-tungstenite, the bench
-//! scenarios (`idle`, `stream` with its saturation search, `ttft`, `cpu`), the raw WebSocket
+//! scenarios (`idle`, `stream` with its saturation search, `ttft`, `cpu`, `flood`), the raw WebSocket
 //! ceiling server, and the report that joins a run's results.
 
 pub mod ceiling;
 pub mod client;
 pub mod cpu;
+pub mod flood;
 pub mod idle;
 pub mod report;
 pub mod stats;

@@ -5,7 +5,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use loadgen::{Target, ceiling, cpu, idle, report, stream, sys, ttft};
+use loadgen::{Target, ceiling, cpu, flood, idle, report, stream, sys, ttft};
 
 #[derive(Parser)]
 #[command(
@@ -183,6 +183,24 @@ enum Command {
         /// Where to write the joined document.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Attack-shaped traffic; prints the server's RSS before, at its peak during, and after.
+    Flood {
+        #[command(flatten)]
+        common: Common,
+        /// `lookups` (chat:join floods) or `attachments` (binary attachments of 1 MiB).
+        #[arg(long, default_value = "lookups")]
+        kind: String,
+        #[arg(long, default_value_t = 2)]
+        sockets: usize,
+        /// Events per socket (lookups) or attachment frames per socket (attachments).
+        #[arg(long, default_value_t = 60_000)]
+        events: usize,
+        /// Events one socket sends before it reads their acks.
+        #[arg(long, default_value_t = 12_000)]
+        batch: usize,
+        #[arg(long, default_value_t = 2000)]
+        settle_ms: u64,
     },
     /// Print a free TCP port on 127.0.0.1.
     FreePort,
@@ -379,6 +397,27 @@ async fn main() {
             println!("{}", report::goals_text(&doc));
             println!("{}", report::cpu_line(&doc));
             println!("{}", report::ratios_line(&doc));
+        }
+        Command::Flood {
+            common,
+            kind,
+            sockets,
+            events,
+            batch,
+            settle_ms,
+        } => {
+            let cfg = flood::FloodConfig {
+                target: common.target(),
+                secret: common.secret.clone(),
+                label: common.label.clone(),
+                pid: common.pid,
+                kind,
+                sockets,
+                events,
+                batch,
+                settle: Duration::from_millis(settle_ms),
+            };
+            emit(&flood::run(&cfg).await);
         }
         Command::FreePort => {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
