@@ -18,6 +18,7 @@ pub mod startup;
 pub mod store;
 pub mod summary;
 pub mod telemetry;
+pub mod throttle;
 pub mod transport;
 
 pub use config::Config;

@@ -24,6 +24,7 @@ use crate::{
     config::{Config, OnDisconnect},
     providers::{ChatCall, Provider},
     store::{self, NewTurn, StoreError},
+    throttle::LogThrottle,
 };
 pub use crate::cluster::{Ending, Entry};
 
@@ -353,15 +354,21 @@ impl Engine {
 
 /// A start the database refused; the cause goes to the log.
 fn refused_by_store(connection: &ConnectionId, error: StoreError) -> ChatError {
-    if !matches!(error, StoreError::NotFound) {
-        tracing::error!(%connection, error = %error, "storing chat:start failed");
+    static LOG: LogThrottle = LogThrottle::new();
+    if !matches!(error, StoreError::NotFound)
+        && let Some(suppressed) = LOG.hit()
+    {
+        tracing::error!(%connection, error = %error, suppressed, "storing chat:start failed (logged at most every 30 s)");
     }
     error.to_chat_error()
 }
 
 /// A failed read: `UNAVAILABLE` when the database cannot be reached, else `INTERNAL`.
 fn unavailable(e: sea_orm::DbErr) -> ChatError {
-    tracing::error!(error = %e, "database read failed");
+    static LOG: LogThrottle = LogThrottle::new();
+    if let Some(suppressed) = LOG.hit() {
+        tracing::error!(error = %e, suppressed, "database read failed (logged at most every 30 s)");
+    }
     store::db_error(&e)
 }
 

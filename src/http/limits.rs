@@ -12,7 +12,7 @@ use std::{
     pin::{Pin, pin},
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::{Router, body::Body, extract::Request};
@@ -28,10 +28,10 @@ use tokio::{
     sync::watch,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::throttle::LogThrottle;
 use tower::ServiceExt;
 
-/// How often at most a recurring accept error or refusal is logged.
-const LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// Pause after an accept error such as `EMFILE`, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// HTTP/2 pings, so a vanished peer's connection does not stay.
@@ -85,8 +85,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
     let registry = Arc::new(Registry { limits, counts: Mutex::default() });
     let builder = Arc::new(builder(&limits));
     let tasks = TaskTracker::new();
-    let mut accept_errors = Throttle::default();
-    let mut refusals = Throttle::default();
+    let accept_errors = LogThrottle::new();
+    let refusals = LogThrottle::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -201,26 +201,6 @@ fn refuse(tcp: TcpStream) {
 
 fn is_connection_error(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset)
-}
-
-/// Logs a recurring event at most once per [`LOG_INTERVAL`], counting the rest.
-#[derive(Default)]
-struct Throttle {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttle {
-    /// `Some(events not logged since the last time)` when this one should be logged.
-    fn hit(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self.last.is_some_and(|last| now.duration_since(last) < LOG_INTERVAL) {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
 }
 
 /// Open connections, in total and per client IP.
@@ -374,14 +354,6 @@ mod tests {
 
     fn limits(total: usize, per_ip: usize) -> Limits {
         Limits { max_connections: total, max_connections_per_ip: per_ip, header_read_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(1) }
-    }
-    #[test]
-    fn a_recurring_error_is_logged_once_per_interval_with_the_count_of_the_rest() {
-        let mut throttle = Throttle::default();
-        assert_eq!(throttle.hit(), Some(0));
-        assert_eq!((throttle.hit(), throttle.hit()), (None, None));
-        throttle.last = Instant::now().checked_sub(LOG_INTERVAL);
-        assert_eq!(throttle.hit(), Some(2));
     }
 
     #[test]
