@@ -75,11 +75,13 @@ pub fn connections(io: &SocketIo) -> usize {
 
 /// The `/ai` connect middleware: verifies, then registers the chat handlers.
 async fn authenticate(socket: SocketRef, auth: TryData<Value>, state: State<Wire>) -> Result<(), Unauthorized> {
-    let limit = state.0.config.socket_events_in_flight;
+    let (limit, metrics) = (state.0.config.socket_events_in_flight, state.0.engine.metrics().clone());
     identify(&socket, auth, state)?;
     socket.extensions.insert(reader::Subscriptions::default());
     socket.extensions.insert(InFlight(Arc::new(Semaphore::new(limit))));
     socket.extensions.insert(DropLogged::default());
+    // `refuse` counts each error it sends, from wherever it is called.
+    socket.extensions.insert(metrics);
     socket.on("chat:start", chat::chat_start);
     socket.on("chat:stop", chat::chat_stop);
     socket.on("chat:resume", follow::chat_resume);
