@@ -17,6 +17,8 @@ mod helpers;
 mod http;
 mod import;
 mod lifecycle;
+mod metrics;
+mod ready;
 mod limits;
 mod malformed;
 mod resume;
