@@ -37,12 +37,12 @@ pub(super) struct Spec {
 }
 
 /// The span every line of one answer is logged in (both log formats show its fields):
-/// the ids are recorded by [`name_span`] once the turn is stored.
+/// the ids are recorded by [`name_span`] as soon as they are made.
 pub(super) fn span(user: &str, node: &str) -> Span {
     tracing::info_span!("answer", messageId = field::Empty, conversationId = field::Empty, user = %user, node = %node)
 }
 
-/// Names the answer and its conversation in the current (answer) span.
+/// Names the answer and its conversation in the current (answer) span, before the upstream opens.
 pub(super) fn name_span(ids: AnswerIds) {
     let span = Span::current();
     span.record("messageId", field::display(ids.message_id));

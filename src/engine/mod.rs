@@ -178,6 +178,9 @@ impl Engine {
         };
         // The model starts on the answer while the turn is stored: its time to first token
         // and the database's writes overlap. A start refused below drops (aborts) the request.
+        let new_ids = store::NewIds::generate();
+        let conversation_id = command.conversation_id.unwrap_or(new_ids.conversation_id);
+        generation::name_span(AnswerIds { message_id: new_ids.assistant_message_id, conversation_id });
         let upstream = parts.provider.start_open(call);
         let turn = NewTurn {
             user_id: user,
@@ -186,7 +189,7 @@ impl Engine {
             model: &command.model,
             client_message_id: key,
         };
-        let begun = match store::begin_chat(&parts.db, turn).await {
+        let begun = match store::begin_chat_with(&parts.db, turn, new_ids).await {
             Ok(b) => b,
             Err(StoreError::DuplicateKey) => {
                 // Another connection stored the same key first: answer with its ids.
@@ -196,7 +199,6 @@ impl Engine {
             Err(e) => return Err(refused_by_store(connection, e)),
         };
         let ids = AnswerIds { message_id: begun.assistant_message_id, conversation_id: begun.conversation_id };
-        generation::name_span(ids);
         let writer = parts.logs.create(ids.message_id);
         let reader = parts.logs.open(ids.message_id, 0).await.ok_or_else(|| ChatError::code(ErrorCode::Internal))?;
         let stop = Arc::new(StopHandle::default());

@@ -8,7 +8,7 @@ mod turns;
 pub use answers::{AnswerEnd, StoredAnswer, checkpoint_answers, fail_stale_answers, find_answer, finish_answer};
 pub use crate::chat::HistoryMessage;
 pub use imports::{ImportMode, ImportResult, ImportedMessage, Refusal, import_messages};
-pub use turns::{ChatBegun, NewTurn, TurnIds, begin_chat, conversation_history, find_turn, owns_conversation};
+pub use turns::{ChatBegun, NewIds, NewTurn, TurnIds, begin_chat, begin_chat_with, conversation_history, find_turn, owns_conversation};
 
 use std::time::Duration;
 

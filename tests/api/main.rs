@@ -17,6 +17,7 @@ mod helpers;
 mod http;
 mod import;
 mod lifecycle;
+mod logs;
 mod metrics;
 mod ready;
 mod limits;
