@@ -255,4 +255,20 @@ mod tests {
         drop(sse);
         assert!(metrics.encode(0, 0).contains("chatwire_connections{wire=\"sse\"} 0"));
     }
+
+    #[test]
+    fn the_grafana_dashboard_reads_only_metrics_that_exist() {
+        let metrics = Metrics::new();
+        metrics.chat_error(ErrorCode::Internal);
+        metrics.upstream_error("mock", ErrorCode::UpstreamError);
+        let text = metrics.encode(0, 0);
+        let dashboard = include_str!("../docs/grafana-dashboard.json");
+        let mut named = 0;
+        for (at, _) in dashboard.match_indices("chatwire_") {
+            let name: String = dashboard[at..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            assert!(text.contains(&format!("\n{name}")), "the dashboard reads {name}, which /metrics does not have");
+            named += 1;
+        }
+        assert!(named >= 11, "every metric has a panel");
+    }
 }

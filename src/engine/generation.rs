@@ -49,10 +49,10 @@ pub(super) fn name_span(ids: AnswerIds) {
     span.record("conversationId", field::display(ids.conversation_id));
 }
 
-/// Spawns the generation, in the caller's (answer) span. Its claim and its place in the
-/// directory are released when it ends, however it ends (a panic included).
+/// Spawns the generation, logging in the caller's (answer) span. Its claim and its place
+/// in the directory are released when it ends, however it ends (a panic included).
 pub(super) fn spawn(parts: Arc<Parts>, spec: Spec, held: (Claim, Registration)) {
-    tokio::spawn(run(parts, spec, held).in_current_span());
+    tokio::spawn(run(parts, spec, held, Span::current()));
 }
 
 /// What the upstream said about the end of its answer.
@@ -80,10 +80,18 @@ struct Seen {
     usage: Option<Usage>,
 }
 
-async fn run(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration)) {
-    let started = spec.received;
+/// The streaming loop runs outside the answer's span: a span is entered on every poll,
+/// which takes a lock in the log filter, per token. The loop logs nothing; all that comes
+/// after it logs in the span.
+async fn run(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration), span: Span) {
     let mut seen = Seen::default();
     let outcome = stream(&parts, &mut spec, &mut seen).await;
+    end(parts, spec, held, seen, outcome).instrument(span).await;
+}
+
+/// Stores, logs, counts and announces the end of the answer.
+async fn end(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration), seen: Seen, outcome: Outcome) {
+    let started = spec.received;
     let (ending, cut_reason) = match outcome {
         Outcome::Complete { finish_reason, usage } => {
             (Final::Complete { model: spec.model.clone(), finish_reason, usage: usage.unwrap_or_default() }, "")
