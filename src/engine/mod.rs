@@ -176,11 +176,11 @@ impl Engine {
             max_tokens: command.max_tokens,
             temperature: command.temperature,
         };
-        // The model starts on the answer while the turn is stored: its time to first token
-        // and the database's writes overlap. A start refused below drops (aborts) the request.
         let new_ids = store::NewIds::generate();
         let conversation_id = command.conversation_id.unwrap_or(new_ids.conversation_id);
         generation::name_span(AnswerIds { message_id: new_ids.assistant_message_id, conversation_id });
+        // The model starts on the answer while the turn is stored: its time to first token
+        // and the database's writes overlap. A start refused below drops (aborts) the request.
         let upstream = parts.provider.start_open(call);
         let turn = NewTurn {
             user_id: user,
