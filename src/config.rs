@@ -182,6 +182,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// How long a connection may stay open with no request in flight (`HTTP_IDLE_TIMEOUT_MS`).
     pub http_idle_timeout: Duration,
+    /// The Bearer token `/metrics` requires (`METRICS_TOKEN`); `None` leaves it open.
+    pub metrics_token: Option<Secret>,
 }
 
 impl Config {
@@ -309,6 +311,7 @@ impl Config {
             max_connections_per_ip: at_least_one(&env, "MAX_CONNECTIONS_PER_IP", 256)?,
             header_read_timeout: Duration::from_millis(at_least_one(&env, "HEADER_READ_TIMEOUT_MS", 10_000)? as u64),
             http_idle_timeout: Duration::from_millis(at_least_one(&env, "HTTP_IDLE_TIMEOUT_MS", 60_000)? as u64),
+            metrics_token: metrics_token(&env)?,
         })
     }
 
@@ -339,7 +342,7 @@ impl Config {
 #[path = "config_vars.rs"]
 mod vars;
 pub use vars::redact_url;
-use vars::{Vars, at_least_one, auth_config, database_schema, database_url, default_node_id, origin, upstream_config};
+use vars::{Vars, at_least_one, auth_config, database_schema, database_url, default_node_id, metrics_token, origin, upstream_config};
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

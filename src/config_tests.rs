@@ -108,3 +108,13 @@ fn a_mistyped_database_url_is_named_without_its_password() {
     assert_eq!(redact_url("postgres://app@h/d"), "postgres://app@h/d");
     assert_eq!(redact_url("postgres://app:p@ss@h/d?x=@"), "postgres://app:***@h/d?x=@");
 }
+
+#[test]
+fn metrics_token_is_optional_and_must_fit_a_bearer_header() {
+    assert!(Config::from_vars(vars(&[])).unwrap().metrics_token.is_none());
+    let c = Config::from_vars(vars(&[("METRICS_TOKEN", "s3cret-token")])).unwrap();
+    assert_eq!(c.metrics_token.as_ref().map(Secret::expose), Some("s3cret-token"));
+    let e = Config::from_vars(vars(&[("METRICS_TOKEN", "two words")])).unwrap_err();
+    assert_eq!(e.var, "METRICS_TOKEN");
+    assert!(!format!("{c:?}").contains("s3cret-token"), "the token never shows in Debug output");
+}

@@ -162,6 +162,15 @@ impl Vars {
 }
 
 
+/// `METRICS_TOKEN`: sent in an `Authorization: Bearer` header, so visible ASCII only.
+pub(super) fn metrics_token(env: &Vars) -> Result<Option<Secret>, ConfigError> {
+    match env.get("METRICS_TOKEN") {
+        None => Ok(None),
+        Some(token) if token.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(Secret(token.to_owned()))),
+        Some(_) => Err(bad("METRICS_TOKEN", "must be visible ASCII with no spaces (it is sent in an Authorization: Bearer header)")),
+    }
+}
+
 /// A count or duration that must be at least 1.
 pub(super) fn at_least_one(env: &Vars, name: &'static str, default: usize) -> Result<usize, ConfigError> {
     match env.parse(name, default)? {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod import;
+pub mod metrics;
 pub mod providers;
 pub mod startup;
 pub mod store;

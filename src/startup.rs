@@ -17,8 +17,9 @@ use crate::{
     cluster::{MemoryDirectory, MemoryLogs},
     config::{Config, UpstreamConfig},
     engine::Engine,
-    http,
-    providers::{Provider, mock::MockUpstream},
+    http::{self, ready::Readiness},
+    metrics::Metrics,
+    providers::{Provider, UpstreamProbe, mock::MockUpstream},
     store,
     transport::{Wire, socketio, sse},
 };
@@ -59,6 +60,8 @@ pub struct Application {
     mock: Option<MockUpstream>,
     /// Stops every background task once the wires are drained.
     shutdown: CancellationToken,
+    /// Cancelled when shutdown begins: `/ready` answers 503 from then on.
+    draining: CancellationToken,
     deliveries: TaskTracker,
 }
 
@@ -70,9 +73,12 @@ impl Application {
         let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let shutdown = CancellationToken::new();
         let db_error = |e: sea_orm::DbErr| StartError::Database(redacted(&config.database_url, &e.to_string()));
-        let db = store::connect(&config.database_url, config.database_max_connections, &config.database_schema)
+        let mut db = store::connect(&config.database_url, config.database_max_connections, &config.database_schema)
             .await
             .map_err(db_error)?;
+        let metrics = Metrics::new();
+        let timed = metrics.clone();
+        store::time_statements(&mut db, move |elapsed| timed.db_query(elapsed));
         store::spawn_wal_checkpointer(&config.database_url, shutdown.clone()).await.map_err(db_error)?;
         if config.allowed_models.is_empty() && matches!(config.upstream, UpstreamConfig::OpenAi { .. }) {
             tracing::warn!(
@@ -81,21 +87,22 @@ impl Application {
             );
         }
 
-        let (mock, provider) = match &config.upstream {
+        let (mock, base_url, api_key, name) = match &config.upstream {
             UpstreamConfig::Mock(mock_config) => {
                 let mock = MockUpstream::start(mock_config.clone()).await.map_err(StartError::Mock)?;
-                let provider = Provider::new(&mock.base_url(), "mock", config.upstream_timeouts(), config.upstream_retry);
-                (Some(mock), provider)
+                let base_url = mock.base_url();
+                (Some(mock), base_url, "mock", "mock".to_owned())
             }
-            UpstreamConfig::OpenAi { base_url, api_key } => {
-                let provider = Provider::new(base_url, api_key.expose(), config.upstream_timeouts(), config.upstream_retry);
-                (None, provider)
-            }
+            UpstreamConfig::OpenAi { base_url, api_key } => (None, base_url.clone(), api_key.expose(), provider_name(base_url)),
         };
+        let provider =
+            Provider::new(&base_url, api_key, config.upstream_timeouts(), config.upstream_retry).with_metrics(&name, &metrics);
+        let probe = UpstreamProbe::new(&base_url, api_key);
         let config = Arc::new(config);
-        let engine =
-            Engine::new(config.clone(), db.clone(), provider, Arc::new(MemoryDirectory::default()), Arc::new(MemoryLogs::default()));
+        let (directory, logs) = (Arc::new(MemoryDirectory::default()), Arc::new(MemoryLogs::default()));
+        let engine = Engine::new(config.clone(), db.clone(), provider, directory, logs, metrics.clone());
         engine.spawn_background(shutdown.clone());
+        metrics.spawn_lag_probe(shutdown.clone());
         spawn_stale_answer_sweeper(db.clone(), config.stale_answer_after(), shutdown.clone());
 
         let deliveries = TaskTracker::new();
@@ -104,13 +111,17 @@ impl Application {
         let wire = Wire { engine: engine.clone(), config: config.clone(), auth, deliveries: deliveries.clone(), connections };
         let (layer, io) = socketio::layer(wire.clone());
         let counted = io.clone();
-        let router = http::router(engine.clone(), wire.auth.clone(), Arc::new(move || socketio::connections(&counted)))
+        let connections: http::ConnectionCount = Arc::new(move || socketio::connections(&counted));
+        let draining = CancellationToken::new();
+        let router = http::router(engine.clone(), wire.auth.clone(), connections.clone())
+            .merge(http::ready::router(Readiness::new(db.clone(), probe, draining.clone())))
+            .merge(http::scrape::router(engine.clone(), connections, config.metrics_token.as_ref()))
             .merge(sse::router(wire))
             .layer(layer)
             .layer(http::cors(&config))
             .layer(axum::middleware::map_request(http::detach_from_read_buffer));
         let state = AppState { config, db, engine };
-        Ok(Self { listener, router, io, state, mock, shutdown, deliveries })
+        Ok(Self { listener, router, io, state, mock, shutdown, draining, deliveries })
     }
 
     /// The bound address (the real port when `PORT=0`).
@@ -141,11 +152,12 @@ impl Application {
         self.mock.as_ref()
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets running answers
-    /// finish within the grace period, cuts the rest, closes every socket and stops the
-    /// background tasks.
+    /// Serves until `shutdown` resolves, then drains: `/ready` answers 503 at once, so
+    /// load balancers stop sending traffic, while running answers finish within the grace
+    /// period (everything is still served meanwhile). Then it cuts the answers left, stops
+    /// accepting, closes every socket and stops the background tasks.
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
-        let Self { listener, router, io, state, mock: _mock, shutdown, deliveries } = self;
+        let Self { listener, router, io, state, mock: _mock, shutdown, draining, deliveries } = self;
         let stop_accepting = CancellationToken::new();
         let force_close = CancellationToken::new();
         let drained = CancellationToken::new();
@@ -157,12 +169,13 @@ impl Application {
                 signal.await;
                 let engine = &state.engine;
                 tracing::info!(running = engine.running(), "shutting down");
-                stop_accepting.cancel();
+                draining.cancel();
                 if !engine.wait_idle(state.config.shutdown_grace).await {
                     tracing::warn!(running = engine.running(), "grace period over; cutting running answers");
                     engine.stop_all(StopReason::Shutdown);
                     engine.wait_idle(Duration::from_secs(10)).await;
                 }
+                stop_accepting.cancel();
                 // Final events still on their way to sockets go out before they close.
                 deliveries.close();
                 if tokio::time::timeout(DELIVERY_DRAIN, deliveries.wait()).await.is_err() {
@@ -218,6 +231,16 @@ fn redacted(url: &str, message: &str) -> String {
     message
 }
 
+/// The upstream's name in metrics: its host and port, never the URL's credentials.
+fn provider_name(base_url: &str) -> String {
+    let uri = base_url.parse::<::http::Uri>().ok();
+    match (uri.as_ref().and_then(|u| u.host()), uri.as_ref().and_then(|u| u.port_u16())) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_owned(),
+        (None, _) => "upstream".to_owned(),
+    }
+}
+
 /// Marks answers whose process died as failed: once at start-up, then periodically.
 fn spawn_stale_answer_sweeper(db: DatabaseConnection, stale_after: Duration, shutdown: CancellationToken) {
     tokio::spawn(async move {
@@ -252,5 +275,11 @@ mod tests {
         let url = "postgres://app:s%3Dcret@db.internal:5432/chat";
         let said = super::redacted(url, &format!("cannot reach {url}: password s=cret refused, s%3Dcret"));
         assert_eq!(said, "cannot reach postgres://app:***@db.internal:5432/chat: password *** refused, ***");
+    }
+
+    #[test]
+    fn a_provider_is_named_by_its_host_and_port_without_credentials() {
+        assert_eq!(super::provider_name("https://api.openai.com/v1"), "api.openai.com");
+        assert_eq!(super::provider_name("http://user:key@127.0.0.1:11434/v1"), "127.0.0.1:11434");
     }
 }

@@ -74,7 +74,8 @@ Environment (also read from .env; README.md has the full table):
   CHECKPOINT_INTERVAL_MS, SHUTDOWN_GRACE_SECONDS, NODE_ID
   MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP, HEADER_READ_TIMEOUT_MS, HTTP_IDLE_TIMEOUT_MS
   MOCK_RESPONSE, MOCK_TOKEN_DELAY_MS, MOCK_FIRST_TOKEN_DELAY_MS, MOCK_STAMP
-  LOG_FORMAT (pretty|json), RUST_LOG";
+  LOG_FORMAT (pretty|json), RUST_LOG
+  METRICS_TOKEN              Bearer token GET /metrics requires (unset: open)";
 
 #[cfg(test)]
 mod tests {

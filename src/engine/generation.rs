@@ -10,6 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use futures::FutureExt;
 use tokio::time::Instant;
+use tracing::{Instrument, Span, field};
 
 use super::Parts;
 use crate::{
@@ -31,12 +32,27 @@ pub(super) struct Spec {
     pub upstream: OpeningStream,
     pub writer: Box<dyn LogWriter>,
     pub stop: Arc<StopHandle>,
+    /// When its `chat:start` reached the engine: time to first token and duration count from here.
+    pub received: Instant,
 }
 
-/// Spawns the generation. Its claim and its place in the directory are released when
-/// it ends, however it ends (a panic included).
+/// The span every line of one answer is logged in (both log formats show its fields):
+/// the ids are recorded by [`name_span`] as soon as they are made.
+pub(super) fn span(user: &str, node: &str) -> Span {
+    tracing::info_span!("answer", messageId = field::Empty, conversationId = field::Empty, user = %user, node = %node)
+}
+
+/// Names the answer and its conversation in the current (answer) span, before the upstream opens.
+pub(super) fn name_span(ids: AnswerIds) {
+    let span = Span::current();
+    span.record("messageId", field::display(ids.message_id));
+    span.record("conversationId", field::display(ids.conversation_id));
+}
+
+/// Spawns the generation, logging in the caller's (answer) span. Its claim and its place
+/// in the directory are released when it ends, however it ends (a panic included).
 pub(super) fn spawn(parts: Arc<Parts>, spec: Spec, held: (Claim, Registration)) {
-    tokio::spawn(run(parts, spec, held));
+    tokio::spawn(run(parts, spec, held, Span::current()));
 }
 
 /// What the upstream said about the end of its answer.
@@ -64,10 +80,18 @@ struct Seen {
     usage: Option<Usage>,
 }
 
-async fn run(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration)) {
-    let started = Instant::now();
+/// The streaming loop runs outside the answer's span: a span is entered on every poll,
+/// which takes a lock in the log filter, per token. The loop logs nothing; all that comes
+/// after it logs in the span.
+async fn run(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration), span: Span) {
     let mut seen = Seen::default();
     let outcome = stream(&parts, &mut spec, &mut seen).await;
+    end(parts, spec, held, seen, outcome).instrument(span).await;
+}
+
+/// Stores, logs, counts and announces the end of the answer.
+async fn end(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration), seen: Seen, outcome: Outcome) {
+    let started = spec.received;
     let (ending, cut_reason) = match outcome {
         Outcome::Complete { finish_reason, usage } => {
             (Final::Complete { model: spec.model.clone(), finish_reason, usage: usage.unwrap_or_default() }, "")
@@ -76,6 +100,7 @@ async fn run(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration)) {
         Outcome::Stopped(StopReason::Shutdown) => (Final::shutdown(), "shutdown"),
         Outcome::Failed(cause) => {
             tracing::warn!(message_id = %spec.ids.message_id, error = %cause, "upstream failed");
+            parts.provider.record_error(&cause);
             (Final::Failed(cause.to_chat_error()), "error")
         }
     };
@@ -90,6 +115,11 @@ async fn run(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration)) {
         Err(error) => Final::Failed(error),
     };
     log_answer(&spec, &ending, started, &seen);
+    let ttft = seen.first_token.map(|t| t.duration_since(started));
+    parts.metrics.answer_ended(ending.status(), started.elapsed(), ttft);
+    if let Final::Failed(error) = &ending {
+        parts.metrics.chat_error(error.code);
+    }
 
     // The connection is free before the final entry is read, so its next start never
     // sees BUSY. The answer leaves the directory once its final entry is in the log:
@@ -167,7 +197,7 @@ async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
             }
             piece = upstream.next() => {
                 let mut next = Some(piece);
-                let mut taken = 0;
+                let (mut taken, pieces_before) = (0, seen.pieces);
                 // Pieces already waiting join this append: when the server falls behind
                 // it appends less often, in larger pieces, and never waits for more.
                 while let Some(piece) = next.take() {
@@ -180,6 +210,7 @@ async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
                         Ok(None) => end.done = true,
                         Err(e) => {
                             spec.writer.append(&held);
+                            parts.metrics.tokens_streamed(u64::from(seen.pieces - pieces_before));
                             return Outcome::Failed(e);
                         }
                     }
@@ -188,6 +219,7 @@ async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
                         next = upstream.next().now_or_never();
                     }
                 }
+                parts.metrics.tokens_streamed(u64::from(seen.pieces - pieces_before));
                 if !held.is_empty() {
                     seen.first_token.get_or_insert_with(Instant::now);
                     if window.is_zero() || end.done {

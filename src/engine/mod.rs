@@ -13,6 +13,7 @@ use std::{sync::Arc, time::Duration};
 
 use futures::{StreamExt, stream::BoxStream};
 use sea_orm::DatabaseConnection;
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub use checkpoint::Checkpoints;
@@ -22,6 +23,7 @@ use crate::{
     chat::{AnswerIds, ChatError, ConnectionId, ErrorCode, HistoryMessage, StartCommand, Status, StopReason},
     cluster::{AnswerLogs, ClaimRefused, Directory, LogReader, RunningAnswer, StopHandle},
     config::{Config, OnDisconnect},
+    metrics::Metrics,
     providers::{ChatCall, Provider},
     store::{self, NewTurn, StoreError},
     throttle::LogThrottle,
@@ -84,6 +86,7 @@ pub(crate) struct Parts {
     pub checkpoints: Arc<Checkpoints>,
     /// Readers handed out by `subscribe` since start-up (resumes and watchers).
     pub subscriptions: std::sync::atomic::AtomicU64,
+    pub metrics: Metrics,
 }
 
 impl Engine {
@@ -95,11 +98,12 @@ impl Engine {
         provider: Provider,
         directory: Arc<dyn Directory>,
         logs: Arc<dyn AnswerLogs>,
+        metrics: Metrics,
     ) -> Self {
         let limiter = StartRateLimiter::new(config.rate_limit_per_minute);
         let lookups = StartRateLimiter::new(config.lookups_per_minute);
         let (checkpoints, subscriptions) = (Arc::default(), Default::default());
-        Self(Arc::new(Parts { config, db, provider, directory, logs, limiter, lookups, checkpoints, subscriptions }))
+        Self(Arc::new(Parts { config, db, provider, directory, logs, limiter, lookups, checkpoints, subscriptions, metrics }))
     }
 
     /// Runs the checkpoint writer and the rate limiter's sweeper until `shutdown`.
@@ -119,8 +123,21 @@ impl Engine {
         &self.0.checkpoints
     }
 
-    /// Starts an answer for `user` on `connection`.
+    /// This server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// Starts an answer for `user` on `connection`. Everything it logs, the upstream
+    /// request and the generation included, is in one `answer` span naming the answer,
+    /// its conversation, the user and this node.
     pub async fn start(&self, connection: &ConnectionId, user: &str, command: StartCommand) -> Result<StartOutcome, ChatError> {
+        let span = generation::span(user, &self.0.config.node_id);
+        self.start_in_span(connection, user, command).instrument(span).await
+    }
+
+    async fn start_in_span(&self, connection: &ConnectionId, user: &str, command: StartCommand) -> Result<StartOutcome, ChatError> {
+        let received = tokio::time::Instant::now();
         let parts = &self.0;
         let key = command.client_message_id.as_deref();
         if let Some(key) = key {
@@ -160,6 +177,9 @@ impl Engine {
             max_tokens: command.max_tokens,
             temperature: command.temperature,
         };
+        let new_ids = store::NewIds::generate();
+        let conversation_id = command.conversation_id.unwrap_or(new_ids.conversation_id);
+        generation::name_span(AnswerIds { message_id: new_ids.assistant_message_id, conversation_id });
         // The model starts on the answer while the turn is stored: its time to first token
         // and the database's writes overlap. A start refused below drops (aborts) the request.
         let upstream = parts.provider.start_open(call);
@@ -170,7 +190,7 @@ impl Engine {
             model: &command.model,
             client_message_id: key,
         };
-        let begun = match store::begin_chat(&parts.db, turn).await {
+        let begun = match store::begin_chat_with(&parts.db, turn, new_ids).await {
             Ok(b) => b,
             Err(StoreError::DuplicateKey) => {
                 // Another connection stored the same key first: answer with its ids.
@@ -185,7 +205,7 @@ impl Engine {
         let stop = Arc::new(StopHandle::default());
         let running = RunningAnswer { ids, user_id: user.to_owned(), connection: connection.clone() };
         let registration = parts.directory.register(running, stop.clone()).await;
-        let spec = generation::Spec { ids, user_id: user.to_owned(), model: command.model, upstream, writer, stop };
+        let spec = generation::Spec { ids, user_id: user.to_owned(), model: command.model, upstream, writer, stop, received };
         generation::spawn(self.0.clone(), spec, (claim, registration));
         Ok(StartOutcome::Started(Started { ids, user_message_id: begun.user_message_id, created: begun.created, reader }))
     }

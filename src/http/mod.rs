@@ -1,7 +1,10 @@
-//! Plain HTTP beside the wires: `/health`, `/` (name and version only), the live counts
-//! at `/v1/status` for holders of a token, and the CORS allowlist.
+//! Plain HTTP beside the wires: `/health` (liveness), `/ready` (readiness), `/metrics`
+//! (Prometheus), `/` (name and version only), the live counts at `/v1/status` for
+//! holders of a token, and the CORS allowlist.
 
 pub mod limits;
+pub mod ready;
+pub mod scrape;
 
 use std::sync::Arc;
 
@@ -74,15 +77,11 @@ pub async fn detach_from_read_buffer(request: Request) -> Request {
     Request::from_parts(parts, body)
 }
 
-/// 200 while the database answers, 503 when it does not.
-async fn health(State(s): State<HttpState>) -> (StatusCode, Json<Value>) {
-    match s.engine.db().ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ok", "database": "ok", "version": env!("CARGO_PKG_VERSION") }))),
-        Err(e) => {
-            tracing::warn!(error = %e, "health check: database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "database": "unreachable" })))
-        }
-    }
+/// Liveness: 200 whenever the process serves HTTP, draining included. It checks
+/// nothing else on purpose: a database or upstream outage is not cured by restarting
+/// the process (`/ready` says whether to send traffic).
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
 }
 
 /// What anyone may know: the service and its version.

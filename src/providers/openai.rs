@@ -1,7 +1,7 @@
 //! The one seam to the model: async-openai's streaming chat completions against
 //! any OpenAI-compatible base URL (the built-in mock included).
 
-use std::{future::Future, pin::Pin, task::Poll, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, task::Poll, time::Duration};
 
 use async_openai::{
     Client,
@@ -16,8 +16,12 @@ use async_openai::{
 use async_openai::middleware::{ReqwestService, retry::OpenAIRetryLayer};
 use futures::StreamExt;
 use tokio::time::Sleep;
+use tracing::Instrument;
 
-use crate::chat::{ChatError, ErrorCode, HistoryMessage, Usage};
+use crate::{
+    chat::{ChatError, ErrorCode, HistoryMessage, Usage},
+    metrics::Metrics,
+};
 
 /// A client for one upstream, cloned cheaply into every generation.
 #[derive(Clone)]
@@ -26,6 +30,8 @@ pub struct Provider {
     first_token_timeout: Duration,
     idle_timeout: Duration,
     retry: RetryPolicy,
+    /// Where failed requests are counted, and the provider's name there.
+    errors: Option<(Metrics, Arc<str>)>,
 }
 
 /// How failures before the first token are retried: connect errors, 429 and 5xx.
@@ -116,15 +122,28 @@ impl Provider {
             .layer(OpenAIRetryLayer::new(0))
             .service(ReqwestService::new(reqwest::Client::new()));
         let client = Client::with_config(config).with_http_service(http);
-        Self { client, first_token_timeout: timeouts.0, idle_timeout: timeouts.1, retry }
+        Self { client, first_token_timeout: timeouts.0, idle_timeout: timeouts.1, retry, errors: None }
+    }
+
+    /// Counts this provider's failed requests in `metrics`, as `provider`.
+    pub fn with_metrics(mut self, provider: &str, metrics: &Metrics) -> Self {
+        self.errors = Some((metrics.clone(), provider.into()));
+        self
+    }
+
+    /// Counts one failed request (an attempt that is retried counts too).
+    pub fn record_error(&self, error: &UpstreamError) {
+        if let Some((metrics, provider)) = &self.errors {
+            metrics.upstream_error(provider, error.to_chat_error().code);
+        }
     }
 
     /// Starts opening the stream in the background, so the model works on the answer
     /// while the caller does something else (stores the turn). Dropping the result
-    /// aborts the request.
+    /// aborts the request. It logs in the caller's span.
     pub fn start_open(&self, call: ChatCall) -> OpeningStream {
         let provider = self.clone();
-        OpeningStream(tokio::spawn(async move { provider.open(call).await }))
+        OpeningStream(tokio::spawn(async move { provider.open(call).await }.in_current_span()))
     }
 
     /// Opens the stream, retrying connect errors, 429 and 5xx with jittered backoff.
@@ -133,6 +152,7 @@ impl Provider {
         loop {
             match self.open_once(call.clone()).await {
                 Err(e @ (UpstreamError::Unavailable(_) | UpstreamError::RateLimited(_))) if attempt < self.retry.attempts => {
+                    self.record_error(&e);
                     let delay = jittered(self.retry.base_delay * 2u32.saturating_pow(attempt - 1));
                     tracing::info!(attempt, ?delay, error = %e, "upstream failed before the first token; retrying");
                     tokio::time::sleep(delay).await;

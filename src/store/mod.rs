@@ -8,7 +8,7 @@ mod turns;
 pub use answers::{AnswerEnd, StoredAnswer, checkpoint_answers, fail_stale_answers, find_answer, finish_answer};
 pub use crate::chat::HistoryMessage;
 pub use imports::{ImportMode, ImportResult, ImportedMessage, Refusal, import_messages};
-pub use turns::{ChatBegun, NewTurn, TurnIds, begin_chat, conversation_history, find_turn, owns_conversation};
+pub use turns::{ChatBegun, NewIds, NewTurn, TurnIds, begin_chat, begin_chat_with, conversation_history, find_turn, owns_conversation};
 
 use std::time::Duration;
 
@@ -108,6 +108,13 @@ pub async fn connect(url: &str, max_connections: Option<u32>, schema: &str) -> R
     let db = Database::connect(options).await?;
     migrate(&db, schema).await?;
     Ok(db)
+}
+
+/// Times every statement run on `db` and on its clones made from now on (those of its
+/// transactions included): `observe` gets each one's execution time, without the wait for
+/// a pooled connection. A closure, so the store knows nothing of what records it.
+pub fn time_statements(db: &mut DatabaseConnection, observe: impl Fn(Duration) + Send + Sync + 'static) {
+    db.set_metric_callback(move |info| observe(info.elapsed));
 }
 
 /// The advisory lock key that serializes migrations across processes: the bytes of

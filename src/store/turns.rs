@@ -22,6 +22,25 @@ pub struct ChatBegun {
     pub assistant_message_id: Uuid,
 }
 
+/// The ids of a turn, made before it is stored, so that what is logged meanwhile (the
+/// upstream request opens while the turn is stored) can name the answer already.
+#[derive(Clone, Copy, Debug)]
+pub struct NewIds {
+    /// Used only when the turn starts a conversation.
+    pub conversation_id: Uuid,
+    pub user_message_id: Uuid,
+    pub assistant_message_id: Uuid,
+}
+
+impl NewIds {
+    /// Time-ordered ids, in the order of the rows: a conversation's messages sort by id.
+    pub fn generate() -> Self {
+        let conversation_id = Uuid::now_v7();
+        let user_message_id = Uuid::now_v7();
+        Self { conversation_id, user_message_id, assistant_message_id: Uuid::now_v7() }
+    }
+}
+
 /// What a chat turn stores before the model is called.
 pub struct NewTurn<'a> {
     pub user_id: &'a str,
@@ -49,6 +68,12 @@ pub async fn conversation_history(
 /// creating the conversation when none is given. Four statements in all (begin, the
 /// conversation, both messages, commit): each is a round trip to the database.
 pub async fn begin_chat(db: &DatabaseConnection, turn: NewTurn<'_>) -> Result<ChatBegun, StoreError> {
+    begin_chat_with(db, turn, NewIds::generate()).await
+}
+
+/// [`begin_chat`] with ids made beforehand.
+pub async fn begin_chat_with(db: &DatabaseConnection, turn: NewTurn<'_>, ids: NewIds) -> Result<ChatBegun, StoreError> {
+    let NewIds { conversation_id: new_conversation_id, user_message_id, assistant_message_id } = ids;
     let txn = db.begin().await?;
     let now = Utc::now();
     let (conversation_id, created) = match turn.conversation_id {
@@ -65,7 +90,7 @@ pub async fn begin_chat(db: &DatabaseConnection, turn: NewTurn<'_>) -> Result<Ch
             (id, false)
         }
         None => {
-            let id = Uuid::now_v7();
+            let id = new_conversation_id;
             let conversation = conversation::ActiveModel {
                 id: Set(id),
                 user_id: Set(turn.user_id.to_owned()),
@@ -77,12 +102,10 @@ pub async fn begin_chat(db: &DatabaseConnection, turn: NewTurn<'_>) -> Result<Ch
             (id, true)
         }
     };
-    let user_message_id = Uuid::now_v7();
     let mut question = new_message(conversation_id, user_message_id, turn.user_id, "user", now);
     question.content = Set(turn.message.to_owned());
     question.status = Set(Status::Complete.as_str().to_owned());
     question.client_message_id = Set(turn.client_message_id.map(str::to_owned));
-    let assistant_message_id = Uuid::now_v7();
     let mut answer = new_message(conversation_id, assistant_message_id, turn.user_id, "assistant", now);
     answer.content = Set(String::new());
     answer.status = Set(Status::Streaming.as_str().to_owned());

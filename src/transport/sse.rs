@@ -35,6 +35,7 @@ use crate::{
     chat::{AnswerIds, ChatError, ConnectionId, ErrorCode, StartCommand},
     cluster::{Entry, LogReader},
     engine::{Engine, StartOutcome},
+    metrics::OpenConnection,
     transport::{
         Wire,
         connections::ConnectionSlot,
@@ -52,17 +53,33 @@ pub fn router(wire: Wire) -> Router {
         .route("/v1/chat", post(chat))
         .route("/v1/answers/{message_id}/events", get(events))
         .route("/v1/answers/{message_id}/stop", post(stop))
+        .layer(axum::middleware::map_response_with_state(wire.clone(), count_refusal))
         .with_state(wire)
 }
 
 /// A refusal: the `/ai` refusal ack as a JSON body, with the code's HTTP status.
 struct Refusal(ChatError);
 
+/// The code of a refusal, on its response, for [`count_refusal`].
+#[derive(Clone, Copy)]
+struct Refused(ErrorCode);
+
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(StartAck::err(self.0))).into_response()
+        let code = self.0.code;
+        let mut response = (status, Json(StartAck::err(self.0))).into_response();
+        response.extensions_mut().insert(Refused(code));
+        response
     }
+}
+
+/// Counts every refusal, wherever a handler made it, as `chat:error`s are counted on `/ai`.
+async fn count_refusal(State(wire): State<Wire>, response: Response) -> Response {
+    if let Some(Refused(code)) = response.extensions().get::<Refused>() {
+        wire.engine.metrics().chat_error(*code);
+    }
+    response
 }
 
 /// No token, or a bad one: 401 with the code `UNAUTHORIZED`, whatever the reason.
@@ -206,13 +223,15 @@ fn too_many_connections() -> ChatError {
     ChatError::new(ErrorCode::RateLimit, "too many open connections for this user")
 }
 
-/// What a stream holds until it ends: its place among the user's connections, and for
-/// `POST /v1/chat` the guard that tells the engine it is gone.
-type Held = (ConnectionSlot, Option<ClosedGuard>);
+/// What a stream holds until it ends: its place among the user's connections, for
+/// `POST /v1/chat` the guard that tells the engine it is gone, and its count as an open
+/// SSE connection.
+type Held = (ConnectionSlot, Option<ClosedGuard>, OpenConnection);
 
 /// The event stream: `preamble`, then the answer's log until its final event.
-fn respond(wire: &Wire, preamble: Vec<Event>, ids: AnswerIds, reader: Box<dyn LogReader>, held: Held) -> Response {
+fn respond(wire: &Wire, preamble: Vec<Event>, ids: AnswerIds, reader: Box<dyn LogReader>, held: (ConnectionSlot, Option<ClosedGuard>)) -> Response {
     let keep_alive = KeepAlive::new().interval(wire.config.sse_keepalive).text("keep-alive");
+    let held = (held.0, held.1, wire.engine.metrics().sse_connection());
     Sse::new(answer_events(preamble, ids, reader, held)).keep_alive(keep_alive).into_response()
 }
 

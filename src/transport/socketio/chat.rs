@@ -7,6 +7,7 @@ use crate::{
     auth::{self, User},
     chat::{ChatError, ErrorCode, StartCommand},
     engine::StartOutcome,
+    metrics::Metrics,
     transport::{
         Wire,
         events::{ConversationCreated, ErrorEvent, StartAck, StopAck, UserMessageStored},
@@ -15,6 +16,9 @@ use crate::{
 
 /// Refuses a request: the ack (if asked) and `chat:error` both say why.
 pub(super) fn refuse(socket: &SocketRef, ack: AckSender, error: ChatError) {
+    if let Some(metrics) = socket.extensions.get::<Metrics>() {
+        metrics.chat_error(error.code);
+    }
     ack_logged(socket, ack, &StartAck::err(error.clone()));
     emit_logged(socket, "chat:error", &ErrorEvent::bare(&error));
 }

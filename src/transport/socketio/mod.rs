@@ -108,9 +108,12 @@ async fn authenticate(socket: SocketRef, auth: TryData<Value>, state: State<Wire
         return Err(ConnectRefused::TooManyConnections);
     };
     session::open(&socket, &wire, Some(slot), verified.expires_at);
+    let metrics = wire.engine.metrics().clone();
     socket.extensions.insert(reader::Subscriptions::default());
     socket.extensions.insert(InFlight(Arc::new(Semaphore::new(wire.config.socket_events_in_flight))));
     socket.extensions.insert(DropLogged::default());
+    // `refuse` counts each error it sends, from wherever it is called.
+    socket.extensions.insert(metrics);
     socket.on("chat:start", chat::chat_start);
     socket.on("chat:stop", chat::chat_stop);
     socket.on("chat:resume", follow::chat_resume);
