@@ -108,3 +108,18 @@ fn a_mistyped_database_url_is_named_without_its_password() {
     assert_eq!(redact_url("postgres://app@h/d"), "postgres://app@h/d");
     assert_eq!(redact_url("postgres://app:p@ss@h/d?x=@"), "postgres://app:***@h/d?x=@");
 }
+
+#[test]
+fn cluster_mode_needs_postgresql_and_says_why() {
+    let e = Config::from_vars(vars(&[("REDIS_URL", "redis://127.0.0.1:6379")])).unwrap_err();
+    assert_eq!(e.var, "REDIS_URL");
+    assert!(e.to_string().contains("cluster mode needs a database every node shares"), "{e}");
+    let e = Config::from_vars(vars(&[("REDIS_URL", "http://x"), ("DATABASE_URL", "postgres://h/d")])).unwrap_err();
+    assert_eq!(e.var, "REDIS_URL");
+    let c = Config::from_vars(vars(&[("REDIS_URL", "redis://127.0.0.1:6379/2"), ("DATABASE_URL", "postgres://h/d")])).unwrap();
+    assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6379/2"));
+    assert_eq!(c.node_lease, Duration::from_secs(3));
+    assert_eq!(Config::from_vars(vars(&[])).unwrap().redis_url, None, "one node alone by default");
+    let e = Config::from_vars(vars(&[("NODE_LEASE_MS", "10")])).unwrap_err();
+    assert_eq!(e.var, "NODE_LEASE_MS");
+}

@@ -14,7 +14,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     auth::Authenticator,
     chat::StopReason,
-    cluster::{MemoryDirectory, MemoryLogs},
+    cluster::{self, AnswerLogs, Directory, MemoryDirectory, MemoryLogs, Redis, RedisDirectory, RedisLogs},
     config::{Config, UpstreamConfig},
     engine::Engine,
     http,
@@ -48,6 +48,8 @@ pub enum StartError {
     Database(String),
     #[error("cannot start the mock upstream: {0}")]
     Mock(io::Error),
+    #[error("REDIS_URL: {0}")]
+    Redis(String),
 }
 
 /// A bound, connected server, ready to run.
@@ -93,8 +95,8 @@ impl Application {
             }
         };
         let config = Arc::new(config);
-        let engine =
-            Engine::new(config.clone(), db.clone(), provider, Arc::new(MemoryDirectory::default()), Arc::new(MemoryLogs::default()));
+        let (directory, logs) = cluster_parts(&config, &shutdown)?;
+        let engine = Engine::new(config.clone(), db.clone(), provider, directory, logs);
         engine.spawn_background(shutdown.clone());
         spawn_stale_answer_sweeper(db.clone(), config.stale_answer_after(), shutdown.clone());
 
@@ -194,6 +196,22 @@ impl Application {
         shutdown.cancel();
         Ok(())
     }
+}
+
+/// The directory and logs: in memory on one node, in Redis with `REDIS_URL`.
+fn cluster_parts(config: &Config, shutdown: &CancellationToken) -> Result<(Arc<dyn Directory>, Arc<dyn AnswerLogs>), StartError> {
+    let Some(url) = &config.redis_url else {
+        return Ok((Arc::new(MemoryDirectory::default()), Arc::new(MemoryLogs::default())));
+    };
+    let failed = |e: redis::RedisError| StartError::Redis(e.to_string());
+    let redis = Redis::open(url).map_err(failed)?;
+    let node = cluster::instance_name(&config.node_id);
+    tracing::info!(%node, "cluster mode: answers are shared through redis");
+    // An answer appends at most once per upstream piece, so a stream never needs more entries.
+    let max_entries = config.max_tokens_limit as usize + 16;
+    let logs = RedisLogs::new(redis.clone(), max_entries, shutdown.clone()).map_err(failed)?;
+    let directory = RedisDirectory::start(redis, node, config.node_lease, shutdown.clone()).map_err(failed)?;
+    Ok((directory, Arc::new(logs)))
 }
 
 /// A driver's message about `url` with the URL's password nowhere in it (as written, or

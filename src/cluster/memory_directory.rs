@@ -126,16 +126,7 @@ impl Directory for MemoryDirectory {
         // worst), never missed.
         let starts = self.starts.subscribe();
         let now = self.running_in(conversation_id);
-        let later = futures::stream::unfold(starts, |mut starts| async move {
-            loop {
-                match starts.recv().await {
-                    Ok(answer) => return Some((answer, starts)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        })
-        .filter(move |a| std::future::ready(a.ids.conversation_id == conversation_id));
+        let later = super::directory::started_in(starts, conversation_id);
         futures::stream::iter(now).chain(later).boxed()
     }
 

@@ -76,12 +76,24 @@ pub async fn detach_from_read_buffer(request: Request) -> Request {
 
 /// 200 while the database answers, 503 when it does not.
 async fn health(State(s): State<HttpState>) -> (StatusCode, Json<Value>) {
-    match s.engine.db().ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ok", "database": "ok", "version": env!("CARGO_PKG_VERSION") }))),
+    let (status, mut body) = match s.engine.db().ping().await {
+        Ok(()) => (StatusCode::OK, json!({ "status": "ok", "database": "ok", "version": env!("CARGO_PKG_VERSION") })),
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "database": "unreachable" })))
+            (StatusCode::SERVICE_UNAVAILABLE, json!({ "status": "unavailable", "database": "unreachable" }))
         }
+    };
+    cluster_health(&s.engine, &mut body).await;
+    (status, Json(body))
+}
+
+/// The node's id, and in cluster mode whether Redis answers (`ok` or `unreachable`). A
+/// node without Redis still serves its running answers and every stored one, so it
+/// stays healthy; new starts get `UNAVAILABLE` until Redis is back.
+async fn cluster_health(engine: &Engine, body: &mut Value) {
+    body["nodeId"] = json!(engine.node_id());
+    if let Some(ok) = engine.shared_state_ok().await {
+        body["redis"] = json!(if ok { "ok" } else { "unreachable" });
     }
 }
 
