@@ -49,6 +49,7 @@ pub(super) async fn every_reader_reads_its_rest_then_the_final_entry(w: &dyn Ans
     let stopped = ending(whole, Final::Stopped);
     writer.finish(stopped.clone());
     assert_eq!(writer.append(" more"), 16, "appends after the end are ignored");
+    assert_eq!(writer.text(), whole, "the writer still gives the whole text");
     writer.finish(ending("other", Final::Failed(ChatError::code(ErrorCode::Internal))));
     let (read, end) = read_to_end(from_start.as_mut(), 0).await;
     assert_eq!((read.as_str(), &*end), (whole, &stopped), "the whole text, then exactly one final entry, the first");

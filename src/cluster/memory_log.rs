@@ -89,7 +89,7 @@ impl LogWriter for MemoryWriter {
     }
 
     fn text(&self) -> String {
-        self.tx.borrow().text.clone()
+        current_text(&self.tx.borrow()).to_owned()
     }
 
     fn finish(&mut self, ending: Ending) {
