@@ -15,13 +15,15 @@ import { randomUUID } from 'node:crypto';
 
 import { io } from 'socket.io-client';
 
-import { Recorder, closeAllSockets, sleep, startServer, uniqueUser, waitConnected } from './support.mjs';
+import { resumable } from '../../client-examples/resumable/resumable.js';
+import { Recorder, closeAllSockets, serverStatus, sleep, startServer, uniqueUser, waitConnected } from './support.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const PG = process.env.TEST_POSTGRES_URL || 'postgres://postgres@127.0.0.1:5432/test';
 const REDIS = process.env.TEST_REDIS_URL || 'redis://127.0.0.1:6379';
 const NGINX = 'http://127.0.0.1:8080';
 const WORDS = Array.from({ length: 80 }, (_, i) => `w${i}`);
+const JITTER_CLIENTS = Number(process.env.CHATWIRE_JITTER_CLIENTS || 200);
 const TEXT = WORDS.join(' ');
 
 function reachable(url) {
@@ -113,13 +115,79 @@ describe('three nodes behind nginx', { skip: missing.length ? `needs ${missing.j
     assert.equal(text(one), a.content);
   });
 
+  test(`the jitter run through nginx: ${JITTER_CLIENTS} clients, transports closed every 1-4 s, reconnecting to any node`, { timeout: 120_000 }, async () => {
+    const opts = { transports: ['websocket'], reconnection: true, reconnectionDelay: 250, reconnectionDelayMax: 1000 };
+    let drops = 0;
+    const client = async (i) => {
+      await sleep(i * 20);
+      const user = uniqueUser('cluster-jitter');
+      const token = nodes[0].token(user);
+      const s = socket(NGINX, token, opts);
+      const c = { user, token, text: '', contiguous: true, final: null };
+      const done = new Promise((resolve) => {
+        c.rs = resumable(s, {
+          onChunk(text, meta) {
+            if (meta.offset !== c.text.length) c.contiguous = false;
+            c.text += text;
+          },
+          onEnd: (p) => resolve((c.final = { event: 'chat:end', data: p })),
+          onStopped: (p) => resolve((c.final = { event: 'chat:stopped', data: p })),
+          onError: (p) => p?.messageId && resolve((c.final = { event: 'chat:error', data: p })),
+        });
+      });
+      await waitConnected(s, 30_000);
+      const ack = await new Promise((resolve) => c.rs.start({ message: `jitter ${i}` }, resolve));
+      assert.equal(ack.ok, true, JSON.stringify(ack));
+      c.messageId = ack.messageId;
+      const jitter = (async () => {
+        while (!c.final) {
+          await sleep(1000 + Math.random() * 3000);
+          if (!c.final && s.connected) {
+            drops++;
+            s.io.engine.close();
+          }
+        }
+      })();
+      await Promise.all([done, jitter]);
+      s.close();
+      return c;
+    };
+    const t0 = Date.now();
+    // Midway, every node holds some of the sockets: reconnects spread over the nodes.
+    const spread = sleep(4000).then(() => Promise.all(nodes.map((n) => serverStatus(n))));
+    const clients = await Promise.all(Array.from({ length: JITTER_CLIENTS }, (_, i) => client(i)));
+    const midway = (await spread).map((st) => st.connections);
+    let intact = 0;
+    for (let k = 0; k < clients.length; k += 25) {
+      await Promise.all(
+        clients.slice(k, k + 25).map(async (c) => {
+          const s = await connected(socket(NGINX, c.token, { transports: ['websocket'] }));
+          const rec = new Recorder(s);
+          const res = await s.emitWithAck('chat:resume', { messageId: c.messageId, offset: 0 });
+          const fin = await rec.waitFinal({ timeout: 20_000 });
+          const stored = text(rec);
+          const ok = res.status === 'complete' && fin.event === 'chat:end' && c.final?.event === 'chat:end' && c.contiguous && c.text === stored && stored === TEXT;
+          if (ok) intact++;
+          else console.log(`# not intact: ${c.final?.event} ${c.final?.data?.code ?? ''} ${c.text.length}/${TEXT.length} contiguous=${c.contiguous} stored=${res.status}`);
+          s.close();
+        }),
+      );
+    }
+    console.log(
+      `# cluster jitter run: ${JITTER_CLIENTS} clients through nginx on 3 nodes, ${drops} transport drops, ` +
+        `sockets per node midway ${midway.join('/')}, answers intact=${intact}/${JITTER_CLIENTS}, ${((Date.now() - t0) / 1000).toFixed(1)} s`,
+    );
+    assert.equal(intact, JITTER_CLIENTS, 'every answer intact');
+    assert.ok(midway.every((n) => n > 0), `every node served sockets: ${midway}`);
+  });
+
   test('kill -9 of the node running an answer: the client resumes through nginx and ends with the stored text', async () => {
     const user = uniqueUser();
     const token = nodes[0].token(user);
     const doomed = await connected(socket(nodes[0].url, token, { transports: ['websocket'] }));
     const rec = new Recorder(doomed);
     const ack = await doomed.emitWithAck('chat:start', { message: 'die midway' });
-    await rec.waitFor('chat:message', { from: 5 });
+    await rec.waitFor('chat:message', { from: 14 });
     const gone = new Promise((resolve) => doomed.once('disconnect', resolve));
     nodes[0].child.kill('SIGKILL');
     await gone;
@@ -141,6 +209,7 @@ describe('three nodes behind nginx', { skip: missing.length ? `needs ${missing.j
     await replay.waitFor('chat:error');
     const stored = text(replay);
     assert.equal(stored, got, 'the stored row is exactly what the client got');
-    console.log(`kill -9 through nginx: ${head.length} chars before the kill, ${got.length} received in all, ${stored.length} stored`);
+    const tokens = (t) => t.split(' ').filter(Boolean).length;
+    console.log(`kill -9 through nginx: ${tokens(head)} tokens before the kill, ${tokens(got)} received in all, ${tokens(stored)} stored`);
   });
 });
