@@ -47,6 +47,14 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 }
 
 impl MemoryDirectory {
+    /// Every answer running here, and the claims each user holds here (for a cluster
+    /// node to list them again in a Redis that lost them).
+    pub(super) fn snapshot(&self) -> (Vec<RunningAnswer>, Vec<(String, usize)>) {
+        let inner = lock(&self.inner);
+        let answers = inner.answers.values().map(|(a, _)| a.clone()).collect();
+        (answers, inner.per_user.iter().map(|(u, n)| (u.clone(), *n)).collect())
+    }
+
     fn running_in(&self, conversation_id: Uuid) -> Vec<RunningAnswer> {
         let mut found: Vec<_> =
             lock(&self.inner).answers.values().map(|(a, _)| a.clone()).filter(|a| a.ids.conversation_id == conversation_id).collect();

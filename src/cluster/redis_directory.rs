@@ -145,6 +145,30 @@ async fn listed(redis: &Redis, key: String) -> Option<Vec<RunningAnswer>> {
     Some(found)
 }
 
+/// What lists a running answer in Redis (one transaction).
+pub(super) fn listing(answer: &RunningAnswer, node: &str) -> redis::Pipeline {
+    let id = answer.ids.message_id.to_string();
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("HSET")
+        .arg(keys::answer(answer.ids.message_id))
+        .arg("m")
+        .arg(&id)
+        .arg("c")
+        .arg(answer.ids.conversation_id.to_string())
+        .arg("u")
+        .arg(&answer.user_id)
+        .arg("k")
+        .arg(answer.connection.to_string())
+        .arg("n")
+        .arg(node)
+        .ignore();
+    for set in [keys::user_answers(&answer.user_id), keys::conversation(answer.ids.conversation_id), keys::node_answers(node)] {
+        pipe.cmd("SADD").arg(set).arg(&id).ignore();
+    }
+    pipe
+}
+
 /// What takes a running answer out of Redis.
 pub(super) fn removal(answer: &RunningAnswer, node: &str) -> redis::Pipeline {
     let id = answer.ids.message_id.to_string();
@@ -220,37 +244,8 @@ impl Directory for RedisDirectory {
     async fn register(&self, answer: RunningAnswer, stop: Arc<StopHandle>) -> Registration {
         let local = self.local.register(answer.clone(), stop).await;
         let id = answer.ids.message_id;
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HSET")
-            .arg(keys::answer(id))
-            .arg("m")
-            .arg(id.to_string())
-            .arg("c")
-            .arg(answer.ids.conversation_id.to_string())
-            .arg("u")
-            .arg(&answer.user_id)
-            .arg("k")
-            .arg(answer.connection.to_string())
-            .arg("n")
-            .arg(&self.node)
-            .ignore()
-            .cmd("SADD")
-            .arg(keys::user_answers(&answer.user_id))
-            .arg(id.to_string())
-            .ignore()
-            .cmd("SADD")
-            .arg(keys::conversation(answer.ids.conversation_id))
-            .arg(id.to_string())
-            .ignore()
-            .cmd("SADD")
-            .arg(keys::node_answers(&self.node))
-            .arg(id.to_string())
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(keys::STARTS)
-            .arg(announce(&answer, &self.node))
-            .ignore();
+        let mut pipe = listing(&answer, &self.node);
+        pipe.cmd("PUBLISH").arg(keys::STARTS).arg(announce(&answer, &self.node)).ignore();
         if let Err(e) = self.redis.pipe::<()>(&pipe).await {
             // It runs and is stored; only other nodes' readers miss it.
             tracing::warn!(message_id = %id, error = %e, "registering an answer in redis failed; other nodes will not see it run");

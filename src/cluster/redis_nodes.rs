@@ -135,6 +135,7 @@ async fn renew(
     let redis = directory.redis().clone();
     let node = directory.node().to_owned();
     let adopting: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
+    let mut renewals: u64 = 0;
     let mut tick = tokio::time::interval(lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -149,18 +150,47 @@ async fn renew(
             }
         }
         let mut pipe = redis::pipe();
-        pipe.cmd("SET").arg(keys::lease(&node)).arg(1).arg("PX").arg(lease.as_millis() as u64).ignore();
+        pipe.cmd("SET").arg(keys::lease(&node)).arg(1).arg("PX").arg(lease.as_millis() as u64).arg("GET");
         pipe.cmd("SADD").arg(keys::NODES).arg(&node).ignore();
-        if let Err(e) = redis.pipe::<()>(&pipe).await {
-            tracing::warn!(error = %e, "renewing this node's lease in redis failed");
-            continue;
+        let held = match redis.pipe::<(Option<String>,)>(&pipe).await {
+            Ok((held,)) => held.is_some(),
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing this node's lease in redis failed");
+                continue;
+            }
+        };
+        if !held && renewals > 0 {
+            // The lease was gone (Redis restarted empty, or this node was cut off for a
+            // lease): list this node's answers and claims again.
+            relist(&directory).await;
         }
+        renewals += 1;
         // Keeps the listener's connection alive, reconnecting it after Redis came back.
         let _ = bounded(redis::cmd("PING").query_async::<redis::Value>(&mut subscriber)).await;
         directory.cleanups().retry(&redis).await;
         if let Err(e) = take_over_dead(&directory, lease, &orphans, &adopting).await {
             tracing::warn!(error = %e, "looking for dead nodes failed");
         }
+    }
+}
+
+/// Lists this node's running answers and claims in Redis again.
+async fn relist(directory: &RedisDirectory) {
+    let (answers, claims) = directory.local().snapshot();
+    let node = directory.node();
+    let mut all = redis::pipe();
+    for answer in &answers {
+        let listed = super::redis_directory::listing(answer, node);
+        for cmd in listed.cmd_iter() {
+            all.add_command(cmd.clone()).ignore();
+        }
+    }
+    for (user, n) in &claims {
+        all.cmd("HSET").arg(keys::user_claims(user)).arg(node).arg(*n).ignore();
+    }
+    match directory.redis().pipe::<()>(&all).await {
+        Ok(()) => tracing::warn!(answers = answers.len(), "this node's lease was gone; its answers are listed in redis again"),
+        Err(e) => tracing::warn!(error = %e, "listing this node's answers in redis again failed"),
     }
 }
 

@@ -352,3 +352,37 @@ async fn while_redis_is_down_running_answers_finish_and_starts_are_unavailable_t
     eprintln!("cluster recovered {:?} after Redis came back", back.elapsed());
     assert_eq!(health(&nodes[1]).await["redis"], "ok");
 }
+
+#[tokio::test]
+async fn a_redis_that_lost_its_data_gets_every_running_answer_listed_again() {
+    let Some(db) = cluster_env().await else { return };
+    let redis = PrivateRedis::start();
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let id = format!("relist-node-{i}");
+        let vars = [("DATABASE_URL", db.as_str()), ("REDIS_URL", &url), ("NODE_ID", &id), ("MOCK_TOKEN_DELAY_MS", "150"), ("MOCK_RESPONSE", LONG), ("NODE_LEASE_MS", "600")];
+        nodes.push(spawn_app_with(&vars).await);
+    }
+    let user = user();
+    let mut on_a = nodes[0].client(&user).await;
+    let ack = on_a.emit_with_ack("chat:start", json!({ "message": "outlive the flush" })).await;
+    chunks(&mut on_a, 1).await;
+    let shared = chatwire::cluster::Redis::open(&url).unwrap();
+    shared.query::<String>(&redis::cmd("FLUSHALL")).await.unwrap();
+
+    let flushed = Instant::now();
+    loop {
+        let mut on_b = nodes[1].client(&user).await;
+        let active = on_b.active().await;
+        if active["generations"][0]["messageId"] == ack["messageId"] {
+            let stop = on_b.emit_with_ack("chat:stop", json!({ "messageId": ack["messageId"] })).await;
+            assert_eq!(stop, json!({ "ok": true, "stopped": true }));
+            break;
+        }
+        assert!(flushed.elapsed() < Duration::from_secs(10), "node B never listed the answer again: {active}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (stopped, _) = on_a.until("chat:stopped").await;
+    assert_eq!(json!(stored(&nodes[1], &ack["messageId"]).await.content), stopped["content"]);
+}
