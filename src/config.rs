@@ -128,6 +128,9 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// How long a node's lease in Redis lasts without renewal before others take it for dead.
     pub node_lease: Duration,
+    /// Cluster mode: after an append to an answer's Redis stream, how long text gathers
+    /// before the next one (`CLUSTER_APPEND_MS`).
+    pub cluster_append_window: Duration,
     pub database_url: String,
     /// Pool size; `None` picks one for the database kind.
     pub database_max_connections: Option<u32>,
@@ -243,6 +246,10 @@ impl Config {
             redis_url: redis_url(&env)?,
             node_lease: Duration::from_millis(match env.parse("NODE_LEASE_MS", 3_000u64)? {
                 n if n < 100 => return Err(bad("NODE_LEASE_MS", "must be at least 100")),
+                n => n,
+            }),
+            cluster_append_window: Duration::from_millis(match env.parse("CLUSTER_APPEND_MS", 50u64)? {
+                n if n > 1000 => return Err(bad("CLUSTER_APPEND_MS", "must be at most 1000")),
                 n => n,
             }),
             database_url: database_url(&env)?,

@@ -122,4 +122,7 @@ fn cluster_mode_needs_postgresql_and_says_why() {
     assert_eq!(Config::from_vars(vars(&[])).unwrap().redis_url, None, "one node alone by default");
     let e = Config::from_vars(vars(&[("NODE_LEASE_MS", "10")])).unwrap_err();
     assert_eq!(e.var, "NODE_LEASE_MS");
+    assert_eq!(c.cluster_append_window, Duration::from_millis(50));
+    let e = Config::from_vars(vars(&[("CLUSTER_APPEND_MS", "5000")])).unwrap_err();
+    assert_eq!(e.var, "CLUSTER_APPEND_MS");
 }

@@ -209,7 +209,7 @@ fn cluster_parts(config: &Config, shutdown: &CancellationToken) -> Result<(Arc<d
     tracing::info!(%node, "cluster mode: answers are shared through redis");
     // An answer appends at most once per upstream piece, so a stream never needs more entries.
     let max_entries = config.max_tokens_limit as usize + 16;
-    let logs = RedisLogs::new(redis.clone(), max_entries, shutdown.clone()).map_err(failed)?;
+    let logs = RedisLogs::new(redis.clone(), max_entries, config.cluster_append_window, shutdown.clone()).map_err(failed)?;
     let directory = RedisDirectory::start(redis, node, config.node_lease, shutdown.clone()).map_err(failed)?;
     Ok((directory, Arc::new(logs)))
 }

@@ -4,8 +4,8 @@
 //! a mirror of the stream (`redis_mirror`).
 //!
 //! [`LogWriter::append`] is synchronous: it buffers, and one flush task per answer sends
-//! what gathered, with at most one append in flight and at most one per
-//! [`APPEND_WINDOW`] after the first, so Redis sees far fewer commands than tokens at
+//! what gathered, with at most one append in flight and, after the first, at most one
+//! per window (`CLUSTER_APPEND_MS`), so Redis sees far fewer appends than tokens at
 //! high rates. An append is one script: it checks the expected offset against the
 //! stream's last entry, so a duplicate or out-of-order append cannot happen. The stream
 //! is capped and expires [`ENDED_TTL`] after its final entry.
@@ -36,8 +36,6 @@ use super::{
 };
 use crate::chat::{ChatError, ErrorCode, Final, text};
 
-/// After an append, how long later text gathers before the next one.
-pub const APPEND_WINDOW: Duration = Duration::from_millis(20);
 /// How long an ended answer's stream stays for late readers (then its row serves them).
 pub const ENDED_TTL: Duration = Duration::from_secs(60);
 /// A running answer's stream expires this long after its last append (a safety net).
@@ -63,7 +61,7 @@ if ended then return {-1, cur} end
 if cur ~= tonumber(ARGV[1]) then return {0, cur} end
 if ARGV[4] == '' then
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'o', ARGV[1], 'e', ARGV[2], 't', ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+  if cur == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
 else
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'o', ARGV[1], 'e', ARGV[2], 't', ARGV[3], 'f', ARGV[4])
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
@@ -84,19 +82,23 @@ struct Inner {
     local: MemoryLogs,
     /// Entries a stream keeps at most: above any answer's number of appends.
     max_entries: usize,
+    /// After an append, how long later text gathers before the next one.
+    window: Duration,
     /// Appends sent to Redis since start-up (for the commands-per-token figure).
     appends: AtomicU64,
 }
 
 impl RedisLogs {
-    /// Logs over `redis`; `max_entries` caps each stream. The node's poller runs until `shutdown`.
-    pub fn new(redis: Redis, max_entries: usize, shutdown: CancellationToken) -> redis::RedisResult<Self> {
+    /// Logs over `redis`; `max_entries` caps each stream; appends after the first come at
+    /// most once per `window`. The node's poller runs until `shutdown`.
+    pub fn new(redis: Redis, max_entries: usize, window: Duration, shutdown: CancellationToken) -> redis::RedisResult<Self> {
         let mirrors = Mirrors::start(redis.clone(), shutdown)?;
         let inner = Inner {
             redis,
             script: redis::Script::new(APPEND),
             local: MemoryLogs::default(),
             max_entries: max_entries.max(1024),
+            window,
             appends: AtomicU64::new(0),
         };
         Ok(Self { inner: Arc::new(inner), mirrors })
@@ -283,9 +285,9 @@ impl Flusher {
             if let Some(at) = last_append
                 && ending.is_none()
                 && !self.behind
-                && at.elapsed() < APPEND_WINDOW
+                && at.elapsed() < self.inner.window
             {
-                tokio::time::sleep_until(at + APPEND_WINDOW).await;
+                tokio::time::sleep_until(at + self.inner.window).await;
                 let (more, later) = self.feed.take();
                 batch.push_str(&more);
                 ending = later;

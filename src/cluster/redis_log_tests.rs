@@ -21,7 +21,7 @@ async fn two_nodes() -> Option<(Arc<RedisLogs>, Arc<RedisLogs>, Redis, Cancellat
         return None;
     }
     let shutdown = CancellationToken::new();
-    let node = |_| Arc::new(RedisLogs::new(redis.clone(), 1024, shutdown.clone()).unwrap());
+    let node = |_| Arc::new(RedisLogs::new(redis.clone(), 1024, Duration::from_millis(20), shutdown.clone()).unwrap());
     Some((node(1), node(2), redis, shutdown))
 }
 
