@@ -386,3 +386,14 @@ async fn a_redis_that_lost_its_data_gets_every_running_answer_listed_again() {
     let (stopped, _) = on_a.until("chat:stopped").await;
     assert_eq!(json!(stored(&nodes[1], &ack["messageId"]).await.content), stopped["content"]);
 }
+
+#[test]
+fn redis_with_sqlite_refuses_to_start_and_says_why() {
+    let (code, stderr) = crate::binary::refused_start(&[
+        ("JWT_SECRET", SECRET),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ("DATABASE_URL", "sqlite://never.db?mode=rwc"),
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("REDIS_URL: cluster mode needs a database every node shares"), "{stderr}");
+}
