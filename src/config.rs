@@ -124,6 +124,13 @@ pub struct Config {
     pub allow_client_system_prompt: bool,
     /// This process's name in logs and, in cluster mode, among the nodes (`NODE_ID`).
     pub node_id: String,
+    /// Cluster mode: the Redis every node shares (`REDIS_URL`); `None` runs one node alone.
+    pub redis_url: Option<String>,
+    /// How long a node's lease in Redis lasts without renewal before others take it for dead.
+    pub node_lease: Duration,
+    /// Cluster mode: after an append to an answer's Redis stream, how long text gathers
+    /// before the next one (`CLUSTER_APPEND_MS`).
+    pub cluster_append_window: Duration,
     pub database_url: String,
     /// Pool size; `None` picks one for the database kind.
     pub database_max_connections: Option<u32>,
@@ -238,6 +245,15 @@ impl Config {
             production,
             allow_client_system_prompt: env.parse("ALLOW_CLIENT_SYSTEM_PROMPT", !production)?,
             node_id: env.get("NODE_ID").map_or_else(default_node_id, str::to_owned),
+            redis_url: redis_url(&env)?,
+            node_lease: Duration::from_millis(match env.parse("NODE_LEASE_MS", 3_000u64)? {
+                n if n < 100 => return Err(bad("NODE_LEASE_MS", "must be at least 100")),
+                n => n,
+            }),
+            cluster_append_window: Duration::from_millis(match env.parse("CLUSTER_APPEND_MS", 50u64)? {
+                n if n > 1000 => return Err(bad("CLUSTER_APPEND_MS", "must be at most 1000")),
+                n => n,
+            }),
             database_url: database_url(&env)?,
             database_max_connections: match env.get("DATABASE_MAX_CONNECTIONS") {
                 None => None,
@@ -342,7 +358,7 @@ impl Config {
 #[path = "config_vars.rs"]
 mod vars;
 pub use vars::redact_url;
-use vars::{Vars, at_least_one, auth_config, database_schema, database_url, default_node_id, metrics_token, origin, upstream_config};
+use vars::{Vars, at_least_one, auth_config, database_schema, database_url, default_node_id, metrics_token, origin, redis_url, upstream_config};
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

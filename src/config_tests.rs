@@ -118,3 +118,21 @@ fn metrics_token_is_optional_and_must_fit_a_bearer_header() {
     assert_eq!(e.var, "METRICS_TOKEN");
     assert!(!format!("{c:?}").contains("s3cret-token"), "the token never shows in Debug output");
 }
+
+#[test]
+fn cluster_mode_needs_postgresql_and_says_why() {
+    let e = Config::from_vars(vars(&[("REDIS_URL", "redis://127.0.0.1:6379")])).unwrap_err();
+    assert_eq!(e.var, "REDIS_URL");
+    assert!(e.to_string().contains("cluster mode needs a database every node shares"), "{e}");
+    let e = Config::from_vars(vars(&[("REDIS_URL", "http://x"), ("DATABASE_URL", "postgres://h/d")])).unwrap_err();
+    assert_eq!(e.var, "REDIS_URL");
+    let c = Config::from_vars(vars(&[("REDIS_URL", "redis://127.0.0.1:6379/2"), ("DATABASE_URL", "postgres://h/d")])).unwrap();
+    assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6379/2"));
+    assert_eq!(c.node_lease, Duration::from_secs(3));
+    assert_eq!(Config::from_vars(vars(&[])).unwrap().redis_url, None, "one node alone by default");
+    let e = Config::from_vars(vars(&[("NODE_LEASE_MS", "10")])).unwrap_err();
+    assert_eq!(e.var, "NODE_LEASE_MS");
+    assert_eq!(c.cluster_append_window, Duration::from_millis(50));
+    let e = Config::from_vars(vars(&[("CLUSTER_APPEND_MS", "5000")])).unwrap_err();
+    assert_eq!(e.var, "CLUSTER_APPEND_MS");
+}

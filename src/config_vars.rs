@@ -108,6 +108,22 @@ pub(super) fn database_url(env: &Vars) -> Result<String, ConfigError> {
     ))
 }
 
+/// `REDIS_URL`: cluster mode, which shares the answers through Redis and the rows through
+/// one PostgreSQL. A SQLite file belongs to one process, so SQLite with Redis is refused.
+pub(super) fn redis_url(env: &Vars) -> Result<Option<String>, ConfigError> {
+    let Some(url) = env.get("REDIS_URL") else { return Ok(None) };
+    if !url.starts_with("redis://") {
+        return Err(bad("REDIS_URL", format!("{:?} is not a redis://host[:port][/db] URL", redact_url(url))));
+    }
+    if database_url(env)?.starts_with("sqlite:") {
+        return Err(bad(
+            "REDIS_URL",
+            "cluster mode needs a database every node shares: set DATABASE_URL to a postgres://... URL (a SQLite file belongs to one process)",
+        ));
+    }
+    Ok(Some(url.to_owned()))
+}
+
 /// `url` with the password of its user info (`scheme://user:password@host`) as `***`,
 /// for every message that may show a database URL.
 pub fn redact_url(url: &str) -> String {

@@ -14,7 +14,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     auth::Authenticator,
     chat::StopReason,
-    cluster::{MemoryDirectory, MemoryLogs},
+    cluster::{self, AnswerLogs, Directory, MemoryDirectory, MemoryLogs, Redis, RedisDirectory, RedisLogs},
     config::{Config, UpstreamConfig},
     engine::Engine,
     http::{self, ready::Readiness},
@@ -49,6 +49,8 @@ pub enum StartError {
     Database(String),
     #[error("cannot start the mock upstream: {0}")]
     Mock(io::Error),
+    #[error("REDIS_URL: {0}")]
+    Redis(String),
 }
 
 /// A bound, connected server, ready to run.
@@ -99,7 +101,7 @@ impl Application {
             Provider::new(&base_url, api_key, config.upstream_timeouts(), config.upstream_retry).with_metrics(&name, &metrics);
         let probe = UpstreamProbe::new(&base_url, api_key);
         let config = Arc::new(config);
-        let (directory, logs) = (Arc::new(MemoryDirectory::default()), Arc::new(MemoryLogs::default()));
+        let (directory, logs) = cluster_parts(&config, &shutdown)?;
         let engine = Engine::new(config.clone(), db.clone(), provider, directory, logs, metrics.clone());
         engine.spawn_background(shutdown.clone());
         metrics.spawn_lag_probe(shutdown.clone());
@@ -114,7 +116,7 @@ impl Application {
         let connections: http::ConnectionCount = Arc::new(move || socketio::connections(&counted));
         let draining = CancellationToken::new();
         let router = http::router(engine.clone(), wire.auth.clone(), connections.clone())
-            .merge(http::ready::router(Readiness::new(db.clone(), probe, draining.clone())))
+            .merge(http::ready::router(Readiness::new(db.clone(), probe, draining.clone(), config.redis_url.is_some().then(|| engine.clone()))))
             .merge(http::scrape::router(engine.clone(), connections, config.metrics_token.as_ref()))
             .merge(sse::router(wire))
             .layer(layer)
@@ -207,6 +209,22 @@ impl Application {
         shutdown.cancel();
         Ok(())
     }
+}
+
+/// The directory and logs: in memory on one node, in Redis with `REDIS_URL`.
+fn cluster_parts(config: &Config, shutdown: &CancellationToken) -> Result<(Arc<dyn Directory>, Arc<dyn AnswerLogs>), StartError> {
+    let Some(url) = &config.redis_url else {
+        return Ok((Arc::new(MemoryDirectory::default()), Arc::new(MemoryLogs::default())));
+    };
+    let failed = |e: redis::RedisError| StartError::Redis(e.to_string());
+    let redis = Redis::open(url).map_err(failed)?;
+    let node = cluster::instance_name(&config.node_id);
+    tracing::info!(%node, "cluster mode: answers are shared through redis");
+    // An answer appends at most once per upstream piece, so a stream never needs more entries.
+    let max_entries = config.max_tokens_limit as usize + 16;
+    let logs = RedisLogs::new(redis.clone(), max_entries, config.cluster_append_window, shutdown.clone()).map_err(failed)?;
+    let directory = RedisDirectory::start(redis, node, config.node_lease, shutdown.clone()).map_err(failed)?;
+    Ok((directory, Arc::new(logs)))
 }
 
 /// A driver's message about `url` with the URL's password nowhere in it (as written, or

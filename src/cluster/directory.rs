@@ -52,6 +52,15 @@ pub enum ClaimRefused {
     Busy,
     /// The user runs as many answers as allowed.
     UserLimit,
+    /// The cluster's shared state cannot be reached.
+    Unavailable,
+}
+
+/// An answer whose node died: the node that adopted it ends it, then drops `done`, which
+/// takes it out of the directory.
+pub struct Orphan {
+    pub answer: RunningAnswer,
+    pub done: Guard,
 }
 
 /// A guard that undoes something in the directory when dropped, whatever ends its
@@ -78,6 +87,27 @@ pub type Claim = Guard;
 /// An answer's place in the directory; dropping it removes the answer.
 pub type Registration = Guard;
 
+/// The answers `starts` hears of that start in `conversation_id` (a follower that fell
+/// behind skips some: it re-lists on its next follow).
+pub(super) fn started_in(
+    starts: tokio::sync::broadcast::Receiver<RunningAnswer>,
+    conversation_id: Uuid,
+) -> BoxStream<'static, RunningAnswer> {
+    use futures::StreamExt;
+    use tokio::sync::broadcast::error::RecvError;
+    futures::stream::unfold(starts, |mut starts| async move {
+        loop {
+            match starts.recv().await {
+                Ok(answer) => return Some((answer, starts)),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+    .filter(move |a| std::future::ready(a.ids.conversation_id == conversation_id))
+    .boxed()
+}
+
 /// The directory of running answers.
 #[async_trait]
 pub trait Directory: Send + Sync {
@@ -103,4 +133,17 @@ pub trait Directory: Send + Sync {
     fn stop_local(&self, reason: StopReason);
     /// Waits until no answer runs in this process, or `limit` passes. True when none runs.
     async fn wait_local_empty(&self, limit: std::time::Duration) -> bool;
+    /// Takes one of `user`'s `per_minute` starts from the bucket all nodes share (0: no
+    /// limit). Always true in one process, whose engine keeps its own bucket.
+    async fn allow_start(&self, _user: &str, _per_minute: u32) -> Result<bool, ClaimRefused> {
+        Ok(true)
+    }
+    /// Answers of dead nodes for this node to end, as they are found. `None` in one process.
+    fn orphans(&self) -> Option<BoxStream<'static, Orphan>> {
+        None
+    }
+    /// Whether the shared state answers now; `None` in one process.
+    async fn shared_state_ok(&self) -> Option<bool> {
+        None
+    }
 }

@@ -64,4 +64,10 @@ pub trait AnswerLogs: Send + Sync {
     async fn open(&self, message_id: Uuid, offset: u64) -> Option<Box<dyn LogReader>>;
     /// The UTF-16 length of a running answer so far.
     async fn length(&self, message_id: Uuid) -> Option<u64>;
+    /// A writer that goes on with the log of an answer whose node died, holding the text
+    /// that reached the log, so another node can end it. `None` when the log has ended
+    /// already, or cannot be read (and always in one process).
+    async fn adopt(&self, _message_id: Uuid) -> Option<Box<dyn LogWriter>> {
+        None
+    }
 }

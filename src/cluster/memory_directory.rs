@@ -47,6 +47,14 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 }
 
 impl MemoryDirectory {
+    /// Every answer running here, and the claims each user holds here (for a cluster
+    /// node to list them again in a Redis that lost them).
+    pub(super) fn snapshot(&self) -> (Vec<RunningAnswer>, Vec<(String, usize)>) {
+        let inner = lock(&self.inner);
+        let answers = inner.answers.values().map(|(a, _)| a.clone()).collect();
+        (answers, inner.per_user.iter().map(|(u, n)| (u.clone(), *n)).collect())
+    }
+
     fn running_in(&self, conversation_id: Uuid) -> Vec<RunningAnswer> {
         let mut found: Vec<_> =
             lock(&self.inner).answers.values().map(|(a, _)| a.clone()).filter(|a| a.ids.conversation_id == conversation_id).collect();
@@ -126,16 +134,7 @@ impl Directory for MemoryDirectory {
         // worst), never missed.
         let starts = self.starts.subscribe();
         let now = self.running_in(conversation_id);
-        let later = futures::stream::unfold(starts, |mut starts| async move {
-            loop {
-                match starts.recv().await {
-                    Ok(answer) => return Some((answer, starts)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        })
-        .filter(move |a| std::future::ready(a.ids.conversation_id == conversation_id));
+        let later = super::directory::started_in(starts, conversation_id);
         futures::stream::iter(now).chain(later).boxed()
     }
 

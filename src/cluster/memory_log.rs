@@ -13,13 +13,13 @@ use uuid::Uuid;
 use super::log::{AnswerLogs, Ending, Entry, LogReader, LogWriter};
 use crate::chat::{ChatError, ErrorCode, Final, text};
 
-/// One answer's log.
+/// One answer's log (also what a node mirrors of an answer running on another node).
 #[derive(Default)]
-struct LogState {
-    text: String,
+pub(super) struct LogState {
+    pub(super) text: String,
     /// UTF-16 length of `text`.
-    length: u64,
-    ending: Option<Arc<Ending>>,
+    pub(super) length: u64,
+    pub(super) ending: Option<Arc<Ending>>,
 }
 
 /// The running answers' logs, by message id. A log leaves the map when its writer is
@@ -89,7 +89,7 @@ impl LogWriter for MemoryWriter {
     }
 
     fn text(&self) -> String {
-        self.tx.borrow().text.clone()
+        current_text(&self.tx.borrow()).to_owned()
     }
 
     fn finish(&mut self, ending: Ending) {
@@ -112,7 +112,7 @@ impl Drop for MemoryWriter {
 }
 
 /// A reader's place in one log.
-struct MemoryReader {
+pub(super) struct MemoryReader {
     rx: watch::Receiver<LogState>,
     /// Bytes of the text already read.
     byte: usize,
@@ -122,7 +122,7 @@ struct MemoryReader {
 }
 
 impl MemoryReader {
-    fn new(rx: watch::Receiver<LogState>, offset: u64) -> Self {
+    pub(super) fn new(rx: watch::Receiver<LogState>, offset: u64) -> Self {
         let (byte, offset) = {
             let log = rx.borrow();
             text::byte_index(current_text(&log), offset)

@@ -57,47 +57,6 @@ async fn a_reader_that_stalls_catches_up_with_the_joined_text() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_reader_attached_while_appends_are_under_way_sees_no_gap_and_no_duplicate() {
-    let logs = Arc::new(MemoryLogs::default());
-    let id = Uuid::now_v7();
-    let mut writer = logs.create(id);
-    let words: Vec<String> = (0..200).map(|i| format!("w{i} ")).collect();
-    let whole = words.concat();
-    let appending = tokio::spawn({
-        let words = words.clone();
-        async move {
-            for w in &words {
-                writer.append(w);
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            writer.finish(ending(&words.concat(), Final::Stopped));
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(57)).await;
-    let attach_at = logs.length(id).await.unwrap();
-    let mut reader = logs.open(id, attach_at).await.unwrap();
-    assert_eq!(reader.offset(), attach_at);
-    let mut read = String::new();
-    let mut expected_offset = attach_at;
-    loop {
-        match reader.next(1024).await {
-            Some(Entry::Text { text, offset, end }) => {
-                assert_eq!(offset, expected_offset, "no gap, no overlap");
-                expected_offset = end;
-                read.push_str(&text);
-            }
-            Some(Entry::Final(e)) => {
-                assert_eq!(e.content, whole);
-                break;
-            }
-            None => panic!("the log ended without its final entry"),
-        }
-    }
-    assert_eq!(read, whole[attach_at as usize..], "exactly the rest");
-    appending.await.unwrap();
-}
-
-#[tokio::test(start_paused = true)]
 async fn an_offset_inside_a_surrogate_pair_moves_back_to_its_start() {
     let logs = MemoryLogs::default();
     let id = Uuid::now_v7();
@@ -183,5 +142,31 @@ async fn a_generation_that_dies_without_a_final_entry_fails_its_readers() {
             assert_eq!(e.content, "half");
         }
         other => panic!("expected a failed final entry, got {other:?}"),
+    }
+}
+
+mod contract {
+    //! The behaviours every log implementation shares, on one node.
+    use std::sync::Arc;
+
+    use crate::cluster::log_contract_tests as contract;
+    use super::MemoryLogs;
+
+    #[tokio::test(start_paused = true)]
+    async fn every_reader_reads_its_rest_then_the_final_entry() {
+        let logs = MemoryLogs::default();
+        contract::every_reader_reads_its_rest_then_the_final_entry(&logs, &logs).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_attached_mid_answer_sees_no_gap_and_no_duplicate() {
+        let logs = Arc::new(MemoryLogs::default());
+        contract::a_reader_attached_mid_answer_sees_no_gap_and_no_duplicate(logs.clone(), logs.as_ref()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_length_is_what_readers_can_read() {
+        let logs = MemoryLogs::default();
+        contract::the_length_is_what_readers_can_read(&logs, &logs).await;
     }
 }

@@ -4,6 +4,7 @@
 //! stored rows and the generation task. It knows no wire: a connection is the wire's
 //! own [`ConnectionId`], and what a reader reads is a log [`Entry`].
 
+mod adopt;
 mod checkpoint;
 mod generation;
 mod limits;
@@ -20,7 +21,7 @@ pub use checkpoint::Checkpoints;
 pub use limits::StartRateLimiter;
 
 use crate::{
-    chat::{AnswerIds, ChatError, ConnectionId, ErrorCode, HistoryMessage, StartCommand, Status, StopReason},
+    chat::{AnswerIds, ChatError, ConnectionId, ErrorCode, StartCommand, Status, StopReason},
     cluster::{AnswerLogs, ClaimRefused, Directory, LogReader, RunningAnswer, StopHandle},
     config::{Config, OnDisconnect},
     metrics::Metrics,
@@ -110,7 +111,18 @@ impl Engine {
     pub fn spawn_background(&self, shutdown: tokio_util::sync::CancellationToken) {
         self.0.checkpoints.spawn_writer(self.0.db.clone(), self.0.config.checkpoint_interval, shutdown.clone());
         self.0.limiter.spawn_sweeper(Duration::from_secs(60), shutdown.clone());
-        self.0.lookups.spawn_sweeper(Duration::from_secs(60), shutdown);
+        self.0.lookups.spawn_sweeper(Duration::from_secs(60), shutdown.clone());
+        adopt::spawn(self.0.clone(), shutdown);
+    }
+
+    /// This node's `NODE_ID`.
+    pub fn node_id(&self) -> &str {
+        &self.0.config.node_id
+    }
+
+    /// Whether the cluster's shared state (Redis) answers now; `None` on one node alone.
+    pub async fn shared_state_ok(&self) -> Option<bool> {
+        self.0.directory.shared_state_ok().await
     }
 
     /// The database (for health checks and tools).
@@ -147,14 +159,22 @@ impl Engine {
                 return Ok(repeated);
             }
         }
+        let too_many = || ChatError::new(ErrorCode::RateLimit, "too many chats started; try again shortly");
         if !parts.limiter.allow(user) {
-            return Err(ChatError::new(ErrorCode::RateLimit, "too many chats started; try again shortly"));
+            return Err(too_many());
+        }
+        // In a cluster, the bucket every node shares (a node's own is never the stricter).
+        match parts.directory.allow_start(user, parts.config.rate_limit_per_minute).await {
+            Ok(true) => {}
+            Ok(false) => return Err(too_many()),
+            Err(_) => return Err(ChatError::code(ErrorCode::Unavailable)),
         }
         let claim = match parts.directory.claim(connection, user, parts.config.max_concurrent_streams_per_user).await {
             Ok(claim) => claim,
             Err(ClaimRefused::UserLimit) => {
                 return Err(ChatError::new(ErrorCode::RateLimit, "too many answers streaming at once"));
             }
+            Err(ClaimRefused::Unavailable) => return Err(ChatError::code(ErrorCode::Unavailable)),
             Err(ClaimRefused::Busy) => {
                 // A retry of the start still being stored on this connection is not BUSY.
                 if let Some(key) = key
@@ -172,7 +192,7 @@ impl Engine {
             None => Vec::new(),
         };
         let call = ChatCall {
-            messages: context(&parts.config, &command, history),
+            messages: generation::context(&parts.config, &command, history),
             model: command.model.clone(),
             max_tokens: command.max_tokens,
             temperature: command.temperature,
@@ -390,17 +410,4 @@ fn unavailable(e: sea_orm::DbErr) -> ChatError {
         tracing::error!(error = %e, suppressed, "database read failed (logged at most every 30 s)");
     }
     store::db_error(&e)
-}
-
-/// The messages sent upstream: system prompt(s), the conversation so far, the new message.
-fn context(config: &Config, command: &StartCommand, history: Vec<HistoryMessage>) -> Vec<HistoryMessage> {
-    let system = |content: &String| HistoryMessage { role: "system".into(), content: content.clone() };
-    config
-        .system_prompt
-        .iter()
-        .chain(command.system_prompt.iter())
-        .map(system)
-        .chain(history)
-        .chain(std::iter::once(HistoryMessage { role: "user".into(), content: command.message.clone() }))
-        .collect()
 }

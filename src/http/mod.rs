@@ -79,9 +79,22 @@ pub async fn detach_from_read_buffer(request: Request) -> Request {
 
 /// Liveness: 200 whenever the process serves HTTP, draining included. It checks
 /// nothing else on purpose: a database or upstream outage is not cured by restarting
-/// the process (`/ready` says whether to send traffic).
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+/// the process (`/ready` says whether to send traffic). It names the node, and in
+/// cluster mode says whether Redis answers.
+async fn health(State(s): State<HttpState>) -> Json<Value> {
+    let mut body = json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") });
+    cluster_health(&s.engine, &mut body).await;
+    Json(body)
+}
+
+/// The node's id, and in cluster mode whether Redis answers (`ok` or `unreachable`). A
+/// node without Redis still serves its running answers and every stored one, so it
+/// stays alive; new starts get `UNAVAILABLE` until Redis is back (and `/ready` is 503).
+async fn cluster_health(engine: &Engine, body: &mut Value) {
+    body["nodeId"] = json!(engine.node_id());
+    if let Some(ok) = engine.shared_state_ok().await {
+        body["redis"] = json!(if ok { "ok" } else { "unreachable" });
+    }
 }
 
 /// What anyone may know: the service and its version.

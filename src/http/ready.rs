@@ -59,6 +59,23 @@ impl Check for DatabaseCheck {
     }
 }
 
+/// Cluster mode: the node reaches Redis (running answers, stops and limits go through it).
+pub struct RedisCheck(pub crate::engine::Engine);
+
+#[async_trait]
+impl Check for RedisCheck {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        match self.0.shared_state_ok().await {
+            Some(false) => Err("Redis does not answer".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The upstream (the built-in mock too) answers `GET /models`.
 pub struct UpstreamCheck(pub UpstreamProbe);
 
@@ -120,8 +137,12 @@ struct Parts {
 
 impl Readiness {
     /// The checks of a node on `db` and `upstream`; `draining` is cancelled at shutdown.
-    pub fn new(db: DatabaseConnection, upstream: UpstreamProbe, draining: CancellationToken) -> Self {
-        let checks = vec![Cached::new(DatabaseCheck(db), DATABASE_TTL), Cached::new(UpstreamCheck(upstream), UPSTREAM_TTL)];
+    /// With `cluster` (the engine of a node in cluster mode), Redis is checked too.
+    pub fn new(db: DatabaseConnection, upstream: UpstreamProbe, draining: CancellationToken, cluster: Option<crate::engine::Engine>) -> Self {
+        let mut checks = vec![Cached::new(DatabaseCheck(db), DATABASE_TTL), Cached::new(UpstreamCheck(upstream), UPSTREAM_TTL)];
+        if let Some(engine) = cluster {
+            checks.push(Cached::new(RedisCheck(engine), DATABASE_TTL));
+        }
         Self(Arc::new(Parts { checks, draining }))
     }
 

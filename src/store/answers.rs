@@ -133,3 +133,19 @@ pub async fn fail_stale_answers(db: &DatabaseConnection, stale_after: Duration) 
         .await?;
     Ok(res.rows_affected)
 }
+
+/// Fails one answer still `streaming` with `content`: the text a node that died had put
+/// in its log, closed by another node. Rows that have ended meanwhile are left as they are.
+pub async fn fail_interrupted(db: &DatabaseConnection, id: Uuid, content: &str) -> Result<u64, DbErr> {
+    let res = message::Entity::update_many()
+        .col_expr(message::Column::Content, sea_orm::sea_query::Expr::value(content))
+        .col_expr(message::Column::Status, sea_orm::sea_query::Expr::value(Status::Error.as_str()))
+        .col_expr(message::Column::FinishReason, sea_orm::sea_query::Expr::value("interrupted"))
+        .col_expr(message::Column::ErrorCode, sea_orm::sea_query::Expr::value(ErrorCode::Unavailable.as_str()))
+        .col_expr(message::Column::UpdatedAt, sea_orm::sea_query::Expr::value(Utc::now()))
+        .filter(message::Column::Id.eq(id))
+        .filter(message::Column::Status.eq(Status::Streaming.as_str()))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected)
+}

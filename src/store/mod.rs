@@ -5,7 +5,7 @@ mod answers;
 mod imports;
 mod turns;
 
-pub use answers::{AnswerEnd, StoredAnswer, checkpoint_answers, fail_stale_answers, find_answer, finish_answer};
+pub use answers::{AnswerEnd, StoredAnswer, checkpoint_answers, fail_interrupted, fail_stale_answers, find_answer, finish_answer};
 pub use crate::chat::HistoryMessage;
 pub use imports::{ImportMode, ImportResult, ImportedMessage, Refusal, import_messages};
 pub use turns::{ChatBegun, NewIds, NewTurn, TurnIds, begin_chat, begin_chat_with, conversation_history, find_turn, owns_conversation};

@@ -5,6 +5,7 @@ mod binary;
 mod chat;
 mod checkpoints;
 mod client;
+mod cluster;
 mod database;
 mod delivery;
 mod fake_upstream;

@@ -48,7 +48,8 @@ async fn ready_names_each_check_and_passes_with_the_database_and_the_built_in_mo
     let app = spawn_app().await;
     assert_eq!(fetch(app.addr, "/ready").await, (200, json!({ "status": "ready", "checks": checks("ok", "ok") })));
     let (status, health) = fetch(app.addr, "/health").await;
-    assert_eq!((status, health), (200, json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })));
+    let node = app.state.config.node_id.clone();
+    assert_eq!((status, health), (200, json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "nodeId": node })));
 }
 
 #[tokio::test]

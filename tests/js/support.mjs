@@ -68,8 +68,9 @@ process.on('exit', () => {
 /**
  * Start `chatwire serve` and wait until GET /health answers 200 {"status":"ok"}.
  *
- * options: mockResponse, tokenDelayMs, firstTokenDelayMs, env (extra variables).
- * Returns { url, port, secret, jwt, token(), stop(), log() }.
+ * options: mockResponse, tokenDelayMs, firstTokenDelayMs, env (extra variables), port
+ * and secret (several nodes of one cluster share a secret, on ports of their own).
+ * Returns { url, port, secret, jwt, token(), stop(), log(), child }.
  */
 export async function startServer(options = {}) {
   const {
@@ -85,8 +86,8 @@ export async function startServer(options = {}) {
     );
   }
 
-  const port = await freePort();
-  const secret = `test-secret-${randomUUID()}`;
+  const port = options.port ?? (await freePort());
+  const secret = options.secret ?? `test-secret-${randomUUID()}`;
   const tmpdir = fs.mkdtempSync(path.join(os.tmpdir(), 'chatwire-js-'));
   const databaseUrl =
     process.env.DATABASE_URL || `sqlite://${path.join(tmpdir, 'chatwire.db')}?mode=rwc`;
@@ -176,6 +177,7 @@ export async function startServer(options = {}) {
       return jwt.sign({ sub, email: `${sub}@example.test`, ...extra });
     },
     log: () => output,
+    child,
     async stop() {
       if (!exited) {
         child.kill('SIGTERM');
