@@ -162,6 +162,8 @@ pub struct Config {
     pub socket_events_in_flight: usize,
     /// Generations a user may run at once, across sockets.
     pub max_concurrent_streams_per_user: usize,
+    /// Prompt plus completion tokens a user may spend per UTC day (`DAILY_TOKEN_QUOTA`); 0 is no quota.
+    pub daily_token_quota: u64,
     pub on_disconnect: OnDisconnect,
     /// How long deltas are joined before they go out (0: each delta at once).
     pub stream_coalesce: Duration,
@@ -283,6 +285,7 @@ impl Config {
                 0 => return Err(bad("MAX_CONCURRENT_STREAMS_PER_USER", "must be at least 1")),
                 n => n,
             },
+            daily_token_quota: env.parse("DAILY_TOKEN_QUOTA", 0)?,
             on_disconnect: match env.get("ON_DISCONNECT").unwrap_or("finish") {
                 "finish" => OnDisconnect::Finish,
                 "cancel" => OnDisconnect::Cancel,
@@ -319,6 +322,19 @@ impl Config {
     /// packets, so a full queue holds at most `SOCKET_BUFFER_BYTES`. At least 1 KiB.
     pub fn frame_max_bytes(&self) -> usize {
         (self.socket_buffer_bytes / self.socket_buffer_packets).max(1024)
+    }
+
+    /// The upstream as stored with each answer: `mock`, or the host (and port) of
+    /// `OPENAI_BASE_URL`, which tells OpenAI, Groq, a local Ollama, ... apart.
+    pub fn provider_name(&self) -> String {
+        match &self.upstream {
+            UpstreamConfig::Mock(_) => "mock".into(),
+            UpstreamConfig::OpenAi { base_url, .. } => {
+                let rest = base_url.split_once("://").map_or(base_url.as_str(), |(_, rest)| rest);
+                let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                authority.rsplit_once('@').map_or(authority, |(_, host)| host).to_owned()
+            }
+        }
     }
 
     /// True when the server will accept unauthenticated sockets.

@@ -6,8 +6,10 @@
 
 mod checkpoint;
 mod generation;
+mod history;
 mod limits;
 mod stored;
+mod usage;
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,6 +18,8 @@ use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 pub use checkpoint::Checkpoints;
+pub use history::{ConversationDetail, ConversationPage, ConversationSummary, PageKey};
+pub use usage::UsageRow;
 pub use limits::StartRateLimiter;
 
 use crate::{
@@ -132,6 +136,7 @@ impl Engine {
         if !parts.limiter.allow(user) {
             return Err(ChatError::new(ErrorCode::RateLimit, "too many chats started; try again shortly"));
         }
+        usage::check_quota(parts, user).await?;
         let claim = match parts.directory.claim(connection, user, parts.config.max_concurrent_streams_per_user).await {
             Ok(claim) => claim,
             Err(ClaimRefused::UserLimit) => {
