@@ -53,17 +53,55 @@ impl Modify for BearerAuth {
 #[allow(dead_code)]
 pub struct ChatStart {
     /// Not empty; at most `MAX_MESSAGE_CHARS` UTF-16 units.
+    #[schema(min_length = 1)]
     message: String,
     /// One of the caller's conversations; absent starts a new one.
+    #[schema(format = Uuid)]
     conversation_id: Option<String>,
     model: Option<String>,
+    /// At most `MAX_TOKENS_LIMIT` (16384 unless configured).
+    #[schema(minimum = 1)]
     max_tokens: Option<u32>,
+    #[schema(minimum = 0, maximum = 2)]
     temperature: Option<f32>,
     /// Must be the token's user when given (open mode: names the user).
     user_id: Option<String>,
-    /// Idempotency key, at most 64 characters.
+    /// Idempotency key.
+    #[schema(max_length = 64)]
     client_message_id: Option<String>,
     system_prompt: Option<String>,
+}
+
+/// One event of an SSE response: its name, and its payload as JSON text (the `/ai`
+/// event's payload, docs/PROTOCOL.md).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SseEvent {
+    event: SseEventName,
+    #[schema(content_media_type = "application/json")]
+    data: String,
+    /// On `chat:message` and final events: the answer's UTF-16 length after it (resume from there).
+    id: Option<String>,
+}
+
+/// The events an SSE response carries, in this order.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum SseEventName {
+    #[serde(rename = "chat:ack")]
+    Ack,
+    #[serde(rename = "chat:conversation")]
+    Conversation,
+    #[serde(rename = "chat:user-message")]
+    UserMessage,
+    #[serde(rename = "chat:message")]
+    Message,
+    #[serde(rename = "chat:end")]
+    End,
+    #[serde(rename = "chat:stopped")]
+    Stopped,
+    #[serde(rename = "chat:error")]
+    Error,
 }
 
 /// `/openapi.json` and the `/docs` page.

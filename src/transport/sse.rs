@@ -80,7 +80,7 @@ fn answer_of(wire: &Wire, headers: &HeaderMap, uri: &Uri, id: &str) -> Result<(S
 #[utoipa::path(
     post, path = "/v1/chat", tag = "sse",
     request_body = crate::http::openapi::ChatStart,
-    responses((status = 200, content_type = "text/event-stream", body = String, description = "The answer's events"), WireErrors),
+    responses((status = 200, content_type = "text/event-stream", body = crate::http::openapi::SseEvent, description = "The answer's events"), WireErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn chat(State(wire): State<Wire>, headers: HeaderMap, uri: Uri, body: Bytes) -> Response {
@@ -124,11 +124,11 @@ pub(crate) async fn chat(State(wire): State<Wire>, headers: HeaderMap, uri: Uri,
 #[utoipa::path(
     get, path = "/v1/answers/{messageId}/events", tag = "sse",
     params(
-        ("messageId" = String, Path, description = "The answer's id"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this UTF-16 offset (the last event's `id:`)"),
+        ("messageId" = String, Path, format = Uuid, description = "The answer's id"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this UTF-16 offset (the last event's `id:`)"),
         ("offset" = Option<u64>, Query, description = "The same, for clients that cannot set headers"),
     ),
-    responses((status = 200, content_type = "text/event-stream", body = String, description = "The answer's events"), WireErrors),
+    responses((status = 200, content_type = "text/event-stream", body = crate::http::openapi::SseEvent, description = "The answer's events"), WireErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn events(
@@ -158,7 +158,7 @@ pub(crate) async fn events(
 /// Stops a running answer; its stream ends with `chat:stopped`.
 #[utoipa::path(
     post, path = "/v1/answers/{messageId}/stop", tag = "sse",
-    params(("messageId" = String, Path, description = "The answer's id")),
+    params(("messageId" = String, Path, format = Uuid, description = "The answer's id")),
     responses((status = 200, body = StopAck, description = "`stopped` is false when it had already ended"), WireErrors),
     security(("bearer" = []))
 )]

@@ -75,7 +75,14 @@ fn invalid(message: &str) -> ApiError {
         ("limit" = Option<u64>, Query, minimum = 1, maximum = 100, description = "Conversations per page (default 20)"),
         ("cursor" = Option<String>, Query, description = "The previous page's `nextCursor`"),
     ),
-    responses((status = 200, body = ConversationList, description = "One page"), HistoryErrors),
+    responses(
+        (status = 200, body = ConversationList, description = "One page", links(
+            ("read" = (operation_id = "get_conversation", parameters(("id" = "$response.body#/items/0/id")))),
+            ("rename" = (operation_id = "rename_conversation", parameters(("id" = "$response.body#/items/0/id")))),
+            ("delete" = (operation_id = "delete_conversation", parameters(("id" = "$response.body#/items/0/id")))),
+        )),
+        HistoryErrors,
+    ),
     security(("bearer" = []))
 )]
 pub(crate) async fn list_conversations(State(s): State<RestState>, headers: HeaderMap, uri: Uri) -> Result<Json<ConversationList>, ApiError> {
@@ -99,8 +106,15 @@ pub(crate) async fn list_conversations(State(s): State<RestState>, headers: Head
 /// One of the caller's conversations, with its messages in order.
 #[utoipa::path(
     get, path = "/v1/conversations/{id}", tag = "history",
-    params(("id" = String, Path, description = "The conversation's id")),
-    responses((status = 200, body = ConversationView, description = "The conversation and its messages"), HistoryErrors),
+    params(("id" = String, Path, format = Uuid, description = "The conversation's id")),
+    responses(
+        (status = 200, body = ConversationView, description = "The conversation and its messages", links(
+            ("question" = (operation_id = "get_message", parameters(("id" = "$response.body#/messages/0/id")))),
+            ("answer events" = (operation_id = "events", parameters(("messageId" = "$response.body#/messages/1/id")))),
+            ("stop the answer" = (operation_id = "stop", parameters(("messageId" = "$response.body#/messages/1/id")))),
+        )),
+        HistoryErrors,
+    ),
     security(("bearer" = []))
 )]
 pub(crate) async fn get_conversation(
@@ -117,7 +131,7 @@ pub(crate) async fn get_conversation(
 /// Sets a conversation's title (stored trimmed). Its place in the list does not move.
 #[utoipa::path(
     patch, path = "/v1/conversations/{id}", tag = "history",
-    params(("id" = String, Path, description = "The conversation's id")),
+    params(("id" = String, Path, format = Uuid, description = "The conversation's id")),
     request_body = views::RenameBody,
     responses((status = 200, body = ConversationItem, description = "The renamed conversation (`lastMessage` is `null`)"), HistoryErrors),
     security(("bearer" = []))
@@ -160,7 +174,7 @@ fn title(body: &[u8]) -> Result<String, ApiError> {
 /// (their clients get `chat:stopped`) and stored before the rows go.
 #[utoipa::path(
     delete, path = "/v1/conversations/{id}", tag = "history",
-    params(("id" = String, Path, description = "The conversation's id")),
+    params(("id" = String, Path, format = Uuid, description = "The conversation's id")),
     responses((status = 204, description = "Deleted"), HistoryErrors),
     security(("bearer" = []))
 )]
@@ -179,7 +193,7 @@ pub(crate) async fn delete_conversation(
 /// One of the caller's messages, a question or an answer.
 #[utoipa::path(
     get, path = "/v1/messages/{id}", tag = "history",
-    params(("id" = String, Path, description = "The message's id")),
+    params(("id" = String, Path, format = Uuid, description = "The message's id")),
     responses((status = 200, body = MessageView, description = "The message"), HistoryErrors),
     security(("bearer" = []))
 )]
