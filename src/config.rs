@@ -173,6 +173,8 @@ pub struct Config {
     pub max_connections_per_user: usize,
     /// How long a socket whose token expired may stay to send `chat:auth` before it is closed.
     pub token_expiry_grace: Duration,
+    /// Prompt plus completion tokens a user may spend per UTC day (`DAILY_TOKEN_QUOTA`); 0 is no quota.
+    pub daily_token_quota: u64,
     pub on_disconnect: OnDisconnect,
     /// How long deltas are joined before they go out (0: each delta at once).
     pub stream_coalesce: Duration,
@@ -310,6 +312,7 @@ impl Config {
                 n => n,
             },
             token_expiry_grace: Duration::from_secs(env.parse("TOKEN_EXPIRY_GRACE_SECONDS", 30u64)?),
+            daily_token_quota: env.parse("DAILY_TOKEN_QUOTA", 0)?,
             on_disconnect: match env.get("ON_DISCONNECT").unwrap_or("finish") {
                 "finish" => OnDisconnect::Finish,
                 "cancel" => OnDisconnect::Cancel,
@@ -347,6 +350,19 @@ impl Config {
     /// packets, so a full queue holds at most `SOCKET_BUFFER_BYTES`. At least 1 KiB.
     pub fn frame_max_bytes(&self) -> usize {
         (self.socket_buffer_bytes / self.socket_buffer_packets).max(1024)
+    }
+
+    /// The upstream as stored with each answer: `mock`, or the host (and port) of
+    /// `OPENAI_BASE_URL`, which tells OpenAI, Groq, a local Ollama, ... apart.
+    pub fn provider_name(&self) -> String {
+        match &self.upstream {
+            UpstreamConfig::Mock(_) => "mock".into(),
+            UpstreamConfig::OpenAi { base_url, .. } => {
+                let rest = base_url.split_once("://").map_or(base_url.as_str(), |(_, rest)| rest);
+                let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                authority.rsplit_once('@').map_or(authority, |(_, host)| host).to_owned()
+            }
+        }
     }
 
     /// True when the server will accept unauthenticated sockets.

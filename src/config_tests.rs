@@ -136,3 +136,21 @@ fn cluster_mode_needs_postgresql_and_says_why() {
     let e = Config::from_vars(vars(&[("CLUSTER_APPEND_MS", "5000")])).unwrap_err();
     assert_eq!(e.var, "CLUSTER_APPEND_MS");
 }
+
+#[test]
+fn the_daily_token_quota_is_off_by_default_and_named_when_wrong() {
+    assert_eq!(Config::from_vars(vars(&[])).unwrap().daily_token_quota, 0);
+    assert_eq!(Config::from_vars(vars(&[("DAILY_TOKEN_QUOTA", "50000")])).unwrap().daily_token_quota, 50_000);
+    let e = Config::from_vars(vars(&[("DAILY_TOKEN_QUOTA", "-1")])).unwrap_err();
+    assert_eq!(e.var, "DAILY_TOKEN_QUOTA");
+}
+
+#[test]
+fn the_provider_is_the_mock_or_the_upstream_host() {
+    assert_eq!(Config::from_vars(vars(&[])).unwrap().provider_name(), "mock");
+    let groq = Config::from_vars(vars(&[("OPENAI_BASE_URL", "https://api.groq.com/openai/v1"), ("OPENAI_API_KEY", "k")])).unwrap();
+    assert_eq!(groq.provider_name(), "api.groq.com");
+    let local = Config::from_vars(vars(&[("OPENAI_BASE_URL", "http://user:pw@127.0.0.1:11434/v1")])).unwrap();
+    assert_eq!(local.provider_name(), "127.0.0.1:11434");
+    assert_eq!(Config::from_vars(vars(&[("OPENAI_API_KEY", "k")])).unwrap().provider_name(), "api.openai.com");
+}

@@ -19,6 +19,9 @@ pub struct Model {
     pub content: String,
     /// The model that answered (assistant rows only).
     pub model: Option<String>,
+    /// The upstream that answered: `mock`, or the host of `OPENAI_BASE_URL` (assistant
+    /// rows stored since the column exists).
+    pub provider: Option<String>,
     pub prompt_tokens: Option<i32>,
     pub completion_tokens: Option<i32>,
     pub total_tokens: Option<i32>,

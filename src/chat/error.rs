@@ -18,6 +18,8 @@ pub enum ErrorCode {
     NotFound,
     Busy,
     RateLimit,
+    /// The user's tokens of this UTC day reached `DAILY_TOKEN_QUOTA`.
+    QuotaExceeded,
     UpstreamError,
     UpstreamTimeout,
     Unavailable,
@@ -38,6 +40,7 @@ impl ErrorCode {
             Self::NotFound => "NOT_FOUND",
             Self::Busy => "BUSY",
             Self::RateLimit => "RATE_LIMIT",
+            Self::QuotaExceeded => "QUOTA_EXCEEDED",
             Self::UpstreamError => "UPSTREAM_ERROR",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Self::Unavailable => "UNAVAILABLE",
@@ -45,15 +48,16 @@ impl ErrorCode {
         }
     }
 
+    /// Every code, in PROTOCOL.md's order.
+    pub const ALL: [Self; 15] = [
+        Self::InvalidPayload, Self::MessageTooLong, Self::InvalidParams, Self::InvalidModel, Self::Forbidden,
+        Self::Unauthorized, Self::TokenExpired, Self::NotFound, Self::Busy, Self::RateLimit, Self::QuotaExceeded, Self::UpstreamError, Self::UpstreamTimeout,
+        Self::Unavailable, Self::Internal,
+    ];
+
     /// Reads a stored code back.
     pub fn parse(code: &str) -> Option<Self> {
-        [
-            Self::InvalidPayload, Self::MessageTooLong, Self::InvalidParams, Self::InvalidModel, Self::Forbidden,
-            Self::Unauthorized, Self::TokenExpired, Self::NotFound, Self::Busy, Self::RateLimit, Self::UpstreamError, Self::UpstreamTimeout, Self::Unavailable,
-            Self::Internal,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == code)
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
     }
 
     /// The HTTP status an HTTP wire answers with for this code.
@@ -64,7 +68,7 @@ impl ErrorCode {
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::Busy => 409,
-            Self::RateLimit => 429,
+            Self::RateLimit | Self::QuotaExceeded => 429,
             Self::UpstreamError => 502,
             Self::Unavailable => 503,
             Self::UpstreamTimeout => 504,
@@ -85,6 +89,7 @@ impl ErrorCode {
             Self::NotFound => "not found",
             Self::Busy => "a generation is already running on this connection",
             Self::RateLimit => "rate limit reached, try again later",
+            Self::QuotaExceeded => "the daily token quota is used up; it renews at 00:00 UTC",
             Self::UpstreamError => "the model provider failed",
             Self::UpstreamTimeout => "the model provider did not answer in time",
             Self::Unavailable => "service temporarily unavailable",

@@ -110,7 +110,16 @@ async fn end(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration), see
     // An answer cut by the shutdown keeps the upstream's counts, else the pieces received.
     let partial_usage = (cut_reason == "shutdown")
         .then(|| seen.usage.unwrap_or(Usage { completion_tokens: seen.pieces, total_tokens: seen.pieces, prompt_tokens: 0 }));
-    let end = AnswerEnd { content: &content, ending: &ending, model: &spec.model, partial_usage, cut_reason };
+    let provider = parts.config.provider_name();
+    let end = AnswerEnd {
+        user_id: &spec.user_id,
+        provider: &provider,
+        content: &content,
+        ending: &ending,
+        model: &spec.model,
+        partial_usage,
+        cut_reason,
+    };
     let ending = match store_end(&parts, spec.ids, &end).await {
         Ok(()) => ending,
         Err(error) => Final::Failed(error),

@@ -7,8 +7,10 @@
 mod adopt;
 mod checkpoint;
 mod generation;
+mod history;
 mod limits;
 mod stored;
+mod usage;
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,6 +20,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 pub use checkpoint::Checkpoints;
+pub use history::{ConversationDetail, ConversationPage, ConversationSummary, PageKey};
+pub use usage::UsageRow;
 pub use limits::StartRateLimiter;
 
 use crate::{
@@ -169,6 +173,7 @@ impl Engine {
             Ok(false) => return Err(too_many()),
             Err(_) => return Err(ChatError::code(ErrorCode::Unavailable)),
         }
+        usage::check_quota(parts, user).await?;
         let claim = match parts.directory.claim(connection, user, parts.config.max_concurrent_streams_per_user).await {
             Ok(claim) => claim,
             Err(ClaimRefused::UserLimit) => {

@@ -1,31 +1,32 @@
 //! Plain HTTP beside the wires: `/health` (liveness), `/ready` (readiness), `/metrics`
 //! (Prometheus), `/` (name and version only), the live counts at `/v1/status` for
-//! holders of a token, and the CORS allowlist.
+//! holders of a token, the REST history and usage, the OpenAPI document and its `/docs`
+//! page, and the CORS allowlist.
 
+pub mod api;
 pub mod limits;
 pub mod ready;
 pub mod scrape;
+pub mod openapi;
+pub mod rest;
 
 use std::sync::Arc;
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{Json, Router, extract::State, routing::get};
 use axum::extract::{OriginalUri, Request};
 use axum::http::{HeaderMap, Uri};
 use http::{HeaderName, HeaderValue, Method};
-use serde_json::{Value, json};
+use serde::Serialize;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use utoipa::ToSchema;
 
-use crate::{
-    auth::{self, Authenticator},
-    config::Config,
-    engine::Engine,
-};
+use crate::{auth::Authenticator, config::Config, engine::Engine};
 
 /// Counts connections of the wires that have them (Socket.IO sockets).
 pub type ConnectionCount = Arc<dyn Fn() -> usize + Send + Sync>;
 
 #[derive(Clone)]
-struct HttpState {
+pub(crate) struct HttpState {
     engine: Engine,
     auth: Arc<Authenticator>,
     connections: ConnectionCount,
@@ -37,7 +38,9 @@ pub fn router(engine: Engine, auth: Arc<Authenticator>, connections: ConnectionC
         .route("/", get(info))
         .route("/health", get(health))
         .route("/v1/status", get(status))
-        .with_state(HttpState { engine, auth, connections })
+        .with_state(HttpState { engine: engine.clone(), auth: auth.clone(), connections })
+        .merge(rest::router(engine, auth))
+        .merge(openapi::router())
 }
 
 /// CORS for exactly the configured origins, credentials allowed (as the NestJS gateway).
@@ -46,7 +49,7 @@ pub fn cors(config: &Config) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_credentials(true)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
         .allow_headers(AllowHeaders::mirror_request())
 }
 
@@ -77,44 +80,62 @@ pub async fn detach_from_read_buffer(request: Request) -> Request {
     Request::from_parts(parts, body)
 }
 
+/// `/health`'s body.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`: the process serves HTTP.
+    status: &'static str,
+    version: &'static str,
+    /// This node's `NODE_ID`.
+    #[serde(rename = "nodeId")]
+    node_id: String,
+    /// Cluster mode only: `ok` or `unreachable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<&'static str>,
+}
+
 /// Liveness: 200 whenever the process serves HTTP, draining included. It checks
 /// nothing else on purpose: a database or upstream outage is not cured by restarting
 /// the process (`/ready` says whether to send traffic). It names the node, and in
-/// cluster mode says whether Redis answers.
-async fn health(State(s): State<HttpState>) -> Json<Value> {
-    let mut body = json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") });
-    cluster_health(&s.engine, &mut body).await;
-    Json(body)
+/// cluster mode says whether Redis answers: a node without Redis still serves its
+/// running answers and every stored one, so it stays alive; new starts get
+/// `UNAVAILABLE` until Redis is back (and `/ready` is 503).
+#[utoipa::path(get, path = "/health", tag = "service", responses((status = 200, body = Health, description = "The process serves HTTP")))]
+pub(crate) async fn health(State(s): State<HttpState>) -> Json<Health> {
+    let redis = s.engine.shared_state_ok().await.map(|ok| if ok { "ok" } else { "unreachable" });
+    Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), node_id: s.engine.node_id().to_owned(), redis })
 }
 
-/// The node's id, and in cluster mode whether Redis answers (`ok` or `unreachable`). A
-/// node without Redis still serves its running answers and every stored one, so it
-/// stays alive; new starts get `UNAVAILABLE` until Redis is back (and `/ready` is 503).
-async fn cluster_health(engine: &Engine, body: &mut Value) {
-    body["nodeId"] = json!(engine.node_id());
-    if let Some(ok) = engine.shared_state_ok().await {
-        body["redis"] = json!(if ok { "ok" } else { "unreachable" });
-    }
+/// `/`'s body: what anyone may know.
+#[derive(Serialize, ToSchema)]
+pub struct Info {
+    name: &'static str,
+    version: &'static str,
 }
 
-/// What anyone may know: the service and its version.
-async fn info() -> Json<Value> {
-    Json(json!({ "name": "chatwire", "version": env!("CARGO_PKG_VERSION") }))
+/// The service and its version.
+#[utoipa::path(get, path = "/", tag = "service", responses((status = 200, body = Info, description = "Name and version")))]
+pub(crate) async fn info() -> Json<Info> {
+    Json(Info { name: "chatwire", version: env!("CARGO_PKG_VERSION") })
+}
+
+/// `/v1/status`'s body: live counts of this process.
+#[derive(Serialize, ToSchema)]
+pub struct Status {
+    /// Open Socket.IO sockets.
+    connections: usize,
+    /// Answers running.
+    generations: usize,
 }
 
 /// Live counts, for operators' tools: the same credentials as the wires (a Bearer
 /// header or `?token=`; none in open mode). Anything else is 401 `UNAUTHORIZED`.
-async fn status(State(s): State<HttpState>, headers: HeaderMap, uri: Uri) -> (StatusCode, Json<Value>) {
-    if !s.auth.is_open() {
-        let verified = match auth::request_token(&headers, &uri) {
-            None => Err(auth::AuthError::Missing),
-            Some(token) => s.auth.verify(&token).map(drop),
-        };
-        if let Err(reason) = verified {
-            tracing::info!(%reason, "status request refused");
-            let body = json!({ "ok": false, "error": { "code": "UNAUTHORIZED", "message": "unauthorized" } });
-            return (StatusCode::UNAUTHORIZED, Json(body));
-        }
-    }
-    (StatusCode::OK, Json(json!({ "connections": (s.connections)(), "generations": s.engine.running() })))
+#[utoipa::path(
+    get, path = "/v1/status", tag = "service",
+    responses((status = 200, body = Status, description = "The counts"), (status = 401, body = api::ErrorBody, description = "`UNAUTHORIZED`")),
+    security(("bearer" = []))
+)]
+pub(crate) async fn status(State(s): State<HttpState>, headers: HeaderMap, uri: Uri) -> Result<Json<Status>, api::ApiError> {
+    api::caller(&s.auth, &headers, &uri, None)?;
+    Ok(Json(Status { connections: (s.connections)(), generations: s.engine.running() }))
 }

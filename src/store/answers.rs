@@ -13,6 +13,10 @@ use crate::chat::{AnswerIds, ChatError, ErrorCode, Final, Status, Usage};
 /// The end of an answer, written in one update.
 #[derive(Clone, Debug)]
 pub struct AnswerEnd<'a> {
+    /// Whose answer it is: its tokens count into this user's usage.
+    pub user_id: &'a str,
+    /// The upstream that answered (`mock`, or the host of `OPENAI_BASE_URL`).
+    pub provider: &'a str,
     pub content: &'a str,
     pub ending: &'a Final,
     /// The model asked for (a completed answer stores the one the upstream named).
@@ -23,8 +27,9 @@ pub struct AnswerEnd<'a> {
     pub cut_reason: &'a str,
 }
 
-/// Finishes an assistant row: content, usage, model, finish reason, error code and
-/// status in one update.
+/// Finishes an assistant row: content, usage, model, provider, finish reason, error code
+/// and status in one update, and adds the answer to its user's usage of the day, in one
+/// transaction: an answer is counted exactly when it is stored.
 pub async fn finish_answer(db: &DatabaseConnection, id: Uuid, end: &AnswerEnd<'_>) -> Result<(), DbErr> {
     let as_i32 = |n: u32| Some(i32::try_from(n).unwrap_or(i32::MAX));
     let (model, finish_reason, usage, error_code) = match end.ending {
@@ -32,22 +37,26 @@ pub async fn finish_answer(db: &DatabaseConnection, id: Uuid, end: &AnswerEnd<'_
         Final::Stopped => (end.model, end.cut_reason, end.partial_usage, None),
         Final::Failed(error) => (end.model, end.cut_reason, end.partial_usage, Some(error.code)),
     };
+    let now = Utc::now();
+    let txn = db.begin().await?;
     message::ActiveModel {
         id: Set(id),
         content: Set(end.content.to_owned()),
         status: Set(end.ending.status().as_str().to_owned()),
         finish_reason: Set(Some(finish_reason.to_owned())),
         model: Set(Some(model.to_owned())),
+        provider: Set(Some(end.provider.to_owned())),
         prompt_tokens: Set(usage.and_then(|u| as_i32(u.prompt_tokens))),
         completion_tokens: Set(usage.and_then(|u| as_i32(u.completion_tokens))),
         total_tokens: Set(usage.and_then(|u| as_i32(u.total_tokens))),
         error_code: Set(error_code.map(|c| c.as_str().to_owned())),
-        updated_at: Set(Utc::now()),
+        updated_at: Set(now),
         ..Default::default()
     }
-    .update(db)
-    .await
-    .map(drop)
+    .update(&txn)
+    .await?;
+    super::usage::add_usage(&txn, end.user_id, model, &super::usage::utc_day(now), usage.unwrap_or_default()).await?;
+    txn.commit().await
 }
 
 /// Writes the partial texts of streaming answers in one transaction, so a crash loses

@@ -207,6 +207,7 @@ fn message_row(m: &ImportedMessage) -> message::ActiveModel {
         // U+0000 as chat:start stores it (PostgreSQL cannot store it at all).
         content: Set(storable(&m.content).into_owned()),
         model: Set(m.model.clone()),
+        provider: Set(None),
         prompt_tokens: Set(m.prompt_tokens),
         completion_tokens: Set(m.completion_tokens),
         total_tokens: Set(m.total_tokens),

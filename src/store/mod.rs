@@ -2,13 +2,20 @@
 //! [`DatabaseConnection`], grouped by what they touch, testable without any wire.
 
 mod answers;
+mod history;
 mod imports;
 mod turns;
+mod usage;
 
 pub use answers::{AnswerEnd, StoredAnswer, checkpoint_answers, fail_interrupted, fail_stale_answers, find_answer, finish_answer};
 pub use crate::chat::HistoryMessage;
+pub use history::{
+    ConversationPage, ConversationSummary, PageKey, conversation_messages, delete_conversation, find_conversation, find_message,
+    list_conversations, rename_conversation,
+};
 pub use imports::{ImportMode, ImportResult, ImportedMessage, Refusal, import_messages};
 pub use turns::{ChatBegun, NewIds, NewTurn, TurnIds, begin_chat, begin_chat_with, conversation_history, find_turn, owns_conversation};
+pub use usage::{add_usage, day_total, list_usage, utc_day};
 
 use std::time::Duration;
 

@@ -130,6 +130,7 @@ fn new_message(conversation_id: Uuid, id: Uuid, user_id: &str, role: &str, now: 
         created_at: Set(now),
         updated_at: Set(now),
         model: Set(None),
+        provider: Set(None),
         prompt_tokens: Set(None),
         completion_tokens: Set(None),
         total_tokens: Set(None),

@@ -109,7 +109,7 @@ impl<'a> ErrorEvent<'a> {
 }
 
 /// `chat:stop`'s acknowledgement.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StopAck {
     pub ok: bool,
     pub stopped: bool,

@@ -17,8 +17,8 @@ use async_stream::stream;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode, Uri},
+    extract::{Path, State},
+    http::{HeaderMap, Uri},
     response::{
         IntoResponse, Response, Sse,
         sse::{Event, KeepAlive},
@@ -26,12 +26,12 @@ use axum::{
     routing::{get, post},
 };
 use futures::Stream;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    auth::{self, User},
+    http::api::{self, ApiError, WireErrors},
     chat::{AnswerIds, ChatError, ConnectionId, ErrorCode, StartCommand},
     cluster::{Entry, LogReader},
     engine::{Engine, StartOutcome},
@@ -58,21 +58,9 @@ pub fn router(wire: Wire) -> Router {
 }
 
 /// A refusal: the `/ai` refusal ack as a JSON body, with the code's HTTP status.
-struct Refusal(ChatError);
-
 /// The code of a refusal, on its response, for [`count_refusal`].
 #[derive(Clone, Copy)]
 struct Refused(ErrorCode);
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let code = self.0.code;
-        let mut response = (status, Json(StartAck::err(self.0))).into_response();
-        response.extensions_mut().insert(Refused(code));
-        response
-    }
-}
 
 /// Counts every refusal, wherever a handler made it, as `chat:error`s are counted on `/ai`.
 async fn count_refusal(State(wire): State<Wire>, response: Response) -> Response {
@@ -82,51 +70,53 @@ async fn count_refusal(State(wire): State<Wire>, response: Response) -> Response
     response
 }
 
-/// No token, or a bad one: 401 with the code `UNAUTHORIZED`, whatever the reason.
-fn unauthorized() -> Response {
-    let body = json!({ "ok": false, "error": { "code": "UNAUTHORIZED", "message": "unauthorized" } });
-    (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+/// A refusal before anything starts: the one error body, counted.
+fn refusal(error: ChatError) -> Response {
+    let code = error.code;
+    let mut response = ApiError::from(error).into_response();
+    response.extensions_mut().insert(Refused(code));
+    response
 }
 
 /// The request's user: the verified token's, or in open mode the one it names.
 fn authenticate(wire: &Wire, headers: &HeaderMap, uri: &Uri, claimed: Option<&Value>) -> Result<String, Box<Response>> {
-    if wire.auth.is_open() {
-        // Unnamed, each request is a user of its own, as each anonymous socket is.
-        return Ok(auth::claimed_user(claimed).map_or_else(|| format!("anonymous-{}", Uuid::new_v4()), |User(u)| u));
-    }
-    let Some(token) = auth::request_token(headers, uri) else {
-        tracing::info!(reason = %auth::AuthError::Missing, "SSE request refused");
-        return Err(Box::new(unauthorized()));
-    };
-    wire.auth.verify(&token).map(|User(u)| u).map_err(|reason| {
-        tracing::info!(%reason, "SSE request refused");
-        Box::new(unauthorized())
-    })
+    api::caller(&wire.auth, headers, uri, claimed).map_err(|refused| Box::new(refused.into_response()))
 }
 
 /// The user of a request about one answer, and the answer's id from the path.
-fn answer_of(wire: &Wire, headers: &HeaderMap, uri: &Uri, claimed: Option<String>, id: &str) -> Result<(String, Uuid), Box<Response>> {
-    let user = authenticate(wire, headers, uri, claimed.map(Value::String).as_ref())?;
+/// In open mode `?userId=` names the user.
+fn answer_of(wire: &Wire, headers: &HeaderMap, uri: &Uri, id: &str) -> Result<(String, Uuid), Box<Response>> {
+    let claimed = api::query_value(uri, "userId").map(Value::String);
+    let user = authenticate(wire, headers, uri, claimed.as_ref())?;
     let message_id = Uuid::try_parse(id)
-        .map_err(|_| Box::new(Refusal(ChatError::new(ErrorCode::InvalidParams, "messageId is not a UUID")).into_response()))?;
+        .map_err(|_| Box::new(refusal(ChatError::new(ErrorCode::InvalidParams, "messageId is not a UUID"))))?;
     Ok((user, message_id))
 }
 
-async fn chat(State(wire): State<Wire>, headers: HeaderMap, uri: Uri, body: Bytes) -> Response {
+/// Starts an answer: the `chat:start` payload in, the `/ai` events out as
+/// `text/event-stream` (`chat:ack`, `chat:conversation`, `chat:user-message`,
+/// `chat:message`..., then `chat:end`, `chat:stopped` or `chat:error`).
+#[utoipa::path(
+    post, path = "/v1/chat", tag = "sse",
+    request_body = crate::http::openapi::ChatStart,
+    responses((status = 200, content_type = "text/event-stream", body = crate::http::openapi::SseEvent, description = "The answer's events"), WireErrors),
+    security(("bearer" = []))
+)]
+pub(crate) async fn chat(State(wire): State<Wire>, headers: HeaderMap, uri: Uri, body: Bytes) -> Response {
     let payload: Option<Value> = crate::chat::json::parse_lenient_bytes(&body).ok();
     let user = match authenticate(&wire, &headers, &uri, payload.as_ref().and_then(|p| p.get("userId"))) {
         Ok(user) => user,
         Err(refused) => return *refused,
     };
     let Some(slot) = wire.connections.acquire(&user) else {
-        return Refusal(too_many_connections()).into_response();
+        return refusal(too_many_connections());
     };
     let Some(payload) = payload else {
-        return Refusal(ChatError::new(ErrorCode::InvalidPayload, "the body must be a JSON object")).into_response();
+        return refusal(ChatError::new(ErrorCode::InvalidPayload, "the body must be a JSON object"));
     };
     let command = match StartCommand::parse(&payload, &user, &wire.config) {
         Ok(c) => c,
-        Err(e) => return Refusal(e).into_response(),
+        Err(e) => return refusal(e),
     };
     let message = command.message.clone();
     let connection = ConnectionId::new("sse", Uuid::new_v4());
@@ -143,65 +133,73 @@ async fn chat(State(wire): State<Wire>, headers: HeaderMap, uri: Uri, body: Byte
         // A repeat of an earlier start: its ack, then its answer from the start.
         Ok(StartOutcome::Repeated { ids, user_message_id }) => match wire.engine.subscribe(&user, ids.message_id, 0).await {
             Ok(s) => (ids, user_message_id, Vec::new(), s.reader),
-            Err(e) => return Refusal(e).into_response(),
+            Err(e) => return refusal(e),
         },
-        Err(e) => return Refusal(e).into_response(),
+        Err(e) => return refusal(e),
     };
     preamble.insert(0, event("chat:ack", &StartAck::ok(ids, user_message_id)));
     let closed = ClosedGuard { engine: wire.engine.clone(), connection };
     respond(&wire, preamble, ids, reader, (slot, Some(closed)))
 }
 
-/// The query of a request about one answer: where a resume starts, and (open mode) who asks.
-#[derive(Deserialize)]
-struct ResumeQuery {
-    offset: Option<String>,
-    #[serde(rename = "userId")]
-    user_id: Option<String>,
-}
-
-async fn events(
+/// An answer's events from an offset: live while it runs, else from the stored row.
+#[utoipa::path(
+    get, path = "/v1/answers/{messageId}/events", tag = "sse",
+    params(
+        ("messageId" = String, Path, format = Uuid, description = "The answer's id"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this UTF-16 offset (the last event's `id:`)"),
+        ("offset" = Option<u64>, Query, description = "The same, for clients that cannot set headers"),
+    ),
+    responses((status = 200, content_type = "text/event-stream", body = crate::http::openapi::SseEvent, description = "The answer's events"), WireErrors),
+    security(("bearer" = []))
+)]
+pub(crate) async fn events(
     State(wire): State<Wire>,
     Path(message_id): Path<String>,
-    Query(query): Query<ResumeQuery>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let (user, message_id) = match answer_of(&wire, &headers, &uri, query.user_id, &message_id) {
+    let (user, message_id) = match answer_of(&wire, &headers, &uri, &message_id) {
         Ok(found) => found,
         Err(refused) => return *refused,
     };
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let offset = match last_event_id.or(query.offset).as_deref().map(str::trim) {
+    let offset = match last_event_id.or_else(|| api::query_value(&uri, "offset")).as_deref().map(str::trim) {
         None | Some("") => 0,
         Some(raw) => match raw.parse::<u64>() {
             Ok(n) => n,
-            Err(_) => return Refusal(ChatError::new(ErrorCode::InvalidParams, "offset must be a whole number")).into_response(),
+            Err(_) => return refusal(ChatError::new(ErrorCode::InvalidParams, "offset must be a whole number")),
         },
     };
     let Some(slot) = wire.connections.acquire(&user) else {
-        return Refusal(too_many_connections()).into_response();
+        return refusal(too_many_connections());
     };
     match wire.engine.subscribe(&user, message_id, offset).await {
         Ok(s) => respond(&wire, Vec::new(), s.ids, s.reader, (slot, None)),
-        Err(e) => Refusal(e).into_response(),
+        Err(e) => refusal(e),
     }
 }
 
-async fn stop(
+/// Stops a running answer; its stream ends with `chat:stopped`.
+#[utoipa::path(
+    post, path = "/v1/answers/{messageId}/stop", tag = "sse",
+    params(("messageId" = String, Path, format = Uuid, description = "The answer's id")),
+    responses((status = 200, body = StopAck, description = "`stopped` is false when it had already ended"), WireErrors),
+    security(("bearer" = []))
+)]
+pub(crate) async fn stop(
     State(wire): State<Wire>,
     Path(message_id): Path<String>,
-    Query(query): Query<ResumeQuery>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let (user, message_id) = match answer_of(&wire, &headers, &uri, query.user_id, &message_id) {
+    let (user, message_id) = match answer_of(&wire, &headers, &uri, &message_id) {
         Ok(found) => found,
         Err(refused) => return *refused,
     };
     match wire.engine.stop(&user, message_id).await {
         Ok(stopped) => Json(StopAck { ok: true, stopped }).into_response(),
-        Err(e) => Refusal(e).into_response(),
+        Err(e) => refusal(e),
     }
 }
 

@@ -115,6 +115,7 @@ fn chatwire_tables() -> HashMap<String, Vec<String>> {
                 "role",
                 "content",
                 "model",
+                "provider",
                 "prompt_tokens",
                 "completion_tokens",
                 "total_tokens",
@@ -126,6 +127,7 @@ fn chatwire_tables() -> HashMap<String, Vec<String>> {
                 "updated_at",
             ]),
         ),
+        ("usage".to_owned(), cols(&["user_id", "day", "model", "prompt_tokens", "completion_tokens", "answers"])),
         ("seaql_migrations".to_owned(), cols(&["version", "applied_at"])),
     ])
 }
@@ -270,6 +272,7 @@ async fn three_migrate_processes_started_at_once_all_succeed() {
                 "idx_messages_conversation_time",
                 "messages_pkey",
                 "seaql_migrations_pkey",
+                "usage_pkey",
             ]
         );
         db.close().await.unwrap();

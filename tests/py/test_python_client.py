@@ -6,29 +6,16 @@ over the `/ai` namespace the way a Python client would.
 """
 
 import asyncio
-import base64
-import hashlib
-import hmac
-import json
-import os
 import re
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
 import socketio
 
+from chatwire_server import make_jwt, running_server
+
 NS = "/ai"
-HERE = os.path.dirname(os.path.abspath(__file__))
-BIN = os.path.abspath(os.environ.get("CHATWIRE_BIN")
-                      or os.path.join(HERE, "..", "..", "target", "debug", "chatwire"))
-SECRET = "py-test-secret-" + uuid.uuid4().hex
 # Non-ASCII on purpose: `offset` counts UTF-16 code units.
 MOCK_RESPONSE = ("Hello from the mock! Naïve café 🚀 rockets\nfly over €100 and "
                  "日本語 text, then a few more words to stream slowly enough to stop.")
@@ -45,86 +32,11 @@ def utf16_len(text):
     return len(text.encode("utf-16-le")) // 2
 
 
-def b64url(raw):
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def make_jwt(payload, secret=SECRET, ttl=3600):
-    """HS256 exactly like jsonwebtoken (NestJS JwtService) signs it."""
-    now = int(time.time())
-    body = {"iat": now, "exp": now + ttl, **payload}
-    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
-    claims = b64url(json.dumps(body, separators=(",", ":")).encode())
-    signing_input = f"{header}.{claims}".encode()
-    sig = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
-    return f"{header}.{claims}.{b64url(sig)}"
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    if not os.path.exists(BIN):
-        pytest.fail(f"chatwire binary not found at {BIN}; build it or set CHATWIRE_BIN")
-    port = free_port()
-    tmp = tempfile.mkdtemp(prefix="chatwire-py-")
-    database_url = os.environ.get("DATABASE_URL") or \
-        f"sqlite://{os.path.join(tmp, 'chatwire.db')}?mode=rwc"
-    env = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR", "TZ", "LANG", "LC_ALL")
-           if k in os.environ}
-    env.update({
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "JWT_SECRET": SECRET,
-        "DATABASE_URL": database_url,
-        "MOCK_RESPONSE": MOCK_RESPONSE,
-        "MOCK_TOKEN_DELAY_MS": "20",
-        "MOCK_FIRST_TOKEN_DELAY_MS": "20",
-        "RUST_LOG": "warn",
-    })
-    log = open(os.path.join(tmp, "server.log"), "wb")
-    # cwd is the scratch directory so that no `.env` of the checkout is read.
-    proc = subprocess.Popen([BIN, "serve"], env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        problem = "no answer yet"
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"chatwire exited with {proc.returncode}:\n{read_log(tmp)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"chatwire not healthy after 60 s ({problem}):\n{read_log(tmp)}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as res:
-                    body = json.loads(res.read())
-                    if res.status == 200 and body.get("status") == "ok":
-                        break
-                    problem = f"HTTP {res.status} {body}"
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                problem = str(exc)
-            time.sleep(0.05)
+    settings = {"MOCK_RESPONSE": MOCK_RESPONSE, "MOCK_TOKEN_DELAY_MS": "20", "MOCK_FIRST_TOKEN_DELAY_MS": "20"}
+    with running_server(settings) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def read_log(tmp):
-    try:
-        with open(os.path.join(tmp, "server.log"), "rb") as f:
-            return f.read()[-8000:].decode(errors="replace")
-    except OSError:
-        return ""
 
 
 class Client:
