@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    admin::Admin,
     auth::Authenticator,
     chat::StopReason,
     cluster::{MemoryDirectory, MemoryLogs},
@@ -101,10 +102,15 @@ impl Application {
         let deliveries = TaskTracker::new();
         let auth = Arc::new(Authenticator::new(&config.auth));
         let wire = Wire { engine: engine.clone(), config: config.clone(), auth, deliveries: deliveries.clone() };
-        let (layer, io) = socketio::layer(wire.clone());
+        let admin = Admin::new(&config);
+        let (layer, io) = socketio::layer(wire.clone(), admin.as_ref().map(Admin::observer));
         let counted = io.clone();
-        let router = http::router(engine.clone(), wire.auth.clone(), Arc::new(move || socketio::connections(&counted)))
-            .merge(sse::router(wire))
+        let mut router = http::router(engine.clone(), wire.auth.clone(), Arc::new(move || socketio::connections(&counted)))
+            .merge(sse::router(wire));
+        if let Some(admin) = admin {
+            router = router.merge(admin.start(&io, engine.clone(), shutdown.clone()));
+        }
+        let router = router
             .layer(layer)
             .layer(http::cors(&config))
             .layer(axum::middleware::map_request(http::detach_from_read_buffer));

@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 use futures::FutureExt;
 use tokio::time::Instant;
 
-use super::Parts;
+use super::{Parts, activity::Tracked};
 use crate::{
     chat::{AnswerIds, ChatError, ErrorCode, Final, StopReason, Usage, text},
     cluster::{Claim, Ending, LogWriter, Registration, StopHandle},
@@ -31,6 +31,8 @@ pub(super) struct Spec {
     pub upstream: OpeningStream,
     pub writer: Box<dyn LogWriter>,
     pub stop: Arc<StopHandle>,
+    /// Its place in the operators' listing, with its token count.
+    pub tracked: Tracked,
 }
 
 /// Spawns the generation. Its claim and its place in the directory are released when
@@ -90,6 +92,9 @@ async fn run(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration)) {
         Err(error) => Final::Failed(error),
     };
     log_answer(&spec, &ending, started, &seen);
+    if matches!(ending, Final::Failed(_)) {
+        parts.activity.failed();
+    }
 
     // The connection is free before the final entry is read, so its next start never
     // sees BUSY. The answer leaves the directory once its final entry is in the log:
@@ -97,6 +102,8 @@ async fn run(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration)) {
     let (claim, registration) = held;
     drop(claim);
     let length = text::utf16_len(&content);
+    // Off the operators' listing before anyone reads the end, so none lists it after.
+    spec.tracked.end();
     spec.writer.finish(Ending { outcome: ending, content, length });
     drop(registration);
 }
@@ -173,7 +180,9 @@ async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
                 while let Some(piece) = next.take() {
                     match piece {
                         Ok(Some(piece)) => {
-                            seen.pieces += u32::from(piece.delta.is_some());
+                            let token = u32::from(piece.delta.is_some());
+                            seen.pieces += token;
+                            spec.tracked.add_tokens(token.into());
                             add_piece(piece, &mut held, &mut end);
                             seen.usage = end.usage;
                         }

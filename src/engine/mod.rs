@@ -4,6 +4,7 @@
 //! stored rows and the generation task. It knows no wire: a connection is the wire's
 //! own [`ConnectionId`], and what a reader reads is a log [`Entry`].
 
+mod activity;
 mod checkpoint;
 mod generation;
 mod limits;
@@ -15,6 +16,7 @@ use futures::{StreamExt, stream::BoxStream};
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
+pub use activity::{RunningAnswerInfo, Totals};
 pub use checkpoint::Checkpoints;
 pub use limits::StartRateLimiter;
 
@@ -83,6 +85,8 @@ pub(crate) struct Parts {
     pub checkpoints: Arc<Checkpoints>,
     /// Readers handed out by `subscribe` since start-up (resumes and watchers).
     pub subscriptions: std::sync::atomic::AtomicU64,
+    /// Counters and running answers, for operators.
+    pub activity: Arc<activity::Activity>,
 }
 
 impl Engine {
@@ -97,8 +101,8 @@ impl Engine {
     ) -> Self {
         let limiter = StartRateLimiter::new(config.rate_limit_per_minute);
         let lookups = StartRateLimiter::new(config.lookups_per_minute);
-        let (checkpoints, subscriptions) = (Arc::default(), Default::default());
-        Self(Arc::new(Parts { config, db, provider, directory, logs, limiter, lookups, checkpoints, subscriptions }))
+        let (checkpoints, subscriptions, activity) = (Arc::default(), Default::default(), Arc::default());
+        Self(Arc::new(Parts { config, db, provider, directory, logs, limiter, lookups, checkpoints, subscriptions, activity }))
     }
 
     /// Runs the checkpoint writer and the rate limiter's sweeper until `shutdown`.
@@ -120,6 +124,14 @@ impl Engine {
 
     /// Starts an answer for `user` on `connection`.
     pub async fn start(&self, connection: &ConnectionId, user: &str, command: StartCommand) -> Result<StartOutcome, ChatError> {
+        let started = self.start_answer(connection, user, command).await;
+        if started.is_err() {
+            self.0.activity.refused();
+        }
+        started
+    }
+
+    async fn start_answer(&self, connection: &ConnectionId, user: &str, command: StartCommand) -> Result<StartOutcome, ChatError> {
         let parts = &self.0;
         let key = command.client_message_id.as_deref();
         if let Some(key) = key {
@@ -184,7 +196,8 @@ impl Engine {
         let stop = Arc::new(StopHandle::default());
         let running = RunningAnswer { ids, user_id: user.to_owned(), connection: connection.clone() };
         let registration = parts.directory.register(running, stop.clone()).await;
-        let spec = generation::Spec { ids, user_id: user.to_owned(), model: command.model, upstream, writer, stop };
+        let tracked = parts.activity.track(ids, user, &command.model);
+        let spec = generation::Spec { ids, user_id: user.to_owned(), model: command.model, upstream, writer, stop, tracked };
         generation::spawn(self.0.clone(), spec, (claim, registration));
         Ok(StartOutcome::Started(Started { ids, user_message_id: begun.user_message_id, created: begun.created, reader }))
     }

@@ -1,9 +1,12 @@
 //! `chat:start`, `chat:stop` and disconnects on `/ai`.
 
 use serde_json::Value;
-use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::{
+    extract::{AckSender, SocketRef, State, TryData},
+    socket::DisconnectReason,
+};
 
-use super::{ack_logged, connection_id, emit_logged, event_permit, payload::StopRequest, reader, user_of};
+use super::{ack_logged, connection_id, emit_logged, event_permit, observer, payload::StopRequest, reader, user_of};
 use crate::{
     auth::{self, User},
     chat::{ChatError, ErrorCode, StartCommand},
@@ -21,6 +24,7 @@ pub(super) fn refuse(socket: &SocketRef, ack: AckSender, error: ChatError) {
 }
 
 pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+    observer::received(&socket, "chat:start", &payload);
     let Some(_permit) = event_permit(&socket) else {
         return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
@@ -68,6 +72,7 @@ pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, TryD
 const NO_ARGUMENT: &str = "first element not found";
 
 pub(super) async fn chat_stop(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+    observer::received(&socket, "chat:stop", &payload);
     let Some(_permit) = event_permit(&socket) else {
         return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
@@ -94,7 +99,8 @@ pub(super) async fn chat_stop(socket: SocketRef, State(wire): State<Wire>, TryDa
     ack_logged(&socket, ack, &StopAck { ok: true, stopped });
 }
 
-pub(super) async fn on_disconnect(socket: SocketRef, State(wire): State<Wire>) {
+pub(super) async fn on_disconnect(socket: SocketRef, State(wire): State<Wire>, reason: DisconnectReason) {
+    observer::disconnected(&socket, reason);
     reader::Subscriptions::of(&socket).close();
     wire.engine.connection_closed(&connection_id(&socket)).await;
     tracing::debug!(sid = %socket.id, "disconnected");

@@ -9,6 +9,7 @@ use super::{
     ack_logged,
     chat::refuse,
     event_permit,
+    observer,
     payload::{ConversationRequest, ResumeRequest},
     reader::{self, Subscriptions},
     user_of,
@@ -21,6 +22,7 @@ use crate::{
 
 /// `chat:resume { messageId, offset }`: the missed text, then live or the stored end.
 pub(super) async fn chat_resume(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+    observer::received(&socket, "chat:resume", &payload);
     let Some(_permit) = event_permit(&socket) else {
         return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
@@ -52,6 +54,7 @@ pub(super) async fn chat_resume(socket: SocketRef, State(wire): State<Wire>, Try
 /// `chat:join { conversationId }`: watch a conversation of yours from this socket too:
 /// its running answer from the start, then each later one, until `chat:leave`.
 pub(super) async fn chat_join(socket: SocketRef, State(wire): State<Wire>, TryData(payload): TryData<Value>, ack: AckSender) {
+    observer::received(&socket, "chat:join", &payload);
     let Some(_permit) = event_permit(&socket) else {
         return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
@@ -95,6 +98,7 @@ pub(super) async fn chat_join(socket: SocketRef, State(wire): State<Wire>, TryDa
 
 /// `chat:leave { conversationId }`: stop watching.
 pub(super) async fn chat_leave(socket: SocketRef, TryData(payload): TryData<Value>, ack: AckSender) {
+    observer::received(&socket, "chat:leave", &payload);
     match ConversationRequest::parse(payload.ok().as_ref()) {
         Ok(r) => {
             Subscriptions::of(&socket).leave(r.conversation_id);
