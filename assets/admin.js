@@ -106,54 +106,74 @@ function merged(nodes) {
   return [...bySecond.values()].sort((a, b) => a.at - b.at);
 }
 
+/** 1, 2 or 5 times a power of ten, at least `x`. */
+function niceStep(x) {
+  const power = 10 ** Math.floor(Math.log10(Math.max(x, 1e-9)));
+  return [1, 2, 5, 10].map((m) => m * power).find((step) => step >= x);
+}
+
 function drawChart(stats) {
   const canvas = $('chart-canvas');
   const ctx = canvas.getContext('2d');
   const { width, height } = canvas;
-  const pad = { left: 44, right: 10, top: 10, bottom: 22 };
+  const pad = { left: 44, right: 44, top: 10, bottom: 22 };
   const plotW = width - pad.left - pad.right;
   const plotH = height - pad.top - pad.bottom;
   const samples = merged(stats.nodes);
   const now = samples.length ? samples[samples.length - 1].at : Date.now();
-  const x = (at) => pad.left + plotW * (1 - (now - at) / WINDOW_MS);
-  const maxTokens = Math.max(10, ...samples.map((s) => s.tokens));
-  const maxErrors = Math.max(1, ...samples.map((s) => s.failed + s.refused));
+  // The last ten minutes, or less while the server is younger (at least one minute).
+  const span = samples.length ? now - samples[0].at : 0;
+  const windowMs = Math.min(WINDOW_MS, Math.max(60_000, Math.ceil(span / 60_000) * 60_000));
+  const shown = samples.filter((s) => s.at > now - windowMs);
+  const x = (at) => pad.left + plotW * (1 - (now - at) / windowMs);
+  const tokenStep = niceStep(Math.max(4, ...shown.map((s) => s.tokens)) / 4);
+  const maxTokens = tokenStep * 4;
+  const errorStep = niceStep(Math.max(4, ...shown.map((s) => s.failed + s.refused)) / 4);
+  const maxErrors = errorStep * 4;
   const y = (v, max) => pad.top + plotH * (1 - v / max);
 
   ctx.clearRect(0, 0, width, height);
   ctx.font = '11px system-ui, sans-serif';
-  ctx.fillStyle = '#667085';
   ctx.strokeStyle = '#e4e7ec';
   for (let i = 0; i <= 4; i++) {
-    const v = (maxTokens * i) / 4;
-    const yy = y(v, maxTokens);
+    const yy = y(tokenStep * i, maxTokens);
     ctx.beginPath();
     ctx.moveTo(pad.left, yy);
     ctx.lineTo(width - pad.right, yy);
     ctx.stroke();
-    ctx.fillText(String(Math.round(v)), 4, yy + 4);
+    ctx.fillStyle = '#2563eb';
+    ctx.fillText(String(tokenStep * i), 4, yy + 4);
+    ctx.fillStyle = '#dc2626';
+    ctx.fillText(String(errorStep * i), width - pad.right + 6, yy + 4);
   }
-  for (let m = 10; m >= 0; m -= 2) {
-    ctx.fillText(m ? `-${m}m` : 'now', x(now - m * 60000) - 10, height - 6);
+  ctx.fillStyle = '#667085';
+  const minutes = windowMs / 60_000;
+  const labelEvery = minutes <= 2 ? 0.25 : minutes <= 5 ? 1 : 2;
+  for (let m = minutes; m >= 0; m -= labelEvery) {
+    const label = m === 0 ? 'now' : m >= 1 ? `-${m}m` : `-${Math.round(m * 60)}s`;
+    ctx.fillText(label, Math.min(x(now - m * 60_000) - 10, width - pad.right - 20), height - 6);
   }
-  const bar = Math.max(1, plotW / (WINDOW_MS / 1000));
-  for (const s of samples) {
+  const bar = Math.max(2, plotW / (windowMs / 1000));
+  for (const s of shown) {
+    const failedTop = y(s.failed, maxErrors);
     if (s.failed) {
       ctx.fillStyle = '#dc2626';
-      ctx.fillRect(x(s.at) - bar, y(s.failed, maxErrors), bar, plotH - (y(s.failed, maxErrors) - pad.top));
+      ctx.fillRect(x(s.at) - bar, failedTop, bar, pad.top + plotH - failedTop);
     }
     if (s.refused) {
       ctx.fillStyle = '#f59e0b';
       const top = y(s.failed + s.refused, maxErrors);
-      ctx.fillRect(x(s.at) - bar, top, bar, y(s.failed, maxErrors) - top);
+      ctx.fillRect(x(s.at) - bar, top, bar, failedTop - top);
     }
   }
   ctx.strokeStyle = '#2563eb';
   ctx.lineWidth = 2;
   ctx.beginPath();
-  samples.forEach((s, i) => (i ? ctx.lineTo(x(s.at), y(s.tokens, maxTokens)) : ctx.moveTo(x(s.at), y(s.tokens, maxTokens))));
+  shown.forEach((s, i) => (i ? ctx.lineTo(x(s.at), y(s.tokens, maxTokens)) : ctx.moveTo(x(s.at), y(s.tokens, maxTokens))));
   ctx.stroke();
   ctx.lineWidth = 1;
+  canvas.dataset.seconds = String(shown.filter((s) => s.tokens > 0).length);
+  // The second in progress is partial: the rate is that of the five before it.
   const last = samples.slice(-6, -1);
   const rate = last.length ? last.reduce((sum, s) => sum + s.tokens, 0) / last.length : 0;
   $('rate').textContent = `· ${rate.toFixed(1)} tokens/s now`;

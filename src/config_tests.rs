@@ -108,3 +108,16 @@ fn a_mistyped_database_url_is_named_without_its_password() {
     assert_eq!(redact_url("postgres://app@h/d"), "postgres://app@h/d");
     assert_eq!(redact_url("postgres://app:p@ss@h/d?x=@"), "postgres://app:***@h/d?x=@");
 }
+
+#[test]
+fn the_admin_view_needs_both_its_variables_and_a_bcrypt_hash() {
+    assert!(Config::from_vars(vars(&[])).unwrap().admin.is_none());
+    let hash = "$2b$04$abcdefghijklmnopqrstuuyW9JGjVPmgyYDpwT8jm2tf1Ac.I/ZYS";
+    let on = Config::from_vars(vars(&[("ADMIN_USERNAME", "ops"), ("ADMIN_PASSWORD", hash)])).unwrap().admin.unwrap();
+    assert_eq!((on.username.as_str(), on.password_hash.expose()), ("ops", hash));
+    assert_eq!(Config::from_vars(vars(&[("ADMIN_USERNAME", "ops")])).unwrap_err().var, "ADMIN_PASSWORD");
+    assert_eq!(Config::from_vars(vars(&[("ADMIN_PASSWORD", hash)])).unwrap_err().var, "ADMIN_USERNAME");
+    let plain = Config::from_vars(vars(&[("ADMIN_USERNAME", "ops"), ("ADMIN_PASSWORD", "hunter2")])).unwrap_err();
+    assert_eq!(plain.var, "ADMIN_PASSWORD");
+    assert!(!plain.to_string().contains("hunter2"), "{plain}");
+}

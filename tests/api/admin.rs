@@ -6,6 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::{
+    binary::{refused_start, spawn_binary},
     client::{Client, Credentials, Refused},
     fake_upstream::{FakeUpstream, Reply},
     helpers::*,
@@ -256,4 +257,28 @@ async fn the_ui_actions_join_leave_and_disconnect_an_ai_socket() {
     assert_eq!((&gone[1], &gone[2]), (&json!(sid), &json!("server namespace disconnect")));
     let (_, stats) = json_of(get(&app, "/admin/api/stats").basic_auth(ADMIN, Some(PASSWORD))).await;
     assert_eq!(stats["nodes"][0]["sockets"], 0);
+}
+
+#[tokio::test]
+async fn the_binary_makes_the_hash_and_says_where_the_admin_view_is() {
+    use std::{io::Write, process::{Command, Stdio}};
+    let mut hashing = Command::new(env!("CARGO_BIN_EXE_chatwire"))
+        .args(["hash-password", "--cost", "4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    hashing.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+    let out = hashing.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(hash.starts_with("$2b$04$") && bcrypt::verify(PASSWORD, &hash).unwrap(), "{hash}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn_binary(&format!("sqlite://{}/c.db?mode=rwc", dir.path().display()), &[("ADMIN_USERNAME", ADMIN), ("ADMIN_PASSWORD", &hash)]);
+    let said = format!("admin: http://127.0.0.1:{}/admin and the /admin namespace, as {ADMIN}", child.addr.port());
+    assert!(child.startup.iter().filter_map(|l| l["message"].as_str()).any(|m| m.trim_start() == said), "{:?}", child.startup);
+    let (code, stderr) = refused_start(&[("ADMIN_USERNAME", ADMIN)]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("ADMIN_PASSWORD: is unset but ADMIN_USERNAME is set"), "{stderr}");
 }
