@@ -23,7 +23,10 @@ use socketioxide::{
 };
 
 use super::{NAMESPACE, Shared, feed, serialize};
-use crate::{auth::Unauthorized, transport::socketio};
+use crate::{
+    auth::Unauthorized,
+    transport::socketio::{self, Watching},
+};
 
 /// What the UI may do here (`EMIT` is left out on purpose).
 const FEATURES: [&str; 8] = ["JOIN", "LEAVE", "DISCONNECT", "MJOIN", "MLEAVE", "MDISCONNECT", "AGGREGATED_EVENTS", "ALL_EVENTS"];
@@ -31,6 +34,12 @@ const FEATURES: [&str; 8] = ["JOIN", "LEAVE", "DISCONNECT", "MJOIN", "MLEAVE", "
 /// A session id given at login, sent once connected.
 #[derive(Clone)]
 struct NewSession(String);
+
+/// The `/ai` observer reports while an admin socket holds this.
+#[derive(Clone)]
+struct Watcher {
+    _watching: Arc<Watching>,
+}
 
 /// `join` / `leave`: `(nsp, room, filter?)`.
 #[derive(Deserialize)]
@@ -76,6 +85,9 @@ async fn admit(shared: Arc<Shared>, socket: SocketRef, auth: Option<Value>) -> R
         Ok(DisconnectAction(nsp, _close, filter)) => disconnect(&disconnecting, &nsp, filter.as_deref()),
         Err(e) => tracing::debug!(error = %e, "admin action does not parse"),
     });
+    socket.on_disconnect(async |socket: SocketRef| {
+        socket.extensions.remove::<Watcher>();
+    });
     let field = |name: &str| auth.as_ref().and_then(|a| a.get(name)).and_then(Value::as_str);
     if field("sessionId").is_some_and(|id| shared.login.has_session(id)) {
         return Ok(());
@@ -98,8 +110,9 @@ async fn admit(shared: Arc<Shared>, socket: SocketRef, auth: Option<Value>) -> R
     }
 }
 
-/// What a new admin socket is told first.
+/// What a new admin socket is told first; the feed runs from then on.
 fn welcome(shared: &Shared, socket: &SocketRef) {
+    socket.extensions.insert(Watcher { _watching: Arc::new(shared.observer.watch()) });
     let mut sockets: Vec<Value> = Vec::new();
     for ns in [socketio::NAMESPACE, NAMESPACE] {
         sockets.extend(shared.io.of(ns).map(|ns| ns.sockets()).unwrap_or_default().iter().map(serialize::socket));

@@ -11,7 +11,7 @@ mod observer;
 mod payload;
 mod reader;
 
-pub use observer::{ConnectedAt, Notice, Observer};
+pub use observer::{ConnectedAt, Notice, Observer, Watching};
 
 use std::sync::{
     Arc,

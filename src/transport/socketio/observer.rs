@@ -2,14 +2,15 @@
 //! and disconnects, and the events they receive and are sent.
 //!
 //! Off (no [`Observer`] given to [`super::layer`]) this costs one extension lookup per
-//! event and nothing per chunk. On, each notice is one `try_send` into a bounded
-//! channel: when the monitor falls behind, notices are dropped and counted, so watching
-//! never holds up or slows the chat path.
+//! event and nothing per chunk; on while nobody watches ([`Observer::watch`]), one atomic
+//! load more. Watched, each notice is one `try_send` into a bounded channel: when the
+//! monitor falls behind, notices are dropped and counted, so watching never holds up
+//! the chat path.
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::SystemTime,
 };
@@ -36,13 +37,35 @@ pub enum Notice {
 pub struct Observer {
     notices: mpsc::Sender<Notice>,
     dropped: Arc<AtomicU64>,
+    /// Live [`Watching`] guards: with none, nothing is reported.
+    watchers: Arc<AtomicUsize>,
+}
+
+/// Someone watches while this lives (an admin socket holds one).
+#[derive(Debug)]
+pub struct Watching(Arc<AtomicUsize>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Observer {
     /// An observer whose channel holds `capacity` notices, and the monitor's end of it.
     pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Notice>) {
         let (notices, receiver) = mpsc::channel(capacity.max(1));
-        (Self { notices, dropped: Arc::default() }, receiver)
+        (Self { notices, dropped: Arc::default(), watchers: Arc::default() }, receiver)
+    }
+
+    /// Notices are sent while the returned guard lives (and any other).
+    pub fn watch(&self) -> Watching {
+        self.watchers.fetch_add(1, Ordering::Relaxed);
+        Watching(self.watchers.clone())
+    }
+
+    fn watched(&self) -> bool {
+        self.watchers.load(Ordering::Relaxed) > 0
     }
 
     /// Notices dropped because the monitor was behind (or gone).
@@ -51,13 +74,16 @@ impl Observer {
     }
 
     fn notify(&self, notice: Notice) {
-        if self.notices.try_send(notice).is_err() {
+        if self.watched() && self.notices.try_send(notice).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// An event queued for socket `sid`.
     pub(super) fn sent<T: Serialize + ?Sized>(&self, sid: Sid, event: &'static str, data: &T) {
+        if !self.watched() {
+            return;
+        }
         match serde_json::to_value(data) {
             Ok(data) => self.notify(Notice::Sent { sid, event, data, at: SystemTime::now() }),
             Err(e) => tracing::debug!(%sid, event, error = %e, "event not serializable for the monitor"),
@@ -118,6 +144,9 @@ mod tests {
     async fn a_full_channel_drops_and_counts_instead_of_waiting() {
         let (observer, mut receiver) = Observer::channel(2);
         let sid = Sid::new();
+        observer.sent(sid, "chat:message", &1);
+        assert!(receiver.try_recv().is_err(), "nobody watches: nothing is sent");
+        let _watching = observer.watch();
         for _ in 0..5 {
             observer.sent(sid, "chat:message", &serde_json::json!({ "content": "x" }));
         }
