@@ -67,9 +67,12 @@ pub async fn run(shared: Arc<Shared>, mut notices: mpsc::Receiver<Notice>, shutd
                 None => return,
             },
             _ = tick.tick() => {
-                let stats = server_stats(&shared, aggregated.take());
-                to_admins(&shared, "server_stats", &stats);
-                upgrades(&shared, &mut transports);
+                let events = aggregated.take();
+                // Nobody to tell: no counting either.
+                if shared.io.of(NAMESPACE).is_some_and(|admins| !admins.sockets().is_empty()) {
+                    to_admins(&shared, "server_stats", &server_stats(&shared, events));
+                    upgrades(&shared, &mut transports);
+                }
             }
             _ = shutdown.cancelled() => return,
         }

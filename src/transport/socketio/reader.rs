@@ -190,11 +190,19 @@ async fn run(
         let sent = match &entry {
             Entry::Text { text, offset, .. } => {
                 let chunk = Chunk::new(ids, text, *offset, seq);
-                socket.emit("chat:message", &chunk).inspect(|()| observer.iter().for_each(|o| o.sent(socket.id, "chat:message", &chunk)))
+                socket.emit("chat:message", &chunk).inspect(|()| {
+                    if let Some(o) = &observer {
+                        o.sent(socket.id, "chat:message", &chunk);
+                    }
+                })
             }
             Entry::Final(ending) => {
                 let (name, payload) = final_event(ids, ending);
-                socket.emit(name, &payload).inspect(|()| observer.iter().for_each(|o| o.sent(socket.id, name, &payload)))
+                socket.emit(name, &payload).inspect(|()| {
+                    if let Some(o) = &observer {
+                        o.sent(socket.id, name, &payload);
+                    }
+                })
             }
         };
         match sent {
