@@ -99,6 +99,15 @@ pub const DEFAULT_MOCK_RESPONSE: &str = "Hello! I am chatwire's built-in mock mo
 No upstream provider is configured, so I stream this fixed answer word by word. \
 Set OPENAI_BASE_URL and OPENAI_API_KEY to talk to a real model.";
 
+/// Who may open the admin view (`/admin` namespace and page): both variables set, or the
+/// feature is off.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub username: String,
+    /// A bcrypt hash (`ADMIN_PASSWORD`), checked at start-up.
+    pub password_hash: Secret,
+}
+
 /// What happens to a generation whose starting socket disconnects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnDisconnect {
@@ -193,6 +202,8 @@ pub struct Config {
     pub http_idle_timeout: Duration,
     /// The Bearer token `/metrics` requires (`METRICS_TOKEN`); `None` leaves it open.
     pub metrics_token: Option<Secret>,
+    /// The admin view's credentials; `None` turns it off (`ADMIN_USERNAME`, `ADMIN_PASSWORD`).
+    pub admin: Option<AdminConfig>,
 }
 
 impl Config {
@@ -331,6 +342,7 @@ impl Config {
             header_read_timeout: Duration::from_millis(at_least_one(&env, "HEADER_READ_TIMEOUT_MS", 10_000)? as u64),
             http_idle_timeout: Duration::from_millis(at_least_one(&env, "HTTP_IDLE_TIMEOUT_MS", 60_000)? as u64),
             metrics_token: metrics_token(&env)?,
+            admin: admin_config(&env)?,
         })
     }
 
@@ -374,7 +386,7 @@ impl Config {
 #[path = "config_vars.rs"]
 mod vars;
 pub use vars::redact_url;
-use vars::{Vars, at_least_one, auth_config, database_schema, database_url, default_node_id, metrics_token, origin, redis_url, upstream_config};
+use vars::{Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, metrics_token, origin, redis_url, upstream_config};
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

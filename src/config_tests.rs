@@ -154,3 +154,16 @@ fn the_provider_is_the_mock_or_the_upstream_host() {
     assert_eq!(local.provider_name(), "127.0.0.1:11434");
     assert_eq!(Config::from_vars(vars(&[("OPENAI_API_KEY", "k")])).unwrap().provider_name(), "api.openai.com");
 }
+
+#[test]
+fn the_admin_view_needs_both_its_variables_and_a_bcrypt_hash() {
+    assert!(Config::from_vars(vars(&[])).unwrap().admin.is_none());
+    let hash = "$2b$04$abcdefghijklmnopqrstuuyW9JGjVPmgyYDpwT8jm2tf1Ac.I/ZYS";
+    let on = Config::from_vars(vars(&[("ADMIN_USERNAME", "ops"), ("ADMIN_PASSWORD", hash)])).unwrap().admin.unwrap();
+    assert_eq!((on.username.as_str(), on.password_hash.expose()), ("ops", hash));
+    assert_eq!(Config::from_vars(vars(&[("ADMIN_USERNAME", "ops")])).unwrap_err().var, "ADMIN_PASSWORD");
+    assert_eq!(Config::from_vars(vars(&[("ADMIN_PASSWORD", hash)])).unwrap_err().var, "ADMIN_USERNAME");
+    let plain = Config::from_vars(vars(&[("ADMIN_USERNAME", "ops"), ("ADMIN_PASSWORD", "hunter2")])).unwrap_err();
+    assert_eq!(plain.var, "ADMIN_PASSWORD");
+    assert!(!plain.to_string().contains("hunter2"), "{plain}");
+}

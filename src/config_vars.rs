@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, fmt, str::FromStr, time::Duration};
 
-use super::{AuthConfig, ConfigError, JwtConfig, MockConfig, Secret, UpstreamConfig, bad};
+use super::{AdminConfig, AuthConfig, ConfigError, JwtConfig, MockConfig, Secret, UpstreamConfig, bad};
 
 pub(super) fn auth_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
     let secret = env.get("JWT_SECRET").map(|s| Secret(s.to_owned()));
@@ -35,6 +35,21 @@ pub(super) fn auth_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
         audience,
         user_claim: user_claim.unwrap_or_else(|| "sub".into()),
     }))
+}
+
+/// `ADMIN_USERNAME` and `ADMIN_PASSWORD` (a bcrypt hash): both or neither.
+pub(super) fn admin_config(env: &Vars) -> Result<Option<AdminConfig>, ConfigError> {
+    match (env.get("ADMIN_USERNAME"), env.get("ADMIN_PASSWORD")) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(bad("ADMIN_PASSWORD", "is unset but ADMIN_USERNAME is set; set both to turn the admin view on, or neither")),
+        (None, Some(_)) => Err(bad("ADMIN_USERNAME", "is unset but ADMIN_PASSWORD is set; set both to turn the admin view on, or neither")),
+        (Some(username), Some(hash)) => {
+            if hash.parse::<bcrypt::HashParts>().is_err() {
+                return Err(bad("ADMIN_PASSWORD", "is not a bcrypt hash ($2b$...); make one with `chatwire hash-password`"));
+            }
+            Ok(Some(AdminConfig { username: username.to_owned(), password_hash: Secret(hash.to_owned()) }))
+        }
+    }
 }
 
 /// One allowed origin, as a browser sends it: `scheme://host[:port]`, no path. A

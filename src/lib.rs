@@ -6,6 +6,7 @@
 //! `main.rs` only parses the configuration and calls [`startup::Application`];
 //! integration tests start the server through the same entry points.
 
+pub mod admin;
 pub mod auth;
 pub mod chat;
 pub mod cluster;

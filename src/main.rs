@@ -26,6 +26,12 @@ enum Command {
     },
     /// Run the database migrations and exit.
     Migrate,
+    /// Read a password on standard input and print its bcrypt hash, for ADMIN_PASSWORD.
+    HashPassword {
+        /// bcrypt cost, 4 to 31: each step doubles the time one login check takes.
+        #[arg(long, default_value_t = 10)]
+        cost: u32,
+    },
     /// Import conversations and messages from a JSON-lines file (see docs/IMPORT.md).
     Import {
         /// One message per line.
@@ -41,6 +47,9 @@ enum Command {
 async fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
+    if let Some(Command::HashPassword { cost }) = cli.command {
+        return hash_password(cost);
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -53,6 +62,7 @@ async fn main() -> ExitCode {
         Command::Serve => serve(config).await,
         Command::MockUpstream { port, host } => mock(config, host, port).await,
         Command::Import { jsonl, strict } => chatwire::import::run_cli(&config, &jsonl, strict).await,
+        Command::HashPassword { .. } => Ok(()),
         Command::Migrate => chatwire::store::connect(&config.database_url, config.database_max_connections, &config.database_schema).await.map(drop).map_err(|e| e.to_string()),
     };
     match result {
@@ -61,6 +71,27 @@ async fn main() -> ExitCode {
             tracing::error!("{e}");
             eprintln!("chatwire: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the bcrypt hash of the first line of standard input.
+fn hash_password(cost: u32) -> ExitCode {
+    let mut line = String::new();
+    let read = std::io::stdin().read_line(&mut line);
+    let password = line.trim_end_matches(['\r', '\n']);
+    if read.is_err() || password.is_empty() {
+        eprintln!("chatwire: give the password on standard input: chatwire hash-password < password.txt");
+        return ExitCode::from(2);
+    }
+    match bcrypt::hash(password, cost) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chatwire: {e}");
+            ExitCode::from(2)
         }
     }
 }

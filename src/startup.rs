@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    admin::Admin,
     auth::Authenticator,
     chat::StopReason,
     cluster::{self, AnswerLogs, Directory, MemoryDirectory, MemoryLogs, Redis, RedisDirectory, RedisLogs},
@@ -111,14 +112,19 @@ impl Application {
         let auth = Arc::new(Authenticator::new(&config.auth));
         let connections = crate::transport::connections::UserConnections::new(config.max_connections_per_user);
         let wire = Wire { engine: engine.clone(), config: config.clone(), auth, deliveries: deliveries.clone(), connections };
-        let (layer, io) = socketio::layer(wire.clone());
+        let admin = Admin::new(&config);
+        let (layer, io) = socketio::layer(wire.clone(), admin.as_ref().map(Admin::observer));
         let counted = io.clone();
         let connections: http::ConnectionCount = Arc::new(move || socketio::connections(&counted));
         let draining = CancellationToken::new();
-        let router = http::router(engine.clone(), wire.auth.clone(), connections.clone())
+        let mut router = http::router(engine.clone(), wire.auth.clone(), connections.clone())
             .merge(http::ready::router(Readiness::new(db.clone(), probe, draining.clone(), config.redis_url.is_some().then(|| engine.clone()))))
             .merge(http::scrape::router(engine.clone(), connections, config.metrics_token.as_ref()))
-            .merge(sse::router(wire))
+            .merge(sse::router(wire));
+        if let Some(admin) = admin {
+            router = router.merge(admin.start(&io, engine.clone(), shutdown.clone()));
+        }
+        let router = router
             .layer(layer)
             .layer(http::cors(&config))
             .layer(axum::middleware::map_request(http::detach_from_read_buffer));

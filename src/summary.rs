@@ -24,6 +24,10 @@ pub fn lines(config: &Config, auth: &Authenticator, mock_url: Option<&str>) -> V
         (UpstreamConfig::Mock(_), Some(url)) => format!("the built-in mock model at {url} (no OPENAI_API_KEY or OPENAI_BASE_URL)"),
         (UpstreamConfig::Mock(_), None) => "the built-in mock model".into(),
     };
+    let admin = match &config.admin {
+        Some(admin) => format!("http://{host}:{}/admin and the /admin namespace, as {}", config.port, admin.username),
+        None => "off (ADMIN_USERNAME and ADMIN_PASSWORD unset)".into(),
+    };
     vec![
         ("connect to", listen),
         ("SSE", format!("POST http://{host}:{}/v1/chat", config.port)),
@@ -32,6 +36,7 @@ pub fn lines(config: &Config, auth: &Authenticator, mock_url: Option<&str>) -> V
         ("upstream", upstream),
         ("allowed origins", config.cors_origins.join(", ")),
         ("node", config.node_id.clone()),
+        ("admin", admin),
     ]
 }
 
@@ -76,6 +81,7 @@ Environment (also read from .env; README.md has the full table):
   REDIS_URL, NODE_LEASE_MS, CLUSTER_APPEND_MS   cluster mode (needs PostgreSQL)
   MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP, HEADER_READ_TIMEOUT_MS, HTTP_IDLE_TIMEOUT_MS
   MOCK_RESPONSE, MOCK_TOKEN_DELAY_MS, MOCK_FIRST_TOKEN_DELAY_MS, MOCK_STAMP
+  ADMIN_USERNAME, ADMIN_PASSWORD   the admin view (/admin); a bcrypt hash: chatwire hash-password
   LOG_FORMAT (pretty|json), RUST_LOG
   METRICS_TOKEN              Bearer token GET /metrics requires (unset: open)";
 

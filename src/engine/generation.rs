@@ -12,7 +12,7 @@ use futures::FutureExt;
 use tokio::time::Instant;
 use tracing::{Instrument, Span, field};
 
-use super::Parts;
+use super::{Parts, activity::Tracked};
 use crate::{
     chat::{AnswerIds, ChatError, ErrorCode, Final, HistoryMessage, StartCommand, StopReason, Usage, text},
     config::Config,
@@ -35,6 +35,8 @@ pub(super) struct Spec {
     pub stop: Arc<StopHandle>,
     /// When its `chat:start` reached the engine: time to first token and duration count from here.
     pub received: Instant,
+    /// Its place in the operators' listing, with its token count.
+    pub tracked: Tracked,
 }
 
 /// The span every line of one answer is logged in (both log formats show its fields):
@@ -128,6 +130,7 @@ async fn end(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration), see
     let ttft = seen.first_token.map(|t| t.duration_since(started));
     parts.metrics.answer_ended(ending.status(), started.elapsed(), ttft);
     if let Final::Failed(error) = &ending {
+        parts.activity.failed();
         parts.metrics.chat_error(error.code);
     }
 
@@ -137,6 +140,8 @@ async fn end(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration), see
     let (claim, registration) = held;
     drop(claim);
     let length = text::utf16_len(&content);
+    // Off the operators' listing before anyone reads the end, so none lists it after.
+    spec.tracked.end();
     spec.writer.finish(Ending { outcome: ending, content, length });
     drop(registration);
 }
@@ -213,7 +218,9 @@ async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
                 while let Some(piece) = next.take() {
                     match piece {
                         Ok(Some(piece)) => {
-                            seen.pieces += u32::from(piece.delta.is_some());
+                            let token = u32::from(piece.delta.is_some());
+                            seen.pieces += token;
+                            spec.tracked.add_tokens(token.into());
                             add_piece(piece, &mut held, &mut end);
                             seen.usage = end.usage;
                         }

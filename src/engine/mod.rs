@@ -5,20 +5,22 @@
 //! own [`ConnectionId`], and what a reader reads is a log [`Entry`].
 
 mod adopt;
+mod activity;
 mod checkpoint;
 mod generation;
 mod history;
 mod limits;
+mod readers;
 mod stored;
 mod usage;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::{StreamExt, stream::BoxStream};
 use sea_orm::DatabaseConnection;
 use tracing::Instrument;
 use uuid::Uuid;
 
+pub use activity::{RunningAnswerInfo, Totals};
 pub use checkpoint::Checkpoints;
 pub use history::{ConversationDetail, ConversationPage, ConversationSummary, PageKey};
 pub use usage::UsageRow;
@@ -92,6 +94,8 @@ pub(crate) struct Parts {
     /// Readers handed out by `subscribe` since start-up (resumes and watchers).
     pub subscriptions: std::sync::atomic::AtomicU64,
     pub metrics: Metrics,
+    /// Counters and running answers, for operators.
+    pub activity: Arc<activity::Activity>,
 }
 
 impl Engine {
@@ -107,8 +111,8 @@ impl Engine {
     ) -> Self {
         let limiter = StartRateLimiter::new(config.rate_limit_per_minute);
         let lookups = StartRateLimiter::new(config.lookups_per_minute);
-        let (checkpoints, subscriptions) = (Arc::default(), Default::default());
-        Self(Arc::new(Parts { config, db, provider, directory, logs, limiter, lookups, checkpoints, subscriptions, metrics }))
+        let (checkpoints, subscriptions, activity) = (Arc::default(), Default::default(), Arc::default());
+        Self(Arc::new(Parts { config, db, provider, directory, logs, limiter, lookups, checkpoints, subscriptions, metrics, activity }))
     }
 
     /// Runs the checkpoint writer and the rate limiter's sweeper until `shutdown`.
@@ -149,7 +153,11 @@ impl Engine {
     /// its conversation, the user and this node.
     pub async fn start(&self, connection: &ConnectionId, user: &str, command: StartCommand) -> Result<StartOutcome, ChatError> {
         let span = generation::span(user, &self.0.config.node_id);
-        self.start_in_span(connection, user, command).instrument(span).await
+        let started = self.start_in_span(connection, user, command).instrument(span).await;
+        if started.is_err() {
+            self.0.activity.refused();
+        }
+        started
     }
 
     async fn start_in_span(&self, connection: &ConnectionId, user: &str, command: StartCommand) -> Result<StartOutcome, ChatError> {
@@ -230,7 +238,8 @@ impl Engine {
         let stop = Arc::new(StopHandle::default());
         let running = RunningAnswer { ids, user_id: user.to_owned(), connection: connection.clone() };
         let registration = parts.directory.register(running, stop.clone()).await;
-        let spec = generation::Spec { ids, user_id: user.to_owned(), model: command.model, upstream, writer, stop, received };
+        let tracked = parts.activity.track(ids, user, &command.model);
+        let spec = generation::Spec { ids, user_id: user.to_owned(), model: command.model, upstream, writer, stop, received, tracked };
         generation::spawn(self.0.clone(), spec, (claim, registration));
         Ok(StartOutcome::Started(Started { ids, user_message_id: begun.user_message_id, created: begun.created, reader }))
     }
@@ -293,82 +302,6 @@ impl Engine {
         {
             self.0.directory.stop(a.ids.message_id, StopReason::Disconnect).await;
         }
-    }
-
-    /// Reads `user`'s answer from `offset` (UTF-16 units): a running one from its log,
-    /// a finished one from its stored row, through the same kind of reader.
-    ///
-    /// A row still `streaming` that no generation here runs was cut by a process that
-    /// died: it reads as interrupted, its checkpointed text then `UNAVAILABLE` (status
-    /// `error`), as the stale sweep will store it. The row itself is left to the sweep.
-    pub async fn subscribe(&self, user: &str, message_id: Uuid, offset: u64) -> Result<Subscription, ChatError> {
-        self.allow_lookup(user)?;
-        self.0.subscriptions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(running) = self.running_here(user, message_id, offset).await {
-            return Ok(running);
-        }
-        // Not running, or it ended meanwhile: its row is final now.
-        let mut stored = self.stored(user, message_id).await?;
-        if stored.status == Status::Streaming {
-            // A turn's rows are committed a moment before its generation registers; only a
-            // repeated `clientMessageId` can know the id that early. Give it that moment.
-            for _ in 0..REGISTER_CHECKS {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                if let Some(running) = self.running_here(user, message_id, offset).await {
-                    return Ok(running);
-                }
-            }
-            stored = self.stored(user, message_id).await?;
-        }
-        if stored.status == Status::Streaming {
-            stored.status = Status::Error;
-            stored.ending = Some(crate::chat::Final::Failed(ChatError::code(ErrorCode::Unavailable)));
-        }
-        let (ids, status) = (stored.ids, stored.status);
-        let reader = stored::StoredReader::new(stored, offset);
-        Ok(Subscription { ids, status, offset: reader.offset(), reader: Box::new(reader) })
-    }
-
-    /// A reader of `user`'s answer running here, if it runs.
-    async fn running_here(&self, user: &str, message_id: Uuid, offset: u64) -> Option<Subscription> {
-        let running = self.0.directory.get(message_id).await.filter(|a| a.user_id == user)?;
-        let reader = self.0.logs.open(message_id, offset).await?;
-        let offset = reader.offset();
-        Some(Subscription { ids: running.ids, status: Status::Streaming, offset, reader })
-    }
-
-    /// `user`'s answer as stored; `NOT_FOUND` when it is not theirs or does not exist.
-    async fn stored(&self, user: &str, message_id: Uuid) -> Result<store::StoredAnswer, ChatError> {
-        match store::find_answer(&self.0.db, user, message_id).await {
-            Ok(Some(stored)) => Ok(stored),
-            Ok(None) => Err(ChatError::new(ErrorCode::NotFound, "message not found")),
-            Err(e) => Err(unavailable(e)),
-        }
-    }
-
-    /// The answers running in `user`'s conversation now, then each one started in it
-    /// later. `NOT_FOUND` when the conversation is not theirs.
-    pub async fn follow(&self, user: &str, conversation_id: Uuid) -> Result<BoxStream<'static, AnswerIds>, ChatError> {
-        self.allow_lookup(user)?;
-        match store::owns_conversation(&self.0.db, user, conversation_id).await {
-            Ok(true) => {}
-            Ok(false) => return Err(ChatError::new(ErrorCode::NotFound, "conversation not found")),
-            Err(e) => return Err(unavailable(e)),
-        }
-        let user = user.to_owned();
-        let answers = self.0.directory.follow(conversation_id);
-        Ok(answers.filter(move |a| std::future::ready(a.user_id == user)).map(|a| a.ids).boxed())
-    }
-
-    /// `user`'s running answers, oldest first, with their length so far.
-    pub async fn active(&self, user: &str) -> Vec<ActiveAnswer> {
-        let mut active = Vec::new();
-        for answer in self.0.directory.of_user(user).await {
-            if let Some(offset) = self.0.logs.length(answer.ids.message_id).await {
-                active.push(ActiveAnswer { ids: answer.ids, offset });
-            }
-        }
-        active
     }
 
     /// How many readers `subscribe` has handed out since start-up.

@@ -8,14 +8,14 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     io,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     pin::{Pin, pin},
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
     time::Duration,
 };
 
-use axum::{Router, body::Body, extract::Request};
+use axum::{Router, body::Body, extract::{ConnectInfo, Request}};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -119,7 +119,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
         };
         let io = TokioIo::new(Counted { io: tcp, _slot: slot });
         let (activity, idle) = watch::channel(Activity::default());
-        let service = Tracked::service(router.clone(), Arc::new(activity));
+        let service = Tracked::service(router.clone(), Arc::new(activity), peer);
         let (builder, stop, force_close) = (builder.clone(), stop.clone(), force_close.clone());
         tasks.spawn(async move {
             let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
@@ -292,20 +292,20 @@ struct Tracked {
 }
 
 impl Tracked {
-    /// The router as a hyper service whose requests are counted in `activity`.
+    /// The router as a hyper service whose requests are counted in `activity`, each with
+    /// the client's address (`ConnectInfo`).
     fn service(
         router: Router,
         activity: Arc<watch::Sender<Activity>>,
+        peer: SocketAddr,
     ) -> impl hyper::service::Service<Request<Incoming>, Response = http::Response<Tracked>, Error = Infallible, Future: Send> + Clone
     {
-        hyper::service::service_fn(move |request: Request<Incoming>| {
+        hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
             let in_flight = InFlight::start(activity.clone());
             let router = router.clone();
             async move {
-                let response = match router.oneshot(request.map(Body::new)).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                };
+                let Ok(response) = router.oneshot(request.map(Body::new)).await;
                 Ok(response.map(|body| Tracked { body, _in_flight: in_flight }))
             }
         })

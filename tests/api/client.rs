@@ -25,9 +25,10 @@ enum Transport {
     Polling { http: reqwest::Client, url: String, queue: VecDeque<String> },
 }
 
-/// A connected `/ai` socket.
+/// A connected socket, of `/ai` unless made with [`Client::websocket_to`].
 pub struct Client {
     transport: Transport,
+    ns: String,
     next_ack: u64,
     /// Events read while waiting for something else, in order.
     backlog: VecDeque<Incoming>,
@@ -56,6 +57,11 @@ pub struct Refused(pub String);
 impl Client {
     /// Connects over WebSocket only (socket.io-client `transports: ['websocket']`).
     pub async fn websocket(addr: SocketAddr, creds: Credentials) -> Result<Self, Refused> {
+        Self::websocket_to(addr, NS, creds).await
+    }
+
+    /// Connects to namespace `ns` over WebSocket only.
+    pub async fn websocket_to(addr: SocketAddr, ns: &str, creds: Credentials) -> Result<Self, Refused> {
         let mut url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
         if let Some(t) = &creds.query_token {
             url.push_str(&format!("&token={t}"));
@@ -72,7 +78,8 @@ impl Client {
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config))
             .await
             .expect("websocket handshake");
-        let mut client = Self { transport: Transport::Ws(Box::new(ws)), next_ack: 0, backlog: VecDeque::new(), active: VecDeque::new() };
+        let transport = Transport::Ws(Box::new(ws));
+        let mut client = Self { transport, ns: ns.to_owned(), next_ack: 0, backlog: VecDeque::new(), active: VecDeque::new() };
         let open = client.recv_raw().await;
         assert!(open.starts_with('0'), "expected an Engine.IO open packet, got {open}");
         client.join_namespace(creds.auth).await?;
@@ -87,21 +94,22 @@ impl Client {
         let open: Value = serde_json::from_str(body.strip_prefix('0').expect("open packet")).unwrap();
         let url = format!("{base}&sid={}", open["sid"].as_str().unwrap());
         let transport = Transport::Polling { http, url, queue: VecDeque::new() };
-        let mut client = Self { transport, next_ack: 0, backlog: VecDeque::new(), active: VecDeque::new() };
+        let mut client = Self { transport, ns: NS.to_owned(), next_ack: 0, backlog: VecDeque::new(), active: VecDeque::new() };
         client.join_namespace(creds.auth).await?;
         Ok(client)
     }
 
     async fn join_namespace(&mut self, auth: Option<Value>) -> Result<(), Refused> {
         let auth = auth.map(|a| a.to_string()).unwrap_or_default();
-        self.send_raw(format!("0{NS},{auth}")).await;
+        let ns = self.ns.clone();
+        self.send_raw(format!("0{ns},{auth}")).await;
         // The first packet on the namespace answers the connect: accepted or refused.
         let packet = self.recv_raw().await;
-        if let Some(body) = packet.strip_prefix(&format!("0{NS},")) {
+        if let Some(body) = packet.strip_prefix(&format!("0{ns},")) {
             assert!(serde_json::from_str::<Value>(body).unwrap()["sid"].is_string());
             return Ok(());
         }
-        if let Some(body) = packet.strip_prefix(&format!("4{NS},")) {
+        if let Some(body) = packet.strip_prefix(&format!("4{ns},")) {
             let err: Value = serde_json::from_str(body).unwrap();
             return Err(Refused(err["message"].as_str().unwrap_or_default().to_owned()));
         }
@@ -110,12 +118,12 @@ impl Client {
 
     /// `socket.emit(event, data)`.
     pub async fn emit(&mut self, event: &str, data: Value) {
-        self.send_raw(format!("2{NS},{}", json!([event, data]))).await;
+        self.send_raw(format!("2{},{}", self.ns, json!([event, data]))).await;
     }
 
     /// `socket.emit(event)` with no argument at all.
     pub async fn emit_bare(&mut self, event: &str) {
-        self.send_raw(format!("2{NS},{}", json!([event]))).await;
+        self.send_raw(format!("2{},{}", self.ns, json!([event]))).await;
     }
 
     /// Sends a raw Socket.IO packet (for malformed-input tests).
@@ -133,7 +141,7 @@ impl Client {
     pub async fn emit_text_with_ack(&mut self, array: &str) -> Value {
         let id = self.next_ack;
         self.next_ack += 1;
-        self.send_raw(format!("2{NS},{id}{array}")).await;
+        self.send_raw(format!("2{},{id}{array}", self.ns)).await;
         let mut held = Vec::new();
         let ack = loop {
             match self.recv_fresh().await {
@@ -221,7 +229,7 @@ impl Client {
                         let _ = ws.send(Message::text("3")).await;
                     }
                     Some(Ok(Message::Text(t))) => {
-                        if let Some(Incoming::Ack { id: got, data }) = t.strip_prefix('4').and_then(parse)
+                        if let Some(Incoming::Ack { id: got, data }) = t.strip_prefix('4').and_then(|p| parse(p, NS))
                             && got == id
                         {
                             return Some(data);
@@ -255,7 +263,7 @@ impl Client {
     async fn recv_fresh(&mut self) -> Incoming {
         loop {
             let packet = self.recv_raw().await;
-            match parse(&packet) {
+            match parse(&packet, &self.ns) {
                 Some(Incoming::Event { name, data }) if name == "chat:active" => self.active.push_back(data),
                 Some(parsed) => return parsed,
                 None => {}
@@ -269,7 +277,8 @@ impl Client {
             return a;
         }
         loop {
-            match parse(&self.recv_raw().await) {
+            let packet = self.recv_raw().await;
+            match parse(&packet, &self.ns) {
                 Some(Incoming::Event { name, data }) if name == "chat:active" => return data,
                 Some(other) => self.backlog.push_back(other),
                 None => {}
@@ -336,10 +345,11 @@ impl Client {
     }
 }
 
-/// Parses `2/ai,["name",data]` and `3/ai,<id>[data]`.
-fn parse(packet: &str) -> Option<Incoming> {
+/// Parses `2/ai,["name",data]` and `3/ai,<id>[data]`. An event of several arguments
+/// (the admin namespace's) has them all, as an array, for its `data`.
+fn parse(packet: &str, ns: &str) -> Option<Incoming> {
     let kind = packet.chars().next()?;
-    let rest = packet[1..].strip_prefix(&format!("{NS},"))?;
+    let rest = packet[1..].strip_prefix(&format!("{ns},"))?;
     let digits = rest.chars().take_while(char::is_ascii_digit).count();
     let (id, body) = rest.split_at(digits);
     let args: Vec<Value> = serde_json::from_str(body).ok()?;
@@ -347,7 +357,9 @@ fn parse(packet: &str) -> Option<Incoming> {
         '2' => {
             let mut args = args.into_iter();
             let name = args.next()?.as_str()?.to_owned();
-            Some(Incoming::Event { name, data: args.next().unwrap_or(Value::Null) })
+            let mut rest: Vec<Value> = args.collect();
+            let data = if rest.len() > 1 { Value::Array(rest) } else { rest.pop().unwrap_or(Value::Null) };
+            Some(Incoming::Event { name, data })
         }
         '3' => Some(Incoming::Ack { id: id.parse().ok()?, data: args.into_iter().next().unwrap_or(Value::Null) }),
         _ => None,

@@ -1,5 +1,6 @@
 //! chatwire's integration tests: one binary, the real server on port 0.
 
+mod admin;
 mod auth;
 mod binary;
 mod chat;

@@ -2,7 +2,8 @@
 # The @chatwire/resumable package (installed into a scratch npm project and used
 # against the real chatwire binary), browser tests of the React and Vue example apps
 # (headless Chromium through playwright-core, against the real chatwire binary; built
-# dist/ and the Vite dev server), then the socket.io-client compatibility matrix (4.8
+# dist/ and the Vite dev server), the admin views (the official @socket.io/admin-ui and
+# chatwire's /admin page), then the socket.io-client compatibility matrix (4.8
 # and 4.0.0, each transport setting; printed as a table).
 #
 #   tests/browser/run.sh                      everything
@@ -11,7 +12,7 @@
 # Needs: the chatwire binary (cargo build; CHATWIRE_BIN to use another), Node.js
 # >= 20.19 with npm, and Chromium at /usr/bin/chromium (installed with apt-get when
 # missing; CHROMIUM_PATH to use another). UPDATE_SCREENSHOTS=1 rewrites
-# docs/screenshots/{react,vue}.png.
+# docs/screenshots/{react,vue,admin-ui,admin-page}.png.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -49,5 +50,5 @@ npm_ci "$here"
 
 step "browser tests and compatibility matrix (node --test)"
 cd "$here"
-if [ "$#" -gt 0 ]; then files=("$@"); else files=(package.test.mjs react.test.mjs vue.test.mjs compat.test.mjs); fi
+if [ "$#" -gt 0 ]; then files=("$@"); else files=(package.test.mjs react.test.mjs vue.test.mjs admin.test.mjs compat.test.mjs); fi
 node --test --test-concurrency=1 --test-reporter=spec "${files[@]}"

@@ -1,8 +1,11 @@
 //! `chat:start`, `chat:stop` and disconnects on `/ai`.
 
-use socketioxide::extract::{AckSender, SocketRef, State};
+use socketioxide::{
+    extract::{AckSender, SocketRef, State},
+    socket::DisconnectReason,
+};
 
-use super::{ack_logged, connection_id, emit_logged, event_permit, payload::{Payload, StopRequest}, reader, user_of};
+use super::{ack_logged, connection_id, emit_logged, event_permit, observer, payload::{Payload, StopRequest}, reader, user_of};
 use crate::{
     auth::{self, User},
     chat::{ChatError, ErrorCode, StartCommand},
@@ -24,6 +27,7 @@ pub(super) fn refuse(socket: &SocketRef, ack: AckSender, error: ChatError) {
 }
 
 pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, Payload(payload): Payload, ack: AckSender) {
+    observer::received(&socket, "chat:start", payload.as_ref().ok().and_then(Option::as_ref));
     let Some(_permit) = event_permit(&socket) else {
         return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
@@ -73,6 +77,7 @@ pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, Payl
 }
 
 pub(super) async fn chat_stop(socket: SocketRef, State(wire): State<Wire>, Payload(payload): Payload, ack: AckSender) {
+    observer::received(&socket, "chat:stop", payload.as_ref().ok().and_then(Option::as_ref));
     let Some(_permit) = event_permit(&socket) else {
         return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
@@ -95,7 +100,8 @@ pub(super) async fn chat_stop(socket: SocketRef, State(wire): State<Wire>, Paylo
     ack_logged(&socket, ack, &StopAck { ok: true, stopped });
 }
 
-pub(super) async fn on_disconnect(socket: SocketRef, State(wire): State<Wire>) {
+pub(super) async fn on_disconnect(socket: SocketRef, State(wire): State<Wire>, reason: DisconnectReason) {
+    observer::disconnected(&socket, reason);
     super::session::close(&socket);
     reader::Subscriptions::of(&socket).close();
     wire.engine.connection_closed(&connection_id(&socket)).await;

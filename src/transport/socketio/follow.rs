@@ -9,6 +9,7 @@ use super::{
     ack_logged,
     chat::refuse,
     event_permit,
+    observer,
     payload::{ConversationRequest, Payload, ResumeRequest},
     reader::{self, Subscriptions},
     user_of,
@@ -21,6 +22,7 @@ use crate::{
 
 /// `chat:resume { messageId, offset }`: the missed text, then live or the stored end.
 pub(super) async fn chat_resume(socket: SocketRef, State(wire): State<Wire>, Payload(payload): Payload, ack: AckSender) {
+    observer::received(&socket, "chat:resume", payload.as_ref().ok().and_then(Option::as_ref));
     let Some(_permit) = event_permit(&socket) else {
         return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
@@ -55,6 +57,7 @@ pub(super) async fn chat_resume(socket: SocketRef, State(wire): State<Wire>, Pay
 /// `chat:join { conversationId }`: watch a conversation of yours from this socket too:
 /// its running answer from the start, then each later one, until `chat:leave`.
 pub(super) async fn chat_join(socket: SocketRef, State(wire): State<Wire>, Payload(payload): Payload, ack: AckSender) {
+    observer::received(&socket, "chat:join", payload.as_ref().ok().and_then(Option::as_ref));
     let Some(_permit) = event_permit(&socket) else {
         return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
@@ -101,6 +104,7 @@ pub(super) async fn chat_join(socket: SocketRef, State(wire): State<Wire>, Paylo
 
 /// `chat:leave { conversationId }`: stop watching.
 pub(super) async fn chat_leave(socket: SocketRef, Payload(payload): Payload, ack: AckSender) {
+    observer::received(&socket, "chat:leave", payload.as_ref().ok().and_then(Option::as_ref));
     match ConversationRequest::parse(payload.ok().flatten().as_ref()) {
         Ok(r) => {
             Subscriptions::of(&socket).leave(r.conversation_id);

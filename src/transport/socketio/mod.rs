@@ -7,9 +7,12 @@
 
 mod chat;
 mod follow;
+mod observer;
 mod payload;
 mod reader;
 mod session;
+
+pub use observer::{ConnectedAt, Notice, Observer, Watching};
 
 use std::sync::{
     Arc,
@@ -45,7 +48,8 @@ const MAX_ATTACHMENTS: usize = 0;
 const ATTACHMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The Socket.IO layer for the router, and its handle (to count and close sockets).
-pub fn layer(wire: Wire) -> (SocketIoLayer, SocketIo) {
+/// `observer`, when given, is told what happens on `/ai` (the admin view watches it).
+pub fn layer(wire: Wire, observer: Option<Observer>) -> (SocketIoLayer, SocketIo) {
     let config = wire.config.clone();
     let (layer, io) = SocketIo::builder()
         .ping_interval(config.ping_interval)
@@ -62,6 +66,7 @@ pub fn layer(wire: Wire) -> (SocketIoLayer, SocketIo) {
                 .packet_completion_timeout(ATTACHMENT_TIMEOUT),
         )
         .with_state(wire)
+        .with_state(observer::Watch(observer))
         .build_layer();
     io.ns(NAMESPACE, on_connect.with(authenticate));
     // Nothing happens on `/`, but socket.io-client 2.x must be able to join it first.
@@ -100,7 +105,12 @@ impl From<Unauthorized> for ConnectRefused {
 
 /// The `/ai` connect middleware: verifies, takes the user's connection place, then
 /// registers the chat handlers (before any `.await`).
-async fn authenticate(socket: SocketRef, auth: TryData<Value>, state: State<Wire>) -> Result<(), ConnectRefused> {
+async fn authenticate(
+    socket: SocketRef,
+    auth: TryData<Value>,
+    state: State<Wire>,
+    State(watch): State<observer::Watch>,
+) -> Result<(), ConnectRefused> {
     let wire = state.0.clone();
     let verified = identify(&socket, auth, state)?;
     let Some(slot) = wire.connections.acquire(&verified.user.0) else {
@@ -121,6 +131,7 @@ async fn authenticate(socket: SocketRef, auth: TryData<Value>, state: State<Wire
     socket.on("chat:leave", follow::chat_leave);
     socket.on("chat:auth", session::chat_auth);
     socket.on_disconnect(chat::on_disconnect);
+    observer::connected(&socket, &watch);
     Ok(())
 }
 
@@ -192,9 +203,10 @@ fn connection_id(socket: &SocketRef) -> ConnectionId {
 }
 
 /// Sends an event the client must see; a failure is logged, never ignored.
-fn emit_logged<T: Serialize + ?Sized>(socket: &SocketRef, event: &str, data: &T) {
-    if let Err(e) = socket.emit(event, data) {
-        log_lost(socket, event, &e);
+fn emit_logged<T: Serialize + ?Sized>(socket: &SocketRef, event: &'static str, data: &T) {
+    match socket.emit(event, data) {
+        Ok(()) => observer::sent(socket, event, data),
+        Err(e) => log_lost(socket, event, &e),
     }
 }
 

@@ -24,6 +24,7 @@ use socketioxide::{SendError, SocketError, extract::SocketRef};
 use tokio::{task::AbortHandle, time::Instant};
 use uuid::Uuid;
 
+use super::observer::Observer;
 use crate::{
     chat::AnswerIds,
     transport::Wire,
@@ -145,6 +146,7 @@ impl Subscriptions {
 pub fn deliver(wire: &Wire, socket: &SocketRef, ids: AnswerIds, reader: Box<dyn LogReader>, via: Option<Uuid>) {
     let frame_max = wire.config.frame_max_bytes();
     let subscriptions = Subscriptions::of(socket);
+    let observer = Observer::of(socket);
     // Spawned under the lock, so the task cannot end (and remove itself) before it is listed.
     let mut inner = subscriptions.lock();
     inner.numbers += 1;
@@ -152,7 +154,7 @@ pub fn deliver(wire: &Wire, socket: &SocketRef, ids: AnswerIds, reader: Box<dyn 
     let task = wire.deliveries.spawn({
         let (socket, subscriptions) = (socket.clone(), subscriptions.clone());
         async move {
-            run(&socket, &subscriptions, ids, reader, frame_max).await;
+            run(&socket, &subscriptions, ids, reader, frame_max, observer).await;
             let mut inner = subscriptions.lock();
             if inner.readers.get(&ids.message_id).is_some_and(|(n, _, _)| *n == number) {
                 inner.readers.remove(&ids.message_id);
@@ -165,7 +167,14 @@ pub fn deliver(wire: &Wire, socket: &SocketRef, ids: AnswerIds, reader: Box<dyn 
 }
 
 /// Reads and emits until the final event is out, the socket is gone, or it stalls.
-async fn run(socket: &SocketRef, subscriptions: &Subscriptions, ids: AnswerIds, mut reader: Box<dyn LogReader>, frame_max: usize) {
+async fn run(
+    socket: &SocketRef,
+    subscriptions: &Subscriptions,
+    ids: AnswerIds,
+    mut reader: Box<dyn LogReader>,
+    frame_max: usize,
+    observer: Option<Observer>,
+) {
     let mut seq = 0;
     let mut held: Option<Entry> = None;
     let mut stalled_since: Option<Instant> = None;
@@ -179,10 +188,21 @@ async fn run(socket: &SocketRef, subscriptions: &Subscriptions, ids: AnswerIds, 
             },
         };
         let sent = match &entry {
-            Entry::Text { text, offset, .. } => socket.emit("chat:message", &Chunk::new(ids, text, *offset, seq)),
+            Entry::Text { text, offset, .. } => {
+                let chunk = Chunk::new(ids, text, *offset, seq);
+                socket.emit("chat:message", &chunk).inspect(|()| {
+                    if let Some(o) = &observer {
+                        o.sent(socket.id, "chat:message", &chunk);
+                    }
+                })
+            }
             Entry::Final(ending) => {
                 let (name, payload) = final_event(ids, ending);
-                socket.emit(name, &payload)
+                socket.emit(name, &payload).inspect(|()| {
+                    if let Some(o) = &observer {
+                        o.sent(socket.id, name, &payload);
+                    }
+                })
             }
         };
         match sent {
