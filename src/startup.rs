@@ -102,7 +102,7 @@ impl Application {
             Provider::new(&base_url, api_key, config.upstream_timeouts(), config.upstream_retry).with_metrics(&name, &metrics);
         let probe = UpstreamProbe::new(&base_url, api_key);
         let config = Arc::new(config);
-        let (directory, logs) = cluster_parts(&config, &shutdown)?;
+        let (directory, logs) = cluster_parts(&config, &shutdown, metrics.redis_commands())?;
         let engine = Engine::new(config.clone(), db.clone(), provider, directory, logs, metrics.clone());
         engine.spawn_background(shutdown.clone());
         metrics.spawn_lag_probe(shutdown.clone());
@@ -218,12 +218,16 @@ impl Application {
 }
 
 /// The directory and logs: in memory on one node, in Redis with `REDIS_URL`.
-fn cluster_parts(config: &Config, shutdown: &CancellationToken) -> Result<(Arc<dyn Directory>, Arc<dyn AnswerLogs>), StartError> {
+fn cluster_parts(
+    config: &Config,
+    shutdown: &CancellationToken,
+    commands: prometheus_client::metrics::counter::Counter,
+) -> Result<(Arc<dyn Directory>, Arc<dyn AnswerLogs>), StartError> {
     let Some(url) = &config.redis_url else {
         return Ok((Arc::new(MemoryDirectory::default()), Arc::new(MemoryLogs::default())));
     };
     let failed = |e: redis::RedisError| StartError::Redis(e.to_string());
-    let redis = Redis::open(url).map_err(failed)?;
+    let redis = Redis::open(url).map_err(failed)?.counting_into(commands);
     let node = cluster::instance_name(&config.node_id);
     tracing::info!(%node, "cluster mode: answers are shared through redis");
     // An answer appends at most once per upstream piece, so a stream never needs more entries.

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use redis::{
     Client, ProtocolVersion, RedisResult,
     aio::{ConnectionManager, ConnectionManagerConfig},
@@ -31,6 +32,8 @@ pub enum RedisFailure {
 pub struct Redis {
     conn: ConnectionManager,
     client: Client,
+    /// Round trips to Redis, for `chatwire_redis_commands_total`.
+    commands: Counter,
 }
 
 impl Redis {
@@ -38,7 +41,18 @@ impl Redis {
     pub fn open(url: &str) -> RedisResult<Self> {
         let client = Client::open(url)?;
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config(CALL_TIMEOUT))?;
-        Ok(Self { conn, client })
+        Ok(Self { conn, client, commands: Counter::default() })
+    }
+
+    /// Counts this node's round trips into `commands` (the metrics registry's counter).
+    pub fn counting_into(mut self, commands: Counter) -> Self {
+        self.commands = commands;
+        self
+    }
+
+    /// One more round trip, for calls made on a connection of their own.
+    pub fn count(&self) {
+        self.commands.inc();
     }
 
     /// A connection of its own with a longer response timeout, for blocking reads.
@@ -64,12 +78,14 @@ impl Redis {
     /// Runs one command within [`CALL_TIMEOUT`].
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisFailure> {
         let mut conn = self.conn.clone();
+        self.count();
         bounded(cmd.query_async(&mut conn)).await
     }
 
     /// Runs a pipeline within [`CALL_TIMEOUT`].
     pub async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, RedisFailure> {
         let mut conn = self.conn.clone();
+        self.count();
         bounded(pipe.query_async(&mut conn)).await
     }
 

@@ -224,6 +224,7 @@ impl Directory for RedisDirectory {
         let mut invocation = self.claim.key(keys::user_claims(user));
         invocation.arg(&self.node).arg(limit);
         let mut conn = self.redis.conn();
+        self.redis.count();
         match super::redis_conn::bounded(invocation.invoke_async::<i64>(&mut conn)).await {
             Ok(1) => {}
             Ok(_) => return Err(ClaimRefused::UserLimit),
@@ -323,6 +324,7 @@ impl Directory for RedisDirectory {
         let mut invocation = self.bucket.key(keys::user_starts(user));
         invocation.arg(per_minute);
         let mut conn = self.redis.conn();
+        self.redis.count();
         match super::redis_conn::bounded(invocation.invoke_async::<i64>(&mut conn)).await {
             Ok(allowed) => Ok(allowed == 1),
             Err(e) => {

@@ -343,6 +343,7 @@ impl Flusher {
             .arg(ENDED_TTL.as_millis() as u64)
             .arg(RUNNING_TTL.as_millis() as u64);
         let mut conn = self.inner.redis.conn();
+        self.inner.redis.count();
         let result: Result<(i64, u64), RedisFailure> = super::redis_conn::bounded(invocation.invoke_async(&mut conn)).await;
         match result {
             Ok((1, _)) => {}

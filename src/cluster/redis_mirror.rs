@@ -148,6 +148,7 @@ impl Mirrors {
                 continue;
             }
             if self.poller.load(Ordering::Relaxed) == 0 {
+                self.redis.count();
                 match tokio::time::timeout(RETRY * 4, redis::cmd("CLIENT").arg("ID").query_async::<i64>(&mut conn)).await {
                     Ok(Ok(id)) => self.poller.store(id, Ordering::Relaxed),
                     _ => {
@@ -164,6 +165,7 @@ impl Mirrors {
             for (_, last) in &watched {
                 read.arg(last);
             }
+            self.redis.count();
             let reply = tokio::select! {
                 r = tokio::time::timeout(BLOCK + Duration::from_secs(2), read.query_async::<Option<StreamReadReply>>(&mut conn)) => r,
                 _ = shutdown.cancelled() => return,

@@ -231,6 +231,20 @@ async fn health_names_the_node_and_its_redis() {
     assert_eq!((&body["nodeId"], &body["redis"], &body["status"]), (&json!("test-node-0"), &json!("ok"), &json!("ok")));
 }
 
+#[tokio::test]
+async fn metrics_count_the_nodes_redis_round_trips() {
+    let Some(db) = cluster_env().await else { return };
+    let node = &nodes(&db, 13, 1, &[("MOCK_RESPONSE", "counted in redis")]).await[0];
+    let before = crate::metrics::scrape(node).await.counter("chatwire_redis_commands_total", &[]);
+    let mut client = node.client(&user()).await;
+    client.emit("chat:start", json!({ "message": "count me" })).await;
+    let (end, _) = client.until("chat:end").await;
+    assert_eq!(end["content"], json!("counted in redis"));
+    let after = crate::metrics::scrape(node).await.counter("chatwire_redis_commands_total", &[]);
+    // A start claims, appends and ends through Redis: several round trips at least.
+    assert!(after >= before + 3.0, "redis commands went from {before} to {after}");
+}
+
 /// A private `redis-server` on a free port, killed with the test (the shared one is
 /// never disturbed).
 struct PrivateRedis {

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// One parsed scrape.
-struct Scraped(Scrape);
+pub(crate) struct Scraped(Scrape);
 
 /// A histogram's count and sum (its buckets checked when read).
 struct Histogram {
@@ -35,7 +35,7 @@ impl Scraped {
         }
     }
 
-    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         if let Some(s) = self.sample(name, labels) {
             assert!(matches!(s.value, Metric::Counter(_)), "{name} is typed counter: {:?}", s.value);
         }
@@ -62,7 +62,7 @@ impl Scraped {
     }
 }
 
-async fn scrape(app: &TestApp) -> Scraped {
+pub(crate) async fn scrape(app: &TestApp) -> Scraped {
     let response = reqwest::get(format!("http://{}/metrics", app.addr)).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
