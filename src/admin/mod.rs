@@ -90,7 +90,8 @@ impl Admin {
         self.observer.clone()
     }
 
-    /// Adds the `/admin` namespace to `io`, starts the feed and the sampler (until
+    /// Adds the `/admin` namespace to `io`, starts the feed, the sampler and (cluster mode)
+    /// the publisher of this node's row (until
     /// `shutdown`), and gives the page's routes.
     pub fn start(self, io: &SocketIo, engine: Engine, shutdown: CancellationToken) -> Router {
         let Self { login, node, observer, notices } = self;
@@ -99,6 +100,7 @@ impl Admin {
         stats::spawn_sampler(ring.clone(), engine.clone(), shutdown.clone());
         let shared = Arc::new(Shared { login, engine, io: io.clone(), node, ring, observer, undelivered: AtomicU64::new(0) });
         namespace::register(&shared);
+        page::spawn_publisher(shared.clone(), shutdown.clone());
         tokio::spawn(feed::run(shared.clone(), notices, shutdown));
         page::router(shared)
     }

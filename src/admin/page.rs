@@ -121,9 +121,24 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
     next.run(request).await
 }
 
-/// `{ node, answers: [{ messageId, conversationId, userId, model, tokens, startedAt, ageMs }] }`
+/// `{ node, answers: [{ messageId, conversationId, userId, model, tokens, startedAt, ageMs, node }] }`:
+/// this node's answers, then (cluster mode) those other nodes published with their row
+/// (at most [`PUBLISH_EVERY`] old; Stop reaches them wherever they run).
 async fn answers(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    let answers: Vec<Value> = shared
+    let mut answers = local_answers(&shared);
+    for summary in shared.engine.node_summaries(NODE_FRESH).await {
+        if let Ok(Value::Object(mut node)) = serde_json::from_str::<Value>(&summary)
+            && let Some(Value::Array(theirs)) = node.remove("answers")
+        {
+            answers.extend(theirs);
+        }
+    }
+    Json(json!({ "node": shared.node.id, "answers": answers }))
+}
+
+/// The answers running on this node, as the page lists them.
+fn local_answers(shared: &Shared) -> Vec<Value> {
+    shared
         .engine
         .running_answers()
         .into_iter()
@@ -131,19 +146,38 @@ async fn answers(State(shared): State<Arc<Shared>>) -> Json<Value> {
             json!({
                 "messageId": a.ids.message_id, "conversationId": a.ids.conversation_id, "userId": a.user_id,
                 "model": a.model, "tokens": a.tokens, "startedAt": iso(a.started_at), "ageMs": a.age.as_millis() as u64,
+                "node": shared.node.id,
             })
         })
-        .collect();
-    Json(json!({ "node": shared.node.id, "answers": answers }))
+        .collect()
 }
 
-/// `{ intervalMs, nodes: [{ id, hostname, pid, startedAt, uptimeSeconds, sockets, running, totals, feed, samples }] }`
+/// `{ intervalMs, nodes: [{ id, hostname, pid, startedAt, uptimeSeconds, sockets, running, totals, feed, samples }] }`:
+/// this node first, then (cluster mode) each other node that published its summary in
+/// the last [`NODE_FRESH`].
 async fn nodes(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let mut nodes = vec![this_node(&shared)];
+    for summary in shared.engine.node_summaries(NODE_FRESH).await {
+        if let Ok(Value::Object(mut node)) = serde_json::from_str::<Value>(&summary) {
+            node.remove("answers");
+            nodes.push(Value::Object(node));
+        }
+    }
+    Json(json!({ "intervalMs": stats::INTERVAL.as_millis() as u64, "nodes": nodes }))
+}
+
+/// How recent another node's summary must be to be shown.
+pub(super) const NODE_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often this node publishes its summary (cluster mode).
+pub(super) const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// This node's row of the nodes table.
+fn this_node(shared: &Shared) -> Value {
     let (engine, node) = (&shared.engine, &shared.node);
     let totals = engine.totals();
     let running = engine.running();
     let samples = shared.ring.snapshot(totals, SystemTime::now(), running);
-    let this = json!({
+    json!({
         "id": node.id,
         "hostname": node.hostname,
         "pid": node.pid,
@@ -154,8 +188,26 @@ async fn nodes(State(shared): State<Arc<Shared>>) -> Json<Value> {
         "totals": { "tokens": totals.tokens, "failed": totals.failed, "refused": totals.refused },
         "feed": { "dropped": shared.observer.dropped(), "undelivered": shared.undelivered.load(std::sync::atomic::Ordering::Relaxed) },
         "samples": samples,
+    })
+}
+
+/// Publishes this node's row and its answers every [`PUBLISH_EVERY`] for the other nodes'
+/// pages (a no-op on one node), until `shutdown`.
+pub(super) fn spawn_publisher(shared: Arc<Shared>, shutdown: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PUBLISH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let mut row = this_node(&shared);
+                    row["answers"] = Value::Array(local_answers(&shared));
+                    shared.engine.publish_node_summary(row.to_string()).await;
+                }
+                _ = shutdown.cancelled() => return,
+            }
+        }
     });
-    Json(json!({ "intervalMs": stats::INTERVAL.as_millis() as u64, "nodes": [this] }))
 }
 
 /// Stops a running answer, whoever's it is.

@@ -146,4 +146,13 @@ pub trait Directory: Send + Sync {
     async fn shared_state_ok(&self) -> Option<bool> {
         None
     }
+
+    /// Publishes this node's summary (JSON, for operators' views) to the other nodes.
+    async fn publish_node_summary(&self, _summary: String) {}
+
+    /// The summaries other nodes published within `fresh` (this node's excluded); none in
+    /// one process.
+    async fn node_summaries(&self, _fresh: std::time::Duration) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -115,6 +115,9 @@ pub async fn bounded<T>(future: impl Future<Output = RedisResult<T>>) -> Result<
 pub mod keys {
     use uuid::Uuid;
 
+    /// A hash of node name to its latest summary for operators (`{ "at": ms, "node": .. }`).
+    pub const NODE_SUMMARIES: &str = "chatwire:node-summaries";
+
     /// An answer's log: a stream of `o` (offset), `e` (end), `t` (text), and `f` on the final entry.
     pub fn log(message_id: Uuid) -> String {
         format!("chatwire:log:{message_id}")

@@ -342,6 +342,46 @@ impl Directory for RedisDirectory {
     async fn shared_state_ok(&self) -> Option<bool> {
         Some(self.redis.reachable().await)
     }
+
+    async fn publish_node_summary(&self, summary: String) {
+        let at = chrono::Utc::now().timestamp_millis();
+        let entry = serde_json::json!({ "at": at, "summary": summary }).to_string();
+        let cmd = redis::cmd("HSET").arg(keys::NODE_SUMMARIES).arg(&self.node).arg(entry).to_owned();
+        if let Err(e) = self.redis.query::<i64>(&cmd).await {
+            tracing::debug!(error = %e, "publishing this node's summary failed");
+        }
+    }
+
+    async fn node_summaries(&self, fresh: std::time::Duration) -> Vec<String> {
+        let all: std::collections::HashMap<String, String> =
+            match self.redis.query(redis::cmd("HGETALL").arg(keys::NODE_SUMMARIES)).await {
+                Ok(all) => all,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the nodes' summaries failed");
+                    return Vec::new();
+                }
+            };
+        let oldest = chrono::Utc::now().timestamp_millis() - i64::try_from(fresh.as_millis()).unwrap_or(i64::MAX);
+        let mut summaries = Vec::new();
+        let mut gone = Vec::new();
+        for (node, entry) in all {
+            let parsed: Option<(i64, String)> = serde_json::from_str::<serde_json::Value>(&entry)
+                .ok()
+                .and_then(|v| Some((v["at"].as_i64()?, v["summary"].as_str()?.to_owned())));
+            match parsed {
+                Some((at, summary)) if at >= oldest => {
+                    if node != self.node {
+                        summaries.push(summary);
+                    }
+                }
+                _ => gone.push(node),
+            }
+        }
+        if !gone.is_empty() {
+            let _ = self.redis.query::<i64>(redis::cmd("HDEL").arg(keys::NODE_SUMMARIES).arg(&gone)).await;
+        }
+        summaries
+    }
 }
 
 fn tokio_stream_from(mut rx: mpsc::Receiver<Orphan>) -> BoxStream<'static, Orphan> {

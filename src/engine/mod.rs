@@ -133,6 +133,16 @@ impl Engine {
         self.0.directory.shared_state_ok().await
     }
 
+    /// Shares this node's summary for operators' views with the other nodes (cluster mode).
+    pub async fn publish_node_summary(&self, summary: String) {
+        self.0.directory.publish_node_summary(summary).await;
+    }
+
+    /// The other nodes' summaries published within `fresh` (none on one node).
+    pub async fn node_summaries(&self, fresh: Duration) -> Vec<String> {
+        self.0.directory.node_summaries(fresh).await
+    }
+
     /// The database (for health checks and tools).
     pub fn db(&self) -> &DatabaseConnection {
         &self.0.db

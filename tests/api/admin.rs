@@ -117,7 +117,7 @@ async fn the_api_lists_running_answers_and_counters_and_the_stop_button_stops_as
     assert!(answer["startedAt"].as_str().unwrap().ends_with('Z') && answer["ageMs"].is_u64(), "{answer}");
     answer["startedAt"] = json!("t");
     answer["ageMs"] = json!(0);
-    let expected = json!({ "messageId": message_id, "conversationId": conversation_id, "userId": user, "model": "gpt-4", "tokens": 3, "startedAt": "t", "ageMs": 0 });
+    let expected = json!({ "messageId": message_id, "conversationId": conversation_id, "userId": user, "model": "gpt-4", "tokens": 3, "startedAt": "t", "ageMs": 0, "node": "node-test" });
     assert_eq!(listed, json!({ "node": "node-test", "answers": [expected] }));
 
     // Cross-site or header-less posts are refused and stop nothing.

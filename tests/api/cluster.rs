@@ -245,6 +245,61 @@ async fn metrics_count_the_nodes_redis_round_trips() {
     assert!(after >= before + 3.0, "redis commands went from {before} to {after}");
 }
 
+#[tokio::test]
+async fn each_nodes_admin_page_lists_every_node_of_the_cluster() {
+    let Some(db) = cluster_env().await else { return };
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let nodes = nodes(&db, 14, 2, &[("ADMIN_USERNAME", "ops"), ("ADMIN_PASSWORD", &hash), ("MOCK_TOKEN_DELAY_MS", "300")]).await;
+    let listed = |node: &TestApp| {
+        let url = format!("http://{}/admin/api/stats", node.addr);
+        async move {
+            let body: Value = reqwest::Client::new().get(url).basic_auth("ops", Some("pw")).send().await.unwrap().json().await.unwrap();
+            let mut ids: Vec<String> = body["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap().to_owned()).collect();
+            let first = ids.first().cloned();
+            ids.sort();
+            (first, ids)
+        }
+    };
+    // Each node publishes its row every 2 s; wait for the other's to arrive.
+    for (i, node) in nodes.iter().enumerate() {
+        let mut seen = listed(node).await;
+        for _ in 0..100 {
+            if seen.1.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            seen = listed(node).await;
+        }
+        let this = format!("test-node-{i}");
+        assert_eq!(seen.0.as_deref(), Some(this.as_str()), "a node lists itself first");
+        assert_eq!(seen.1, ["test-node-0", "test-node-1"], "node {i} lists both nodes");
+    }
+    // An answer running on node 1 is listed on node 0's page, and its Stop reaches it.
+    let mut client = nodes[1].client(&user()).await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "seen from the other node" })).await;
+    let admin = reqwest::Client::new();
+    let mut listed = Value::Null;
+    for _ in 0..100 {
+        let body: Value = admin.get(format!("http://{}/admin/api/answers", nodes[0].addr)).basic_auth("ops", Some("pw")).send().await.unwrap().json().await.unwrap();
+        if let Some(a) = body["answers"].as_array().and_then(|a| a.iter().find(|a| a["messageId"] == ack["messageId"])) {
+            listed = a.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed["node"], json!("test-node-1"), "{listed}");
+    let stop = admin
+        .post(format!("http://{}/admin/api/answers/{}/stop", nodes[0].addr, ack["messageId"].as_str().unwrap()))
+        .basic_auth("ops", Some("pw"))
+        .header("x-chatwire-admin", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stop.json::<Value>().await.unwrap(), json!({ "ok": true, "stopped": true }));
+    let (stopped, _) = client.until("chat:stopped").await;
+    assert_eq!(stopped["messageId"], ack["messageId"]);
+}
+
 /// A private `redis-server` on a free port, killed with the test (the shared one is
 /// never disturbed).
 struct PrivateRedis {
