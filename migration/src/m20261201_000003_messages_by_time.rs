@@ -25,7 +25,12 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .drop_index(Index::drop().name("idx_messages_conversation_time").table(Messages::Table).to_owned())
+            .drop_index(
+                Index::drop()
+                    .name("idx_messages_conversation_time")
+                    .table(Messages::Table)
+                    .to_owned(),
+            )
             .await
     }
 }

@@ -10,13 +10,23 @@ pub struct Migration;
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .alter_table(Table::alter().table(Messages::Table).add_column(string_null(Messages::Provider)).to_owned())
+            .alter_table(
+                Table::alter()
+                    .table(Messages::Table)
+                    .add_column(string_null(Messages::Provider))
+                    .to_owned(),
+            )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .alter_table(Table::alter().table(Messages::Table).drop_column(Messages::Provider).to_owned())
+            .alter_table(
+                Table::alter()
+                    .table(Messages::Table)
+                    .drop_column(Messages::Provider)
+                    .to_owned(),
+            )
             .await
     }
 }

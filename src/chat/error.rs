@@ -50,9 +50,21 @@ impl ErrorCode {
 
     /// Every code, in PROTOCOL.md's order.
     pub const ALL: [Self; 15] = [
-        Self::InvalidPayload, Self::MessageTooLong, Self::InvalidParams, Self::InvalidModel, Self::Forbidden,
-        Self::Unauthorized, Self::TokenExpired, Self::NotFound, Self::Busy, Self::RateLimit, Self::QuotaExceeded, Self::UpstreamError, Self::UpstreamTimeout,
-        Self::Unavailable, Self::Internal,
+        Self::InvalidPayload,
+        Self::MessageTooLong,
+        Self::InvalidParams,
+        Self::InvalidModel,
+        Self::Forbidden,
+        Self::Unauthorized,
+        Self::TokenExpired,
+        Self::NotFound,
+        Self::Busy,
+        Self::RateLimit,
+        Self::QuotaExceeded,
+        Self::UpstreamError,
+        Self::UpstreamTimeout,
+        Self::Unavailable,
+        Self::Internal,
     ];
 
     /// Reads a stored code back.
@@ -63,7 +75,10 @@ impl ErrorCode {
     /// The HTTP status an HTTP wire answers with for this code.
     pub fn http_status(self) -> u16 {
         match self {
-            Self::InvalidPayload | Self::InvalidParams | Self::InvalidModel | Self::MessageTooLong => 400,
+            Self::InvalidPayload
+            | Self::InvalidParams
+            | Self::InvalidModel
+            | Self::MessageTooLong => 400,
             Self::Unauthorized | Self::TokenExpired => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
@@ -114,7 +129,10 @@ pub struct ChatError {
 impl ChatError {
     /// An error with a specific, client-safe message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// An error with the code's default message.

@@ -58,9 +58,17 @@ fn lock(m: &Mutex<HashMap<Uuid, Mirror>>) -> MutexGuard<'_, HashMap<Uuid, Mirror
 
 impl Mirrors {
     /// Starts the node's poller, which runs until `shutdown`.
-    pub(super) fn start(redis: Redis, shutdown: CancellationToken) -> redis::RedisResult<Arc<Self>> {
+    pub(super) fn start(
+        redis: Redis,
+        shutdown: CancellationToken,
+    ) -> redis::RedisResult<Arc<Self>> {
         let conn = redis.dedicated(BLOCK + Duration::from_secs(2))?;
-        let this = Arc::new(Self { redis, map: Mutex::default(), wake: Notify::new(), poller: AtomicI64::new(0) });
+        let this = Arc::new(Self {
+            redis,
+            map: Mutex::default(),
+            wake: Notify::new(),
+            poller: AtomicI64::new(0),
+        });
         tokio::spawn(this.clone().poll(conn, shutdown));
         Ok(this)
     }
@@ -92,12 +100,18 @@ impl Mirrors {
 
     /// The UTF-16 length the mirror holds, if this node mirrors the answer.
     pub(super) fn length(&self, message_id: Uuid) -> Option<u64> {
-        lock(&self.map).get(&message_id).map(|m| m.tx.borrow().length)
+        lock(&self.map)
+            .get(&message_id)
+            .map(|m| m.tx.borrow().length)
     }
 
     /// The whole stream as a log state, and the last entry's id.
     async fn read_whole(&self, message_id: Uuid) -> Option<(LogState, String)> {
-        let cmd = redis::cmd("XRANGE").arg(keys::log(message_id)).arg("-").arg("+").to_owned();
+        let cmd = redis::cmd("XRANGE")
+            .arg(keys::log(message_id))
+            .arg("-")
+            .arg("+")
+            .to_owned();
         let range: StreamRangeReply = match self.redis.query(&cmd).await {
             Ok(r) => r,
             Err(e) => {
@@ -125,11 +139,17 @@ impl Mirrors {
         }
         let redis = self.redis.clone();
         tokio::spawn(async move {
-            let _ = redis.query::<i64>(redis::cmd("CLIENT").arg("UNBLOCK").arg(id)).await;
+            let _ = redis
+                .query::<i64>(redis::cmd("CLIENT").arg("UNBLOCK").arg(id))
+                .await;
         });
     }
 
-    async fn poll(self: Arc<Self>, mut conn: redis::aio::ConnectionManager, shutdown: CancellationToken) {
+    async fn poll(
+        self: Arc<Self>,
+        mut conn: redis::aio::ConnectionManager,
+        shutdown: CancellationToken,
+    ) {
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -149,7 +169,12 @@ impl Mirrors {
             }
             if self.poller.load(Ordering::Relaxed) == 0 {
                 self.redis.count();
-                match tokio::time::timeout(RETRY * 4, redis::cmd("CLIENT").arg("ID").query_async::<i64>(&mut conn)).await {
+                match tokio::time::timeout(
+                    RETRY * 4,
+                    redis::cmd("CLIENT").arg("ID").query_async::<i64>(&mut conn),
+                )
+                .await
+                {
                     Ok(Ok(id)) => self.poller.store(id, Ordering::Relaxed),
                     _ => {
                         tokio::time::sleep(RETRY).await;
@@ -158,7 +183,11 @@ impl Mirrors {
                 }
             }
             let mut read = redis::cmd("XREAD");
-            read.arg("COUNT").arg(READ_COUNT).arg("BLOCK").arg(BLOCK.as_millis() as u64).arg("STREAMS");
+            read.arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS");
             for (id, _) in &watched {
                 read.arg(keys::log(*id));
             }
@@ -191,8 +220,17 @@ impl Mirrors {
         {
             let mut map = lock(&self.map);
             for stream in reply.keys {
-                let Some(id) = stream.key.rsplit(':').next().and_then(|s| Uuid::parse_str(s).ok()) else { continue };
-                let Some(mirror) = map.get_mut(&id) else { continue };
+                let Some(id) = stream
+                    .key
+                    .rsplit(':')
+                    .next()
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                else {
+                    continue;
+                };
+                let Some(mirror) = map.get_mut(&id) else {
+                    continue;
+                };
                 let mut gap = false;
                 mirror.tx.send_modify(|state| {
                     for entry in &stream.ids {
@@ -212,7 +250,9 @@ impl Mirrors {
         }
         for id in resync {
             tracing::warn!(message_id = %id, "an answer's stream skipped ahead; reading it again");
-            let Some((state, last_id)) = self.read_whole(id).await else { continue };
+            let Some((state, last_id)) = self.read_whole(id).await else {
+                continue;
+            };
             let mut map = lock(&self.map);
             if let Some(mirror) = map.get_mut(&id) {
                 mirror.tx.send_modify(|s| {
@@ -237,8 +277,14 @@ pub(super) fn apply(state: &mut LogState, entry: &StreamId) -> Result<(), Gap> {
     if state.ending.is_some() {
         return Ok(());
     }
-    let offset: u64 = entry.get::<String>("o").and_then(|o| o.parse().ok()).unwrap_or_default();
-    let end: u64 = entry.get::<String>("e").and_then(|o| o.parse().ok()).unwrap_or_default();
+    let offset: u64 = entry
+        .get::<String>("o")
+        .and_then(|o| o.parse().ok())
+        .unwrap_or_default();
+    let end: u64 = entry
+        .get::<String>("e")
+        .and_then(|o| o.parse().ok())
+        .unwrap_or_default();
     if offset > state.length {
         return Err(Gap);
     }
@@ -250,7 +296,11 @@ pub(super) fn apply(state: &mut LogState, entry: &StreamId) -> Result<(), Gap> {
     }
     if let Some(outcome) = entry.get::<String>("f") {
         let content = std::mem::take(&mut state.text);
-        state.ending = Some(Arc::new(Ending { outcome: decode_final(&outcome), length: state.length, content }));
+        state.ending = Some(Arc::new(Ending {
+            outcome: decode_final(&outcome),
+            length: state.length,
+            content,
+        }));
     }
     Ok(())
 }

@@ -19,7 +19,9 @@ const ATTEMPTS: u32 = 5;
 
 /// Ends the orphans the directory finds, until `shutdown` (in a cluster only).
 pub(super) fn spawn(parts: Arc<Parts>, shutdown: CancellationToken) {
-    let Some(mut orphans) = parts.directory.orphans() else { return };
+    let Some(mut orphans) = parts.directory.orphans() else {
+        return;
+    };
     tokio::spawn(async move {
         loop {
             let orphan = tokio::select! {
@@ -36,7 +38,9 @@ pub(super) fn spawn(parts: Arc<Parts>, shutdown: CancellationToken) {
 async fn close(parts: &Parts, orphan: Orphan) {
     let id = orphan.answer.ids.message_id;
     // `None`: its log has ended already (or cannot be read; the next round tries again).
-    let Some(mut writer) = parts.logs.adopt(id).await else { return drop(orphan.done) };
+    let Some(mut writer) = parts.logs.adopt(id).await else {
+        return drop(orphan.done);
+    };
     let content = writer.text();
     for attempt in 0..ATTEMPTS {
         match store::fail_interrupted(&parts.db, id, &content).await {
@@ -48,10 +52,17 @@ async fn close(parts: &Parts, orphan: Orphan) {
             }
         }
     }
-    let outcome = Final::Failed(ChatError::new(ErrorCode::Unavailable, "the node running this answer stopped; the partial answer is stored"));
+    let outcome = Final::Failed(ChatError::new(
+        ErrorCode::Unavailable,
+        "the node running this answer stopped; the partial answer is stored",
+    ));
     let length = text::utf16_len(&content);
     tracing::warn!(message_id = %id, length, "an answer of a dead node was closed");
-    writer.finish(Ending { outcome, content, length });
+    writer.finish(Ending {
+        outcome,
+        content,
+        length,
+    });
     drop(writer);
     drop(orphan.done);
 }

@@ -36,7 +36,9 @@ pub struct Checkpoints {
 impl Checkpoints {
     fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, String>> {
         // Only whole entries are ever inserted or taken; a poisoned map is still consistent.
-        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues `text` as the answer's checkpoint, replacing an older one not yet written.
@@ -84,7 +86,9 @@ impl Checkpoints {
                     retry.extend(one);
                     unreachable = Some(e);
                 }
-                Err(e) => tracing::error!(message_id = %id, error = %e, "the database refused an answer's checkpoint; dropped"),
+                Err(e) => {
+                    tracing::error!(message_id = %id, error = %e, "the database refused an answer's checkpoint; dropped")
+                }
             }
         }
         self.put_back(retry);
@@ -103,7 +107,12 @@ impl Checkpoints {
     }
 
     /// Runs the writer: a round every `interval`, until `shutdown`.
-    pub fn spawn_writer(self: &Arc<Self>, db: DatabaseConnection, interval: Duration, shutdown: CancellationToken) {
+    pub fn spawn_writer(
+        self: &Arc<Self>,
+        db: DatabaseConnection,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
         let checkpoints = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut rounds = tokio::time::interval(interval);
@@ -113,7 +122,9 @@ impl Checkpoints {
                     _ = rounds.tick() => {}
                     _ = shutdown.cancelled() => return,
                 }
-                let Some(checkpoints) = checkpoints.upgrade() else { return };
+                let Some(checkpoints) = checkpoints.upgrade() else {
+                    return;
+                };
                 if let Err(e) = checkpoints.write_pending(&db).await {
                     tracing::warn!(error = %e, "writing checkpoints failed; retrying next round");
                 }

@@ -102,7 +102,12 @@ struct Cached {
 
 impl Cached {
     fn new(inner: impl Check + 'static, ttl: Duration) -> Self {
-        Self { inner: Box::new(inner), ttl, last: Mutex::new(None), logged_ok: AtomicBool::new(true) }
+        Self {
+            inner: Box::new(inner),
+            ttl,
+            last: Mutex::new(None),
+            logged_ok: AtomicBool::new(true),
+        }
     }
 
     async fn ok(&self) -> bool {
@@ -117,7 +122,9 @@ impl Cached {
         if self.logged_ok.swap(ok, Ordering::Relaxed) != ok {
             match result {
                 Ok(()) => tracing::info!(check = self.inner.name(), "readiness check passes again"),
-                Err(reason) => tracing::warn!(check = self.inner.name(), %reason, "readiness check failing"),
+                Err(reason) => {
+                    tracing::warn!(check = self.inner.name(), %reason, "readiness check failing")
+                }
             }
         }
         *last = Some((Instant::now(), ok));
@@ -138,8 +145,16 @@ struct Parts {
 impl Readiness {
     /// The checks of a node on `db` and `upstream`; `draining` is cancelled at shutdown.
     /// With `cluster` (the engine of a node in cluster mode), Redis is checked too.
-    pub fn new(db: DatabaseConnection, upstream: UpstreamProbe, draining: CancellationToken, cluster: Option<crate::engine::Engine>) -> Self {
-        let mut checks = vec![Cached::new(DatabaseCheck(db), DATABASE_TTL), Cached::new(UpstreamCheck(upstream), UPSTREAM_TTL)];
+    pub fn new(
+        db: DatabaseConnection,
+        upstream: UpstreamProbe,
+        draining: CancellationToken,
+        cluster: Option<crate::engine::Engine>,
+    ) -> Self {
+        let mut checks = vec![
+            Cached::new(DatabaseCheck(db), DATABASE_TTL),
+            Cached::new(UpstreamCheck(upstream), UPSTREAM_TTL),
+        ];
         if let Some(engine) = cluster {
             checks.push(Cached::new(RedisCheck(engine), DATABASE_TTL));
         }
@@ -151,21 +166,39 @@ impl Readiness {
         let results = futures::future::join_all(self.0.checks.iter().map(|c| c.ok())).await;
         let mut checks = Map::new();
         for (check, ok) in self.0.checks.iter().zip(&results) {
-            checks.insert(check.inner.name().to_owned(), json!(if *ok { "ok" } else { "down" }));
+            checks.insert(
+                check.inner.name().to_owned(),
+                json!(if *ok { "ok" } else { "down" }),
+            );
         }
         let draining = self.0.draining.is_cancelled();
         let ready = !draining && results.iter().all(|ok| *ok);
-        let status = if draining { "draining" } else if ready { "ready" } else { "unready" };
+        let status = if draining {
+            "draining"
+        } else if ready {
+            "ready"
+        } else {
+            "unready"
+        };
         (ready, json!({ "status": status, "checks": checks }))
     }
 }
 
 /// The `/ready` route.
 pub fn router(readiness: Readiness) -> Router {
-    Router::new().route("/ready", get(ready)).with_state(readiness)
+    Router::new()
+        .route("/ready", get(ready))
+        .with_state(readiness)
 }
 
 async fn ready(State(readiness): State<Readiness>) -> (StatusCode, Json<Value>) {
     let (ready, body) = readiness.state().await;
-    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+    (
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
 }

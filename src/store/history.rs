@@ -7,8 +7,8 @@
 use chrono::{DateTime, Utc};
 use entity::{conversation, message};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
     sea_query::{Alias, Expr, ExprTrait, Query},
 };
 use uuid::Uuid;
@@ -47,9 +47,13 @@ pub async fn list_conversations(
     let mut query = conversation::Entity::find().filter(conversation::Column::UserId.eq(user_id));
     if let Some(key) = after {
         query = query.filter(
-            Condition::any().add(conversation::Column::UpdatedAt.lt(key.updated_at)).add(
-                Condition::all().add(conversation::Column::UpdatedAt.eq(key.updated_at)).add(conversation::Column::Id.lt(key.id)),
-            ),
+            Condition::any()
+                .add(conversation::Column::UpdatedAt.lt(key.updated_at))
+                .add(
+                    Condition::all()
+                        .add(conversation::Column::UpdatedAt.eq(key.updated_at))
+                        .add(conversation::Column::Id.lt(key.id)),
+                ),
         );
     }
     // One more than asked: whether it exists says whether a next page does.
@@ -61,13 +65,22 @@ pub async fn list_conversations(
         .await?;
     let more = rows.len() as u64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let next = rows.last().filter(|_| more).map(|c| PageKey { updated_at: c.updated_at, id: c.id });
+    let next = rows.last().filter(|_| more).map(|c| PageKey {
+        updated_at: c.updated_at,
+        id: c.id,
+    });
     let mut last = last_messages(db, rows.iter().map(|c| c.id).collect()).await?;
     let items = rows
         .into_iter()
         .map(|conversation| {
-            let last_message = last.iter().position(|m| m.conversation_id == conversation.id).map(|i| last.swap_remove(i));
-            ConversationSummary { conversation, last_message }
+            let last_message = last
+                .iter()
+                .position(|m| m.conversation_id == conversation.id)
+                .map(|i| last.swap_remove(i));
+            ConversationSummary {
+                conversation,
+                last_message,
+            }
         })
         .collect();
     Ok(ConversationPage { items, next })
@@ -75,7 +88,10 @@ pub async fn list_conversations(
 
 /// The latest message of each of these conversations, in one query: a message is its
 /// conversation's latest when the conversation's messages, newest first, start with it.
-async fn last_messages(db: &DatabaseConnection, conversations: Vec<Uuid>) -> Result<Vec<message::Model>, DbErr> {
+async fn last_messages(
+    db: &DatabaseConnection,
+    conversations: Vec<Uuid>,
+) -> Result<Vec<message::Model>, DbErr> {
     if conversations.is_empty() {
         return Ok(Vec::new());
     }
@@ -83,8 +99,14 @@ async fn last_messages(db: &DatabaseConnection, conversations: Vec<Uuid>) -> Res
     let latest = Query::select()
         .column((newer.clone(), message::Column::Id))
         .from_as(message::Entity, newer.clone())
-        .and_where(Expr::col((newer.clone(), message::Column::ConversationId)).equals((message::Entity, message::Column::ConversationId)))
-        .order_by((newer.clone(), message::Column::CreatedAt), sea_orm::Order::Desc)
+        .and_where(
+            Expr::col((newer.clone(), message::Column::ConversationId))
+                .equals((message::Entity, message::Column::ConversationId)),
+        )
+        .order_by(
+            (newer.clone(), message::Column::CreatedAt),
+            sea_orm::Order::Desc,
+        )
         .order_by((newer, message::Column::Id), sea_orm::Order::Desc)
         .limit(1)
         .to_owned();
@@ -96,8 +118,15 @@ async fn last_messages(db: &DatabaseConnection, conversations: Vec<Uuid>) -> Res
 }
 
 /// `user`'s conversation, or `None` when it does not exist or is someone else's.
-pub async fn find_conversation<C: ConnectionTrait>(db: &C, user_id: &str, id: Uuid) -> Result<Option<conversation::Model>, DbErr> {
-    conversation::Entity::find_by_id(id).filter(conversation::Column::UserId.eq(user_id)).one(db).await
+pub async fn find_conversation<C: ConnectionTrait>(
+    db: &C,
+    user_id: &str,
+    id: Uuid,
+) -> Result<Option<conversation::Model>, DbErr> {
+    conversation::Entity::find_by_id(id)
+        .filter(conversation::Column::UserId.eq(user_id))
+        .one(db)
+        .await
 }
 
 /// `user`'s conversation and all its messages in order (`created_at`, then id, as the
@@ -107,7 +136,9 @@ pub async fn conversation_messages(
     user_id: &str,
     id: Uuid,
 ) -> Result<Option<(conversation::Model, Vec<message::Model>)>, DbErr> {
-    let Some(conversation) = find_conversation(db, user_id, id).await? else { return Ok(None) };
+    let Some(conversation) = find_conversation(db, user_id, id).await? else {
+        return Ok(None);
+    };
     let messages = message::Entity::find()
         .filter(message::Column::ConversationId.eq(id))
         .order_by_asc(message::Column::CreatedAt)
@@ -139,13 +170,20 @@ pub async fn rename_conversation(
 
 /// Deletes `user`'s conversation and its messages in one transaction. False when it is
 /// not theirs (or already gone).
-pub async fn delete_conversation(db: &DatabaseConnection, user_id: &str, id: Uuid) -> Result<bool, DbErr> {
+pub async fn delete_conversation(
+    db: &DatabaseConnection,
+    user_id: &str,
+    id: Uuid,
+) -> Result<bool, DbErr> {
     let txn = db.begin().await?;
     if find_conversation(&txn, user_id, id).await?.is_none() {
         return Ok(false);
     }
     // Not left to the foreign key's cascade: the messages go whatever the database enforces.
-    message::Entity::delete_many().filter(message::Column::ConversationId.eq(id)).exec(&txn).await?;
+    message::Entity::delete_many()
+        .filter(message::Column::ConversationId.eq(id))
+        .exec(&txn)
+        .await?;
     let deleted = conversation::Entity::delete_many()
         .filter(conversation::Column::Id.eq(id))
         .filter(conversation::Column::UserId.eq(user_id))
@@ -156,6 +194,13 @@ pub async fn delete_conversation(db: &DatabaseConnection, user_id: &str, id: Uui
 }
 
 /// A message of `user` (question or answer), or `None` when it is not theirs.
-pub async fn find_message(db: &DatabaseConnection, user_id: &str, id: Uuid) -> Result<Option<message::Model>, DbErr> {
-    message::Entity::find_by_id(id).filter(message::Column::UserId.eq(user_id)).one(db).await
+pub async fn find_message(
+    db: &DatabaseConnection,
+    user_id: &str,
+    id: Uuid,
+) -> Result<Option<message::Model>, DbErr> {
+    message::Entity::find_by_id(id)
+        .filter(message::Column::UserId.eq(user_id))
+        .one(db)
+        .await
 }

@@ -7,20 +7,29 @@ mod imports;
 mod turns;
 mod usage;
 
-pub use answers::{AnswerEnd, StoredAnswer, checkpoint_answers, fail_interrupted, fail_stale_answers, find_answer, finish_answer};
 pub use crate::chat::HistoryMessage;
+pub use answers::{
+    AnswerEnd, StoredAnswer, checkpoint_answers, fail_interrupted, fail_stale_answers, find_answer,
+    finish_answer,
+};
 pub use history::{
-    ConversationPage, ConversationSummary, PageKey, conversation_messages, delete_conversation, find_conversation, find_message,
-    list_conversations, rename_conversation,
+    ConversationPage, ConversationSummary, PageKey, conversation_messages, delete_conversation,
+    find_conversation, find_message, list_conversations, rename_conversation,
 };
 pub use imports::{ImportMode, ImportResult, ImportedMessage, Refusal, import_messages};
-pub use turns::{ChatBegun, NewIds, NewTurn, TurnIds, begin_chat, begin_chat_with, conversation_history, find_turn, owns_conversation};
+pub use turns::{
+    ChatBegun, NewIds, NewTurn, TurnIds, begin_chat, begin_chat_with, conversation_history,
+    find_turn, owns_conversation,
+};
 pub use usage::{add_usage, day_total, list_usage, utc_day};
 
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
+    TransactionTrait,
+};
 
 use crate::chat::{ChatError, ErrorCode};
 
@@ -50,7 +59,11 @@ impl StoreError {
 /// it is a connection or capacity problem; a statement the database refuses, which will
 /// fail the same way again, is `INTERNAL`.
 pub fn db_error(e: &DbErr) -> ChatError {
-    ChatError::code(if is_transient(e) { ErrorCode::Unavailable } else { ErrorCode::Internal })
+    ChatError::code(if is_transient(e) {
+        ErrorCode::Unavailable
+    } else {
+        ErrorCode::Internal
+    })
 }
 
 /// True when `e` is about reaching the database (no connection, a pool timeout, a broken
@@ -63,12 +76,27 @@ pub fn is_transient(e: &DbErr) -> bool {
         DbErr::Exec(r) | DbErr::Query(r) => r,
         _ => return false,
     };
-    let RuntimeErr::SqlxError(sqlx) = runtime else { return false };
+    let RuntimeErr::SqlxError(sqlx) = runtime else {
+        return false;
+    };
     match sqlx.as_ref() {
-        Error::Io(_) | Error::Tls(_) | Error::Protocol(_) | Error::PoolTimedOut | Error::PoolClosed | Error::WorkerCrashed => true,
+        Error::Io(_)
+        | Error::Tls(_)
+        | Error::Protocol(_)
+        | Error::PoolTimedOut
+        | Error::PoolClosed
+        | Error::WorkerCrashed => true,
         Error::Database(db) => {
-            let sqlite = db.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>().is_some();
-            db.code().is_some_and(|code| if sqlite { sqlite_transient(&code) } else { sqlstate_transient(&code) })
+            let sqlite = db
+                .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+                .is_some();
+            db.code().is_some_and(|code| {
+                if sqlite {
+                    sqlite_transient(&code)
+                } else {
+                    sqlstate_transient(&code)
+                }
+            })
         }
         _ => false,
     }
@@ -77,7 +105,11 @@ pub fn is_transient(e: &DbErr) -> bool {
 /// PostgreSQL's SQLSTATE classes 08 (connection), 53 (resources), 57 (operator
 /// intervention: shutdown, cancel), and 40001/40P01 (serialization, deadlock).
 fn sqlstate_transient(code: &str) -> bool {
-    ["08", "53", "57"].iter().any(|class| code.starts_with(class)) || code == "40001" || code == "40P01"
+    ["08", "53", "57"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || code == "40001"
+        || code == "40P01"
 }
 
 /// SQLite's BUSY (5) and LOCKED (6), with their extended codes (the low byte).
@@ -93,7 +125,11 @@ fn sqlite_transient(code: &str) -> bool {
 /// lock taken sleeps in SQLite's busy handler (1, 2, 5, 10 ms, ...) instead of queueing,
 /// which under load put 100 ms and more in front of `chat:start`s. One connection makes
 /// every statement queue in order on the pool; reads are short enough not to mind.
-pub async fn connect(url: &str, max_connections: Option<u32>, schema: &str) -> Result<DatabaseConnection, DbErr> {
+pub async fn connect(
+    url: &str,
+    max_connections: Option<u32>,
+    schema: &str,
+) -> Result<DatabaseConnection, DbErr> {
     let sqlite = url.starts_with("sqlite:");
     let mut options = base_options(url);
     options
@@ -120,7 +156,10 @@ pub async fn connect(url: &str, max_connections: Option<u32>, schema: &str) -> R
 /// Times every statement run on `db` and on its clones made from now on (those of its
 /// transactions included): `observe` gets each one's execution time, without the wait for
 /// a pooled connection. A closure, so the store knows nothing of what records it.
-pub fn time_statements(db: &mut DatabaseConnection, observe: impl Fn(Duration) + Send + Sync + 'static) {
+pub fn time_statements(
+    db: &mut DatabaseConnection,
+    observe: impl Fn(Duration) + Send + Sync + 'static,
+) {
     db.set_metric_callback(move |info| observe(info.elapsed));
 }
 
@@ -145,9 +184,11 @@ pub async fn migrate(db: &DatabaseConnection, schema: &str) -> Result<(), DbErr>
     }
     let named = |what: &str, e: DbErr| DbErr::Migration(format!("{what} (schema {schema:?}): {e}"));
     let txn = db.begin().await?;
-    txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
-        .await
-        .map_err(|e| named("taking the migration lock", e))?;
+    txn.execute_unprepared(&format!(
+        "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+    ))
+    .await
+    .map_err(|e| named("taking the migration lock", e))?;
     let exists = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -165,8 +206,12 @@ pub async fn migrate(db: &DatabaseConnection, schema: &str) -> Result<(), DbErr>
             .map_err(|e| named("creating the schema", e))?;
         warn_about_tables_in_public(&txn, schema).await;
     }
-    Migrator::up(&txn, None).await.map_err(|e| named("running the migrations", e))?;
-    txn.commit().await.map_err(|e| named("committing the migrations", e))
+    Migrator::up(&txn, None)
+        .await
+        .map_err(|e| named("running the migrations", e))?;
+    txn.commit()
+        .await
+        .map_err(|e| named("committing the migrations", e))
 }
 
 /// A deployment from before `DATABASE_SCHEMA` keeps its tables in `public`; starting it
@@ -204,7 +249,10 @@ const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// half second instead, beside the writer: a passive checkpoint never waits for it or
 /// blocks it. The automatic checkpoint stays as the backstop. Nothing to do for
 /// PostgreSQL or an in-memory database.
-pub async fn spawn_wal_checkpointer(url: &str, shutdown: tokio_util::sync::CancellationToken) -> Result<(), DbErr> {
+pub async fn spawn_wal_checkpointer(
+    url: &str,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), DbErr> {
     if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
         return Ok(());
     }
@@ -220,7 +268,10 @@ pub async fn spawn_wal_checkpointer(url: &str, shutdown: tokio_util::sync::Cance
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            match db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)").await {
+            match db
+                .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+                .await
+            {
                 Ok(_) => failing = false,
                 // Logged once per run of failures; the automatic checkpoint still works.
                 Err(e) if !failing => {
@@ -233,7 +284,6 @@ pub async fn spawn_wal_checkpointer(url: &str, shutdown: tokio_util::sync::Cance
     });
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -250,14 +300,32 @@ mod tests {
     #[test]
     fn only_connection_problems_are_unavailable() {
         let code = |e: DbErr| StoreError::Db(e).to_chat_error().code;
-        assert_eq!(code(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)), ErrorCode::Unavailable);
+        assert_eq!(
+            code(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)),
+            ErrorCode::Unavailable
+        );
         assert_eq!(code(sqlx(Error::PoolClosed)), ErrorCode::Unavailable);
-        assert_eq!(code(sqlx(Error::Io(std::io::Error::other("reset")))), ErrorCode::Unavailable);
-        assert_eq!(code(DbErr::Exec(RuntimeErr::Internal("refused".into()))), ErrorCode::Internal);
+        assert_eq!(
+            code(sqlx(Error::Io(std::io::Error::other("reset")))),
+            ErrorCode::Unavailable
+        );
+        assert_eq!(
+            code(DbErr::Exec(RuntimeErr::Internal("refused".into()))),
+            ErrorCode::Internal
+        );
         assert_eq!(code(sqlx(Error::RowNotFound)), ErrorCode::Internal);
         assert_eq!(code(DbErr::RecordNotUpdated), ErrorCode::Internal);
-        assert!(sqlstate_transient("08006") && sqlstate_transient("57P01") && sqlstate_transient("40P01"));
+        assert!(
+            sqlstate_transient("08006")
+                && sqlstate_transient("57P01")
+                && sqlstate_transient("40P01")
+        );
         assert!(!sqlstate_transient("22021") && !sqlstate_transient("23505"));
-        assert!(sqlite_transient("5") && sqlite_transient("517") && !sqlite_transient("19") && !sqlite_transient("2067"));
+        assert!(
+            sqlite_transient("5")
+                && sqlite_transient("517")
+                && !sqlite_transient("19")
+                && !sqlite_transient("2067")
+        );
     }
 }

@@ -14,12 +14,27 @@ use crate::{client::Client, helpers::*};
 /// Packets per run: enough to reach every decoder's branches, brief enough for CI.
 const CASES: usize = 400;
 
-const EVENTS: [&str; 6] = ["chat:start", "chat:stop", "chat:resume", "chat:join", "chat:leave", "chat:auth"];
+const EVENTS: [&str; 6] = [
+    "chat:start",
+    "chat:stop",
+    "chat:resume",
+    "chat:join",
+    "chat:leave",
+    "chat:auth",
+];
 
 /// The codes a refusal may carry.
 const CODES: [&str; 10] = [
-    "INVALID_PAYLOAD", "MESSAGE_TOO_LONG", "INVALID_PARAMS", "INVALID_MODEL", "FORBIDDEN", "UNAUTHORIZED",
-    "NOT_FOUND", "BUSY", "RATE_LIMIT", "UPSTREAM_ERROR",
+    "INVALID_PAYLOAD",
+    "MESSAGE_TOO_LONG",
+    "INVALID_PARAMS",
+    "INVALID_MODEL",
+    "FORBIDDEN",
+    "UNAUTHORIZED",
+    "NOT_FOUND",
+    "BUSY",
+    "RATE_LIMIT",
+    "UPSTREAM_ERROR",
 ];
 
 /// JSON made mostly of the protocol's own field names and edge values.
@@ -36,15 +51,25 @@ fn json_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(4, 48, 6, |inner| {
         let names = prop_oneof![
             prop::sample::select(vec![
-                "message", "userId", "conversationId", "model", "maxTokens", "temperature", "clientMessageId",
-                "systemPrompt", "messageId", "offset", "token",
+                "message",
+                "userId",
+                "conversationId",
+                "model",
+                "maxTokens",
+                "temperature",
+                "clientMessageId",
+                "systemPrompt",
+                "messageId",
+                "offset",
+                "token",
             ])
             .prop_map(str::to_owned),
             "\\PC{0,8}",
         ];
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((names, inner), 0..6).prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
+            prop::collection::vec((names, inner), 0..6)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
         ]
     })
 }
@@ -69,7 +94,10 @@ async fn every_generated_packet_gets_an_ack_or_a_close_and_the_server_keeps_serv
     let app = spawn_app_with(&[("MOCK_TOKEN_DELAY_MS", "0"), ("LOOKUPS_PER_MINUTE", "0")]).await;
     let user = user();
     let strategy = (prop::sample::select(EVENTS.to_vec()), payload_text());
-    let mut runner = TestRunner::new(Config { rng_seed: proptest::test_runner::RngSeed::Fixed(0xC4A7), ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0xC4A7),
+        ..Config::default()
+    });
     let mut client = app.client(&user).await;
     let (mut acked, mut closed) = (0, 0);
     for _ in 0..CASES {
@@ -80,20 +108,35 @@ async fn every_generated_packet_gets_an_ack_or_a_close_and_the_server_keeps_serv
             Some(ack) => {
                 acked += 1;
                 let code = ack["error"]["code"].as_str();
-                assert!(ack["ok"] == json!(true) || code.is_some_and(|c| CODES.contains(&c)), "{array} -> {ack}");
+                assert!(
+                    ack["ok"] == json!(true) || code.is_some_and(|c| CODES.contains(&c)),
+                    "{array} -> {ack}"
+                );
             }
             None => {
-                assert!(!well_formed, "a well-formed packet closed its connection: {array}");
+                assert!(
+                    !well_formed,
+                    "a well-formed packet closed its connection: {array}"
+                );
                 closed += 1;
                 client = app.client(&user).await;
             }
         }
     }
     println!("fuzz: {CASES} packets, {acked} acked, {closed} closed their connection");
-    assert!(acked > CASES / 2 && closed > 0, "the generator reaches both outcomes ({acked} acked, {closed} closed)");
+    assert!(
+        acked > CASES / 2 && closed > 0,
+        "the generator reaches both outcomes ({acked} acked, {closed} closed)"
+    );
 
-    let mut fresh = Client::websocket(app.addr, crate::client::Credentials::token(&token(&crate::helpers::user()))).await.unwrap();
-    fresh.emit("chat:start", json!({ "message": "after the fuzz" })).await;
+    let mut fresh = Client::websocket(
+        app.addr,
+        crate::client::Credentials::token(&token(&crate::helpers::user())),
+    )
+    .await
+    .unwrap();
+    fresh
+        .emit("chat:start", json!({ "message": "after the fuzz" }))
+        .await;
     assert_eq!(read_answer(&mut fresh).await.text(), ANSWER);
 }
-

@@ -29,7 +29,9 @@ use crate::{
     chat::{ErrorCode, text},
     engine::Engine,
 };
-use views::{ConversationItem, ConversationList, ConversationView, MessageView, UsageItem, UsageList};
+use views::{
+    ConversationItem, ConversationList, ConversationView, MessageView, UsageItem, UsageList,
+};
 
 /// Conversations a page holds when `limit` is not given, and at most.
 const DEFAULT_PAGE: u64 = 20;
@@ -48,7 +50,12 @@ pub(crate) struct RestState {
 pub fn router(engine: Engine, auth: Arc<Authenticator>) -> Router {
     Router::new()
         .route("/v1/conversations", get(list_conversations))
-        .route("/v1/conversations/{id}", get(get_conversation).patch(rename_conversation).delete(delete_conversation))
+        .route(
+            "/v1/conversations/{id}",
+            get(get_conversation)
+                .patch(rename_conversation)
+                .delete(delete_conversation),
+        )
         .route("/v1/messages/{id}", get(get_message))
         .route("/v1/usage", get(get_usage))
         .with_state(RestState { engine, auth })
@@ -56,12 +63,18 @@ pub fn router(engine: Engine, auth: Arc<Authenticator>) -> Router {
 
 /// The caller, from the token (or, in open mode, `?userId=`).
 fn user(s: &RestState, headers: &HeaderMap, uri: &Uri) -> Result<String, ApiError> {
-    caller(&s.auth, headers, uri, query_value(uri, "userId").map(Value::String).as_ref())
+    caller(
+        &s.auth,
+        headers,
+        uri,
+        query_value(uri, "userId").map(Value::String).as_ref(),
+    )
 }
 
 /// An id from the path; a malformed one is `NOT_FOUND`, as a missing one is.
 fn path_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
-    Uuid::try_parse(raw).map_err(|_| ApiError::new(ErrorCode::NotFound, format!("{what} not found")))
+    Uuid::try_parse(raw)
+        .map_err(|_| ApiError::new(ErrorCode::NotFound, format!("{what} not found")))
 }
 
 fn invalid(message: &str) -> ApiError {
@@ -85,7 +98,11 @@ fn invalid(message: &str) -> ApiError {
     ),
     security(("bearer" = []))
 )]
-pub(crate) async fn list_conversations(State(s): State<RestState>, headers: HeaderMap, uri: Uri) -> Result<Json<ConversationList>, ApiError> {
+pub(crate) async fn list_conversations(
+    State(s): State<RestState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Json<ConversationList>, ApiError> {
     let user = user(&s, &headers, &uri)?;
     let limit = match query_value(&uri, "limit") {
         None => DEFAULT_PAGE,
@@ -96,11 +113,16 @@ pub(crate) async fn list_conversations(State(s): State<RestState>, headers: Head
     };
     let after = match query_value(&uri, "cursor") {
         None => None,
-        Some(raw) => Some(views::page_key(&raw).ok_or_else(|| invalid("cursor is not one this server gave"))?),
+        Some(raw) => Some(
+            views::page_key(&raw).ok_or_else(|| invalid("cursor is not one this server gave"))?,
+        ),
     };
     let page = s.engine.conversations(&user, after, limit).await?;
     let next_cursor = page.next.map(views::cursor);
-    Ok(Json(ConversationList { items: page.items.into_iter().map(ConversationItem::from).collect(), next_cursor }))
+    Ok(Json(ConversationList {
+        items: page.items.into_iter().map(ConversationItem::from).collect(),
+        next_cursor,
+    }))
 }
 
 /// One of the caller's conversations, with its messages in order.
@@ -146,7 +168,12 @@ pub(crate) async fn rename_conversation(
     let user = user(&s, &headers, &uri)?;
     let id = path_id(&id, "conversation")?;
     let title = title(&body)?;
-    Ok(Json(s.engine.rename_conversation(&user, id, &title).await?.into()))
+    Ok(Json(
+        s.engine
+            .rename_conversation(&user, id, &title)
+            .await?
+            .into(),
+    ))
 }
 
 /// A new title from a PATCH body: a JSON object whose `title` is a string
@@ -197,7 +224,12 @@ pub(crate) async fn delete_conversation(
     responses((status = 200, body = MessageView, description = "The message"), HistoryErrors),
     security(("bearer" = []))
 )]
-pub(crate) async fn get_message(State(s): State<RestState>, Path(id): Path<String>, headers: HeaderMap, uri: Uri) -> Result<Json<MessageView>, ApiError> {
+pub(crate) async fn get_message(
+    State(s): State<RestState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Json<MessageView>, ApiError> {
     let user = user(&s, &headers, &uri)?;
     let id = path_id(&id, "message")?;
     Ok(Json(s.engine.message(&user, id).await?.into()))
@@ -213,10 +245,16 @@ pub(crate) async fn get_message(State(s): State<RestState>, Path(id): Path<Strin
     responses((status = 200, body = UsageList, description = "The caller's usage rows"), HistoryErrors),
     security(("bearer" = []))
 )]
-pub(crate) async fn get_usage(State(s): State<RestState>, headers: HeaderMap, uri: Uri) -> Result<Json<UsageList>, ApiError> {
+pub(crate) async fn get_usage(
+    State(s): State<RestState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Json<UsageList>, ApiError> {
     let user = user(&s, &headers, &uri)?;
     let day = |name: &str| -> Result<Option<String>, ApiError> {
-        let Some(raw) = query_value(&uri, name) else { return Ok(None) };
+        let Some(raw) = query_value(&uri, name) else {
+            return Ok(None);
+        };
         match NaiveDate::parse_from_str(&raw, "%Y-%m-%d") {
             Ok(d) => Ok(Some(d.format("%Y-%m-%d").to_string())),
             Err(_) => Err(invalid(&format!("{name} must be a day, YYYY-MM-DD"))),
@@ -228,6 +266,11 @@ pub(crate) async fn get_usage(State(s): State<RestState>, headers: HeaderMap, ur
     {
         return Err(invalid("from is after to"));
     }
-    let rows = s.engine.usage(&user, from.as_deref(), to.as_deref()).await?;
-    Ok(Json(UsageList { usage: rows.into_iter().map(UsageItem::from).collect() }))
+    let rows = s
+        .engine
+        .usage(&user, from.as_deref(), to.as_deref())
+        .await?;
+    Ok(Json(UsageList {
+        usage: rows.into_iter().map(UsageItem::from).collect(),
+    }))
 }

@@ -17,7 +17,10 @@ use std::{
 
 use serde::Serialize;
 use serde_json::Value;
-use socketioxide::{extract::SocketRef, socket::{DisconnectReason, Sid}};
+use socketioxide::{
+    extract::SocketRef,
+    socket::{DisconnectReason, Sid},
+};
 use tokio::sync::mpsc;
 
 /// Something that happened on an `/ai` socket.
@@ -25,11 +28,25 @@ use tokio::sync::mpsc;
 pub enum Notice {
     /// The socket passed authentication (it is connecting; its handlers are registered).
     Connected { socket: SocketRef, at: SystemTime },
-    Disconnected { sid: Sid, reason: DisconnectReason, at: SystemTime },
+    Disconnected {
+        sid: Sid,
+        reason: DisconnectReason,
+        at: SystemTime,
+    },
     /// An event from the client, with its argument (`None`: none, or one that did not parse).
-    Received { sid: Sid, event: &'static str, data: Option<Value>, at: SystemTime },
+    Received {
+        sid: Sid,
+        event: &'static str,
+        data: Option<Value>,
+        at: SystemTime,
+    },
     /// An event queued for the client.
-    Sent { sid: Sid, event: &'static str, data: Value, at: SystemTime },
+    Sent {
+        sid: Sid,
+        event: &'static str,
+        data: Value,
+        at: SystemTime,
+    },
 }
 
 /// The sending side of the monitor's channel; cheap to clone.
@@ -55,7 +72,14 @@ impl Observer {
     /// An observer whose channel holds `capacity` notices, and the monitor's end of it.
     pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Notice>) {
         let (notices, receiver) = mpsc::channel(capacity.max(1));
-        (Self { notices, dropped: Arc::default(), watchers: Arc::default() }, receiver)
+        (
+            Self {
+                notices,
+                dropped: Arc::default(),
+                watchers: Arc::default(),
+            },
+            receiver,
+        )
     }
 
     /// Notices are sent while the returned guard lives (and any other).
@@ -85,8 +109,15 @@ impl Observer {
             return;
         }
         match serde_json::to_value(data) {
-            Ok(data) => self.notify(Notice::Sent { sid, event, data, at: SystemTime::now() }),
-            Err(e) => tracing::debug!(%sid, event, error = %e, "event not serializable for the monitor"),
+            Ok(data) => self.notify(Notice::Sent {
+                sid,
+                event,
+                data,
+                at: SystemTime::now(),
+            }),
+            Err(e) => {
+                tracing::debug!(%sid, event, error = %e, "event not serializable for the monitor")
+            }
         }
     }
 
@@ -110,7 +141,10 @@ pub(super) fn connected(socket: &SocketRef, watch: &Watch) {
         let at = SystemTime::now();
         socket.extensions.insert(observer.clone());
         socket.extensions.insert(ConnectedAt(at));
-        observer.notify(Notice::Connected { socket: socket.clone(), at });
+        observer.notify(Notice::Connected {
+            socket: socket.clone(),
+            at,
+        });
     }
 }
 
@@ -118,7 +152,12 @@ pub(super) fn connected(socket: &SocketRef, watch: &Watch) {
 pub(super) fn received(socket: &SocketRef, event: &'static str, data: Option<&Value>) {
     if let Some(observer) = Observer::of(socket) {
         let data = data.cloned();
-        observer.notify(Notice::Received { sid: socket.id, event, data, at: SystemTime::now() });
+        observer.notify(Notice::Received {
+            sid: socket.id,
+            event,
+            data,
+            at: SystemTime::now(),
+        });
     }
 }
 
@@ -132,7 +171,11 @@ pub(super) fn sent<T: Serialize + ?Sized>(socket: &SocketRef, event: &'static st
 /// The socket left.
 pub(super) fn disconnected(socket: &SocketRef, reason: DisconnectReason) {
     if let Some(observer) = Observer::of(socket) {
-        observer.notify(Notice::Disconnected { sid: socket.id, reason, at: SystemTime::now() });
+        observer.notify(Notice::Disconnected {
+            sid: socket.id,
+            reason,
+            at: SystemTime::now(),
+        });
     }
 }
 
@@ -145,15 +188,28 @@ mod tests {
         let (observer, mut receiver) = Observer::channel(2);
         let sid = Sid::new();
         observer.sent(sid, "chat:message", &1);
-        assert!(receiver.try_recv().is_err(), "nobody watches: nothing is sent");
+        assert!(
+            receiver.try_recv().is_err(),
+            "nobody watches: nothing is sent"
+        );
         let _watching = observer.watch();
         for _ in 0..5 {
             observer.sent(sid, "chat:message", &serde_json::json!({ "content": "x" }));
         }
         assert_eq!(observer.dropped(), 3);
-        assert!(matches!(receiver.recv().await, Some(Notice::Sent { event: "chat:message", .. })));
+        assert!(matches!(
+            receiver.recv().await,
+            Some(Notice::Sent {
+                event: "chat:message",
+                ..
+            })
+        ));
         drop(receiver);
         observer.sent(sid, "chat:end", &1);
-        assert_eq!(observer.dropped(), 4, "a monitor that is gone counts as dropped too");
+        assert_eq!(
+            observer.dropped(),
+            4,
+            "a monitor that is gone counts as dropped too"
+        );
     }
 }

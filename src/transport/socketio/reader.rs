@@ -27,8 +27,8 @@ use uuid::Uuid;
 use super::observer::Observer;
 use crate::{
     chat::AnswerIds,
-    transport::Wire,
     cluster::{Entry, LogReader},
+    transport::Wire,
     transport::events::{Chunk, final_event},
 };
 
@@ -62,7 +62,9 @@ const SENT_REMEMBERED: usize = 1024;
 impl Subscriptions {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Entries are inserted and removed whole; a poisoned map is still consistent.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The socket's subscriptions.
@@ -79,7 +81,9 @@ impl Subscriptions {
     /// False when the replay would exceed it.
     pub fn allow_replay(&self, message_id: Uuid, offset: u64, budget: u64) -> bool {
         let mut inner = self.lock();
-        let Some(&(sent, final_len)) = inner.sent.get(&message_id) else { return true };
+        let Some(&(sent, final_len)) = inner.sent.get(&message_id) else {
+            return true;
+        };
         let again = sent.saturating_sub(offset) + final_len.unwrap_or(0);
         if inner.replayed + again > budget {
             return false;
@@ -143,7 +147,13 @@ impl Subscriptions {
 
 /// Starts delivering `reader` to `socket`, replacing the socket's earlier reader of the
 /// same answer. `via` is the followed conversation that brought it, if any.
-pub fn deliver(wire: &Wire, socket: &SocketRef, ids: AnswerIds, reader: Box<dyn LogReader>, via: Option<Uuid>) {
+pub fn deliver(
+    wire: &Wire,
+    socket: &SocketRef,
+    ids: AnswerIds,
+    reader: Box<dyn LogReader>,
+    via: Option<Uuid>,
+) {
     let frame_max = wire.config.frame_max_bytes();
     let subscriptions = Subscriptions::of(socket);
     let observer = Observer::of(socket);
@@ -156,12 +166,19 @@ pub fn deliver(wire: &Wire, socket: &SocketRef, ids: AnswerIds, reader: Box<dyn 
         async move {
             run(&socket, &subscriptions, ids, reader, frame_max, observer).await;
             let mut inner = subscriptions.lock();
-            if inner.readers.get(&ids.message_id).is_some_and(|(n, _, _)| *n == number) {
+            if inner
+                .readers
+                .get(&ids.message_id)
+                .is_some_and(|(n, _, _)| *n == number)
+            {
                 inner.readers.remove(&ids.message_id);
             }
         }
     });
-    if let Some((_, old, _)) = inner.readers.insert(ids.message_id, (number, task.abort_handle(), via)) {
+    if let Some((_, old, _)) = inner
+        .readers
+        .insert(ids.message_id, (number, task.abort_handle(), via))
+    {
         old.abort();
     }
 }
@@ -210,7 +227,11 @@ async fn run(
                 match &entry {
                     Entry::Text { end, .. } => subscriptions.record(ids.message_id, *end, None),
                     Entry::Final(ending) => {
-                        return subscriptions.record(ids.message_id, ending.length, Some(ending.length));
+                        return subscriptions.record(
+                            ids.message_id,
+                            ending.length,
+                            Some(ending.length),
+                        );
                     }
                 }
                 seq += 1;
