@@ -2,10 +2,11 @@
 //! times per lease, and listens for stops of its answers and for answers started
 //! elsewhere (one pub/sub connection that subscribes again after each reconnect).
 //!
-//! On each renewal a node also looks for nodes whose lease lapsed. The first to take a
+//! The lease is renewed by a task that does nothing else. Another, at the same pace,
+//! looks for nodes whose lease is missing on two checks in a row. The first to take a
 //! dead node over hands each of its answers to the engine, which ends it (the final
 //! entry `UNAVAILABLE`, the row with all the text in the log), so a dead node's answers
-//! are closed within about 1⅓ leases.
+//! are closed within about 1⅔ leases.
 
 use std::{
     collections::HashSet,
@@ -82,7 +83,8 @@ pub(super) fn spawn(
         rx,
         shutdown.clone(),
     ));
-    tokio::spawn(renew(directory, subscriber, lease, orphans, shutdown));
+    tokio::spawn(renew(directory.clone(), lease, shutdown.clone()));
+    tokio::spawn(look_after(directory, subscriber, lease, orphans, shutdown));
     Ok(())
 }
 
@@ -132,16 +134,11 @@ async fn listen(
     }
 }
 
-async fn renew(
-    directory: Arc<RedisDirectory>,
-    mut subscriber: ConnectionManager,
-    lease: Duration,
-    orphans: mpsc::Sender<Orphan>,
-    shutdown: CancellationToken,
-) {
+/// Renews this node's lease every third of a lease, and nothing else, so that no other
+/// Redis work (however slow after a reconnect) delays it.
+async fn renew(directory: Arc<RedisDirectory>, lease: Duration, shutdown: CancellationToken) {
     let redis = directory.redis().clone();
     let node = directory.node().to_owned();
-    let adopting: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
     let mut renewals: u64 = 0;
     let mut tick = tokio::time::interval(lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -177,11 +174,35 @@ async fn renew(
             relist(&directory).await;
         }
         renewals += 1;
+    }
+}
+
+/// Every third of a lease: keeps the listener's connection alive, retries failed
+/// cleanups, and takes over the nodes whose lease is missing on two checks in a row
+/// (one late renewal of a live node is not taken for its death).
+async fn look_after(
+    directory: Arc<RedisDirectory>,
+    mut subscriber: ConnectionManager,
+    lease: Duration,
+    orphans: mpsc::Sender<Orphan>,
+    shutdown: CancellationToken,
+) {
+    let redis = directory.redis().clone();
+    let adopting: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
+    let mut suspects = HashSet::new();
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
         // Keeps the listener's connection alive, reconnecting it after Redis came back.
         let _ = bounded(redis::cmd("PING").query_async::<redis::Value>(&mut subscriber)).await;
         directory.cleanups().retry(&redis).await;
-        if let Err(e) = take_over_dead(&directory, lease, &orphans, &adopting).await {
-            tracing::warn!(error = %e, "looking for dead nodes failed");
+        match take_over_dead(&directory, lease, &orphans, &adopting, &suspects).await {
+            Ok(missing) => suspects = missing,
+            Err(e) => tracing::warn!(error = %e, "looking for dead nodes failed"),
         }
     }
 }
@@ -213,26 +234,34 @@ async fn relist(directory: &RedisDirectory) {
     }
 }
 
-/// Hands the answers of every node whose lease lapsed to the engine, once.
+/// Hands the answers of every node whose lease is missing now and was missing on the
+/// last check (`suspects`) to the engine, once. Returns the nodes missing now.
 async fn take_over_dead(
     directory: &RedisDirectory,
     lease: Duration,
     orphans: &mpsc::Sender<Orphan>,
     adopting: &Arc<Mutex<HashSet<Uuid>>>,
-) -> Result<(), super::redis_conn::RedisFailure> {
+    suspects: &HashSet<String>,
+) -> Result<HashSet<String>, super::redis_conn::RedisFailure> {
     let redis = directory.redis();
     let node = directory.node();
     let nodes: Vec<String> = redis.query(redis::cmd("SMEMBERS").arg(keys::NODES)).await?;
     let others: Vec<&String> = nodes.iter().filter(|n| n.as_str() != node).collect();
     if others.is_empty() {
-        return Ok(());
+        return Ok(HashSet::new());
     }
     let mut pipe = redis::pipe();
     for other in &others {
         pipe.cmd("EXISTS").arg(keys::lease(other));
     }
     let alive: Vec<bool> = redis.pipe(&pipe).await?;
-    for (dead, _) in others.into_iter().zip(alive).filter(|(_, alive)| !alive) {
+    let missing: HashSet<String> = others
+        .into_iter()
+        .zip(alive)
+        .filter(|(_, alive)| !alive)
+        .map(|(n, _)| n.clone())
+        .collect();
+    for dead in missing.iter().filter(|n| suspects.contains(*n)) {
         let take = redis::cmd("SET")
             .arg(keys::takeover(dead))
             .arg(node)
@@ -294,9 +323,9 @@ async fn take_over_dead(
                 })
             };
             if orphans.send(Orphan { answer, done }).await.is_err() {
-                return Ok(());
+                return Ok(missing);
             }
         }
     }
-    Ok(())
+    Ok(missing)
 }

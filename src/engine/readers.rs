@@ -21,6 +21,9 @@ impl Engine {
     /// A row still `streaming` that no generation here runs was cut by a process that
     /// died: it reads as interrupted, its checkpointed text then `UNAVAILABLE` (status
     /// `error`), as the stale sweep will store it. The row itself is left to the sweep.
+    /// In cluster mode, while such a row may still belong to a live node (see
+    /// [`Engine::may_run_elsewhere`]), it is refused with `UNAVAILABLE` instead, which
+    /// clients ask again after.
     pub async fn subscribe(
         &self,
         user: &str,
@@ -47,6 +50,12 @@ impl Engine {
             }
             stored = self.stored(user, message_id).await?;
         }
+        if stored.status == Status::Streaming && self.may_run_elsewhere(&stored).await {
+            return Err(ChatError::new(
+                ErrorCode::Unavailable,
+                "the answer's node is not known yet; try again",
+            ));
+        }
         if stored.status == Status::Streaming {
             stored.status = Status::Error;
             stored.ending = Some(crate::chat::Final::Failed(ChatError::code(
@@ -61,6 +70,25 @@ impl Engine {
             offset: reader.offset(),
             reader: Box::new(reader),
         })
+    }
+
+    /// Cluster mode: whether a `streaming` row listed by no node may still be running on
+    /// one. It may while Redis is unreachable, and for a moment after Redis came back
+    /// empty, until every node has listed its answers again (within a lease renewal):
+    /// a row that moved within two leases and a checkpoint interval is given that time.
+    /// A dead node's answers are closed by the node that takes it over, so refusing
+    /// them for that long costs a retry, never a wrong reading.
+    async fn may_run_elsewhere(&self, stored: &store::StoredAnswer) -> bool {
+        match self.shared_state_ok().await {
+            None => false,
+            Some(false) => true,
+            Some(true) => {
+                let config = &self.0.config;
+                let recent = config.node_lease * 2 + config.checkpoint_interval;
+                let age = chrono::Utc::now().signed_duration_since(stored.updated_at);
+                age.to_std().map_or(true, |age| age < recent)
+            }
+        }
     }
 
     /// A reader of `user`'s answer running here, if it runs.

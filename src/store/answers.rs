@@ -117,6 +117,8 @@ pub struct StoredAnswer {
     /// How it ended; `None` while its row is still `streaming` (its process runs
     /// elsewhere, or died and is not swept yet).
     pub ending: Option<Final>,
+    /// When the row last moved (written, checkpointed or ended).
+    pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// An assistant message of `user`, or `None` when it does not exist or is someone else's.
@@ -127,6 +129,18 @@ pub async fn find_answer(
 ) -> Result<Option<StoredAnswer>, DbErr> {
     let row = message::Entity::find_by_id(id)
         .filter(message::Column::UserId.eq(user_id))
+        .filter(message::Column::Role.eq("assistant"))
+        .one(db)
+        .await?;
+    Ok(row.map(stored_answer))
+}
+
+/// Any user's assistant message by id (for a node closing another node's answer).
+pub async fn find_answer_by_id(
+    db: &DatabaseConnection,
+    id: Uuid,
+) -> Result<Option<StoredAnswer>, DbErr> {
+    let row = message::Entity::find_by_id(id)
         .filter(message::Column::Role.eq("assistant"))
         .one(db)
         .await?;
@@ -165,6 +179,7 @@ fn stored_answer(row: message::Model) -> StoredAnswer {
         status,
         content: row.content,
         ending,
+        updated_at: row.updated_at,
     }
 }
 

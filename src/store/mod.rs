@@ -10,7 +10,7 @@ mod usage;
 pub use crate::chat::HistoryMessage;
 pub use answers::{
     AnswerEnd, StoredAnswer, checkpoint_answers, fail_interrupted, fail_stale_answers, find_answer,
-    finish_answer,
+    find_answer_by_id, finish_answer,
 };
 pub use history::{
     ConversationPage, ConversationSummary, PageKey, conversation_messages, delete_conversation,

@@ -567,6 +567,24 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// Two nodes on `db` and the Redis at `url`, answering `LONG`, with 600 ms leases.
+async fn two_nodes(db: &str, url: &str, name: &str, extra: &[(&str, &str)]) -> Vec<TestApp> {
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let id = format!("{name}-{i}");
+        let mut vars = vec![
+            ("DATABASE_URL", db),
+            ("REDIS_URL", url),
+            ("NODE_ID", id.as_str()),
+            ("MOCK_RESPONSE", LONG),
+            ("NODE_LEASE_MS", "600"),
+        ];
+        vars.extend_from_slice(extra);
+        nodes.push(spawn_app_with(&vars).await);
+    }
+    nodes
+}
+
 async fn health(app: &TestApp) -> Value {
     reqwest::get(format!("http://{}/health", app.addr))
         .await
@@ -587,11 +605,12 @@ async fn while_redis_is_down_running_answers_finish_and_starts_are_unavailable_t
     let mut nodes = Vec::new();
     for i in 0..2 {
         let id = format!("restart-node-{i}");
+        // Slow enough that the answer still runs while node B's Redis calls time out.
         let vars = [
             ("DATABASE_URL", db.as_str()),
             ("REDIS_URL", &url),
             ("NODE_ID", &id),
-            ("MOCK_TOKEN_DELAY_MS", "40"),
+            ("MOCK_TOKEN_DELAY_MS", "150"),
             ("MOCK_RESPONSE", LONG),
         ];
         nodes.push(spawn_app_with(&vars).await);
@@ -611,6 +630,22 @@ async fn while_redis_is_down_running_answers_finish_and_starts_are_unavailable_t
     chunks(&mut on_b, 1).await;
 
     redis.kill();
+    // Node B cannot know whether A still runs the answer: a resume there is refused as
+    // retryable, not read as interrupted.
+    let mut late_on_b = nodes[1].client(&user).await;
+    let refused_resume = late_on_b
+        .emit_with_ack(
+            "chat:resume",
+            json!({ "messageId": ack["messageId"], "offset": 0 }),
+        )
+        .await;
+    assert_eq!(refused_resume["ok"], json!(false), "{refused_resume}");
+    assert_eq!(
+        refused_resume["error"]["code"], "UNAVAILABLE",
+        "{refused_resume}"
+    );
+    let (bare, _) = late_on_b.until("chat:error").await;
+    assert_eq!(bare["code"], "UNAVAILABLE", "the refusal's event: {bare}");
     let mut other = nodes[0].client(&user).await;
     let asked = Instant::now();
     let refused = other
@@ -655,6 +690,21 @@ async fn while_redis_is_down_running_answers_finish_and_starts_are_unavailable_t
         ),
         ("chat:end", json!(LONG)),
         "the watcher on B ends too"
+    );
+    let resumed = late_on_b
+        .emit_with_ack(
+            "chat:resume",
+            json!({ "messageId": ack["messageId"], "offset": 0 }),
+        )
+        .await;
+    assert_eq!(
+        resumed["status"], "complete",
+        "asked again, the resume reads the stored answer: {resumed}"
+    );
+    let replay = read_answer(&mut late_on_b).await;
+    assert_eq!(
+        (replay.final_name.as_str(), replay.text().as_str()),
+        ("chat:end", LONG)
     );
     // The nodes reconnect by themselves: cross-node starts, lists and stops work again.
     let second = loop {
@@ -714,19 +764,7 @@ async fn a_redis_that_lost_its_data_gets_every_running_answer_listed_again() {
     };
     let redis = PrivateRedis::start();
     let url = redis.url();
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        let id = format!("relist-node-{i}");
-        let vars = [
-            ("DATABASE_URL", db.as_str()),
-            ("REDIS_URL", &url),
-            ("NODE_ID", &id),
-            ("MOCK_TOKEN_DELAY_MS", "150"),
-            ("MOCK_RESPONSE", LONG),
-            ("NODE_LEASE_MS", "600"),
-        ];
-        nodes.push(spawn_app_with(&vars).await);
-    }
+    let nodes = two_nodes(&db, &url, "relist-node", &[("MOCK_TOKEN_DELAY_MS", "150")]).await;
     let user = user();
     let mut on_a = nodes[0].client(&user).await;
     let ack = on_a
@@ -774,5 +812,92 @@ fn redis_with_sqlite_refuses_to_start_and_says_why() {
     assert!(
         stderr.contains("REDIS_URL: cluster mode needs a database every node shares"),
         "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_nodes_answer_whose_row_had_ended_closes_on_every_node_as_its_row_reads() {
+    let Some(db) = cluster_env().await else {
+        return;
+    };
+    let redis = PrivateRedis::start();
+    let url = redis.url();
+    let nodes = two_nodes(&db, &url, "ended-row-node", &[]).await;
+    let user = user();
+    let mut on_a = nodes[0].client(&user).await;
+    let ack = on_a
+        .emit_with_ack(
+            "chat:start",
+            json!({ "message": "finish, then lose the final entry" }),
+        )
+        .await;
+    let (end, _) = on_a.until("chat:end").await;
+    assert_eq!(end["content"], json!(LONG));
+    let message_id = ack["messageId"].as_str().unwrap().to_owned();
+
+    // What a node leaves in Redis when it finished the row, then died before the log's
+    // final entry reached Redis: its answer still listed, its log a prefix of the text.
+    let shared = chatwire::cluster::Redis::open(&url).unwrap();
+    let (ghost, log) = ("ghost-node", format!("chatwire:log:{message_id}"));
+    let prefix = &LONG[..20];
+    let mut pipe = redis::pipe();
+    pipe.cmd("DEL").arg(&log).ignore();
+    pipe.cmd("XADD")
+        .arg(&log)
+        .arg("*")
+        .arg("o")
+        .arg(0)
+        .arg("e")
+        .arg(utf16(prefix))
+        .arg("t")
+        .arg(prefix)
+        .ignore();
+    pipe.cmd("HSET")
+        .arg(format!("chatwire:answer:{message_id}"))
+        .arg("m")
+        .arg(&message_id)
+        .arg("c")
+        .arg(ack["conversationId"].as_str().unwrap())
+        .arg("u")
+        .arg(&user)
+        .arg("k")
+        .arg("ai:gone")
+        .arg("n")
+        .arg(ghost)
+        .ignore();
+    for set in [
+        format!("chatwire:user:{user}:answers"),
+        format!("chatwire:node:{ghost}:answers"),
+    ] {
+        pipe.cmd("SADD").arg(set).arg(&message_id).ignore();
+    }
+    pipe.cmd("SADD").arg("chatwire:nodes").arg(ghost).ignore();
+    shared.pipe::<()>(&pipe).await.unwrap();
+
+    // A reader on node B reads the listed answer from its log, waiting for the rest.
+    let mut on_b = nodes[1].client(&user).await;
+    let resumed = on_b
+        .emit_with_ack(
+            "chat:resume",
+            json!({ "messageId": message_id, "offset": 0 }),
+        )
+        .await;
+    assert_eq!(resumed["status"], "streaming", "{resumed}");
+    // The ghost's lease is missing: a node takes it over and finds the row ended.
+    let read = read_answer(&mut on_b).await;
+    assert_eq!(
+        read.final_name, "chat:end",
+        "the reader ends as the row reads, not UNAVAILABLE: {:?}",
+        read.final_data
+    );
+    assert_eq!(
+        (read.text().as_str(), &read.final_data["content"]),
+        (LONG, &json!(LONG))
+    );
+    let row = stored(&nodes[1], &ack["messageId"]).await;
+    assert_eq!(
+        (row.status.as_str(), row.content.as_str()),
+        ("complete", LONG),
+        "the row is left as it was"
     );
 }

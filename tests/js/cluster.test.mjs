@@ -1,7 +1,8 @@
 // Three chatwire nodes (127.0.0.1:8001-8003) on one PostgreSQL and one Redis, behind
 // nginx with deploy/nginx/chatwire.conf on 127.0.0.1:8080. Needs nginx, PostgreSQL
-// (TEST_POSTGRES_URL) and Redis (TEST_REDIS_URL); without them it is skipped, except
-// under CI=true, where it fails.
+// (TEST_POSTGRES_URL) and redis-server (a private one is started on a free port, so
+// that the jitter run can restart it); without them it is skipped, except under
+// CI=true, where it fails.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -20,7 +21,6 @@ import { Recorder, closeAllSockets, serverStatus, sleep, startServer, uniqueUser
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const PG = process.env.TEST_POSTGRES_URL || 'postgres://postgres@127.0.0.1:5432/test';
-const REDIS = process.env.TEST_REDIS_URL || 'redis://127.0.0.1:6379';
 const NGINX = 'http://127.0.0.1:8080';
 const WORDS = Array.from({ length: 80 }, (_, i) => `w${i}`);
 const JITTER_CLIENTS = Number(process.env.CHATWIRE_JITTER_CLIENTS || 200);
@@ -41,16 +41,48 @@ function hasNginx() {
   return spawnSync('nginx', ['-v']).status === 0;
 }
 
+function hasRedisServer() {
+  return spawnSync('redis-server', ['--version']).status === 0;
+}
+
+async function freePort() {
+  const srv = net.createServer();
+  await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const { port } = srv.address();
+  await new Promise((resolve) => srv.close(resolve));
+  return port;
+}
+
+/** A private redis-server, restarted empty on the same port (the worst case: no persistence). */
+class PrivateRedis {
+  async start() {
+    this.port ??= await freePort();
+    const args = ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'];
+    this.child = spawn('redis-server', args, { stdio: 'ignore' });
+    this.exited = new Promise((resolve) => this.child.once('exit', resolve));
+    for (let i = 0; i < 200 && !(await reachable(this.url)); i++) await sleep(10);
+    if (!(await reachable(this.url))) throw new Error('redis-server did not start');
+  }
+  get url() {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+  async kill() {
+    this.child?.kill('SIGKILL');
+    await this.exited;
+  }
+}
+
 const missing = [];
 if (!hasNginx()) missing.push('nginx');
 if (!(await reachable(PG))) missing.push(`PostgreSQL at ${PG}`);
-if (!(await reachable(REDIS))) missing.push(`Redis at ${REDIS}`);
+if (!hasRedisServer()) missing.push('redis-server');
 if (missing.length && process.env.CI === 'true') throw new Error(`CI needs ${missing.join(', ')} for the cluster test`);
 
 const secret = `cluster-${randomUUID()}`;
 const nodes = [];
 let nginx;
 let prefix;
+const redis = new PrivateRedis();
 
 function socket(url, token, opts = {}) {
   return io(`${url}/ai`, { auth: { token }, reconnection: false, forceNew: true, withCredentials: true, ...opts });
@@ -68,11 +100,10 @@ async function connected(s) {
 
 describe('three nodes behind nginx', { skip: missing.length ? `needs ${missing.join(', ')}` : false }, () => {
   before(async () => {
-    // One redis database per cluster (the Rust cluster tests use 2-9).
-    const redis = `${REDIS.replace(/\/$/, '')}/12`;
+    await redis.start();
     const schema = `cw_js_${randomUUID().replaceAll('-', '').slice(0, 12)}`;
     for (const [i, port] of [8001, 8002, 8003].entries()) {
-      const env = { DATABASE_URL: PG, DATABASE_SCHEMA: schema, REDIS_URL: redis, NODE_ID: `node${i + 1}`, NODE_LEASE_MS: '1000' };
+      const env = { DATABASE_URL: PG, DATABASE_SCHEMA: schema, REDIS_URL: redis.url, NODE_ID: `node${i + 1}`, NODE_LEASE_MS: '1000' };
       // The first node migrates the fresh schema; the others find it done.
       nodes.push(await startServer({ port, secret, env, mockResponse: TEXT, tokenDelayMs: 40 }));
     }
@@ -84,6 +115,7 @@ describe('three nodes behind nginx', { skip: missing.length ? `needs ${missing.j
     closeAllSockets();
     nginx?.kill('SIGTERM');
     for (const n of nodes) await n.stop();
+    await redis.kill();
   });
 
   test('a second socket joins through nginx, a stop through node 3 stops the answer, a resume elsewhere replays the row', async () => {
@@ -115,9 +147,14 @@ describe('three nodes behind nginx', { skip: missing.length ? `needs ${missing.j
     assert.equal(text(one), a.content);
   });
 
-  test(`the jitter run through nginx: ${JITTER_CLIENTS} clients, transports closed every 1-4 s, reconnecting to any node`, { timeout: 120_000 }, async () => {
+  test(`the jitter run through nginx: ${JITTER_CLIENTS} clients, transports closed every 1-4 s, reconnecting to any node, Redis restarted empty midway`, { timeout: 120_000 }, async () => {
     const opts = { transports: ['websocket'], reconnection: true, reconnectionDelay: 250, reconnectionDelayMax: 1000 };
     let drops = 0;
+    let refusedStarts = 0;
+    let refusedResumes = 0;
+    let started = 0;
+    let halfStarted;
+    const half = new Promise((resolve) => (halfStarted = resolve));
     const client = async (i) => {
       await sleep(i * 20);
       const user = uniqueUser('cluster-jitter');
@@ -133,12 +170,21 @@ describe('three nodes behind nginx', { skip: missing.length ? `needs ${missing.j
           onEnd: (p) => resolve((c.final = { event: 'chat:end', data: p })),
           onStopped: (p) => resolve((c.final = { event: 'chat:stopped', data: p })),
           onError: (p) => p?.messageId && resolve((c.final = { event: 'chat:error', data: p })),
+          onResumed: (ack) => ack?.error?.code === 'UNAVAILABLE' && refusedResumes++,
         });
       });
       await waitConnected(s, 30_000);
-      const ack = await new Promise((resolve) => c.rs.start({ message: `jitter ${i}` }, resolve));
+      // While Redis is down a start is refused with UNAVAILABLE (as documented): ask again.
+      let ack;
+      for (;;) {
+        ack = await new Promise((resolve) => c.rs.start({ message: `jitter ${i}` }, resolve));
+        if (ack?.error?.code !== 'UNAVAILABLE') break;
+        refusedStarts++;
+        await sleep(250);
+      }
       assert.equal(ack.ok, true, JSON.stringify(ack));
       c.messageId = ack.messageId;
+      if (++started === Math.ceil(JITTER_CLIENTS / 2)) halfStarted();
       const jitter = (async () => {
         while (!c.final) {
           await sleep(1000 + Math.random() * 3000);
@@ -155,7 +201,14 @@ describe('three nodes behind nginx', { skip: missing.length ? `needs ${missing.j
     const t0 = Date.now();
     // Midway, every node holds some of the sockets: reconnects spread over the nodes.
     const spread = sleep(4000).then(() => Promise.all(nodes.map((n) => serverStatus(n))));
+    // Once half the answers run, Redis dies and comes back empty 1.5 s later.
+    const outage = half.then(async () => {
+      await redis.kill();
+      await sleep(1500);
+      await redis.start();
+    });
     const clients = await Promise.all(Array.from({ length: JITTER_CLIENTS }, (_, i) => client(i)));
+    await outage;
     const midway = (await spread).map((st) => st.connections);
     let intact = 0;
     for (let k = 0; k < clients.length; k += 25) {
@@ -175,9 +228,21 @@ describe('three nodes behind nginx', { skip: missing.length ? `needs ${missing.j
     }
     console.log(
       `# cluster jitter run: ${JITTER_CLIENTS} clients through nginx on 3 nodes, ${drops} transport drops, ` +
-        `sockets per node midway ${midway.join('/')}, answers intact=${intact}/${JITTER_CLIENTS}, ${((Date.now() - t0) / 1000).toFixed(1)} s`,
+        `sockets per node midway ${midway.join('/')}, Redis restarted empty midway: ${refusedStarts} starts and ` +
+        `${refusedResumes} resumes refused UNAVAILABLE and asked again, answers intact=${intact}/${JITTER_CLIENTS}, ${((Date.now() - t0) / 1000).toFixed(1)} s`,
     );
     assert.equal(intact, JITTER_CLIENTS, 'every answer intact');
+    // The nodes recovered by themselves: each one reports its Redis and starts answers again.
+    for (const n of nodes) {
+      const health = await (await fetch(`${n.url}/health`)).json();
+      assert.equal(health.redis, 'ok', JSON.stringify(health));
+      const s = await connected(socket(n.url, n.token(uniqueUser('after-restart')), { transports: ['websocket'] }));
+      const rec = new Recorder(s);
+      const ack = await s.emitWithAck('chat:start', { message: 'after the restart' });
+      assert.equal(ack.ok, true, JSON.stringify(ack));
+      assert.equal((await rec.waitFinal({ timeout: 20_000 })).data.content, TEXT);
+      s.close();
+    }
     assert.ok(midway.every((n) => n > 0), `every node served sockets: ${midway}`);
   });
 
