@@ -4,6 +4,8 @@
 #
 #   bench/run.sh            full sizes (10,000 idle connections, 1,000 streams, ...)
 #   bench/run.sh --quick    the same at small sizes, in under 4 minutes
+#   bench/run.sh --cluster  the stream scenario on one node and on three nodes behind
+#                           nginx, per node (bench/cluster.sh; with --quick, smaller)
 #
 # Options: --servers chatwire,nestjs,ceiling   --scenarios idle,stream,saturate,ttft,cpu
 # Each scenario starts every server afresh (new database), in an order that rotates from
@@ -26,13 +28,16 @@ SCENARIOS=idle,stream,saturate,ttft,cpu
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) MODE=quick ;;
+    --cluster) CLUSTER=1 ;;
     --servers) SERVERS=$2; shift ;;
     --scenarios) SCENARIOS=$2; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
+
+if [ -n "${CLUSTER:-}" ]; then MODE=$MODE exec bench/cluster.sh; fi
 
 # Sizes. Any of them can be overridden from the environment.
 if [ "$MODE" = quick ]; then

@@ -7,6 +7,7 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
     WebSocketStream, client_async_with_config,
+    tungstenite::client::IntoClientRequest,
     tungstenite::{Message, Utf8Bytes, protocol::WebSocketConfig},
 };
 
@@ -61,6 +62,8 @@ pub struct Target {
     pub namespace: String,
     /// The Engine.IO path, `/socket.io/` by default.
     pub path: String,
+    /// A `Cookie` header for the handshake (e.g. a load balancer's node pin).
+    pub cookie: Option<String>,
 }
 
 impl Target {
@@ -82,6 +85,7 @@ impl Target {
             addr,
             namespace,
             path: "/socket.io/".into(),
+            cookie: None,
         })
     }
 
@@ -113,7 +117,17 @@ impl Conn {
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let (ws, _) = client_async_with_config(target.ws_url(), tcp, Some(client_ws_config()))
+        let mut request = target
+            .ws_url()
+            .into_client_request()
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        if let Some(cookie) = &target.cookie {
+            let value = cookie
+                .parse()
+                .map_err(|_| ClientError::Connect(format!("bad cookie {cookie:?}")))?;
+            request.headers_mut().insert("cookie", value);
+        }
+        let (ws, _) = client_async_with_config(request, tcp, Some(client_ws_config()))
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         let mut conn = Self {

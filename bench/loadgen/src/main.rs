@@ -41,14 +41,20 @@ struct Common {
     /// Connects in flight at once.
     #[arg(long, default_value_t = 128)]
     connect_concurrency: usize,
+    /// A `Cookie` header sent with every handshake, e.g. `chatwire_node=node2` to pin the
+    /// clients to one node behind deploy/nginx/chatwire.conf.
+    #[arg(long)]
+    cookie: Option<String>,
 }
 
 impl Common {
     fn target(&self) -> Target {
-        Target::parse(&self.url, &self.namespace).unwrap_or_else(|e| {
+        let mut target = Target::parse(&self.url, &self.namespace).unwrap_or_else(|e| {
             eprintln!("{e}");
             std::process::exit(2)
-        })
+        });
+        target.cookie = self.cookie.clone();
+        target
     }
 }
 
