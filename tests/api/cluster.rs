@@ -293,6 +293,7 @@ async fn a_node_killed_mid_answer_loses_nothing_a_client_saw_and_another_node_cl
     let mut client = Client::websocket(doomed.addr, Credentials::token(&token(&user)))
         .await
         .unwrap();
+    let asked = Instant::now();
     let ack = client
         .emit_with_ack("chat:start", json!({ "message": "die midway" }))
         .await;
@@ -326,8 +327,14 @@ async fn a_node_killed_mid_answer_loses_nothing_a_client_saw_and_another_node_cl
         (row.status.as_str(), row.error_code.as_deref()),
         ("error", Some("UNAVAILABLE"))
     );
+    // The mock sends one word per 25 ms from the start: what it had produced at the kill.
+    let produced = (killed - asked).as_millis() / 25 + 1;
+    let words = |t: &str| t.split_whitespace().count();
     eprintln!(
-        "kill -9 mid-answer: the client had {} chars before the kill, {} in all; {} stored; closed {closed:?} after the kill (lease {lease} ms)",
+        "kill -9 mid-answer: the upstream had produced about {produced} tokens (words); the client had {} before the kill, {} in all; {} stored ({} / {} / {} UTF-16 units); closed {closed:?} after the kill (lease {lease} ms)",
+        words(&head),
+        words(&got),
+        words(&row.content),
         utf16(&head),
         utf16(&got),
         utf16(&row.content)
