@@ -64,16 +64,8 @@ impl Authenticator {
         let AuthConfig::Jwt(jwt) = config else {
             return Self { mode: Mode::Open };
         };
-        let keys = keys(jwt)
-            .into_iter()
-            .map(|(alg, key)| (alg, key, validation(jwt, alg)))
-            .collect();
-        Self {
-            mode: Mode::Jwt {
-                keys,
-                user_claim: jwt.user_claim.clone(),
-            },
-        }
+        let keys = keys(jwt).into_iter().map(|(alg, key)| (alg, key, validation(jwt, alg))).collect();
+        Self { mode: Mode::Jwt { keys, user_claim: jwt.user_claim.clone() } }
     }
 
     /// The auth mode as the start-up summary says it: `open`, or `jwt` and its algorithms.
@@ -100,17 +92,11 @@ impl Authenticator {
     /// The user a token names and until when it is valid, if the token is valid now.
     pub fn verify_session(&self, token: &str) -> Result<Session, AuthError> {
         let Mode::Jwt { keys, user_claim } = &self.mode else {
-            return Ok(Session {
-                user: User("anonymous".into()),
-                expires_at: None,
-            });
+            return Ok(Session { user: User("anonymous".into()), expires_at: None });
         };
         let header = decode_header(token)?;
         // The header only picks the key; that key's validation allows its algorithm alone.
-        let (_, key, validation) = keys
-            .iter()
-            .find(|(alg, _, _)| *alg == header.alg)
-            .ok_or(AuthError::NoKeyFor(header.alg))?;
+        let (_, key, validation) = keys.iter().find(|(alg, _, _)| *alg == header.alg).ok_or(AuthError::NoKeyFor(header.alg))?;
         let claims = decode::<Map<String, Value>>(token, key, validation)?.claims;
         let user = match claims.get(user_claim) {
             Some(Value::String(s)) if !s.is_empty() => User(s.clone()),
@@ -118,10 +104,7 @@ impl Authenticator {
             _ => return Err(AuthError::NoUser(user_claim.clone())),
         };
         // Validated above when present; a token without `exp` never expires.
-        let expires_at = claims
-            .get("exp")
-            .and_then(Value::as_f64)
-            .map(|exp| exp as i64);
+        let expires_at = claims.get("exp").and_then(Value::as_f64).map(|exp| exp as i64);
         Ok(Session { user, expires_at })
     }
 }
@@ -151,10 +134,7 @@ fn validation(jwt: &JwtConfig, alg: Algorithm) -> Validation {
 fn keys(jwt: &JwtConfig) -> Vec<(Algorithm, DecodingKey)> {
     let mut keys = Vec::new();
     if let Some(secret) = &jwt.secret {
-        keys.push((
-            Algorithm::HS256,
-            DecodingKey::from_secret(secret.expose().as_bytes()),
-        ));
+        keys.push((Algorithm::HS256, DecodingKey::from_secret(secret.expose().as_bytes())));
     }
     if let Some(pem) = &jwt.public_key_pem {
         if let Ok(key) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
@@ -168,15 +148,8 @@ fn keys(jwt: &JwtConfig) -> Vec<(Algorithm, DecodingKey)> {
 
 /// Finds a token in a request: `Authorization: Bearer` (the scheme in any case, as
 /// RFC 7235 has it), then `?token=`.
-pub fn request_token<'a>(
-    headers: &'a http::HeaderMap,
-    uri: &'a http::Uri,
-) -> Option<std::borrow::Cow<'a, str>> {
-    if let Some(t) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(bearer_token)
-    {
+pub fn request_token<'a>(headers: &'a http::HeaderMap, uri: &'a http::Uri) -> Option<std::borrow::Cow<'a, str>> {
+    if let Some(t) = headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(bearer_token) {
         return Some(t.into());
     }
     form_urlencoded_token(uri.query()?)
@@ -190,10 +163,7 @@ fn bearer_token(header: &str) -> Option<&str> {
 }
 
 fn form_urlencoded_token(query: &str) -> Option<std::borrow::Cow<'_, str>> {
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v)
-        .filter(|v| !v.is_empty())
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v).filter(|v| !v.is_empty())
 }
 
 /// A user id a client names itself in open mode: a non-empty string of at most 128
@@ -212,21 +182,13 @@ mod tests {
 
     #[test]
     fn query_tokens_are_percent_decoded() {
-        assert_eq!(
-            form_urlencoded_token("EIO=4&token=a%2Eb.c&x=1").as_deref(),
-            Some("a.b.c")
-        );
+        assert_eq!(form_urlencoded_token("EIO=4&token=a%2Eb.c&x=1").as_deref(), Some("a.b.c"));
         assert_eq!(form_urlencoded_token("EIO=4&transport=websocket"), None);
     }
 
     #[test]
     fn the_bearer_scheme_is_read_in_any_case() {
-        for header in [
-            "Bearer a.b.c",
-            "bearer a.b.c",
-            "BEARER a.b.c",
-            "bEaReR   a.b.c ",
-        ] {
+        for header in ["Bearer a.b.c", "bearer a.b.c", "BEARER a.b.c", "bEaReR   a.b.c "] {
             assert_eq!(bearer_token(header), Some("a.b.c"), "{header}");
         }
         assert_eq!(bearer_token("Basic a.b.c"), None);

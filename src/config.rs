@@ -17,10 +17,7 @@ pub struct ConfigError {
 }
 
 fn bad(var: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        problem: problem.into(),
-    }
+    ConfigError { var, problem: problem.into() }
 }
 
 /// A secret that never shows in `Debug` output or logs.
@@ -219,14 +216,9 @@ impl Config {
     pub fn from_vars(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
         let env = Vars(vars);
         let auth = auth_config(&env)?;
-        let production = env
-            .get("NODE_ENV")
-            .is_some_and(|v| v.eq_ignore_ascii_case("production"));
+        let production = env.get("NODE_ENV").is_some_and(|v| v.eq_ignore_ascii_case("production"));
         if production && matches!(auth, AuthConfig::Open) {
-            return Err(bad(
-                "JWT_SECRET",
-                "NODE_ENV=production but no JWT_SECRET or JWT_PUBLIC_KEY is set; refusing to run in open mode",
-            ));
+            return Err(bad("JWT_SECRET", "NODE_ENV=production but no JWT_SECRET or JWT_PUBLIC_KEY is set; refusing to run in open mode"));
         }
         let cors_origins = env
             .list("CORS_ORIGIN")
@@ -242,10 +234,7 @@ impl Config {
         let max_tokens_limit: u32 = env.parse("MAX_TOKENS_LIMIT", DEFAULT_MAX_TOKENS_LIMIT)?;
         let default_max_tokens: u32 = env.parse("DEFAULT_MAX_TOKENS", 4096)?;
         if default_max_tokens == 0 || default_max_tokens > max_tokens_limit {
-            return Err(bad(
-                "DEFAULT_MAX_TOKENS",
-                "must be between 1 and MAX_TOKENS_LIMIT",
-            ));
+            return Err(bad("DEFAULT_MAX_TOKENS", "must be between 1 and MAX_TOKENS_LIMIT"));
         }
         let default_temperature: f32 = env.parse("DEFAULT_TEMPERATURE", 0.7)?;
         if !(0.0..=2.0).contains(&default_temperature) {
@@ -254,41 +243,28 @@ impl Config {
         let default_model = env.get("DEFAULT_MODEL").unwrap_or("gpt-4").to_owned();
         let allowed_models = env.list("ALLOWED_MODELS").unwrap_or_default();
         if !allowed_models.is_empty() && !allowed_models.contains(&default_model) {
-            return Err(bad(
-                "DEFAULT_MODEL",
-                format!("{default_model:?} is not in ALLOWED_MODELS"),
-            ));
+            return Err(bad("DEFAULT_MODEL", format!("{default_model:?} is not in ALLOWED_MODELS")));
         }
         Ok(Self {
             // Open mode lets anyone chat on the upstream's key: loopback only, unless asked.
-            host: env.parse(
-                "HOST",
-                if matches!(auth, AuthConfig::Open) {
-                    IpAddr::from([127, 0, 0, 1])
-                } else {
-                    IpAddr::from([0, 0, 0, 0])
-                },
-            )?,
+            host: env
+                .parse("HOST", if matches!(auth, AuthConfig::Open) { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from([0, 0, 0, 0]) })?,
             host_explicit: env.get("HOST").is_some(),
             port: env.parse("PORT", 8000)?,
             cors_origins,
             auth,
             production,
             allow_client_system_prompt: env.parse("ALLOW_CLIENT_SYSTEM_PROMPT", !production)?,
-            node_id: env
-                .get("NODE_ID")
-                .map_or_else(default_node_id, str::to_owned),
+            node_id: env.get("NODE_ID").map_or_else(default_node_id, str::to_owned),
             redis_url: redis_url(&env)?,
             node_lease: Duration::from_millis(match env.parse("NODE_LEASE_MS", 3_000u64)? {
                 n if n < 100 => return Err(bad("NODE_LEASE_MS", "must be at least 100")),
                 n => n,
             }),
-            cluster_append_window: Duration::from_millis(
-                match env.parse("CLUSTER_APPEND_MS", 50u64)? {
-                    n if n > 1000 => return Err(bad("CLUSTER_APPEND_MS", "must be at most 1000")),
-                    n => n,
-                },
-            ),
+            cluster_append_window: Duration::from_millis(match env.parse("CLUSTER_APPEND_MS", 50u64)? {
+                n if n > 1000 => return Err(bad("CLUSTER_APPEND_MS", "must be at most 1000")),
+                n => n,
+            }),
             database_url: database_url(&env)?,
             database_max_connections: match env.get("DATABASE_MAX_CONNECTIONS") {
                 None => None,
@@ -321,12 +297,8 @@ impl Config {
             default_temperature,
             system_prompt: env.get("SYSTEM_PROMPT").map(str::to_owned),
             max_history_messages: env.parse("MAX_HISTORY_MESSAGES", 50)?,
-            upstream_first_token_timeout: Duration::from_millis(
-                env.parse("UPSTREAM_FIRST_TOKEN_TIMEOUT_MS", 60_000u64)?,
-            ),
-            upstream_idle_timeout: Duration::from_millis(
-                env.parse("UPSTREAM_IDLE_TIMEOUT_MS", 30_000u64)?,
-            ),
+            upstream_first_token_timeout: Duration::from_millis(env.parse("UPSTREAM_FIRST_TOKEN_TIMEOUT_MS", 60_000u64)?),
+            upstream_idle_timeout: Duration::from_millis(env.parse("UPSTREAM_IDLE_TIMEOUT_MS", 30_000u64)?),
             upstream_retry: RetryPolicy {
                 attempts: match env.parse("UPSTREAM_ATTEMPTS", 3u32)? {
                     0 => return Err(bad("UPSTREAM_ATTEMPTS", "must be at least 1")),
@@ -340,9 +312,7 @@ impl Config {
                 0 => return Err(bad("SOCKET_EVENTS_IN_FLIGHT", "must be at least 1")),
                 n => n,
             },
-            max_concurrent_streams_per_user: match env
-                .parse("MAX_CONCURRENT_STREAMS_PER_USER", 3usize)?
-            {
+            max_concurrent_streams_per_user: match env.parse("MAX_CONCURRENT_STREAMS_PER_USER", 3usize)? {
                 0 => return Err(bad("MAX_CONCURRENT_STREAMS_PER_USER", "must be at least 1")),
                 n => n,
             },
@@ -350,47 +320,29 @@ impl Config {
                 0 => return Err(bad("MAX_CONNECTIONS_PER_USER", "must be at least 1")),
                 n => n,
             },
-            token_expiry_grace: Duration::from_secs(
-                env.parse("TOKEN_EXPIRY_GRACE_SECONDS", 30u64)?,
-            ),
+            token_expiry_grace: Duration::from_secs(env.parse("TOKEN_EXPIRY_GRACE_SECONDS", 30u64)?),
             daily_token_quota: env.parse("DAILY_TOKEN_QUOTA", 0)?,
             on_disconnect: match env.get("ON_DISCONNECT").unwrap_or("finish") {
                 "finish" => OnDisconnect::Finish,
                 "cancel" => OnDisconnect::Cancel,
                 other => {
-                    return Err(bad(
-                        "ON_DISCONNECT",
-                        format!("{other:?} is neither `finish` nor `cancel`"),
-                    ));
+                    return Err(bad("ON_DISCONNECT", format!("{other:?} is neither `finish` nor `cancel`")));
                 }
             },
             stream_coalesce: Duration::from_millis(env.parse("STREAM_COALESCE_MS", 0u64)?),
-            checkpoint_interval: Duration::from_millis(
-                env.parse("CHECKPOINT_INTERVAL_MS", 2_000u64)?,
-            ),
+            checkpoint_interval: Duration::from_millis(env.parse("CHECKPOINT_INTERVAL_MS", 2_000u64)?),
             shutdown_grace: Duration::from_secs(env.parse("SHUTDOWN_GRACE_SECONDS", 10u64)?),
             log_format: match env.get("LOG_FORMAT").unwrap_or("pretty") {
                 "pretty" | "text" => LogFormat::Pretty,
                 "json" => LogFormat::Json,
                 other => {
-                    return Err(bad(
-                        "LOG_FORMAT",
-                        format!("{other:?} is neither `pretty` nor `json`"),
-                    ));
+                    return Err(bad("LOG_FORMAT", format!("{other:?} is neither `pretty` nor `json`")));
                 }
             },
             max_connections: at_least_one(&env, "MAX_CONNECTIONS", 10_000)?,
             max_connections_per_ip: at_least_one(&env, "MAX_CONNECTIONS_PER_IP", 256)?,
-            header_read_timeout: Duration::from_millis(at_least_one(
-                &env,
-                "HEADER_READ_TIMEOUT_MS",
-                10_000,
-            )? as u64),
-            http_idle_timeout: Duration::from_millis(at_least_one(
-                &env,
-                "HTTP_IDLE_TIMEOUT_MS",
-                60_000,
-            )? as u64),
+            header_read_timeout: Duration::from_millis(at_least_one(&env, "HEADER_READ_TIMEOUT_MS", 10_000)? as u64),
+            http_idle_timeout: Duration::from_millis(at_least_one(&env, "HTTP_IDLE_TIMEOUT_MS", 60_000)? as u64),
             metrics_token: metrics_token(&env)?,
             admin: admin_config(&env)?,
         })
@@ -398,19 +350,14 @@ impl Config {
 
     /// The first-token and idle timeouts of the upstream.
     pub fn upstream_timeouts(&self) -> (Duration, Duration) {
-        (
-            self.upstream_first_token_timeout,
-            self.upstream_idle_timeout,
-        )
+        (self.upstream_first_token_timeout, self.upstream_idle_timeout)
     }
 
     /// How long a `streaming` row may stay unchanged before its process is taken for dead:
     /// a live generation offers a checkpoint every interval, the writer stores it within
     /// the next one, so a live row is never older than a timeout plus two intervals.
     pub fn stale_answer_after(&self) -> Duration {
-        self.upstream_first_token_timeout
-            .max(self.upstream_idle_timeout)
-            + self.checkpoint_interval * 3
+        self.upstream_first_token_timeout.max(self.upstream_idle_timeout) + self.checkpoint_interval * 3
     }
 
     /// Most bytes of answer text in one frame to a socket: its byte budget shared by its
@@ -425,14 +372,9 @@ impl Config {
         match &self.upstream {
             UpstreamConfig::Mock(_) => "mock".into(),
             UpstreamConfig::OpenAi { base_url, .. } => {
-                let rest = base_url
-                    .split_once("://")
-                    .map_or(base_url.as_str(), |(_, rest)| rest);
+                let rest = base_url.split_once("://").map_or(base_url.as_str(), |(_, rest)| rest);
                 let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-                authority
-                    .rsplit_once('@')
-                    .map_or(authority, |(_, host)| host)
-                    .to_owned()
+                authority.rsplit_once('@').map_or(authority, |(_, host)| host).to_owned()
             }
         }
     }
@@ -447,8 +389,8 @@ impl Config {
 mod vars;
 pub use vars::redact_url;
 use vars::{
-    Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id,
-    metrics_token, origin, redis_url, upstream_config,
+    Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, metrics_token, origin, redis_url,
+    upstream_config,
 };
 
 #[cfg(test)]

@@ -3,10 +3,7 @@
 use super::*;
 
 fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 #[test]
@@ -36,102 +33,47 @@ fn a_wrong_value_names_its_variable() {
 fn production_refuses_open_mode() {
     let e = Config::from_vars(vars(&[("NODE_ENV", "production")])).unwrap_err();
     assert_eq!(e.var, "JWT_SECRET");
-    assert!(
-        Config::from_vars(vars(&[
-            ("NODE_ENV", "production"),
-            ("JWT_SECRET", "s"),
-            ("OPENAI_API_KEY", "k")
-        ]))
-        .is_ok()
-    );
+    assert!(Config::from_vars(vars(&[("NODE_ENV", "production"), ("JWT_SECRET", "s"), ("OPENAI_API_KEY", "k")])).is_ok());
 }
 
 #[test]
 fn production_refuses_the_mock_model_unless_asked_for() {
-    let e =
-        Config::from_vars(vars(&[("NODE_ENV", "production"), ("JWT_SECRET", "s")])).unwrap_err();
+    let e = Config::from_vars(vars(&[("NODE_ENV", "production"), ("JWT_SECRET", "s")])).unwrap_err();
     assert_eq!(e.var, "OPENAI_API_KEY");
     assert!(e.problem.contains("UPSTREAM=mock"), "{e}");
-    let c = Config::from_vars(vars(&[
-        ("NODE_ENV", "production"),
-        ("JWT_SECRET", "s"),
-        ("UPSTREAM", "mock"),
-    ]))
-    .unwrap();
+    let c = Config::from_vars(vars(&[("NODE_ENV", "production"), ("JWT_SECRET", "s"), ("UPSTREAM", "mock")])).unwrap();
     assert!(matches!(c.upstream, UpstreamConfig::Mock(_)));
     // UPSTREAM=mock wins over a configured key; anything else is a mistake.
     let c = Config::from_vars(vars(&[("UPSTREAM", "mock"), ("OPENAI_API_KEY", "k")])).unwrap();
     assert!(matches!(c.upstream, UpstreamConfig::Mock(_)));
-    assert_eq!(
-        Config::from_vars(vars(&[("UPSTREAM", "openia")]))
-            .unwrap_err()
-            .var,
-        "UPSTREAM"
-    );
+    assert_eq!(Config::from_vars(vars(&[("UPSTREAM", "openia")])).unwrap_err().var, "UPSTREAM");
 }
 
 #[test]
 fn open_mode_listens_on_loopback_unless_host_is_set() {
     let open = Config::from_vars(vars(&[])).unwrap();
-    assert_eq!(
-        (open.host, open.host_explicit),
-        (IpAddr::from([127, 0, 0, 1]), false)
-    );
+    assert_eq!((open.host, open.host_explicit), (IpAddr::from([127, 0, 0, 1]), false));
     let asked = Config::from_vars(vars(&[("HOST", "0.0.0.0")])).unwrap();
-    assert_eq!(
-        (asked.host, asked.host_explicit),
-        (IpAddr::from([0, 0, 0, 0]), true)
-    );
+    assert_eq!((asked.host, asked.host_explicit), (IpAddr::from([0, 0, 0, 0]), true));
     let jwt = Config::from_vars(vars(&[("JWT_SECRET", "s")])).unwrap();
-    assert_eq!(
-        jwt.host,
-        IpAddr::from([0, 0, 0, 0]),
-        "with tokens, all interfaces as before"
-    );
+    assert_eq!(jwt.host, IpAddr::from([0, 0, 0, 0]), "with tokens, all interfaces as before");
 }
 
 #[test]
 fn client_system_prompts_are_off_in_production_by_default() {
-    assert!(
-        Config::from_vars(vars(&[]))
-            .unwrap()
-            .allow_client_system_prompt
-    );
-    let prod = Config::from_vars(vars(&[
-        ("NODE_ENV", "production"),
-        ("JWT_SECRET", "s"),
-        ("UPSTREAM", "mock"),
-    ]))
-    .unwrap();
+    assert!(Config::from_vars(vars(&[])).unwrap().allow_client_system_prompt);
+    let prod = Config::from_vars(vars(&[("NODE_ENV", "production"), ("JWT_SECRET", "s"), ("UPSTREAM", "mock")])).unwrap();
     assert!(!prod.allow_client_system_prompt);
     let off = Config::from_vars(vars(&[("ALLOW_CLIENT_SYSTEM_PROMPT", "false")])).unwrap();
     assert!(!off.allow_client_system_prompt);
-    assert_eq!(
-        Config::from_vars(vars(&[("ALLOW_CLIENT_SYSTEM_PROMPT", "maybe")]))
-            .unwrap_err()
-            .var,
-        "ALLOW_CLIENT_SYSTEM_PROMPT"
-    );
+    assert_eq!(Config::from_vars(vars(&[("ALLOW_CLIENT_SYSTEM_PROMPT", "maybe")])).unwrap_err().var, "ALLOW_CLIENT_SYSTEM_PROMPT");
 }
 
 #[test]
 fn origins_are_normalized_or_refused_by_name() {
-    let c = Config::from_vars(vars(&[(
-        "CORS_ORIGIN",
-        "https://app.example.com/, http://localhost:5173",
-    )]))
-    .unwrap();
-    assert_eq!(
-        c.cors_origins,
-        vec!["https://app.example.com", "http://localhost:5173"]
-    );
-    for wrong in [
-        "*",
-        "app.example.com",
-        "https://app.example.com/chat",
-        "ftp://x.test",
-        "https://u:p@x.test",
-    ] {
+    let c = Config::from_vars(vars(&[("CORS_ORIGIN", "https://app.example.com/, http://localhost:5173")])).unwrap();
+    assert_eq!(c.cors_origins, vec!["https://app.example.com", "http://localhost:5173"]);
+    for wrong in ["*", "app.example.com", "https://app.example.com/chat", "ftp://x.test", "https://u:p@x.test"] {
         let e = Config::from_vars(vars(&[("CORS_ORIGIN", wrong)])).unwrap_err();
         assert_eq!(e.var, "CORS_ORIGIN", "{wrong}");
         assert!(e.problem.contains(wrong), "{e}");
@@ -154,84 +96,40 @@ fn a_client_may_ask_for_at_most_16384_tokens_by_default() {
 
 #[test]
 fn a_mistyped_database_url_is_named_without_its_password() {
-    let e = Config::from_vars(vars(&[(
-        "DATABASE_URL",
-        "postgress://app:hunter2@db.internal:5432/chat",
-    )]))
-    .unwrap_err();
+    let e = Config::from_vars(vars(&[("DATABASE_URL", "postgress://app:hunter2@db.internal:5432/chat")])).unwrap_err();
     assert_eq!(e.var, "DATABASE_URL");
     assert_eq!(
         e.to_string(),
         "DATABASE_URL: \"postgress://app:***@db.internal:5432/chat\" is neither sqlite:... nor postgres://... (postgresql://...)"
     );
-    for ok in [
-        "sqlite://x.db?mode=rwc",
-        "sqlite::memory:",
-        "postgres://a:b@h/d",
-        "postgresql://h/d",
-    ] {
-        assert_eq!(
-            Config::from_vars(vars(&[("DATABASE_URL", ok)]))
-                .unwrap()
-                .database_url,
-            ok
-        );
+    for ok in ["sqlite://x.db?mode=rwc", "sqlite::memory:", "postgres://a:b@h/d", "postgresql://h/d"] {
+        assert_eq!(Config::from_vars(vars(&[("DATABASE_URL", ok)])).unwrap().database_url, ok);
     }
     assert_eq!(redact_url("postgres://app@h/d"), "postgres://app@h/d");
-    assert_eq!(
-        redact_url("postgres://app:p@ss@h/d?x=@"),
-        "postgres://app:***@h/d?x=@"
-    );
+    assert_eq!(redact_url("postgres://app:p@ss@h/d?x=@"), "postgres://app:***@h/d?x=@");
 }
 
 #[test]
 fn metrics_token_is_optional_and_must_fit_a_bearer_header() {
-    assert!(
-        Config::from_vars(vars(&[]))
-            .unwrap()
-            .metrics_token
-            .is_none()
-    );
+    assert!(Config::from_vars(vars(&[])).unwrap().metrics_token.is_none());
     let c = Config::from_vars(vars(&[("METRICS_TOKEN", "s3cret-token")])).unwrap();
-    assert_eq!(
-        c.metrics_token.as_ref().map(Secret::expose),
-        Some("s3cret-token")
-    );
+    assert_eq!(c.metrics_token.as_ref().map(Secret::expose), Some("s3cret-token"));
     let e = Config::from_vars(vars(&[("METRICS_TOKEN", "two words")])).unwrap_err();
     assert_eq!(e.var, "METRICS_TOKEN");
-    assert!(
-        !format!("{c:?}").contains("s3cret-token"),
-        "the token never shows in Debug output"
-    );
+    assert!(!format!("{c:?}").contains("s3cret-token"), "the token never shows in Debug output");
 }
 
 #[test]
 fn cluster_mode_needs_postgresql_and_says_why() {
     let e = Config::from_vars(vars(&[("REDIS_URL", "redis://127.0.0.1:6379")])).unwrap_err();
     assert_eq!(e.var, "REDIS_URL");
-    assert!(
-        e.to_string()
-            .contains("cluster mode needs a database every node shares"),
-        "{e}"
-    );
-    let e = Config::from_vars(vars(&[
-        ("REDIS_URL", "http://x"),
-        ("DATABASE_URL", "postgres://h/d"),
-    ]))
-    .unwrap_err();
+    assert!(e.to_string().contains("cluster mode needs a database every node shares"), "{e}");
+    let e = Config::from_vars(vars(&[("REDIS_URL", "http://x"), ("DATABASE_URL", "postgres://h/d")])).unwrap_err();
     assert_eq!(e.var, "REDIS_URL");
-    let c = Config::from_vars(vars(&[
-        ("REDIS_URL", "redis://127.0.0.1:6379/2"),
-        ("DATABASE_URL", "postgres://h/d"),
-    ]))
-    .unwrap();
+    let c = Config::from_vars(vars(&[("REDIS_URL", "redis://127.0.0.1:6379/2"), ("DATABASE_URL", "postgres://h/d")])).unwrap();
     assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6379/2"));
     assert_eq!(c.node_lease, Duration::from_secs(3));
-    assert_eq!(
-        Config::from_vars(vars(&[])).unwrap().redis_url,
-        None,
-        "one node alone by default"
-    );
+    assert_eq!(Config::from_vars(vars(&[])).unwrap().redis_url, None, "one node alone by default");
     let e = Config::from_vars(vars(&[("NODE_LEASE_MS", "10")])).unwrap_err();
     assert_eq!(e.var, "NODE_LEASE_MS");
     assert_eq!(c.cluster_append_window, Duration::from_millis(50));
@@ -242,71 +140,30 @@ fn cluster_mode_needs_postgresql_and_says_why() {
 #[test]
 fn the_daily_token_quota_is_off_by_default_and_named_when_wrong() {
     assert_eq!(Config::from_vars(vars(&[])).unwrap().daily_token_quota, 0);
-    assert_eq!(
-        Config::from_vars(vars(&[("DAILY_TOKEN_QUOTA", "50000")]))
-            .unwrap()
-            .daily_token_quota,
-        50_000
-    );
+    assert_eq!(Config::from_vars(vars(&[("DAILY_TOKEN_QUOTA", "50000")])).unwrap().daily_token_quota, 50_000);
     let e = Config::from_vars(vars(&[("DAILY_TOKEN_QUOTA", "-1")])).unwrap_err();
     assert_eq!(e.var, "DAILY_TOKEN_QUOTA");
 }
 
 #[test]
 fn the_provider_is_the_mock_or_the_upstream_host() {
-    assert_eq!(
-        Config::from_vars(vars(&[])).unwrap().provider_name(),
-        "mock"
-    );
-    let groq = Config::from_vars(vars(&[
-        ("OPENAI_BASE_URL", "https://api.groq.com/openai/v1"),
-        ("OPENAI_API_KEY", "k"),
-    ]))
-    .unwrap();
+    assert_eq!(Config::from_vars(vars(&[])).unwrap().provider_name(), "mock");
+    let groq = Config::from_vars(vars(&[("OPENAI_BASE_URL", "https://api.groq.com/openai/v1"), ("OPENAI_API_KEY", "k")])).unwrap();
     assert_eq!(groq.provider_name(), "api.groq.com");
-    let local = Config::from_vars(vars(&[(
-        "OPENAI_BASE_URL",
-        "http://user:pw@127.0.0.1:11434/v1",
-    )]))
-    .unwrap();
+    let local = Config::from_vars(vars(&[("OPENAI_BASE_URL", "http://user:pw@127.0.0.1:11434/v1")])).unwrap();
     assert_eq!(local.provider_name(), "127.0.0.1:11434");
-    assert_eq!(
-        Config::from_vars(vars(&[("OPENAI_API_KEY", "k")]))
-            .unwrap()
-            .provider_name(),
-        "api.openai.com"
-    );
+    assert_eq!(Config::from_vars(vars(&[("OPENAI_API_KEY", "k")])).unwrap().provider_name(), "api.openai.com");
 }
 
 #[test]
 fn the_admin_view_needs_both_its_variables_and_a_bcrypt_hash() {
     assert!(Config::from_vars(vars(&[])).unwrap().admin.is_none());
     let hash = "$2b$04$abcdefghijklmnopqrstuuyW9JGjVPmgyYDpwT8jm2tf1Ac.I/ZYS";
-    let on = Config::from_vars(vars(&[("ADMIN_USERNAME", "ops"), ("ADMIN_PASSWORD", hash)]))
-        .unwrap()
-        .admin
-        .unwrap();
-    assert_eq!(
-        (on.username.as_str(), on.password_hash.expose()),
-        ("ops", hash)
-    );
-    assert_eq!(
-        Config::from_vars(vars(&[("ADMIN_USERNAME", "ops")]))
-            .unwrap_err()
-            .var,
-        "ADMIN_PASSWORD"
-    );
-    assert_eq!(
-        Config::from_vars(vars(&[("ADMIN_PASSWORD", hash)]))
-            .unwrap_err()
-            .var,
-        "ADMIN_USERNAME"
-    );
-    let plain = Config::from_vars(vars(&[
-        ("ADMIN_USERNAME", "ops"),
-        ("ADMIN_PASSWORD", "hunter2"),
-    ]))
-    .unwrap_err();
+    let on = Config::from_vars(vars(&[("ADMIN_USERNAME", "ops"), ("ADMIN_PASSWORD", hash)])).unwrap().admin.unwrap();
+    assert_eq!((on.username.as_str(), on.password_hash.expose()), ("ops", hash));
+    assert_eq!(Config::from_vars(vars(&[("ADMIN_USERNAME", "ops")])).unwrap_err().var, "ADMIN_PASSWORD");
+    assert_eq!(Config::from_vars(vars(&[("ADMIN_PASSWORD", hash)])).unwrap_err().var, "ADMIN_USERNAME");
+    let plain = Config::from_vars(vars(&[("ADMIN_USERNAME", "ops"), ("ADMIN_PASSWORD", "hunter2")])).unwrap_err();
     assert_eq!(plain.var, "ADMIN_PASSWORD");
     assert!(!plain.to_string().contains("hunter2"), "{plain}");
 }

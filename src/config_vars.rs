@@ -3,9 +3,7 @@
 
 use std::{collections::HashMap, fmt, str::FromStr, time::Duration};
 
-use super::{
-    AdminConfig, AuthConfig, ConfigError, JwtConfig, MockConfig, Secret, UpstreamConfig, bad,
-};
+use super::{AdminConfig, AuthConfig, ConfigError, JwtConfig, MockConfig, Secret, UpstreamConfig, bad};
 
 pub(super) fn auth_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
     let secret = env.get("JWT_SECRET").map(|s| Secret(s.to_owned()));
@@ -15,18 +13,11 @@ pub(super) fn auth_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
     let audience = env.get("JWT_AUDIENCE").map(str::to_owned);
     let user_claim = env.get("JWT_USER_CLAIM").map(str::to_owned);
     if secret.is_none() && public_key_pem.is_none() {
-        if let Some(var) = [
-            ("JWT_ISSUER", &issuer),
-            ("JWT_AUDIENCE", &audience),
-            ("JWT_USER_CLAIM", &user_claim),
-        ]
-        .into_iter()
-        .find_map(|(name, v)| v.as_ref().map(|_| name))
+        if let Some(var) = [("JWT_ISSUER", &issuer), ("JWT_AUDIENCE", &audience), ("JWT_USER_CLAIM", &user_claim)]
+            .into_iter()
+            .find_map(|(name, v)| v.as_ref().map(|_| name))
         {
-            return Err(bad(
-                var,
-                "is set but neither JWT_SECRET nor JWT_PUBLIC_KEY is; set one of them",
-            ));
+            return Err(bad(var, "is set but neither JWT_SECRET nor JWT_PUBLIC_KEY is; set one of them"));
         }
         return Ok(AuthConfig::Open);
     }
@@ -34,44 +25,23 @@ pub(super) fn auth_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
         let rsa = jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).is_ok();
         let ec = jsonwebtoken::DecodingKey::from_ec_pem(pem.as_bytes()).is_ok();
         if !rsa && !ec {
-            return Err(bad(
-                "JWT_PUBLIC_KEY",
-                "is not an RSA or EC public key in PEM form",
-            ));
+            return Err(bad("JWT_PUBLIC_KEY", "is not an RSA or EC public key in PEM form"));
         }
     }
-    Ok(AuthConfig::Jwt(JwtConfig {
-        secret,
-        public_key_pem,
-        issuer,
-        audience,
-        user_claim: user_claim.unwrap_or_else(|| "sub".into()),
-    }))
+    Ok(AuthConfig::Jwt(JwtConfig { secret, public_key_pem, issuer, audience, user_claim: user_claim.unwrap_or_else(|| "sub".into()) }))
 }
 
 /// `ADMIN_USERNAME` and `ADMIN_PASSWORD` (a bcrypt hash): both or neither.
 pub(super) fn admin_config(env: &Vars) -> Result<Option<AdminConfig>, ConfigError> {
     match (env.get("ADMIN_USERNAME"), env.get("ADMIN_PASSWORD")) {
         (None, None) => Ok(None),
-        (Some(_), None) => Err(bad(
-            "ADMIN_PASSWORD",
-            "is unset but ADMIN_USERNAME is set; set both to turn the admin view on, or neither",
-        )),
-        (None, Some(_)) => Err(bad(
-            "ADMIN_USERNAME",
-            "is unset but ADMIN_PASSWORD is set; set both to turn the admin view on, or neither",
-        )),
+        (Some(_), None) => Err(bad("ADMIN_PASSWORD", "is unset but ADMIN_USERNAME is set; set both to turn the admin view on, or neither")),
+        (None, Some(_)) => Err(bad("ADMIN_USERNAME", "is unset but ADMIN_PASSWORD is set; set both to turn the admin view on, or neither")),
         (Some(username), Some(hash)) => {
             if hash.parse::<bcrypt::HashParts>().is_err() {
-                return Err(bad(
-                    "ADMIN_PASSWORD",
-                    "is not a bcrypt hash ($2b$...); make one with `chatwire hash-password`",
-                ));
+                return Err(bad("ADMIN_PASSWORD", "is not a bcrypt hash ($2b$...); make one with `chatwire hash-password`"));
             }
-            Ok(Some(AdminConfig {
-                username: username.to_owned(),
-                password_hash: Secret(hash.to_owned()),
-            }))
+            Ok(Some(AdminConfig { username: username.to_owned(), password_hash: Secret(hash.to_owned()) }))
         }
     }
 }
@@ -83,9 +53,7 @@ pub(super) fn origin(raw: &str) -> Result<String, ConfigError> {
     let refuse = |why: &str| {
         Err(bad(
             "CORS_ORIGIN",
-            format!(
-                "{raw:?} {why}; list each allowed origin as scheme://host[:port] (credentials are allowed, so `*` is refused)"
-            ),
+            format!("{raw:?} {why}; list each allowed origin as scheme://host[:port] (credentials are allowed, so `*` is refused)"),
         ))
     };
     if trimmed == "*" {
@@ -94,14 +62,8 @@ pub(super) fn origin(raw: &str) -> Result<String, ConfigError> {
     let Ok(uri) = trimmed.parse::<http::Uri>() else {
         return refuse("is not an origin");
     };
-    match (
-        uri.scheme_str(),
-        uri.authority(),
-        uri.path_and_query().map(|p| p.as_str()),
-    ) {
-        (Some("http" | "https"), Some(_), None | Some("" | "/")) if !trimmed.contains('@') => {
-            Ok(trimmed.to_owned())
-        }
+    match (uri.scheme_str(), uri.authority(), uri.path_and_query().map(|p| p.as_str())) {
+        (Some("http" | "https"), Some(_), None | Some("" | "/")) if !trimmed.contains('@') => Ok(trimmed.to_owned()),
         (Some("http" | "https"), Some(_), _) => refuse("has a path, a query or credentials"),
         _ => refuse("is not an http(s) origin"),
     }
@@ -109,14 +71,8 @@ pub(super) fn origin(raw: &str) -> Result<String, ConfigError> {
 
 /// The host's name and this process's id: unique among the nodes of one deployment.
 pub(super) fn default_node_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    let host = if host.is_empty() {
-        "chatwire".to_owned()
-    } else {
-        host
-    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let host = if host.is_empty() { "chatwire".to_owned() } else { host };
     format!("{host}-{}", std::process::id())
 }
 
@@ -127,12 +83,7 @@ pub(super) fn upstream_config(env: &Vars, production: bool) -> Result<UpstreamCo
         None => false,
         Some("mock") => true,
         Some(other) => {
-            return Err(bad(
-                "UPSTREAM",
-                format!(
-                    "{other:?} is not `mock`; leave it unset to use OPENAI_BASE_URL / OPENAI_API_KEY"
-                ),
-            ));
+            return Err(bad("UPSTREAM", format!("{other:?} is not `mock`; leave it unset to use OPENAI_BASE_URL / OPENAI_API_KEY")));
         }
     };
     if production && !forced_mock && base_url.is_none() && api_key.is_none() {
@@ -147,20 +98,13 @@ pub(super) fn upstream_config(env: &Vars, production: bool) -> Result<UpstreamCo
             mock.response = text.to_owned();
         }
         mock.token_delay = Duration::from_millis(env.parse("MOCK_TOKEN_DELAY_MS", 25u64)?);
-        mock.first_token_delay =
-            Duration::from_millis(env.parse("MOCK_FIRST_TOKEN_DELAY_MS", 0u64)?);
+        mock.first_token_delay = Duration::from_millis(env.parse("MOCK_FIRST_TOKEN_DELAY_MS", 0u64)?);
         mock.stamp = env.parse("MOCK_STAMP", false)?;
         return Ok(UpstreamConfig::Mock(mock));
     }
-    let base_url = base_url
-        .unwrap_or("https://api.openai.com/v1")
-        .trim_end_matches('/')
-        .to_owned();
+    let base_url = base_url.unwrap_or("https://api.openai.com/v1").trim_end_matches('/').to_owned();
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-        return Err(bad(
-            "OPENAI_BASE_URL",
-            "must start with http:// or https://",
-        ));
+        return Err(bad("OPENAI_BASE_URL", "must start with http:// or https://"));
     }
     // Local servers (Ollama, vLLM, llama.cpp) accept any key.
     let api_key = Secret(api_key.unwrap_or("none").to_owned());
@@ -170,22 +114,11 @@ pub(super) fn upstream_config(env: &Vars, production: bool) -> Result<UpstreamCo
 /// `DATABASE_URL`: a SQLite or PostgreSQL URL. Anything else is refused here, before a
 /// driver would print it whole, and the message shows it without its password.
 pub(super) fn database_url(env: &Vars) -> Result<String, ConfigError> {
-    let url = env
-        .get("DATABASE_URL")
-        .unwrap_or("sqlite://chatwire.db?mode=rwc");
-    if url.starts_with("sqlite:")
-        || url.starts_with("postgres://")
-        || url.starts_with("postgresql://")
-    {
+    let url = env.get("DATABASE_URL").unwrap_or("sqlite://chatwire.db?mode=rwc");
+    if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(url.to_owned());
     }
-    Err(bad(
-        "DATABASE_URL",
-        format!(
-            "{:?} is neither sqlite:... nor postgres://... (postgresql://...)",
-            redact_url(url)
-        ),
-    ))
+    Err(bad("DATABASE_URL", format!("{:?} is neither sqlite:... nor postgres://... (postgresql://...)", redact_url(url))))
 }
 
 /// `REDIS_URL`: cluster mode, which shares the answers through Redis and the rows through
@@ -195,13 +128,7 @@ pub(super) fn redis_url(env: &Vars) -> Result<Option<String>, ConfigError> {
         return Ok(None);
     };
     if !url.starts_with("redis://") {
-        return Err(bad(
-            "REDIS_URL",
-            format!(
-                "{:?} is not a redis://host[:port][/db] URL",
-                redact_url(url)
-            ),
-        ));
+        return Err(bad("REDIS_URL", format!("{:?} is not a redis://host[:port][/db] URL", redact_url(url))));
     }
     if database_url(env)?.starts_with("sqlite:") {
         return Err(bad(
@@ -235,9 +162,7 @@ pub(super) fn database_schema(env: &Vars) -> Result<String, ConfigError> {
     let name = env.get("DATABASE_SCHEMA").unwrap_or("chatwire");
     let plain = name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !name.starts_with("pg_");
     if !plain {
         return Err(bad(
@@ -259,13 +184,7 @@ impl Vars {
     }
 
     pub(super) fn list(&self, name: &str) -> Option<Vec<String>> {
-        self.get(name).map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
+        self.get(name).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
     }
 
     pub(super) fn parse<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
@@ -274,9 +193,7 @@ impl Vars {
     {
         match self.get(name) {
             None => Ok(default),
-            Some(raw) => raw
-                .parse()
-                .map_err(|e| bad(name, format!("{raw:?} is not valid: {e}"))),
+            Some(raw) => raw.parse().map_err(|e| bad(name, format!("{raw:?} is not valid: {e}"))),
         }
     }
 }
@@ -285,22 +202,13 @@ impl Vars {
 pub(super) fn metrics_token(env: &Vars) -> Result<Option<Secret>, ConfigError> {
     match env.get("METRICS_TOKEN") {
         None => Ok(None),
-        Some(token) if token.bytes().all(|b| b.is_ascii_graphic()) => {
-            Ok(Some(Secret(token.to_owned())))
-        }
-        Some(_) => Err(bad(
-            "METRICS_TOKEN",
-            "must be visible ASCII with no spaces (it is sent in an Authorization: Bearer header)",
-        )),
+        Some(token) if token.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(Secret(token.to_owned()))),
+        Some(_) => Err(bad("METRICS_TOKEN", "must be visible ASCII with no spaces (it is sent in an Authorization: Bearer header)")),
     }
 }
 
 /// A count or duration that must be at least 1.
-pub(super) fn at_least_one(
-    env: &Vars,
-    name: &'static str,
-    default: usize,
-) -> Result<usize, ConfigError> {
+pub(super) fn at_least_one(env: &Vars, name: &'static str, default: usize) -> Result<usize, ConfigError> {
     match env.parse(name, default)? {
         0 => Err(bad(name, "must be at least 1")),
         n => Ok(n),

@@ -41,11 +41,7 @@ pub struct Summary {
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.written {
-            write!(
-                f,
-                "imported {} lines, {} already present, skipped {}",
-                self.imported, self.already_present, self.skipped
-            )
+            write!(f, "imported {} lines, {} already present, skipped {}", self.imported, self.already_present, self.skipped)
         } else {
             write!(f, "nothing imported: {} bad lines (--strict)", self.skipped)
         }
@@ -67,23 +63,13 @@ pub enum ImportError {
 /// on stderr and the summary on stdout. `Err` (exit code 1) when the file cannot be
 /// read, the database fails, or `strict` found a bad line.
 pub async fn run_cli(config: &Config, path: &Path, strict: bool) -> Result<(), String> {
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let db = store::connect(
-        &config.database_url,
-        config.database_max_connections,
-        &config.database_schema,
-    )
-    .await
-    .map_err(|e| format!("cannot open the database: {e}"))?;
-    let summary = import(
-        &db,
-        std::io::BufReader::new(file),
-        strict,
-        &mut std::io::stderr().lock(),
-    )
-    .await
-    .map_err(|e| format!("importing {}: {e}", path.display()))?;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let db = store::connect(&config.database_url, config.database_max_connections, &config.database_schema)
+        .await
+        .map_err(|e| format!("cannot open the database: {e}"))?;
+    let summary = import(&db, std::io::BufReader::new(file), strict, &mut std::io::stderr().lock())
+        .await
+        .map_err(|e| format!("importing {}: {e}", path.display()))?;
     if !summary.written {
         return Err(summary.to_string());
     }
@@ -110,10 +96,7 @@ pub async fn import(
             Ok(0) => break,
             Ok(_) => {}
             Err(source) => {
-                return Err(ImportError::Read {
-                    line: number,
-                    source,
-                });
+                return Err(ImportError::Read { line: number, source });
             }
         }
         let Ok(text) = std::str::from_utf8(&raw) else {
@@ -139,17 +122,12 @@ pub async fn import(
     };
     let result = store::import_messages(db, &messages, mode).await?;
     for (index, refusal) in &result.refused {
-        let (Some((line, source_id, source_conversation)), Some(m)) =
-            (origins.get(*index), messages.get(*index))
-        else {
+        let (Some((line, source_id, source_conversation)), Some(m)) = (origins.get(*index), messages.get(*index)) else {
             continue;
         };
         let reason = match refusal {
             Refusal::ConversationOfAnotherUser => {
-                format!(
-                    "conversation {source_conversation:?} belongs to another user than {:?}",
-                    m.user_id
-                )
+                format!("conversation {source_conversation:?} belongs to another user than {:?}", m.user_id)
             }
             Refusal::IdInAnotherConversation => {
                 format!("message id {source_id:?} is already used in another conversation")
@@ -161,12 +139,7 @@ pub async fn import(
     for (line, reason) in &bad {
         writeln!(report, "line {line}: {reason}").map_err(ImportError::Report)?;
     }
-    Ok(Summary {
-        imported: result.imported,
-        already_present: result.already_present,
-        skipped: bad.len(),
-        written: result.written,
-    })
+    Ok(Summary { imported: result.imported, already_present: result.already_present, skipped: bad.len(), written: result.written })
 }
 
 /// A checked line: the message to store, and its ids as the file spelled them (for reports).
@@ -184,17 +157,12 @@ pub fn parse_line(text: &str) -> Result<ParsedLine, String> {
         return Err("not a JSON object".into());
     };
     let user_id = id_field(&fields, "userId")?.ok_or("missing userId")?;
-    let source_conversation =
-        id_field(&fields, "conversationId")?.ok_or("missing conversationId")?;
+    let source_conversation = id_field(&fields, "conversationId")?.ok_or("missing conversationId")?;
     let role = match fields.get("role") {
         None => return Err("missing role".into()),
-        Some(Value::String(r)) if ["user", "assistant", "system"].contains(&r.as_str()) => {
-            r.clone()
-        }
+        Some(Value::String(r)) if ["user", "assistant", "system"].contains(&r.as_str()) => r.clone(),
         Some(other) => {
-            return Err(format!(
-                "role must be \"user\", \"assistant\" or \"system\", not {other}"
-            ));
+            return Err(format!("role must be \"user\", \"assistant\" or \"system\", not {other}"));
         }
     };
     let content = match fields.get("content") {
@@ -218,10 +186,7 @@ pub fn parse_line(text: &str) -> Result<ParsedLine, String> {
     let (id, source_id) = match id_field(&fields, "id")? {
         Some(source) => (mapped(&source), source),
         None => {
-            let name = format!(
-                "{conversation_id}\n{}\n{role}\n{content}",
-                created_at.to_rfc3339()
-            );
+            let name = format!("{conversation_id}\n{}\n{role}\n{content}", created_at.to_rfc3339());
             let id = Uuid::new_v5(&CONTENT_NAMESPACE, name.as_bytes());
             (id, id.to_string())
         }
@@ -266,10 +231,7 @@ fn count(fields: &Map<String, Value>, name: &str) -> Result<Option<i32>, String>
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_u64().and_then(|n| i32::try_from(n).ok()) {
             Some(n) => Ok(Some(n)),
-            None => Err(format!(
-                "{name} must be a whole number from 0 to {}, not {n}",
-                i32::MAX
-            )),
+            None => Err(format!("{name} must be a whole number from 0 to {}, not {n}", i32::MAX)),
         },
         Some(other) => Err(format!("{name} must be a number or null, not {other}")),
     }

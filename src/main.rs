@@ -6,11 +6,7 @@ use chatwire::{Application, Config, config::MockConfig, providers::mock::MockUps
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "chatwire",
-    version,
-    about = "Streams LLM answers to socket.io-client chat apps"
-)]
+#[command(name = "chatwire", version, about = "Streams LLM answers to socket.io-client chat apps")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -65,18 +61,12 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::MockUpstream { port, host } => mock(config, host, port).await,
-        Command::Import { jsonl, strict } => {
-            chatwire::import::run_cli(&config, &jsonl, strict).await
-        }
+        Command::Import { jsonl, strict } => chatwire::import::run_cli(&config, &jsonl, strict).await,
         Command::HashPassword { .. } => Ok(()),
-        Command::Migrate => chatwire::store::connect(
-            &config.database_url,
-            config.database_max_connections,
-            &config.database_schema,
-        )
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string()),
+        Command::Migrate => chatwire::store::connect(&config.database_url, config.database_max_connections, &config.database_schema)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,9 +84,7 @@ fn hash_password(cost: u32) -> ExitCode {
     let read = std::io::stdin().read_line(&mut line);
     let password = line.trim_end_matches(['\r', '\n']);
     if read.is_err() || password.is_empty() {
-        eprintln!(
-            "chatwire: give the password on standard input: chatwire hash-password < password.txt"
-        );
+        eprintln!("chatwire: give the password on standard input: chatwire hash-password < password.txt");
         return ExitCode::from(2);
     }
     match bcrypt::hash(password, cost) {
@@ -118,16 +106,12 @@ async fn serve(config: Config) -> Result<(), String> {
         tracing::warn!("Anyone can connect and act as any user. Never run this in production.");
         tracing::warn!("==================================================================");
     }
-    let app = Application::build(config)
-        .await
-        .map_err(|e| e.to_string())?;
+    let app = Application::build(config).await.map_err(|e| e.to_string())?;
     for (what, value) in app.summary() {
         tracing::info!("{what:>15}: {value}");
     }
     tracing::info!(addr = %app.local_addr().map_err(|e| e.to_string())?, version = env!("CARGO_PKG_VERSION"), "chatwire listening");
-    app.run_until(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
+    app.run_until(shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("chatwire stopped");
     Ok(())
 }
@@ -137,9 +121,7 @@ async fn mock(config: Config, host: std::net::IpAddr, port: u16) -> Result<(), S
         chatwire::config::UpstreamConfig::Mock(m) => m,
         chatwire::config::UpstreamConfig::OpenAi { .. } => MockConfig::default(),
     };
-    let listener = tokio::net::TcpListener::bind((host, port))
-        .await
-        .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind((host, port)).await.map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
     let mock = MockUpstream::spawn(listener, mock_config).map_err(|e| e.to_string())?;
     tracing::info!(base_url = %mock.base_url(), "mock upstream listening");
     shutdown_signal().await;

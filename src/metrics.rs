@@ -24,15 +24,9 @@ pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 /// How often the runtime-lag probe asks to be woken.
 const LAG_PROBE_EVERY: Duration = Duration::from_millis(250);
 
-const TTFT_BUCKETS: [f64; 12] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-const ANSWER_BUCKETS: [f64; 12] = [
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-];
-const QUERY_BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
+const TTFT_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const ANSWER_BUCKETS: [f64; 12] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+const QUERY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 const LAG_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,37 +87,16 @@ impl Metrics {
         let answers = Family::<StatusLabel, Counter>::default();
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
         let chat_errors = Family::<CodeLabel, Counter>::default();
-        let (tokens, redis_commands, answers_running) =
-            (Counter::default(), Counter::default(), Gauge::default());
+        let (tokens, redis_commands, answers_running) = (Counter::default(), Counter::default(), Gauge::default());
         let ttft = Histogram::new(TTFT_BUCKETS);
         let answer_duration = Histogram::new(ANSWER_BUCKETS);
         let db_query = Histogram::new(QUERY_BUCKETS);
         let runtime_lag = Histogram::new(LAG_BUCKETS);
-        registry.register(
-            "chatwire_connections",
-            "Open connections, by wire",
-            connections.clone(),
-        );
-        registry.register(
-            "chatwire_answers_running",
-            "Answers running on this node",
-            answers_running.clone(),
-        );
-        registry.register(
-            "chatwire_answers",
-            "Answers ended, by final status",
-            answers.clone(),
-        );
-        registry.register(
-            "chatwire_tokens_streamed",
-            "Completion tokens (upstream deltas) streamed",
-            tokens.clone(),
-        );
-        registry.register(
-            "chatwire_ttft_seconds",
-            "Time from chat:start to the answer's first token",
-            ttft.clone(),
-        );
+        registry.register("chatwire_connections", "Open connections, by wire", connections.clone());
+        registry.register("chatwire_answers_running", "Answers running on this node", answers_running.clone());
+        registry.register("chatwire_answers", "Answers ended, by final status", answers.clone());
+        registry.register("chatwire_tokens_streamed", "Completion tokens (upstream deltas) streamed", tokens.clone());
+        registry.register("chatwire_ttft_seconds", "Time from chat:start to the answer's first token", ttft.clone());
         registry.register(
             "chatwire_answer_duration_seconds",
             "Time from chat:start to the answer's end, whatever the end",
@@ -134,26 +107,10 @@ impl Metrics {
             "Failed upstream requests (retried attempts included), by provider and error code",
             upstream_errors.clone(),
         );
-        registry.register(
-            "chatwire_chat_errors",
-            "Errors told to clients (chat:error and SSE refusals), by code",
-            chat_errors.clone(),
-        );
-        registry.register(
-            "chatwire_db_query_seconds",
-            "Database statement latency",
-            db_query.clone(),
-        );
-        registry.register(
-            "chatwire_runtime_lag_seconds",
-            "How late the runtime wakes a timer",
-            runtime_lag.clone(),
-        );
-        registry.register(
-            "chatwire_redis_commands",
-            "Redis round trips (cluster mode)",
-            redis_commands.clone(),
-        );
+        registry.register("chatwire_chat_errors", "Errors told to clients (chat:error and SSE refusals), by code", chat_errors.clone());
+        registry.register("chatwire_db_query_seconds", "Database statement latency", db_query.clone());
+        registry.register("chatwire_runtime_lag_seconds", "How late the runtime wakes a timer", runtime_lag.clone());
+        registry.register("chatwire_redis_commands", "Redis round trips (cluster mode)", redis_commands.clone());
         let status = |s: Status| answers.get_or_create_owned(&StatusLabel { status: s.as_str() });
         let wire = |w: &'static str| connections.get_or_create_owned(&WireLabel { wire: w });
         Self(Arc::new(Parts {
@@ -178,12 +135,8 @@ impl Metrics {
     /// The scrape, in the Prometheus text format, with the live counts set first.
     pub fn encode(&self, socketio_connections: usize, answers_running: usize) -> String {
         let parts = &self.0;
-        parts
-            .socketio_connections
-            .set(i64::try_from(socketio_connections).unwrap_or(i64::MAX));
-        parts
-            .answers_running
-            .set(i64::try_from(answers_running).unwrap_or(i64::MAX));
+        parts.socketio_connections.set(i64::try_from(socketio_connections).unwrap_or(i64::MAX));
+        parts.answers_running.set(i64::try_from(answers_running).unwrap_or(i64::MAX));
         let mut text = String::with_capacity(8 * 1024);
         if let Err(e) = prometheus_text::encode(&mut text, &parts.registry) {
             tracing::error!(error = %e, "encoding the metrics failed");
@@ -221,23 +174,12 @@ impl Metrics {
 
     /// An error told to a client (or a failed answer's final error).
     pub fn chat_error(&self, code: ErrorCode) {
-        self.0
-            .chat_errors
-            .get_or_create(&CodeLabel {
-                code: code.as_str(),
-            })
-            .inc();
+        self.0.chat_errors.get_or_create(&CodeLabel { code: code.as_str() }).inc();
     }
 
     /// A failed upstream request.
     pub fn upstream_error(&self, provider: &str, code: ErrorCode) {
-        self.0
-            .upstream_errors
-            .get_or_create(&UpstreamLabels {
-                provider: provider.to_owned(),
-                code: code.as_str(),
-            })
-            .inc();
+        self.0.upstream_errors.get_or_create(&UpstreamLabels { provider: provider.to_owned(), code: code.as_str() }).inc();
     }
 
     /// One database statement took `elapsed`.
@@ -261,11 +203,7 @@ impl Metrics {
                     () = tokio::time::sleep_until(deadline) => {}
                     () = shutdown.cancelled() => return,
                 }
-                lag.observe(
-                    Instant::now()
-                        .saturating_duration_since(deadline)
-                        .as_secs_f64(),
-                );
+                lag.observe(Instant::now().saturating_duration_since(deadline).as_secs_f64());
             }
         });
     }
@@ -303,40 +241,19 @@ mod tests {
             "# TYPE chatwire_runtime_lag_seconds histogram",
             "chatwire_redis_commands_total 0",
         ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "{line:?} missing from:\n{text}"
-            );
+            assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
         }
         // Series of errors appear with their first error.
-        assert!(
-            !text.contains("chatwire_chat_errors") && !text.contains("chatwire_upstream_errors")
-        );
+        assert!(!text.contains("chatwire_chat_errors") && !text.contains("chatwire_upstream_errors"));
         metrics.chat_error(ErrorCode::Busy);
         metrics.upstream_error("mock", ErrorCode::UpstreamTimeout);
         let text = metrics.encode(0, 0);
-        assert!(
-            text.lines()
-                .any(|l| l == "chatwire_chat_errors_total{code=\"BUSY\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.lines().any(|l| l
-                == "chatwire_upstream_errors_total{provider=\"mock\",code=\"UPSTREAM_TIMEOUT\"} 1"),
-            "{text}"
-        );
+        assert!(text.lines().any(|l| l == "chatwire_chat_errors_total{code=\"BUSY\"} 1"), "{text}");
+        assert!(text.lines().any(|l| l == "chatwire_upstream_errors_total{provider=\"mock\",code=\"UPSTREAM_TIMEOUT\"} 1"), "{text}");
         let sse = metrics.sse_connection();
-        assert!(
-            metrics
-                .encode(0, 0)
-                .contains("chatwire_connections{wire=\"sse\"} 1")
-        );
+        assert!(metrics.encode(0, 0).contains("chatwire_connections{wire=\"sse\"} 1"));
         drop(sse);
-        assert!(
-            metrics
-                .encode(0, 0)
-                .contains("chatwire_connections{wire=\"sse\"} 0")
-        );
+        assert!(metrics.encode(0, 0).contains("chatwire_connections{wire=\"sse\"} 0"));
     }
 
     #[test]
@@ -348,14 +265,8 @@ mod tests {
         let dashboard = include_str!("../docs/grafana-dashboard.json");
         let mut named = 0;
         for (at, _) in dashboard.match_indices("chatwire_") {
-            let name: String = dashboard[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                .collect();
-            assert!(
-                text.contains(&format!("\n{name}")),
-                "the dashboard reads {name}, which /metrics does not have"
-            );
+            let name: String = dashboard[at..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            assert!(text.contains(&format!("\n{name}")), "the dashboard reads {name}, which /metrics does not have");
             named += 1;
         }
         assert!(named >= 11, "every metric has a panel");

@@ -15,9 +15,7 @@ use crate::{
     admin::Admin,
     auth::Authenticator,
     chat::StopReason,
-    cluster::{
-        self, AnswerLogs, Directory, MemoryDirectory, MemoryLogs, Redis, RedisDirectory, RedisLogs,
-    },
+    cluster::{self, AnswerLogs, Directory, MemoryDirectory, MemoryLogs, Redis, RedisDirectory, RedisLogs},
     config::{Config, UpstreamConfig},
     engine::Engine,
     http::{self, ready::Readiness},
@@ -77,25 +75,14 @@ impl Application {
         let addr = SocketAddr::new(config.host, config.port);
         let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let shutdown = CancellationToken::new();
-        let db_error = |e: sea_orm::DbErr| {
-            StartError::Database(redacted(&config.database_url, &e.to_string()))
-        };
-        let mut db = store::connect(
-            &config.database_url,
-            config.database_max_connections,
-            &config.database_schema,
-        )
-        .await
-        .map_err(db_error)?;
+        let db_error = |e: sea_orm::DbErr| StartError::Database(redacted(&config.database_url, &e.to_string()));
+        let mut db =
+            store::connect(&config.database_url, config.database_max_connections, &config.database_schema).await.map_err(db_error)?;
         let metrics = Metrics::new();
         let timed = metrics.clone();
         store::time_statements(&mut db, move |elapsed| timed.db_query(elapsed));
-        store::spawn_wal_checkpointer(&config.database_url, shutdown.clone())
-            .await
-            .map_err(db_error)?;
-        if config.allowed_models.is_empty()
-            && matches!(config.upstream, UpstreamConfig::OpenAi { .. })
-        {
+        store::spawn_wal_checkpointer(&config.database_url, shutdown.clone()).await.map_err(db_error)?;
+        if config.allowed_models.is_empty() && matches!(config.upstream, UpstreamConfig::OpenAi { .. }) {
             tracing::warn!(
                 "ALLOWED_MODELS is unset: clients may ask the upstream for any model it serves, on your key; \
                  set ALLOWED_MODELS to the models you mean to pay for"
@@ -104,52 +91,25 @@ impl Application {
 
         let (mock, base_url, api_key, name) = match &config.upstream {
             UpstreamConfig::Mock(mock_config) => {
-                let mock = MockUpstream::start(mock_config.clone())
-                    .await
-                    .map_err(StartError::Mock)?;
+                let mock = MockUpstream::start(mock_config.clone()).await.map_err(StartError::Mock)?;
                 let base_url = mock.base_url();
                 (Some(mock), base_url, "mock", "mock".to_owned())
             }
-            UpstreamConfig::OpenAi { base_url, api_key } => (
-                None,
-                base_url.clone(),
-                api_key.expose(),
-                provider_name(base_url),
-            ),
+            UpstreamConfig::OpenAi { base_url, api_key } => (None, base_url.clone(), api_key.expose(), provider_name(base_url)),
         };
-        let provider = Provider::new(
-            &base_url,
-            api_key,
-            config.upstream_timeouts(),
-            config.upstream_retry,
-        )
-        .with_metrics(&name, &metrics);
+        let provider = Provider::new(&base_url, api_key, config.upstream_timeouts(), config.upstream_retry).with_metrics(&name, &metrics);
         let probe = UpstreamProbe::new(&base_url, api_key);
         let config = Arc::new(config);
         let (directory, logs) = cluster_parts(&config, &shutdown, metrics.redis_commands())?;
-        let engine = Engine::new(
-            config.clone(),
-            db.clone(),
-            provider,
-            directory,
-            logs,
-            metrics.clone(),
-        );
+        let engine = Engine::new(config.clone(), db.clone(), provider, directory, logs, metrics.clone());
         engine.spawn_background(shutdown.clone());
         metrics.spawn_lag_probe(shutdown.clone());
         spawn_stale_answer_sweeper(db.clone(), config.stale_answer_after(), shutdown.clone());
 
         let deliveries = TaskTracker::new();
         let auth = Arc::new(Authenticator::new(&config.auth));
-        let connections =
-            crate::transport::connections::UserConnections::new(config.max_connections_per_user);
-        let wire = Wire {
-            engine: engine.clone(),
-            config: config.clone(),
-            auth,
-            deliveries: deliveries.clone(),
-            connections,
-        };
+        let connections = crate::transport::connections::UserConnections::new(config.max_connections_per_user);
+        let wire = Wire { engine: engine.clone(), config: config.clone(), auth, deliveries: deliveries.clone(), connections };
         let admin = Admin::new(&config);
         let (layer, io) = socketio::layer(wire.clone(), admin.as_ref().map(Admin::observer));
         let counted = io.clone();
@@ -162,30 +122,14 @@ impl Application {
                 draining.clone(),
                 config.redis_url.is_some().then(|| engine.clone()),
             )))
-            .merge(http::scrape::router(
-                engine.clone(),
-                connections,
-                config.metrics_token.as_ref(),
-            ))
+            .merge(http::scrape::router(engine.clone(), connections, config.metrics_token.as_ref()))
             .merge(sse::router(wire));
         if let Some(admin) = admin {
             router = router.merge(admin.start(&io, engine.clone(), shutdown.clone()));
         }
-        let router = router
-            .layer(layer)
-            .layer(http::cors(&config))
-            .layer(axum::middleware::map_request(http::detach_from_read_buffer));
+        let router = router.layer(layer).layer(http::cors(&config)).layer(axum::middleware::map_request(http::detach_from_read_buffer));
         let state = AppState { config, db, engine };
-        Ok(Self {
-            listener,
-            router,
-            io,
-            state,
-            mock,
-            shutdown,
-            draining,
-            deliveries,
-        })
+        Ok(Self { listener, router, io, state, mock, shutdown, draining, deliveries })
     }
 
     /// The bound address (the real port when `PORT=0`).
@@ -208,11 +152,7 @@ impl Application {
         let mut config = (*self.state.config).clone();
         config.port = self.port();
         let mock_url = self.mock.as_ref().map(MockUpstream::base_url);
-        crate::summary::lines(
-            &config,
-            &Authenticator::new(&config.auth),
-            mock_url.as_deref(),
-        )
+        crate::summary::lines(&config, &Authenticator::new(&config.auth), mock_url.as_deref())
     }
 
     /// The built-in mock upstream, when no upstream is configured.
@@ -224,61 +164,33 @@ impl Application {
     /// load balancers stop sending traffic, while running answers finish within the grace
     /// period (everything is still served meanwhile). Then it cuts the answers left, stops
     /// accepting, closes every socket and stops the background tasks.
-    pub async fn run_until(
-        self,
-        signal: impl Future<Output = ()> + Send + 'static,
-    ) -> io::Result<()> {
-        let Self {
-            listener,
-            router,
-            io,
-            state,
-            mock: _mock,
-            shutdown,
-            draining,
-            deliveries,
-        } = self;
+    pub async fn run_until(self, signal: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
+        let Self { listener, router, io, state, mock: _mock, shutdown, draining, deliveries } = self;
         let stop_accepting = CancellationToken::new();
         let force_close = CancellationToken::new();
         let drained = CancellationToken::new();
         let config = state.config.clone();
         let drain = tokio::spawn({
-            let (stop_accepting, force_close, drained, shutdown) = (
-                stop_accepting.clone(),
-                force_close.clone(),
-                drained.clone(),
-                shutdown.clone(),
-            );
+            let (stop_accepting, force_close, drained, shutdown) =
+                (stop_accepting.clone(), force_close.clone(), drained.clone(), shutdown.clone());
             async move {
                 signal.await;
                 let engine = &state.engine;
                 tracing::info!(running = engine.running(), "shutting down");
                 draining.cancel();
                 if !engine.wait_idle(state.config.shutdown_grace).await {
-                    tracing::warn!(
-                        running = engine.running(),
-                        "grace period over; cutting running answers"
-                    );
+                    tracing::warn!(running = engine.running(), "grace period over; cutting running answers");
                     engine.stop_all(StopReason::Shutdown);
                     engine.wait_idle(Duration::from_secs(10)).await;
                 }
                 stop_accepting.cancel();
                 // Final events still on their way to sockets go out before they close.
                 deliveries.close();
-                if tokio::time::timeout(DELIVERY_DRAIN, deliveries.wait())
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(
-                        left = deliveries.len(),
-                        "some final events were not delivered before shutdown"
-                    );
+                if tokio::time::timeout(DELIVERY_DRAIN, deliveries.wait()).await.is_err() {
+                    tracing::warn!(left = deliveries.len(), "some final events were not delivered before shutdown");
                 }
                 // A socket whose client does not read never finishes closing: bounded.
-                if tokio::time::timeout(CLOSE_TIMEOUT, io.close())
-                    .await
-                    .is_err()
-                {
+                if tokio::time::timeout(CLOSE_TIMEOUT, io.close()).await.is_err() {
                     tracing::warn!("some sockets did not close in time; cutting them");
                 }
                 shutdown.cancel();
@@ -295,14 +207,7 @@ impl Application {
             idle_timeout: config.http_idle_timeout,
         }
         .within_fd_limit();
-        http::limits::serve(
-            listener,
-            router,
-            limits,
-            stop_accepting,
-            force_close.clone(),
-        )
-        .await;
+        http::limits::serve(listener, router, limits, stop_accepting, force_close.clone()).await;
         // Connections may all be gone before answers are; finish draining either way.
         drained.cancelled().await;
         force_close.cancel();
@@ -319,10 +224,7 @@ fn cluster_parts(
     commands: prometheus_client::metrics::counter::Counter,
 ) -> Result<(Arc<dyn Directory>, Arc<dyn AnswerLogs>), StartError> {
     let Some(url) = &config.redis_url else {
-        return Ok((
-            Arc::new(MemoryDirectory::default()),
-            Arc::new(MemoryLogs::default()),
-        ));
+        return Ok((Arc::new(MemoryDirectory::default()), Arc::new(MemoryLogs::default())));
     };
     let failed = |e: redis::RedisError| StartError::Redis(e.to_string());
     let redis = Redis::open(url).map_err(failed)?.counting_into(commands);
@@ -330,15 +232,8 @@ fn cluster_parts(
     tracing::info!(%node, "cluster mode: answers are shared through redis");
     // An answer appends at most once per upstream piece, so a stream never needs more entries.
     let max_entries = config.max_tokens_limit as usize + 16;
-    let logs = RedisLogs::new(
-        redis.clone(),
-        max_entries,
-        config.cluster_append_window,
-        shutdown.clone(),
-    )
-    .map_err(failed)?;
-    let directory =
-        RedisDirectory::start(redis, node, config.node_lease, shutdown.clone()).map_err(failed)?;
+    let logs = RedisLogs::new(redis.clone(), max_entries, config.cluster_append_window, shutdown.clone()).map_err(failed)?;
+    let directory = RedisDirectory::start(redis, node, config.node_lease, shutdown.clone()).map_err(failed)?;
     Ok((directory, Arc::new(logs)))
 }
 
@@ -354,9 +249,7 @@ fn redacted(url: &str, message: &str) -> String {
         .map(|(_, password)| password)
         .filter(|p| !p.is_empty());
     if let Some(password) = password {
-        let decoded: String = form_urlencoded::parse(format!("p={password}").as_bytes())
-            .map(|(_, v)| v.into_owned())
-            .collect();
+        let decoded: String = form_urlencoded::parse(format!("p={password}").as_bytes()).map(|(_, v)| v.into_owned()).collect();
         for secret in [password, decoded.as_str()] {
             if !secret.is_empty() {
                 message = message.replace(secret, "***");
@@ -369,10 +262,7 @@ fn redacted(url: &str, message: &str) -> String {
 /// The upstream's name in metrics: its host and port, never the URL's credentials.
 fn provider_name(base_url: &str) -> String {
     let uri = base_url.parse::<::http::Uri>().ok();
-    match (
-        uri.as_ref().and_then(|u| u.host()),
-        uri.as_ref().and_then(|u| u.port_u16()),
-    ) {
+    match (uri.as_ref().and_then(|u| u.host()), uri.as_ref().and_then(|u| u.port_u16())) {
         (Some(host), Some(port)) => format!("{host}:{port}"),
         (Some(host), None) => host.to_owned(),
         (None, _) => "upstream".to_owned(),
@@ -380,11 +270,7 @@ fn provider_name(base_url: &str) -> String {
 }
 
 /// Marks answers whose process died as failed: once at start-up, then periodically.
-fn spawn_stale_answer_sweeper(
-    db: DatabaseConnection,
-    stale_after: Duration,
-    shutdown: CancellationToken,
-) {
+fn spawn_stale_answer_sweeper(db: DatabaseConnection, stale_after: Duration, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(stale_after.max(Duration::from_secs(1)));
         loop {
@@ -394,10 +280,7 @@ fn spawn_stale_answer_sweeper(
             }
             match store::fail_stale_answers(&db, stale_after).await {
                 Ok(0) => {}
-                Ok(n) => tracing::warn!(
-                    answers = n,
-                    "answers interrupted by a dead process marked as failed"
-                ),
+                Ok(n) => tracing::warn!(answers = n, "answers interrupted by a dead process marked as failed"),
                 Err(e) => tracing::warn!(error = %e, "sweeping interrupted answers failed"),
             }
         }
@@ -406,11 +289,7 @@ fn spawn_stale_answer_sweeper(
 
 /// Binds with a large listen backlog, so reconnect bursts after a deploy are not dropped.
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
@@ -422,25 +301,13 @@ mod tests {
     #[test]
     fn database_errors_never_show_the_password() {
         let url = "postgres://app:s%3Dcret@db.internal:5432/chat";
-        let said = super::redacted(
-            url,
-            &format!("cannot reach {url}: password s=cret refused, s%3Dcret"),
-        );
-        assert_eq!(
-            said,
-            "cannot reach postgres://app:***@db.internal:5432/chat: password *** refused, ***"
-        );
+        let said = super::redacted(url, &format!("cannot reach {url}: password s=cret refused, s%3Dcret"));
+        assert_eq!(said, "cannot reach postgres://app:***@db.internal:5432/chat: password *** refused, ***");
     }
 
     #[test]
     fn a_provider_is_named_by_its_host_and_port_without_credentials() {
-        assert_eq!(
-            super::provider_name("https://api.openai.com/v1"),
-            "api.openai.com"
-        );
-        assert_eq!(
-            super::provider_name("http://user:key@127.0.0.1:11434/v1"),
-            "127.0.0.1:11434"
-        );
+        assert_eq!(super::provider_name("https://api.openai.com/v1"), "api.openai.com");
+        assert_eq!(super::provider_name("http://user:key@127.0.0.1:11434/v1"), "127.0.0.1:11434");
     }
 }

@@ -9,20 +9,13 @@ use crate::{
 
 /// The start-up summary, a `(what, value)` pair a line. `mock_url` is the built-in
 /// mock's base URL when it serves the answers.
-pub fn lines(
-    config: &Config,
-    auth: &Authenticator,
-    mock_url: Option<&str>,
-) -> Vec<(&'static str, String)> {
+pub fn lines(config: &Config, auth: &Authenticator, mock_url: Option<&str>) -> Vec<(&'static str, String)> {
     let mut host = config.host.to_string();
     if config.host.is_ipv6() {
         host = format!("[{host}]");
     }
     let listen = if config.is_open_mode() && !config.host_explicit {
-        format!(
-            "http://{host}:{}/ai (loopback only in open mode; set HOST to listen elsewhere)",
-            config.port
-        )
+        format!("http://{host}:{}/ai (loopback only in open mode; set HOST to listen elsewhere)", config.port)
     } else {
         format!("http://{host}:{}/ai", config.port)
     };
@@ -36,20 +29,14 @@ pub fn lines(
         (UpstreamConfig::Mock(_), None) => "the built-in mock model".into(),
     };
     let admin = match &config.admin {
-        Some(admin) => format!(
-            "http://{host}:{}/admin and the /admin namespace, as {}",
-            config.port, admin.username
-        ),
+        Some(admin) => format!("http://{host}:{}/admin and the /admin namespace, as {}", config.port, admin.username),
         None => "off (ADMIN_USERNAME and ADMIN_PASSWORD unset)".into(),
     };
     vec![
         ("connect to", listen),
         ("SSE", format!("POST http://{host}:{}/v1/chat", config.port)),
         ("auth", auth.describe()),
-        (
-            "database",
-            database(&config.database_url, &config.database_schema),
-        ),
+        ("database", database(&config.database_url, &config.database_schema)),
         ("upstream", upstream),
         ("allowed origins", config.cors_origins.join(", ")),
         ("node", config.node_id.clone()),
@@ -61,17 +48,11 @@ pub fn lines(
 /// host, port and database.
 fn database(url: &str, schema: &str) -> String {
     if let Some(rest) = url.strip_prefix("sqlite:") {
-        let path = rest
-            .trim_start_matches("//")
-            .split('?')
-            .next()
-            .unwrap_or_default();
+        let path = rest.trim_start_matches("//").split('?').next().unwrap_or_default();
         if path.is_empty() || path.contains(":memory:") || url.contains("mode=memory") {
             return "SQLite in memory (nothing is kept)".into();
         }
-        let absolute = std::path::absolute(path)
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| path.to_owned());
+        let absolute = std::path::absolute(path).map(|p| p.display().to_string()).unwrap_or_else(|_| path.to_owned());
         return format!("SQLite file {absolute}");
     }
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
@@ -114,36 +95,20 @@ mod tests {
 
     #[test]
     fn the_database_line_names_the_place_without_secrets() {
-        let pg = database(
-            "postgres://app:hunter2@db.internal:5432/chat?sslmode=require",
-            "chatwire",
-        );
-        assert_eq!(
-            pg,
-            "PostgreSQL db.internal:5432, database chat, schema chatwire"
-        );
+        let pg = database("postgres://app:hunter2@db.internal:5432/chat?sslmode=require", "chatwire");
+        assert_eq!(pg, "PostgreSQL db.internal:5432, database chat, schema chatwire");
         assert!(database("sqlite://chatwire.db?mode=rwc", "x").starts_with("SQLite file /"));
         assert!(database("sqlite://chatwire.db?mode=rwc", "x").ends_with("/chatwire.db"));
-        assert_eq!(
-            database("sqlite::memory:", "x"),
-            "SQLite in memory (nothing is kept)"
-        );
+        assert_eq!(database("sqlite::memory:", "x"), "SQLite in memory (nothing is kept)");
     }
 
     #[test]
     fn every_variable_of_the_readme_table_is_in_the_help() {
         let readme = include_str!("../README.md");
         for line in readme.lines().filter(|l| l.starts_with("| `")) {
-            let var = line
-                .trim_start_matches("| `")
-                .split('`')
-                .next()
-                .unwrap_or_default();
+            let var = line.trim_start_matches("| `").split('`').next().unwrap_or_default();
             if var.chars().all(|c| c.is_ascii_uppercase() || c == '_') && !var.is_empty() {
-                assert!(
-                    ENVIRONMENT.contains(var),
-                    "{var} is in the README's table but not in --help"
-                );
+                assert!(ENVIRONMENT.contains(var), "{var} is in the README's table but not in --help");
             }
         }
     }

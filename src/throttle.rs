@@ -16,9 +16,7 @@ pub struct LogThrottle {
 
 impl LogThrottle {
     pub const fn new() -> Self {
-        Self {
-            state: Mutex::new((None, 0)),
-        }
+        Self { state: Mutex::new((None, 0)) }
     }
 
     /// `Some(occurrences not logged since the last line)` when this one should be logged.
@@ -51,10 +49,6 @@ mod tests {
         assert_eq!(throttle.hit(), Some(0));
         assert_eq!((throttle.hit(), throttle.hit()), (None, None));
         throttle.state.lock().unwrap().0 = Some(Instant::now() - LOG_INTERVAL);
-        assert_eq!(
-            throttle.hit(),
-            Some(2),
-            "the next line says how many were left out"
-        );
+        assert_eq!(throttle.hit(), Some(2), "the next line says how many were left out");
     }
 }

@@ -22,21 +22,14 @@ impl MigrationTrait for Migration {
                     .col(big_integer(Usage::PromptTokens).default(0))
                     .col(big_integer(Usage::CompletionTokens).default(0))
                     .col(big_integer(Usage::Answers).default(0))
-                    .primary_key(
-                        Index::create()
-                            .col(Usage::UserId)
-                            .col(Usage::Day)
-                            .col(Usage::Model),
-                    )
+                    .primary_key(Index::create().col(Usage::UserId).col(Usage::Day).col(Usage::Model))
                     .to_owned(),
             )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(Usage::Table).to_owned())
-            .await
+        manager.drop_table(Table::drop().table(Usage::Table).to_owned()).await
     }
 }
 

@@ -47,23 +47,20 @@ struct Aggregated(HashMap<(u64, &'static str, Option<&'static str>), u64>);
 
 impl Aggregated {
     fn push(&mut self, at: SystemTime, kind: &'static str, sub: Option<&'static str>, count: u64) {
-        let second = at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() * 1000);
+        let second = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() * 1000);
         *self.0.entry((second, kind, sub)).or_default() += count;
     }
 
     fn take(&mut self) -> Vec<Value> {
-        self.0.drain().map(|((timestamp, kind, sub), count)| json!({ "timestamp": timestamp, "type": kind, "subType": sub, "count": count })).collect()
+        self.0
+            .drain()
+            .map(|((timestamp, kind, sub), count)| json!({ "timestamp": timestamp, "type": kind, "subType": sub, "count": count }))
+            .collect()
     }
 }
 
 /// Forwards notices until the observer is gone or `shutdown`.
-pub async fn run(
-    shared: Arc<Shared>,
-    mut notices: mpsc::Receiver<Notice>,
-    shutdown: CancellationToken,
-) {
+pub async fn run(shared: Arc<Shared>, mut notices: mpsc::Receiver<Notice>, shutdown: CancellationToken) {
     let mut aggregated = Aggregated::default();
     let mut transports: HashMap<Sid, &'static str> = HashMap::new();
     let mut tick = tokio::time::interval(STATS_INTERVAL);
@@ -92,60 +89,28 @@ fn forward(shared: &Shared, notice: Notice, aggregated: &mut Aggregated) {
     match notice {
         Notice::Connected { socket, at } => {
             aggregated.push(at, "rawConnection", None, 1);
-            to_admins(
-                shared,
-                "socket_connected",
-                &(serialize::socket(&socket), serialize::iso(at)),
-            );
+            to_admins(shared, "socket_connected", &(serialize::socket(&socket), serialize::iso(at)));
         }
         Notice::Disconnected { sid, reason, at } => {
             let reason = serialize::reason(reason);
             aggregated.push(at, "rawDisconnection", Some(reason), 1);
-            to_admins(
-                shared,
-                "socket_disconnected",
-                &(ns, sid.to_string(), reason, serialize::iso(at)),
-            );
+            to_admins(shared, "socket_disconnected", &(ns, sid.to_string(), reason, serialize::iso(at)));
         }
-        Notice::Received {
-            sid,
-            event,
-            data,
-            at,
-        } => {
+        Notice::Received { sid, event, data, at } => {
             let args: Vec<Value> = std::iter::once(Value::from(event)).chain(data).collect();
             count_packet(aggregated, at, "packetsIn", "bytesIn", &args);
-            to_admins(
-                shared,
-                "event_received",
-                &(ns, sid.to_string(), args, serialize::iso(at)),
-            );
+            to_admins(shared, "event_received", &(ns, sid.to_string(), args, serialize::iso(at)));
         }
-        Notice::Sent {
-            sid,
-            event,
-            data,
-            at,
-        } => {
+        Notice::Sent { sid, event, data, at } => {
             let args = vec![Value::from(event), data];
             count_packet(aggregated, at, "packetsOut", "bytesOut", &args);
-            to_admins(
-                shared,
-                "event_sent",
-                &(ns, sid.to_string(), args, serialize::iso(at)),
-            );
+            to_admins(shared, "event_sent", &(ns, sid.to_string(), args, serialize::iso(at)));
         }
     }
 }
 
 /// One packet and its JSON size (the event's, not the transport's framing).
-fn count_packet(
-    aggregated: &mut Aggregated,
-    at: SystemTime,
-    packets: &'static str,
-    bytes: &'static str,
-    args: &[Value],
-) {
+fn count_packet(aggregated: &mut Aggregated, at: SystemTime, packets: &'static str, bytes: &'static str, args: &[Value]) {
     aggregated.push(at, packets, None, 1);
     let size = serde_json::to_string(args).map_or(0, |s| s.len() as u64);
     aggregated.push(at, bytes, None, size);
@@ -157,16 +122,9 @@ pub fn server_stats(shared: &Shared, aggregated_events: Vec<Value>) -> Value {
     let mut polling = 0;
     let mut namespaces = Vec::new();
     for name in NAMESPACES {
-        let sockets = shared
-            .io
-            .of(name)
-            .map(|ns| ns.sockets())
-            .unwrap_or_default();
+        let sockets = shared.io.of(name).map(|ns| ns.sockets()).unwrap_or_default();
         clients += sockets.len();
-        polling += sockets
-            .iter()
-            .filter(|s| serialize::transport(s) == "polling")
-            .count();
+        polling += sockets.iter().filter(|s| serialize::transport(s) == "polling").count();
         namespaces.push(json!({ "name": name, "socketsCount": sockets.len() }));
     }
     let node = &shared.node;
@@ -184,11 +142,7 @@ pub fn server_stats(shared: &Shared, aggregated_events: Vec<Value>) -> Value {
 
 /// `socket_updated` for the `/ai` sockets whose transport changed (polling, upgraded).
 fn upgrades(shared: &Shared, known: &mut HashMap<Sid, &'static str>) {
-    let sockets = shared
-        .io
-        .of(socketio::NAMESPACE)
-        .map(|ns| ns.sockets())
-        .unwrap_or_default();
+    let sockets = shared.io.of(socketio::NAMESPACE).map(|ns| ns.sockets()).unwrap_or_default();
     let mut now = HashMap::with_capacity(sockets.len());
     for socket in &sockets {
         let transport = serialize::transport(socket);

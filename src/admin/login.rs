@@ -63,11 +63,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Keeps at most `MAX_REMEMBERED` entries, dropping expired ones, then the oldest.
-fn insert_bounded<K: std::hash::Hash + Eq + Clone>(
-    map: &mut HashMap<K, Instant>,
-    key: K,
-    until: Instant,
-) {
+fn insert_bounded<K: std::hash::Hash + Eq + Clone>(map: &mut HashMap<K, Instant>, key: K, until: Instant) {
     let now = Instant::now();
     map.retain(|_, t| *t > now);
     if map.len() >= MAX_REMEMBERED
@@ -93,18 +89,14 @@ impl Login {
 
     /// Forgets idle addresses' attempt counts until `shutdown`.
     pub fn spawn_sweeper(&self, shutdown: CancellationToken) {
-        self.attempts
-            .spawn_sweeper(Duration::from_secs(60), shutdown);
+        self.attempts.spawn_sweeper(Duration::from_secs(60), shutdown);
     }
 
     /// Checks `username` and `password` from `ip`.
     pub async fn check(&self, ip: IpAddr, username: &str, password: &str) -> Result<(), Refused> {
         let key = self.keys.hash_one((username, password));
         let now = Instant::now();
-        if lock(&self.passed)
-            .get(&key)
-            .is_some_and(|until| *until > now)
-        {
+        if lock(&self.passed).get(&key).is_some_and(|until| *until > now) {
             return Ok(());
         }
         if !self.attempts.allow(&ip.to_string()) {
@@ -119,9 +111,7 @@ impl Login {
         let verified = tokio::task::spawn_blocking(move || bcrypt::verify(password, hash.expose()))
             .await
             .map_err(|e| tracing::error!(error = %e, "admin password check panicked"))
-            .and_then(|r| {
-                r.map_err(|e| tracing::error!(error = %e, "ADMIN_PASSWORD cannot be checked"))
-            });
+            .and_then(|r| r.map_err(|e| tracing::error!(error = %e, "ADMIN_PASSWORD cannot be checked")));
         if same_user && verified == Ok(true) {
             insert_bounded(&mut lock(&self.passed), key, Instant::now() + REMEMBERED);
             return Ok(());
@@ -131,23 +121,14 @@ impl Login {
 
     /// A new admin UI session.
     pub fn open_session(&self) -> String {
-        let id: String = rand::random::<[u8; 16]>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        insert_bounded(
-            &mut lock(&self.sessions),
-            id.clone(),
-            Instant::now() + SESSION_LIFETIME,
-        );
+        let id: String = rand::random::<[u8; 16]>().iter().map(|b| format!("{b:02x}")).collect();
+        insert_bounded(&mut lock(&self.sessions), id.clone(), Instant::now() + SESSION_LIFETIME);
         id
     }
 
     /// True when `id` is a live session.
     pub fn has_session(&self, id: &str) -> bool {
-        lock(&self.sessions)
-            .get(id)
-            .is_some_and(|until| *until > Instant::now())
+        lock(&self.sessions).get(id).is_some_and(|until| *until > Instant::now())
     }
 }
 
@@ -157,14 +138,8 @@ mod tests {
 
     fn login(password: &str) -> Login {
         let hash = bcrypt::hash(password, 4).unwrap();
-        let vars = [("ADMIN_USERNAME", "ops"), ("ADMIN_PASSWORD", hash.as_str())]
-            .map(|(k, v)| (k.to_owned(), v.to_owned()));
-        Login::new(
-            &crate::Config::from_vars(vars.into())
-                .unwrap()
-                .admin
-                .unwrap(),
-        )
+        let vars = [("ADMIN_USERNAME", "ops"), ("ADMIN_PASSWORD", hash.as_str())].map(|(k, v)| (k.to_owned(), v.to_owned()));
+        Login::new(&crate::Config::from_vars(vars.into()).unwrap().admin.unwrap())
     }
 
     #[tokio::test]
@@ -177,11 +152,7 @@ mod tests {
             assert_eq!(login.check(ip, "ops", "guess").await, Err(Refused::Wrong));
         }
         assert_eq!(login.check(ip, "ops", "guess").await, Err(Refused::TooMany));
-        assert_eq!(
-            login.check(other, "ops", "guess").await,
-            Err(Refused::Wrong),
-            "each address has its own count"
-        );
+        assert_eq!(login.check(other, "ops", "guess").await, Err(Refused::Wrong), "each address has its own count");
         // A success is remembered: no bcrypt, no attempt counted.
         assert_eq!(login.check(ip, "ops", "s3cret").await, Ok(()));
     }

@@ -52,16 +52,8 @@ struct Node {
 
 impl Node {
     fn this(config: &Config) -> Self {
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_default();
-        Self {
-            id: config.node_id.clone(),
-            hostname,
-            pid: std::process::id(),
-            started: Instant::now(),
-            started_at: SystemTime::now(),
-        }
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+        Self { id: config.node_id.clone(), hostname, pid: std::process::id(), started: Instant::now(), started_at: SystemTime::now() }
     }
 }
 
@@ -90,12 +82,7 @@ impl Admin {
     pub fn new(config: &Config) -> Option<Self> {
         let admin = config.admin.as_ref()?;
         let (observer, notices) = Observer::channel(FEED_CAPACITY);
-        Some(Self {
-            login: login::Login::new(admin),
-            node: Node::this(config),
-            observer,
-            notices,
-        })
+        Some(Self { login: login::Login::new(admin), node: Node::this(config), observer, notices })
     }
 
     /// What the `/ai` namespace reports to.
@@ -107,24 +94,11 @@ impl Admin {
     /// the publisher of this node's row (until
     /// `shutdown`), and gives the page's routes.
     pub fn start(self, io: &SocketIo, engine: Engine, shutdown: CancellationToken) -> Router {
-        let Self {
-            login,
-            node,
-            observer,
-            notices,
-        } = self;
+        let Self { login, node, observer, notices } = self;
         login.spawn_sweeper(shutdown.clone());
         let ring = Arc::new(stats::Ring::default());
         stats::spawn_sampler(ring.clone(), engine.clone(), shutdown.clone());
-        let shared = Arc::new(Shared {
-            login,
-            engine,
-            io: io.clone(),
-            node,
-            ring,
-            observer,
-            undelivered: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared { login, engine, io: io.clone(), node, ring, observer, undelivered: AtomicU64::new(0) });
         namespace::register(&shared);
         page::spawn_publisher(shared.clone(), shutdown.clone());
         tokio::spawn(feed::run(shared.clone(), notices, shutdown));

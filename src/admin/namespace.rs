@@ -29,16 +29,7 @@ use crate::{
 };
 
 /// What the UI may do here (`EMIT` is left out on purpose).
-const FEATURES: [&str; 8] = [
-    "JOIN",
-    "LEAVE",
-    "DISCONNECT",
-    "MJOIN",
-    "MLEAVE",
-    "MDISCONNECT",
-    "AGGREGATED_EVENTS",
-    "ALL_EVENTS",
-];
+const FEATURES: [&str; 8] = ["JOIN", "LEAVE", "DISCONNECT", "MJOIN", "MLEAVE", "MDISCONNECT", "AGGREGATED_EVENTS", "ALL_EVENTS"];
 
 /// A session id given at login, sent once connected.
 #[derive(Clone)]
@@ -81,55 +72,34 @@ pub fn register(shared: &Arc<Shared>) {
 
 /// The connect middleware: the handlers first (socketioxide may deliver events before
 /// the connect handler runs), then the credentials.
-async fn admit(
-    shared: Arc<Shared>,
-    socket: SocketRef,
-    auth: Option<Value>,
-) -> Result<(), Unauthorized> {
+async fn admit(shared: Arc<Shared>, socket: SocketRef, auth: Option<Value>) -> Result<(), Unauthorized> {
     for (event, leave) in [("join", false), ("leave", true)] {
         let shared = shared.clone();
-        socket.on(
-            event,
-            async move |TryData(args): TryData<RoomAction>| match args {
-                Ok(RoomAction(nsp, room, filter)) => {
-                    rooms(&shared, &nsp, &room, filter.as_deref(), leave)
-                }
-                Err(e) => tracing::debug!(event, error = %e, "admin action does not parse"),
-            },
-        );
+        socket.on(event, async move |TryData(args): TryData<RoomAction>| match args {
+            Ok(RoomAction(nsp, room, filter)) => rooms(&shared, &nsp, &room, filter.as_deref(), leave),
+            Err(e) => tracing::debug!(event, error = %e, "admin action does not parse"),
+        });
     }
     let disconnecting = shared.clone();
-    socket.on(
-        "_disconnect",
-        async move |TryData(args): TryData<DisconnectAction>| match args {
-            Ok(DisconnectAction(nsp, _close, filter)) => {
-                disconnect(&disconnecting, &nsp, filter.as_deref())
-            }
-            Err(e) => tracing::debug!(error = %e, "admin action does not parse"),
-        },
-    );
+    socket.on("_disconnect", async move |TryData(args): TryData<DisconnectAction>| match args {
+        Ok(DisconnectAction(nsp, _close, filter)) => disconnect(&disconnecting, &nsp, filter.as_deref()),
+        Err(e) => tracing::debug!(error = %e, "admin action does not parse"),
+    });
     socket.on_disconnect(async |socket: SocketRef| {
         socket.extensions.remove::<Watcher>();
     });
-    let field = |name: &str| {
-        auth.as_ref()
-            .and_then(|a| a.get(name))
-            .and_then(Value::as_str)
-    };
+    let field = |name: &str| auth.as_ref().and_then(|a| a.get(name)).and_then(Value::as_str);
     if field("sessionId").is_some_and(|id| shared.login.has_session(id)) {
         return Ok(());
     }
-    let ip = serialize::address(socket.req_parts())
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip().to_canonical());
+    let ip = serialize::address(socket.req_parts()).map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip().to_canonical());
     let (Some(username), Some(password)) = (field("username"), field("password")) else {
         tracing::info!(%ip, "admin connection refused: no credentials");
         return Err(Unauthorized);
     };
     match shared.login.check(ip, username, password).await {
         Ok(()) => {
-            socket
-                .extensions
-                .insert(NewSession(shared.login.open_session()));
+            socket.extensions.insert(NewSession(shared.login.open_session()));
             tracing::info!(%ip, sid = %socket.id, "admin connected");
             Ok(())
         }
@@ -142,20 +112,10 @@ async fn admit(
 
 /// What a new admin socket is told first; the feed runs from then on.
 fn welcome(shared: &Shared, socket: &SocketRef) {
-    socket.extensions.insert(Watcher {
-        _watching: Arc::new(shared.observer.watch()),
-    });
+    socket.extensions.insert(Watcher { _watching: Arc::new(shared.observer.watch()) });
     let mut sockets: Vec<Value> = Vec::new();
     for ns in [socketio::NAMESPACE, NAMESPACE] {
-        sockets.extend(
-            shared
-                .io
-                .of(ns)
-                .map(|ns| ns.sockets())
-                .unwrap_or_default()
-                .iter()
-                .map(serialize::socket),
-        );
+        sockets.extend(shared.io.of(ns).map(|ns| ns.sockets()).unwrap_or_default().iter().map(serialize::socket));
     }
     let mut sent = Vec::new();
     if let Some(NewSession(id)) = socket.extensions.get::<NewSession>() {
@@ -177,11 +137,7 @@ fn targets(shared: &Shared, nsp: &str, filter: Option<&str>) -> Vec<SocketRef> {
     };
     match filter {
         None => ns.sockets(),
-        Some(filter) => match filter
-            .parse::<Sid>()
-            .ok()
-            .and_then(|sid| ns.get_socket(sid))
-        {
+        Some(filter) => match filter.parse::<Sid>().ok().and_then(|sid| ns.get_socket(sid)) {
             Some(socket) => vec![socket],
             None => ns.within(filter.to_owned()).sockets(),
         },
@@ -193,18 +149,10 @@ fn rooms(shared: &Shared, nsp: &str, room: &str, filter: Option<&str>, leave: bo
         let sid = socket.id.to_string();
         if leave {
             socket.leave(room.to_owned());
-            feed::to_admins(
-                shared,
-                "room_left",
-                &(nsp, room, sid, serialize::iso(SystemTime::now())),
-            );
+            feed::to_admins(shared, "room_left", &(nsp, room, sid, serialize::iso(SystemTime::now())));
         } else {
             socket.join(room.to_owned());
-            feed::to_admins(
-                shared,
-                "room_joined",
-                &(nsp, room, sid, serialize::iso(SystemTime::now())),
-            );
+            feed::to_admins(shared, "room_joined", &(nsp, room, sid, serialize::iso(SystemTime::now())));
         }
     }
 }

@@ -40,14 +40,8 @@ pub const CSRF_HEADER: &str = "x-chatwire-admin";
 /// The page and its API.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route(
-            "/admin",
-            get(async || asset(PAGE, "text/html; charset=utf-8")),
-        )
-        .route(
-            "/admin/admin.js",
-            get(async || asset(SCRIPT, "text/javascript; charset=utf-8")),
-        )
+        .route("/admin", get(async || asset(PAGE, "text/html; charset=utf-8")))
+        .route("/admin/admin.js", get(async || asset(SCRIPT, "text/javascript; charset=utf-8")))
         .route("/admin/api/answers", get(answers))
         .route("/admin/api/stats", get(nodes))
         .route("/admin/api/answers/{message_id}/stop", post(stop))
@@ -71,10 +65,9 @@ fn refusal(status: StatusCode, code: &str) -> Response {
     let body = json!({ "ok": false, "error": { "code": code, "message": code.to_lowercase().replace('_', " ") } });
     let mut response = (status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();
     if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"chatwire admin\", charset=\"UTF-8\""),
-        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"chatwire admin\", charset=\"UTF-8\""));
     }
     response
 }
@@ -86,12 +79,7 @@ fn basic(headers: &HeaderMap) -> Option<(String, String)> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()?,
-    )
-    .ok()?;
+    let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?).ok()?;
     let (username, password) = decoded.split_once(':')?;
     Some((username.to_owned(), password.to_owned()))
 }
@@ -102,12 +90,9 @@ fn same_origin(headers: &HeaderMap) -> bool {
     let host = text(header::HOST);
     let origin_ok = match text(header::ORIGIN) {
         None => true,
-        Some(origin) => {
-            origin.split_once("://").map(|(_, authority)| authority) == host && host.is_some()
-        }
+        Some(origin) => origin.split_once("://").map(|(_, authority)| authority) == host && host.is_some(),
     };
-    let site_ok = text(http::HeaderName::from_static("sec-fetch-site"))
-        .is_none_or(|site| matches!(site, "same-origin" | "none"));
+    let site_ok = text(http::HeaderName::from_static("sec-fetch-site")).is_none_or(|site| matches!(site, "same-origin" | "none"));
     origin_ok && site_ok
 }
 
@@ -118,10 +103,8 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
         tracing::warn!(origin = ?headers.get(header::ORIGIN), "cross-site admin request refused");
         return refusal(StatusCode::FORBIDDEN, "FORBIDDEN");
     }
-    let ip = request
-        .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip().to_canonical());
+    let ip =
+        request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip().to_canonical());
     let Some((username, password)) = basic(headers) else {
         return refusal(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     };
@@ -136,10 +119,7 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
             return refusal(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
         }
     }
-    let json_body = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/json"));
+    let json_body = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/json"));
     if request.method() == Method::POST && !headers.contains_key(CSRF_HEADER) && !json_body {
         return refusal(StatusCode::FORBIDDEN, "FORBIDDEN");
     }
@@ -240,12 +220,7 @@ async fn stop(State(shared): State<Arc<Shared>>, Path(message_id): Path<String>)
     let Ok(message_id) = Uuid::try_parse(&message_id) else {
         return refusal(StatusCode::BAD_REQUEST, "INVALID_PARAMS");
     };
-    let owner = shared
-        .engine
-        .running_answers()
-        .into_iter()
-        .find(|a| a.ids.message_id == message_id)
-        .map(|a| a.user_id);
+    let owner = shared.engine.running_answers().into_iter().find(|a| a.ids.message_id == message_id).map(|a| a.user_id);
     let stopped = shared.engine.stop_as_operator(message_id).await;
     tracing::info!(%message_id, user_id = owner.as_deref().unwrap_or(""), stopped, "answer stopped from the admin page");
     Json(json!({ "ok": true, "stopped": stopped })).into_response()
@@ -256,15 +231,7 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| {
-                (
-                    http::HeaderName::from_static(k),
-                    HeaderValue::from_static(v),
-                )
-            })
-            .collect()
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
     }
 
     #[test]
@@ -275,27 +242,15 @@ mod tests {
             ("origin", "http://ops.example:8000"),
             ("sec-fetch-site", "same-origin")
         ])));
-        assert!(!same_origin(&headers(&[
-            ("host", "ops.example:8000"),
-            ("origin", "http://chat.example")
-        ])));
-        assert!(!same_origin(&headers(&[
-            ("host", "ops.example:8000"),
-            ("sec-fetch-site", "cross-site")
-        ])));
+        assert!(!same_origin(&headers(&[("host", "ops.example:8000"), ("origin", "http://chat.example")])));
+        assert!(!same_origin(&headers(&[("host", "ops.example:8000"), ("sec-fetch-site", "cross-site")])));
         assert!(!same_origin(&headers(&[("origin", "null")])));
     }
 
     #[test]
     fn basic_credentials_are_read_in_any_case_of_the_scheme() {
-        assert_eq!(
-            basic(&headers(&[("authorization", "basic b3BzOnM6M2NyZXQ=")])),
-            Some(("ops".into(), "s:3cret".into()))
-        );
-        assert_eq!(
-            basic(&headers(&[("authorization", "Bearer b3BzOnM6M2NyZXQ=")])),
-            None
-        );
+        assert_eq!(basic(&headers(&[("authorization", "basic b3BzOnM6M2NyZXQ=")])), Some(("ops".into(), "s:3cret".into())));
+        assert_eq!(basic(&headers(&[("authorization", "Bearer b3BzOnM6M2NyZXQ=")])), None);
         assert_eq!(basic(&headers(&[("authorization", "Basic !!!")])), None);
     }
 }

@@ -36,19 +36,14 @@ pub fn transport(socket: &SocketRef) -> &'static str {
 
 /// The client's address, as the accept loop saw it.
 pub fn address(parts: &http::request::Parts) -> Option<SocketAddr> {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)
 }
 
 /// Socket.IO's name for why a socket left.
 pub fn reason(reason: DisconnectReason) -> &'static str {
     match reason {
         DisconnectReason::TransportClose => "transport close",
-        DisconnectReason::MultipleHttpPollingError | DisconnectReason::TransportError => {
-            "transport error"
-        }
+        DisconnectReason::MultipleHttpPollingError | DisconnectReason::TransportError => "transport error",
         DisconnectReason::PacketParsingError => "parse error",
         DisconnectReason::HeartbeatTimeout => "ping timeout",
         DisconnectReason::ClientNSDisconnect => "client namespace disconnect",
@@ -60,60 +55,33 @@ pub fn reason(reason: DisconnectReason) -> &'static str {
 /// A socket of any namespace, as `all_sockets` and `socket_connected` carry it.
 pub fn socket(socket: &SocketRef) -> Value {
     let parts = socket.req_parts();
-    let connected_at = socket
-        .extensions
-        .get::<ConnectedAt>()
-        .map_or_else(SystemTime::now, |c| c.0);
+    let connected_at = socket.extensions.get::<ConnectedAt>().map_or_else(SystemTime::now, |c| c.0);
     let mut headers = Map::new();
     for (name, value) in &parts.headers {
-        let value = if SECRET_HEADERS.contains(&name.as_str()) {
-            REDACTED.into()
-        } else {
-            String::from_utf8_lossy(value.as_bytes()).into_owned()
-        };
+        let value =
+            if SECRET_HEADERS.contains(&name.as_str()) { REDACTED.into() } else { String::from_utf8_lossy(value.as_bytes()).into_owned() };
         headers.insert(name.as_str().to_owned(), Value::String(value));
     }
     // The query as sent, but for the token.
-    let pairs: Vec<(String, String)> =
-        form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
-            .map(|(k, v)| {
-                let v = if k == "token" {
-                    REDACTED.into()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
+        .map(|(k, v)| {
+            let v = if k == "token" { REDACTED.into() } else { v.into_owned() };
+            (k.into_owned(), v)
+        })
+        .collect();
     let url = match parts.uri.query() {
         None => parts.uri.path().to_owned(),
-        Some(_) => format!(
-            "{}?{}",
-            parts.uri.path(),
-            form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(&pairs)
-                .finish()
-        ),
+        Some(_) => format!("{}?{}", parts.uri.path(), form_urlencoded::Serializer::new(String::new()).extend_pairs(&pairs).finish()),
     };
-    let query: Map<String, Value> = pairs
-        .into_iter()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect();
+    let query: Map<String, Value> = pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
     let data = match socket.extensions.get::<User>() {
         Some(User(user)) => json!({ "user": user }),
         None => json!({}),
     };
     // Every socket is in a room of its own id, as in Node.js.
     let id = socket.id.to_string();
-    let rooms: Vec<String> = std::iter::once(id.clone())
-        .chain(
-            socket
-                .rooms()
-                .into_iter()
-                .map(|r| r.into_owned())
-                .filter(|r| *r != id),
-        )
-        .collect();
+    let rooms: Vec<String> =
+        std::iter::once(id.clone()).chain(socket.rooms().into_iter().map(|r| r.into_owned()).filter(|r| *r != id)).collect();
     json!({
         "id": id,
         "clientId": id,
@@ -140,9 +108,6 @@ mod tests {
 
     #[test]
     fn times_are_what_javascript_dates_serialize_to() {
-        assert_eq!(
-            iso(UNIX_EPOCH + std::time::Duration::from_millis(1_764_662_400_123)),
-            "2025-12-02T08:00:00.123Z"
-        );
+        assert_eq!(iso(UNIX_EPOCH + std::time::Duration::from_millis(1_764_662_400_123)), "2025-12-02T08:00:00.123Z");
     }
 }

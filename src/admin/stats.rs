@@ -45,8 +45,7 @@ struct Inner {
 }
 
 fn millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn since(now: Totals, baseline: Totals, at: SystemTime, running: usize) -> Sample {
@@ -62,9 +61,7 @@ fn since(now: Totals, baseline: Totals, at: SystemTime, running: usize) -> Sampl
 impl Ring {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Samples go in whole; a poisoned ring is still consistent.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Closes the second in progress with the counters `now`.
@@ -81,12 +78,7 @@ impl Ring {
     /// The kept seconds, oldest first, then the second in progress as of `now`.
     pub fn snapshot(&self, now: Totals, at: SystemTime, running: usize) -> Vec<Sample> {
         let inner = self.lock();
-        inner
-            .samples
-            .iter()
-            .copied()
-            .chain(std::iter::once(since(now, inner.baseline, at, running)))
-            .collect()
+        inner.samples.iter().copied().chain(std::iter::once(since(now, inner.baseline, at, running))).collect()
     }
 }
 
@@ -110,11 +102,7 @@ mod tests {
     use super::*;
 
     fn totals(tokens: u64, failed: u64) -> Totals {
-        Totals {
-            tokens,
-            failed,
-            refused: 0,
-        }
+        Totals { tokens, failed, refused: 0 }
     }
 
     #[test]
@@ -124,18 +112,8 @@ mod tests {
         ring.record(totals(5, 0), t0, 1);
         ring.record(totals(12, 1), t0 + INTERVAL, 1);
         let samples = ring.snapshot(totals(15, 1), t0 + Duration::from_millis(1500), 0);
-        let got: Vec<_> = samples
-            .iter()
-            .map(|s| (s.at, s.tokens, s.failed, s.running))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                (1_000_000, 5, 0, 1),
-                (1_001_000, 7, 1, 1),
-                (1_001_500, 3, 0, 0)
-            ]
-        );
+        let got: Vec<_> = samples.iter().map(|s| (s.at, s.tokens, s.failed, s.running)).collect();
+        assert_eq!(got, [(1_000_000, 5, 0, 1), (1_001_000, 7, 1, 1), (1_001_500, 3, 0, 0)]);
         assert_eq!(samples.iter().map(|s| s.tokens).sum::<u64>(), 15);
     }
 

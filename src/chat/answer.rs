@@ -93,11 +93,7 @@ pub enum StopReason {
 /// How an answer ended: the last entry of its log, and what its final event says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Final {
-    Complete {
-        model: String,
-        finish_reason: String,
-        usage: Usage,
-    },
+    Complete { model: String, finish_reason: String, usage: Usage },
     Stopped,
     Failed(ChatError),
 }
@@ -114,9 +110,6 @@ impl Final {
 
     /// The ending of an answer cut by the server's shutdown.
     pub fn shutdown() -> Self {
-        Self::Failed(ChatError::new(
-            ErrorCode::Unavailable,
-            "the server is restarting; the partial answer is stored",
-        ))
+        Self::Failed(ChatError::new(ErrorCode::Unavailable, "the server is restarting; the partial answer is stored"))
     }
 }

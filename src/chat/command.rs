@@ -29,10 +29,7 @@ impl StartCommand {
     /// Validates a raw payload for the token's `user`. Never panics, whatever the JSON.
     pub fn parse(payload: &Value, user: &str, config: &Config) -> Result<Self, ChatError> {
         let Value::Object(obj) = payload else {
-            return Err(ChatError::new(
-                ErrorCode::InvalidPayload,
-                "payload must be an object",
-            ));
+            return Err(ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"));
         };
         let field = |name: &str| obj.get(name).filter(|v| !v.is_null());
 
@@ -41,10 +38,7 @@ impl StartCommand {
             Some(Value::String(s)) if s == user => {}
             Some(Value::Number(n)) if n.to_string() == user => {}
             Some(Value::String(_) | Value::Number(_)) => {
-                return Err(ChatError::new(
-                    ErrorCode::Forbidden,
-                    "userId does not match the authenticated user",
-                ));
+                return Err(ChatError::new(ErrorCode::Forbidden, "userId does not match the authenticated user"));
             }
             Some(_) => return Err(wrong_type("userId", "a string")),
         }
@@ -52,28 +46,22 @@ impl StartCommand {
         let message = match field("message") {
             Some(Value::String(s)) if !s.trim().is_empty() => s,
             Some(Value::String(_)) | None => {
-                return Err(ChatError::new(
-                    ErrorCode::InvalidPayload,
-                    "message is required",
-                ));
+                return Err(ChatError::new(ErrorCode::InvalidPayload, "message is required"));
             }
             Some(_) => return Err(wrong_type("message", "a string")),
         };
         if too_long(message, config) {
             return Err(ChatError::new(
                 ErrorCode::MessageTooLong,
-                format!(
-                    "message is longer than {} characters",
-                    config.max_message_chars
-                ),
+                format!("message is longer than {} characters", config.max_message_chars),
             ));
         }
 
         let conversation_id = match field("conversationId") {
             None => None,
-            Some(Value::String(s)) => Some(Uuid::try_parse(s).map_err(|_| {
-                ChatError::new(ErrorCode::InvalidParams, "conversationId is not a UUID")
-            })?),
+            Some(Value::String(s)) => {
+                Some(Uuid::try_parse(s).map_err(|_| ChatError::new(ErrorCode::InvalidParams, "conversationId is not a UUID"))?)
+            }
             Some(_) => return Err(wrong_type("conversationId", "a string")),
         };
 
@@ -81,18 +69,12 @@ impl StartCommand {
             None => config.default_model.clone(),
             Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_MODEL_NAME => s.clone(),
             Some(Value::String(_)) => {
-                return Err(ChatError::new(
-                    ErrorCode::InvalidModel,
-                    "model name is empty or too long",
-                ));
+                return Err(ChatError::new(ErrorCode::InvalidModel, "model name is empty or too long"));
             }
             Some(_) => return Err(wrong_type("model", "a string")),
         };
         if !config.allowed_models.is_empty() && !config.allowed_models.contains(&model) {
-            return Err(ChatError::new(
-                ErrorCode::InvalidModel,
-                "model is not allowed",
-            ));
+            return Err(ChatError::new(ErrorCode::InvalidModel, "model is not allowed"));
         }
 
         let max_tokens = match field("maxTokens") {
@@ -102,13 +84,7 @@ impl StartCommand {
                 .filter(|&t| t >= 1 && t <= u64::from(config.max_tokens_limit))
                 .and_then(|t| u32::try_from(t).ok())
                 .ok_or_else(|| {
-                    ChatError::new(
-                        ErrorCode::InvalidParams,
-                        format!(
-                            "maxTokens must be an integer from 1 to {}",
-                            config.max_tokens_limit
-                        ),
-                    )
+                    ChatError::new(ErrorCode::InvalidParams, format!("maxTokens must be an integer from 1 to {}", config.max_tokens_limit))
                 })?,
             Some(_) => return Err(wrong_type("maxTokens", "a number")),
         };
@@ -119,17 +95,13 @@ impl StartCommand {
                 .as_f64()
                 .filter(|t| (0.0..=2.0).contains(t))
                 .map(|t| t as f32)
-                .ok_or_else(|| {
-                    ChatError::new(ErrorCode::InvalidParams, "temperature must be from 0 to 2")
-                })?,
+                .ok_or_else(|| ChatError::new(ErrorCode::InvalidParams, "temperature must be from 0 to 2"))?,
             Some(_) => return Err(wrong_type("temperature", "a number")),
         };
 
         let client_message_id = match field("clientMessageId") {
             None => None,
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_CLIENT_MESSAGE_ID => {
-                Some(super::text::storable(s).into_owned())
-            }
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_CLIENT_MESSAGE_ID => Some(super::text::storable(s).into_owned()),
             Some(Value::String(_)) => {
                 return Err(ChatError::new(
                     ErrorCode::InvalidParams,
@@ -142,19 +114,11 @@ impl StartCommand {
         let system_prompt = match field("systemPrompt") {
             None => None,
             Some(_) if !config.allow_client_system_prompt => {
-                return Err(ChatError::new(
-                    ErrorCode::Forbidden,
-                    "systemPrompt is not allowed on this server",
-                ));
+                return Err(ChatError::new(ErrorCode::Forbidden, "systemPrompt is not allowed on this server"));
             }
-            Some(Value::String(s)) if !too_long(s, config) => {
-                Some(s.clone()).filter(|s| !s.trim().is_empty())
-            }
+            Some(Value::String(s)) if !too_long(s, config) => Some(s.clone()).filter(|s| !s.trim().is_empty()),
             Some(Value::String(_)) => {
-                return Err(ChatError::new(
-                    ErrorCode::MessageTooLong,
-                    "systemPrompt is too long",
-                ));
+                return Err(ChatError::new(ErrorCode::MessageTooLong, "systemPrompt is too long"));
             }
             Some(_) => return Err(wrong_type("systemPrompt", "a string")),
         };
@@ -180,10 +144,7 @@ fn too_long(text: &str, config: &Config) -> bool {
 
 /// A field of the wrong JSON type.
 pub(crate) fn wrong_type(field: &str, expected: &str) -> ChatError {
-    ChatError::new(
-        ErrorCode::InvalidPayload,
-        format!("{field} must be {expected}"),
-    )
+    ChatError::new(ErrorCode::InvalidPayload, format!("{field} must be {expected}"))
 }
 
 #[cfg(test)]
@@ -201,12 +162,7 @@ mod tests {
 
     #[test]
     fn defaults_fill_what_the_client_left_out() {
-        let r = StartCommand::parse(
-            &json!({"message": "hi", "conversationId": null, "userId": "u1"}),
-            "u1",
-            &config(),
-        )
-        .unwrap();
+        let r = StartCommand::parse(&json!({"message": "hi", "conversationId": null, "userId": "u1"}), "u1", &config()).unwrap();
         assert_eq!(r.model, "gpt-4");
         assert_eq!(r.max_tokens, 4096);
         assert_eq!(r.temperature, 0.7);
@@ -219,65 +175,26 @@ mod tests {
         assert_eq!(code(json!({})), ErrorCode::InvalidPayload);
         assert_eq!(code(json!({"message": "  "})), ErrorCode::InvalidPayload);
         assert_eq!(code(json!({"message": 3})), ErrorCode::InvalidPayload);
-        assert_eq!(
-            code(json!({"message": "x".repeat(32_001)})),
-            ErrorCode::MessageTooLong
-        );
-        assert_eq!(
-            code(json!({"message": "hi", "conversationId": "nope"})),
-            ErrorCode::InvalidParams
-        );
-        assert_eq!(
-            code(json!({"message": "hi", "temperature": 2.5})),
-            ErrorCode::InvalidParams
-        );
-        assert_eq!(
-            code(json!({"message": "hi", "temperature": "hot"})),
-            ErrorCode::InvalidPayload
-        );
-        assert_eq!(
-            code(json!({"message": "hi", "maxTokens": 0})),
-            ErrorCode::InvalidParams
-        );
-        assert_eq!(
-            code(json!({"message": "hi", "maxTokens": 1.5})),
-            ErrorCode::InvalidParams
-        );
-        assert_eq!(
-            code(json!({"message": "hi", "userId": "u2"})),
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            code(json!({"message": "hi", "userId": {}})),
-            ErrorCode::InvalidPayload
-        );
-        assert_eq!(
-            code(json!({"message": "hi", "clientMessageId": "k".repeat(65)})),
-            ErrorCode::InvalidParams
-        );
+        assert_eq!(code(json!({"message": "x".repeat(32_001)})), ErrorCode::MessageTooLong);
+        assert_eq!(code(json!({"message": "hi", "conversationId": "nope"})), ErrorCode::InvalidParams);
+        assert_eq!(code(json!({"message": "hi", "temperature": 2.5})), ErrorCode::InvalidParams);
+        assert_eq!(code(json!({"message": "hi", "temperature": "hot"})), ErrorCode::InvalidPayload);
+        assert_eq!(code(json!({"message": "hi", "maxTokens": 0})), ErrorCode::InvalidParams);
+        assert_eq!(code(json!({"message": "hi", "maxTokens": 1.5})), ErrorCode::InvalidParams);
+        assert_eq!(code(json!({"message": "hi", "userId": "u2"})), ErrorCode::Forbidden);
+        assert_eq!(code(json!({"message": "hi", "userId": {}})), ErrorCode::InvalidPayload);
+        assert_eq!(code(json!({"message": "hi", "clientMessageId": "k".repeat(65)})), ErrorCode::InvalidParams);
     }
 
     #[test]
     fn a_client_system_prompt_is_forbidden_when_switched_off() {
         let mut off = config();
         off.allow_client_system_prompt = false;
-        let e = StartCommand::parse(
-            &json!({"message": "hi", "systemPrompt": "be a pirate"}),
-            "u1",
-            &off,
-        )
-        .unwrap_err();
+        let e = StartCommand::parse(&json!({"message": "hi", "systemPrompt": "be a pirate"}), "u1", &off).unwrap_err();
         assert_eq!(e.code, ErrorCode::Forbidden);
         assert!(StartCommand::parse(&json!({"message": "hi"}), "u1", &off).is_ok());
         assert_eq!(
-            StartCommand::parse(
-                &json!({"message": "hi", "systemPrompt": "x"}),
-                "u1",
-                &config()
-            )
-            .unwrap()
-            .system_prompt
-            .as_deref(),
+            StartCommand::parse(&json!({"message": "hi", "systemPrompt": "x"}), "u1", &config()).unwrap().system_prompt.as_deref(),
             Some("x")
         );
     }
@@ -286,41 +203,21 @@ mod tests {
     fn the_length_limits_count_utf16_units() {
         let mut small = config();
         small.max_message_chars = 4;
-        let parse = |v: Value| {
-            StartCommand::parse(&v, "u1", &small)
-                .map(|_| ())
-                .map_err(|e| e.code)
-        };
+        let parse = |v: Value| StartCommand::parse(&v, "u1", &small).map(|_| ()).map_err(|e| e.code);
         assert_eq!(parse(json!({"message": "😀😀"})), Ok(()));
-        assert_eq!(
-            parse(json!({"message": "😀😀x"})),
-            Err(ErrorCode::MessageTooLong)
-        );
-        assert_eq!(
-            parse(json!({"message": "hi", "systemPrompt": "😀😀"})),
-            Ok(())
-        );
-        assert_eq!(
-            parse(json!({"message": "hi", "systemPrompt": "😀😀x"})),
-            Err(ErrorCode::MessageTooLong)
-        );
+        assert_eq!(parse(json!({"message": "😀😀x"})), Err(ErrorCode::MessageTooLong));
+        assert_eq!(parse(json!({"message": "hi", "systemPrompt": "😀😀"})), Ok(()));
+        assert_eq!(parse(json!({"message": "hi", "systemPrompt": "😀😀x"})), Err(ErrorCode::MessageTooLong));
     }
 
     #[test]
     fn numeric_user_ids_match_their_string_form() {
-        assert!(
-            StartCommand::parse(&json!({"message": "hi", "userId": 42}), "42", &config()).is_ok()
-        );
+        assert!(StartCommand::parse(&json!({"message": "hi", "userId": 42}), "42", &config()).is_ok());
     }
 
     #[test]
     fn temperature_reaches_the_upstream_as_written() {
-        let r = StartCommand::parse(
-            &json!({"message": "hi", "temperature": 0.3}),
-            "u1",
-            &config(),
-        )
-        .unwrap();
+        let r = StartCommand::parse(&json!({"message": "hi", "temperature": 0.3}), "u1", &config()).unwrap();
         assert_eq!(serde_json::to_string(&r.temperature).unwrap(), "0.3");
     }
 }
@@ -346,8 +243,7 @@ pub(crate) mod fuzz {
         leaf.prop_recursive(4, 64, 8, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
-                prop::collection::vec((field_name(), inner), 0..8)
-                    .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
+                prop::collection::vec((field_name(), inner), 0..8).prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
             ]
         })
     }

@@ -75,10 +75,7 @@ impl ErrorCode {
     /// The HTTP status an HTTP wire answers with for this code.
     pub fn http_status(self) -> u16 {
         match self {
-            Self::InvalidPayload
-            | Self::InvalidParams
-            | Self::InvalidModel
-            | Self::MessageTooLong => 400,
+            Self::InvalidPayload | Self::InvalidParams | Self::InvalidModel | Self::MessageTooLong => 400,
             Self::Unauthorized | Self::TokenExpired => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
@@ -129,10 +126,7 @@ pub struct ChatError {
 impl ChatError {
     /// An error with a specific, client-safe message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 
     /// An error with the code's default message.

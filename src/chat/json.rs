@@ -82,20 +82,14 @@ fn repair(text: &str) -> Cow<'_, str> {
             }
             b'-' | b'0'..=b'9' => {
                 let start = i;
-                while i < bytes.len()
-                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-                {
+                while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
                     i += 1;
                 }
                 let token = &text[start..i];
                 if token.parse::<f64>().is_ok_and(f64::is_infinite) {
                     let s = out.get_or_insert_with(|| String::with_capacity(text.len()));
                     s.push_str(&text[copied..start]);
-                    s.push_str(if token.starts_with('-') {
-                        "-1.7976931348623157e308"
-                    } else {
-                        "1.7976931348623157e308"
-                    });
+                    s.push_str(if token.starts_with('-') { "-1.7976931348623157e308" } else { "1.7976931348623157e308" });
                     copied = i;
                 }
             }
@@ -126,50 +120,24 @@ mod tests {
 
     #[test]
     fn lone_surrogates_read_as_the_replacement_character() {
-        assert_eq!(
-            parse_lenient(r#"{"message":"cut \ud83d"}"#).unwrap(),
-            json!({"message": "cut \u{FFFD}"})
-        );
-        assert_eq!(
-            parse_lenient(r#"["\ude00x", "\ud83d\ud83d"]"#).unwrap(),
-            json!(["\u{FFFD}x", "\u{FFFD}\u{FFFD}"])
-        );
+        assert_eq!(parse_lenient(r#"{"message":"cut \ud83d"}"#).unwrap(), json!({"message": "cut \u{FFFD}"}));
+        assert_eq!(parse_lenient(r#"["\ude00x", "\ud83d\ud83d"]"#).unwrap(), json!(["\u{FFFD}x", "\u{FFFD}\u{FFFD}"]));
         // A whole pair stays the character it encodes.
-        assert_eq!(
-            parse_lenient(r#"["\ud83d\ude00", "\ud83d"]"#).unwrap(),
-            json!(["😀", "\u{FFFD}"])
-        );
+        assert_eq!(parse_lenient(r#"["\ud83d\ude00", "\ud83d"]"#).unwrap(), json!(["😀", "\u{FFFD}"]));
         // An escaped backslash before `u` is not an escape.
-        assert_eq!(
-            parse_lenient(r#"["\\ud83d", "\ud83d"]"#).unwrap(),
-            json!(["\\ud83d", "\u{FFFD}"])
-        );
+        assert_eq!(parse_lenient(r#"["\\ud83d", "\ud83d"]"#).unwrap(), json!(["\\ud83d", "\u{FFFD}"]));
     }
 
     #[test]
     fn numbers_beyond_f64_read_as_the_largest_finite_ones() {
-        assert_eq!(
-            parse_lenient(r#"{"temperature":1e400,"t":"1e400"}"#).unwrap(),
-            json!({"temperature": f64::MAX, "t": "1e400"})
-        );
+        assert_eq!(parse_lenient(r#"{"temperature":1e400,"t":"1e400"}"#).unwrap(), json!({"temperature": f64::MAX, "t": "1e400"}));
         assert_eq!(parse_lenient(r#"[-1E+400]"#).unwrap(), json!([f64::MIN]));
-        assert_eq!(
-            parse_lenient(&format!("[{}]", "9".repeat(400))).unwrap(),
-            json!([f64::MAX])
-        );
+        assert_eq!(parse_lenient(&format!("[{}]", "9".repeat(400))).unwrap(), json!([f64::MAX]));
     }
 
     #[test]
     fn other_mistakes_stay_mistakes() {
-        for bad in [
-            "{",
-            r#"{"a":}"#,
-            r#"["\ud83d"#,
-            "[1e]",
-            r#"["\u12"]"#,
-            "",
-            "nul",
-        ] {
+        for bad in ["{", r#"{"a":}"#, r#"["\ud83d"#, "[1e]", r#"["\u12"]"#, "", "nul"] {
             assert!(parse_lenient(bad).is_err(), "{bad}");
         }
         assert!(parse_lenient_bytes(b"[\"\xff\"]").is_err());

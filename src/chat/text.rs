@@ -42,11 +42,7 @@ pub const NUL_REPLACEMENT: char = '\u{FFFD}';
 
 /// `text` as it is stored: every U+0000 replaced by [`NUL_REPLACEMENT`].
 pub fn storable(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains('\0') {
-        text.replace('\0', "\u{FFFD}").into()
-    } else {
-        text.into()
-    }
+    if text.contains('\0') { text.replace('\0', "\u{FFFD}").into() } else { text.into() }
 }
 
 #[cfg(test)]
@@ -56,10 +52,7 @@ mod tests {
     #[test]
     fn nul_is_replaced_one_unit_for_one() {
         assert_eq!(storable("a\0b\0"), "a\u{FFFD}b\u{FFFD}");
-        assert!(matches!(
-            storable("plain"),
-            std::borrow::Cow::Borrowed("plain")
-        ));
+        assert!(matches!(storable("plain"), std::borrow::Cow::Borrowed("plain")));
         assert_eq!(utf16_len(&storable("a\0b")), utf16_len("a\0b"));
     }
 
@@ -74,11 +67,7 @@ mod tests {
         let text = "a😀é";
         assert_eq!(byte_index(text, 0), (0, 0));
         assert_eq!(byte_index(text, 1), (1, 1));
-        assert_eq!(
-            byte_index(text, 2),
-            (1, 1),
-            "inside a surrogate pair: back to its start"
-        );
+        assert_eq!(byte_index(text, 2), (1, 1), "inside a surrogate pair: back to its start");
         assert_eq!(byte_index(text, 3), (5, 3));
         assert_eq!(byte_index(text, 4), (7, 4));
         assert_eq!(byte_index(text, 99), (7, 4));
@@ -88,11 +77,7 @@ mod tests {
     fn prefixes_end_on_character_boundaries() {
         assert_eq!(prefix_within("abc", 8), "abc");
         assert_eq!(prefix_within("a😀b", 3), "a");
-        assert_eq!(
-            prefix_within("😀b", 2),
-            "😀",
-            "one whole character at least"
-        );
+        assert_eq!(prefix_within("😀b", 2), "😀", "one whole character at least");
         assert_eq!(prefix_within("ab😀", 6), "ab😀");
     }
 }

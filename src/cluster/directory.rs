@@ -112,12 +112,7 @@ pub(super) fn started_in(
 #[async_trait]
 pub trait Directory: Send + Sync {
     /// Claims `connection` for a new answer of `user`, who may run at most `limit` at once.
-    async fn claim(
-        &self,
-        connection: &ConnectionId,
-        user: &str,
-        limit: usize,
-    ) -> Result<Claim, ClaimRefused>;
+    async fn claim(&self, connection: &ConnectionId, user: &str, limit: usize) -> Result<Claim, ClaimRefused>;
     /// Lists a running answer until the returned registration is dropped.
     async fn register(&self, answer: RunningAnswer, stop: Arc<StopHandle>) -> Registration;
     /// A running answer by message id.

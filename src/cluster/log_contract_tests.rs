@@ -10,11 +10,7 @@ use super::log::{AnswerLogs, Ending, Entry, LogReader};
 use crate::chat::{ChatError, ErrorCode, Final, text};
 
 pub(super) fn ending(content: &str, outcome: Final) -> Ending {
-    Ending {
-        outcome,
-        content: content.to_owned(),
-        length: text::utf16_len(content),
-    }
+    Ending { outcome, content: content.to_owned(), length: text::utf16_len(content) }
 }
 
 /// Reads to the final entry: the text read (checked for no gap, no overlap) and the ending.
@@ -22,10 +18,7 @@ pub(super) async fn read_to_end(reader: &mut dyn LogReader, from: u64) -> (Strin
     let mut read = String::new();
     let mut expected = from;
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), reader.next(1024))
-            .await
-            .expect("the log went silent")
-        {
+        match tokio::time::timeout(Duration::from_secs(10), reader.next(1024)).await.expect("the log went silent") {
             Some(Entry::Text { text, offset, end }) => {
                 assert_eq!(offset, expected, "no gap, no overlap");
                 assert_eq!(end, offset + text::utf16_len(&text));
@@ -40,10 +33,7 @@ pub(super) async fn read_to_end(reader: &mut dyn LogReader, from: u64) -> (Strin
 
 /// Readers at any offset (inside a surrogate pair, past the end) read exactly their rest,
 /// then the one final entry, whose content is the whole answer.
-pub(super) async fn every_reader_reads_its_rest_then_the_final_entry(
-    w: &dyn AnswerLogs,
-    r: &dyn AnswerLogs,
-) {
+pub(super) async fn every_reader_reads_its_rest_then_the_final_entry(w: &dyn AnswerLogs, r: &dyn AnswerLogs) {
     let id = Uuid::now_v7();
     let mut writer = w.create(id);
     assert_eq!(writer.append("Hello, "), 7);
@@ -52,44 +42,21 @@ pub(super) async fn every_reader_reads_its_rest_then_the_final_entry(
     let mut from_start = r.open(id, 0).await.expect("a running log opens");
     let mut in_pair = r.open(id, 14).await.unwrap();
     let mut past = r.open(id, 99).await.unwrap();
-    assert_eq!(
-        in_pair.offset(),
-        13,
-        "offset 14 is inside the emoji: moved back to its start"
-    );
+    assert_eq!(in_pair.offset(), 13, "offset 14 is inside the emoji: moved back to its start");
     assert!(past.offset() <= 15, "clamped to the text");
     writer.append("!");
     let whole = "Hello, world 😀!";
     let stopped = ending(whole, Final::Stopped);
     writer.finish(stopped.clone());
-    assert_eq!(
-        writer.append(" more"),
-        16,
-        "appends after the end are ignored"
-    );
-    assert_eq!(
-        writer.text(),
-        whole,
-        "the writer still gives the whole text"
-    );
-    writer.finish(ending(
-        "other",
-        Final::Failed(ChatError::code(ErrorCode::Internal)),
-    ));
+    assert_eq!(writer.append(" more"), 16, "appends after the end are ignored");
+    assert_eq!(writer.text(), whole, "the writer still gives the whole text");
+    writer.finish(ending("other", Final::Failed(ChatError::code(ErrorCode::Internal))));
     let (read, end) = read_to_end(from_start.as_mut(), 0).await;
-    assert_eq!(
-        (read.as_str(), &*end),
-        (whole, &stopped),
-        "the whole text, then exactly one final entry, the first"
-    );
-    assert!(
-        from_start.next(1024).await.is_none(),
-        "nothing after the final entry"
-    );
+    assert_eq!((read.as_str(), &*end), (whole, &stopped), "the whole text, then exactly one final entry, the first");
+    assert!(from_start.next(1024).await.is_none(), "nothing after the final entry");
     assert_eq!(read_to_end(in_pair.as_mut(), 13).await.0, "😀!");
     let at = past.offset();
-    let rest =
-        String::from_utf16_lossy(&whole.encode_utf16().skip(at as usize).collect::<Vec<_>>());
+    let rest = String::from_utf16_lossy(&whole.encode_utf16().skip(at as usize).collect::<Vec<_>>());
     assert_eq!(read_to_end(past.as_mut(), at).await.0, rest);
 }
 
@@ -106,10 +73,7 @@ pub(super) async fn settled(r: &dyn AnswerLogs, id: Uuid, length: u64) {
 }
 
 /// A reader that attaches while appends are under way reads exactly the rest.
-pub(super) async fn a_reader_attached_mid_answer_sees_no_gap_and_no_duplicate(
-    w: Arc<dyn AnswerLogs>,
-    r: &dyn AnswerLogs,
-) {
+pub(super) async fn a_reader_attached_mid_answer_sees_no_gap_and_no_duplicate(w: Arc<dyn AnswerLogs>, r: &dyn AnswerLogs) {
     let id = Uuid::now_v7();
     let mut writer = w.create(id);
     let words: Vec<String> = (0..200).map(|i| format!("w{i} ")).collect();

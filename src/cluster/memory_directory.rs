@@ -11,9 +11,7 @@ use futures::{StreamExt, stream::BoxStream};
 use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
-use super::directory::{
-    Claim, ClaimRefused, Directory, Guard, Registration, RunningAnswer, StopHandle,
-};
+use super::directory::{Claim, ClaimRefused, Directory, Guard, Registration, RunningAnswer, StopHandle};
 use crate::chat::{ConnectionId, StopReason};
 
 /// Answer starts queued for slow followers before they skip some (they re-list then).
@@ -39,19 +37,13 @@ struct Inner {
 
 impl Default for MemoryDirectory {
     fn default() -> Self {
-        Self {
-            inner: Arc::default(),
-            ended: Arc::default(),
-            starts: broadcast::channel(STARTS_BUFFER).0,
-        }
+        Self { inner: Arc::default(), ended: Arc::default(), starts: broadcast::channel(STARTS_BUFFER).0 }
     }
 }
 
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     // A panic while holding this lock cannot leave the maps inconsistent; keep serving.
-    inner
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MemoryDirectory {
@@ -60,23 +52,12 @@ impl MemoryDirectory {
     pub(super) fn snapshot(&self) -> (Vec<RunningAnswer>, Vec<(String, usize)>) {
         let inner = lock(&self.inner);
         let answers = inner.answers.values().map(|(a, _)| a.clone()).collect();
-        (
-            answers,
-            inner
-                .per_user
-                .iter()
-                .map(|(u, n)| (u.clone(), *n))
-                .collect(),
-        )
+        (answers, inner.per_user.iter().map(|(u, n)| (u.clone(), *n)).collect())
     }
 
     fn running_in(&self, conversation_id: Uuid) -> Vec<RunningAnswer> {
-        let mut found: Vec<_> = lock(&self.inner)
-            .answers
-            .values()
-            .map(|(a, _)| a.clone())
-            .filter(|a| a.ids.conversation_id == conversation_id)
-            .collect();
+        let mut found: Vec<_> =
+            lock(&self.inner).answers.values().map(|(a, _)| a.clone()).filter(|a| a.ids.conversation_id == conversation_id).collect();
         found.sort_by_key(|a| a.ids.message_id);
         found
     }
@@ -84,12 +65,7 @@ impl MemoryDirectory {
 
 #[async_trait]
 impl Directory for MemoryDirectory {
-    async fn claim(
-        &self,
-        connection: &ConnectionId,
-        user: &str,
-        limit: usize,
-    ) -> Result<Claim, ClaimRefused> {
+    async fn claim(&self, connection: &ConnectionId, user: &str, limit: usize) -> Result<Claim, ClaimRefused> {
         let mut inner = lock(&self.inner);
         if inner.connections.contains_key(connection) {
             return Err(ClaimRefused::Busy);
@@ -132,20 +108,11 @@ impl Directory for MemoryDirectory {
     }
 
     async fn get(&self, message_id: Uuid) -> Option<RunningAnswer> {
-        lock(&self.inner)
-            .answers
-            .get(&message_id)
-            .map(|(a, _)| a.clone())
+        lock(&self.inner).answers.get(&message_id).map(|(a, _)| a.clone())
     }
 
     async fn of_user(&self, user: &str) -> Vec<RunningAnswer> {
-        let mut found: Vec<_> = lock(&self.inner)
-            .answers
-            .values()
-            .map(|(a, _)| a)
-            .filter(|a| a.user_id == user)
-            .cloned()
-            .collect();
+        let mut found: Vec<_> = lock(&self.inner).answers.values().map(|(a, _)| a).filter(|a| a.user_id == user).cloned().collect();
         found.sort_by_key(|a| a.ids.message_id);
         found
     }
@@ -157,10 +124,7 @@ impl Directory for MemoryDirectory {
     }
 
     async fn stop(&self, message_id: Uuid, reason: StopReason) -> bool {
-        let handle = lock(&self.inner)
-            .answers
-            .get(&message_id)
-            .map(|(_, h)| h.clone());
+        let handle = lock(&self.inner).answers.get(&message_id).map(|(_, h)| h.clone());
         handle.map(|h| h.stop(reason)).is_some()
     }
 
@@ -208,10 +172,7 @@ mod tests {
 
     fn answer(conversation_id: Uuid, connection: &ConnectionId) -> RunningAnswer {
         RunningAnswer {
-            ids: AnswerIds {
-                message_id: Uuid::now_v7(),
-                conversation_id,
-            },
+            ids: AnswerIds { message_id: Uuid::now_v7(), conversation_id },
             user_id: "u".into(),
             connection: connection.clone(),
         }
@@ -222,9 +183,7 @@ mod tests {
         let directory = Arc::new(MemoryDirectory::default());
         let connection = ConnectionId::new("test", 1);
         let claim = directory.claim(&connection, "u", 3).await.unwrap();
-        let registration = directory
-            .register(answer(Uuid::now_v7(), &connection), Arc::default())
-            .await;
+        let registration = directory.register(answer(Uuid::now_v7(), &connection), Arc::default()).await;
         assert_eq!((directory.local_count(), directory.local_users()), (1, 1));
         let task = tokio::spawn(async move {
             let _held = (claim, registration);
@@ -233,30 +192,17 @@ mod tests {
         assert!(task.await.unwrap_err().is_panic());
         assert_eq!((directory.local_count(), directory.local_users()), (0, 0));
         assert!(directory.of_connection(&connection).await.is_none());
-        assert!(
-            directory.claim(&connection, "u", 1).await.is_ok(),
-            "the connection is free again"
-        );
+        assert!(directory.claim(&connection, "u", 1).await.is_ok(), "the connection is free again");
     }
 
     #[tokio::test]
     async fn claims_are_one_per_connection_and_limited_per_user() {
         let directory = MemoryDirectory::default();
-        let (a, b, c) = (
-            ConnectionId::new("t", "a"),
-            ConnectionId::new("t", "b"),
-            ConnectionId::new("t", "c"),
-        );
+        let (a, b, c) = (ConnectionId::new("t", "a"), ConnectionId::new("t", "b"), ConnectionId::new("t", "c"));
         let _first = directory.claim(&a, "u", 2).await.unwrap();
-        assert_eq!(
-            directory.claim(&a, "u", 2).await.err(),
-            Some(ClaimRefused::Busy)
-        );
+        assert_eq!(directory.claim(&a, "u", 2).await.err(), Some(ClaimRefused::Busy));
         let _second = directory.claim(&b, "u", 2).await.unwrap();
-        assert_eq!(
-            directory.claim(&c, "u", 2).await.err(),
-            Some(ClaimRefused::UserLimit)
-        );
+        assert_eq!(directory.claim(&c, "u", 2).await.err(), Some(ClaimRefused::UserLimit));
         assert!(directory.claim(&c, "someone else", 2).await.is_ok());
     }
 
@@ -268,9 +214,7 @@ mod tests {
         let first = answer(conversation, &connection);
         let _r1 = directory.register(first.clone(), Arc::default()).await;
         let mut follow = directory.follow(conversation);
-        let _r2 = directory
-            .register(answer(other, &connection), Arc::default())
-            .await;
+        let _r2 = directory.register(answer(other, &connection), Arc::default()).await;
         let third = answer(conversation, &connection);
         let _r3 = directory.register(third.clone(), Arc::default()).await;
         assert_eq!(follow.next().await, Some(first));

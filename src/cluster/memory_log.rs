@@ -50,18 +50,11 @@ impl AnswerLogs for MemoryLogs {
     fn create(&self, message_id: Uuid) -> Box<dyn LogWriter> {
         let (tx, rx) = watch::channel(LogState::default());
         lock(&self.logs).insert(message_id, rx);
-        Box::new(MemoryWriter {
-            tx,
-            message_id,
-            logs: self.logs.clone(),
-        })
+        Box::new(MemoryWriter { tx, message_id, logs: self.logs.clone() })
     }
 
     async fn open(&self, message_id: Uuid, offset: u64) -> Option<Box<dyn LogReader>> {
-        Some(Box::new(MemoryReader::new(
-            self.receiver(message_id)?,
-            offset,
-        )))
+        Some(Box::new(MemoryReader::new(self.receiver(message_id)?, offset)))
     }
 
     async fn length(&self, message_id: Uuid) -> Option<u64> {
@@ -134,12 +127,7 @@ impl MemoryReader {
             let log = rx.borrow();
             text::byte_index(current_text(&log), offset)
         };
-        Self {
-            rx,
-            byte,
-            offset,
-            done: false,
-        }
+        Self { rx, byte, offset, done: false }
     }
 
     /// What is there to read now, if anything.
@@ -154,11 +142,7 @@ impl MemoryReader {
             let offset = self.offset;
             self.byte += chunk.len();
             self.offset += text::utf16_len(&chunk);
-            return Some(Entry::Text {
-                text: chunk,
-                offset,
-                end: self.offset,
-            });
+            return Some(Entry::Text { text: chunk, offset, end: self.offset });
         }
         let ending = log.ending.clone()?;
         drop(log);
@@ -195,11 +179,7 @@ impl LogReader for MemoryReader {
                 let content = current_text(&self.rx.borrow()).to_owned();
                 let length = text::utf16_len(&content);
                 let outcome = Final::Failed(ChatError::code(ErrorCode::Internal));
-                return Some(Entry::Final(Arc::new(Ending {
-                    outcome,
-                    content,
-                    length,
-                })));
+                return Some(Entry::Final(Arc::new(Ending { outcome, content, length })));
             }
         }
     }

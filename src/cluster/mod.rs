@@ -18,9 +18,7 @@ mod redis_log;
 mod redis_mirror;
 mod redis_nodes;
 
-pub use directory::{
-    Claim, ClaimRefused, Directory, Orphan, Registration, RunningAnswer, StopHandle,
-};
+pub use directory::{Claim, ClaimRefused, Directory, Orphan, Registration, RunningAnswer, StopHandle};
 pub use log::{AnswerLogs, Ending, Entry, LogReader, LogWriter};
 pub use memory_directory::MemoryDirectory;
 pub use memory_log::MemoryLogs;

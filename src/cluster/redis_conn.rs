@@ -40,13 +40,8 @@ impl Redis {
     /// Connects lazily: a node starts while Redis is down and reports it as unreachable.
     pub fn open(url: &str) -> RedisResult<Self> {
         let client = Client::open(url)?;
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_config(CALL_TIMEOUT))?;
-        Ok(Self {
-            conn,
-            client,
-            commands: Counter::default(),
-        })
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config(CALL_TIMEOUT))?;
+        Ok(Self { conn, client, commands: Counter::default() })
     }
 
     /// Counts this node's round trips into `commands` (the metrics registry's counter).
@@ -62,27 +57,16 @@ impl Redis {
 
     /// A connection of its own with a longer response timeout, for blocking reads.
     pub fn dedicated(&self, response_timeout: Duration) -> RedisResult<ConnectionManager> {
-        ConnectionManager::new_lazy_with_config(
-            self.client.clone(),
-            manager_config(response_timeout),
-        )
+        ConnectionManager::new_lazy_with_config(self.client.clone(), manager_config(response_timeout))
     }
 
     /// A RESP3 connection that delivers pub/sub messages to `sender` and subscribes again
     /// after each reconnect.
-    pub fn subscriber(
-        &self,
-        sender: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
-    ) -> RedisResult<ConnectionManager> {
+    pub fn subscriber(&self, sender: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>) -> RedisResult<ConnectionManager> {
         let info = self.client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
+        let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
         let client = Client::open(info.set_redis_settings(settings))?;
-        let config = manager_config(CALL_TIMEOUT)
-            .set_push_sender(sender)
-            .set_automatic_resubscription();
+        let config = manager_config(CALL_TIMEOUT).set_push_sender(sender).set_automatic_resubscription();
         ConnectionManager::new_lazy_with_config(client, config)
     }
 
@@ -92,20 +76,14 @@ impl Redis {
     }
 
     /// Runs one command within [`CALL_TIMEOUT`].
-    pub async fn query<T: redis::FromRedisValue>(
-        &self,
-        cmd: &redis::Cmd,
-    ) -> Result<T, RedisFailure> {
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisFailure> {
         let mut conn = self.conn.clone();
         self.count();
         bounded(cmd.query_async(&mut conn)).await
     }
 
     /// Runs a pipeline within [`CALL_TIMEOUT`].
-    pub async fn pipe<T: redis::FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, RedisFailure> {
+    pub async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, RedisFailure> {
         let mut conn = self.conn.clone();
         self.count();
         bounded(pipe.query_async(&mut conn)).await
@@ -189,11 +167,7 @@ pub mod keys {
 /// The final entry's `f` field: how the answer ended (its text is the log's text).
 pub fn encode_final(outcome: &Final) -> String {
     match outcome {
-        Final::Complete {
-            model,
-            finish_reason,
-            usage,
-        } => json!({
+        Final::Complete { model, finish_reason, usage } => json!({
             "kind": "complete", "model": model, "finishReason": finish_reason,
             "usage": [usage.prompt_tokens, usage.completion_tokens, usage.total_tokens],
         }),
@@ -211,22 +185,9 @@ pub fn decode_final(raw: &str) -> Final {
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
     match v["kind"].as_str() {
         Some("complete") => {
-            let n = |i: usize| {
-                v["usage"][i]
-                    .as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .unwrap_or_default()
-            };
-            let usage = Usage {
-                prompt_tokens: n(0),
-                completion_tokens: n(1),
-                total_tokens: n(2),
-            };
-            Final::Complete {
-                model: s("model"),
-                finish_reason: s("finishReason"),
-                usage,
-            }
+            let n = |i: usize| v["usage"][i].as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or_default();
+            let usage = Usage { prompt_tokens: n(0), completion_tokens: n(1), total_tokens: n(2) };
+            Final::Complete { model: s("model"), finish_reason: s("finishReason"), usage }
         }
         Some("stopped") => Final::Stopped,
         Some("failed") => match ErrorCode::parse(&s("code")) {
@@ -249,28 +210,14 @@ mod tests {
 
     #[test]
     fn final_entries_read_back_as_written() {
-        let usage = Usage {
-            prompt_tokens: 3,
-            completion_tokens: 4,
-            total_tokens: 7,
-        };
+        let usage = Usage { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 };
         for outcome in [
-            Final::Complete {
-                model: "gpt-4".into(),
-                finish_reason: "stop".into(),
-                usage,
-            },
+            Final::Complete { model: "gpt-4".into(), finish_reason: "stop".into(), usage },
             Final::Stopped,
-            Final::Failed(ChatError::new(
-                ErrorCode::Unavailable,
-                "the node running it stopped",
-            )),
+            Final::Failed(ChatError::new(ErrorCode::Unavailable, "the node running it stopped")),
         ] {
             assert_eq!(decode_final(&encode_final(&outcome)), outcome);
         }
-        assert_eq!(
-            decode_final("nonsense"),
-            Final::Failed(ChatError::code(ErrorCode::Internal))
-        );
+        assert_eq!(decode_final("nonsense"), Final::Failed(ChatError::code(ErrorCode::Internal)));
     }
 }

@@ -14,9 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    directory::{
-        Claim, ClaimRefused, Directory, Guard, Orphan, Registration, RunningAnswer, StopHandle,
-    },
+    directory::{Claim, ClaimRefused, Directory, Guard, Orphan, Registration, RunningAnswer, StopHandle},
     memory_directory::MemoryDirectory,
     redis_conn::{Redis, keys},
     redis_nodes::{self, Cleanups},
@@ -83,12 +81,7 @@ pub struct RedisDirectory {
 impl RedisDirectory {
     /// Joins the cluster as `node`: starts the lease, the stop and start listener and the
     /// search for dead nodes, until `shutdown`.
-    pub fn start(
-        redis: Redis,
-        node: String,
-        lease: Duration,
-        shutdown: CancellationToken,
-    ) -> redis::RedisResult<Arc<Self>> {
+    pub fn start(redis: Redis, node: String, lease: Duration, shutdown: CancellationToken) -> redis::RedisResult<Arc<Self>> {
         let (orphans_tx, orphans_rx) = mpsc::channel(1024);
         let this = Arc::new(Self {
             local: MemoryDirectory::default(),
@@ -147,11 +140,7 @@ async fn answers(redis: &Redis, ids: &[String]) -> Option<Vec<(RunningAnswer, St
 /// The running answers listed in the set `key`, oldest first.
 async fn listed(redis: &Redis, key: String) -> Option<Vec<RunningAnswer>> {
     let ids: Vec<String> = redis.query(redis::cmd("SMEMBERS").arg(key)).await.ok()?;
-    let mut found: Vec<_> = answers(redis, &ids)
-        .await?
-        .into_iter()
-        .map(|(a, _)| a)
-        .collect();
+    let mut found: Vec<_> = answers(redis, &ids).await?.into_iter().map(|(a, _)| a).collect();
     found.sort_by_key(|a| a.ids.message_id);
     Some(found)
 }
@@ -174,11 +163,7 @@ pub(super) fn listing(answer: &RunningAnswer, node: &str) -> redis::Pipeline {
         .arg("n")
         .arg(node)
         .ignore();
-    for set in [
-        keys::user_answers(&answer.user_id),
-        keys::conversation(answer.ids.conversation_id),
-        keys::node_answers(node),
-    ] {
+    for set in [keys::user_answers(&answer.user_id), keys::conversation(answer.ids.conversation_id), keys::node_answers(node)] {
         pipe.cmd("SADD").arg(set).arg(&id).ignore();
     }
     pipe
@@ -209,10 +194,7 @@ fn from_hash(h: &HashMap<String, String>) -> Option<(RunningAnswer, String)> {
     let conversation_id = Uuid::parse_str(h.get("c")?).ok()?;
     let (wire, id) = h.get("k")?.split_once(':')?;
     let answer = RunningAnswer {
-        ids: AnswerIds {
-            message_id,
-            conversation_id,
-        },
+        ids: AnswerIds { message_id, conversation_id },
         user_id: h.get("u")?.clone(),
         connection: ConnectionId::new(wire, id),
     };
@@ -236,12 +218,7 @@ pub(super) fn heard(raw: &str) -> Option<(RunningAnswer, String)> {
 
 #[async_trait]
 impl Directory for RedisDirectory {
-    async fn claim(
-        &self,
-        connection: &ConnectionId,
-        user: &str,
-        limit: usize,
-    ) -> Result<Claim, ClaimRefused> {
+    async fn claim(&self, connection: &ConnectionId, user: &str, limit: usize) -> Result<Claim, ClaimRefused> {
         // This node's part: one answer per connection.
         let local = self.local.claim(connection, user, usize::MAX).await?;
         let mut invocation = self.claim.key(keys::user_claims(user));
@@ -256,20 +233,11 @@ impl Directory for RedisDirectory {
                 return Err(ClaimRefused::Unavailable);
             }
         }
-        let (redis, cleanups, node, user) = (
-            self.redis.clone(),
-            self.cleanups.clone(),
-            self.node.clone(),
-            user.to_owned(),
-        );
+        let (redis, cleanups, node, user) = (self.redis.clone(), self.cleanups.clone(), self.node.clone(), user.to_owned());
         Ok(Guard::new(move || {
             drop(local);
             let mut pipe = redis::pipe();
-            pipe.cmd("EVAL")
-                .arg(RELEASE)
-                .arg(1)
-                .arg(keys::user_claims(&user))
-                .arg(&node);
+            pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(keys::user_claims(&user)).arg(&node);
             cleanups.run(redis, pipe);
         }))
     }
@@ -278,17 +246,13 @@ impl Directory for RedisDirectory {
         let local = self.local.register(answer.clone(), stop).await;
         let id = answer.ids.message_id;
         let mut pipe = listing(&answer, &self.node);
-        pipe.cmd("PUBLISH")
-            .arg(keys::STARTS)
-            .arg(announce(&answer, &self.node))
-            .ignore();
+        pipe.cmd("PUBLISH").arg(keys::STARTS).arg(announce(&answer, &self.node)).ignore();
         if let Err(e) = self.redis.pipe::<()>(&pipe).await {
             // It runs and is stored; only other nodes' readers miss it.
             tracing::warn!(message_id = %id, error = %e, "registering an answer in redis failed; other nodes will not see it run");
         }
         let _ = self.starts.send(answer.clone());
-        let (redis, cleanups, node) =
-            (self.redis.clone(), self.cleanups.clone(), self.node.clone());
+        let (redis, cleanups, node) = (self.redis.clone(), self.cleanups.clone(), self.node.clone());
         Guard::new(move || {
             drop(local);
             cleanups.run(redis, removal(&answer, &node));
@@ -324,15 +288,9 @@ impl Directory for RedisDirectory {
         let Some((_, node)) = found.pop() else {
             return false;
         };
-        let publish = redis::cmd("PUBLISH")
-            .arg(keys::stops(&node))
-            .arg(message_id.to_string())
-            .to_owned();
+        let publish = redis::cmd("PUBLISH").arg(keys::stops(&node)).arg(message_id.to_string()).to_owned();
         // Heard by the node running it, whose lease is still alive.
-        self.redis
-            .query::<i64>(&publish)
-            .await
-            .is_ok_and(|heard| heard > 0)
+        self.redis.query::<i64>(&publish).await.is_ok_and(|heard| heard > 0)
     }
 
     fn follow(&self, conversation_id: Uuid) -> BoxStream<'static, RunningAnswer> {
@@ -340,11 +298,9 @@ impl Directory for RedisDirectory {
         // worst), never missed.
         let starts = self.starts.subscribe();
         let redis = self.redis.clone();
-        let now = futures::stream::once(async move {
-            listed(&redis, keys::conversation(conversation_id)).await
-        })
-        // Redis down: only the answers started from now on are heard.
-        .flat_map(|found| futures::stream::iter(found.unwrap_or_default()));
+        let now = futures::stream::once(async move { listed(&redis, keys::conversation(conversation_id)).await })
+            // Redis down: only the answers started from now on are heard.
+            .flat_map(|found| futures::stream::iter(found.unwrap_or_default()));
         let later = super::directory::started_in(starts, conversation_id);
         now.chain(later).boxed()
     }
@@ -383,11 +339,7 @@ impl Directory for RedisDirectory {
     }
 
     fn orphans(&self) -> Option<BoxStream<'static, Orphan>> {
-        let rx = self
-            .orphans
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()?;
+        let rx = self.orphans.lock().unwrap_or_else(|p| p.into_inner()).take()?;
         Some(tokio_stream_from(rx))
     }
 
@@ -398,30 +350,21 @@ impl Directory for RedisDirectory {
     async fn publish_node_summary(&self, summary: String) {
         let at = chrono::Utc::now().timestamp_millis();
         let entry = serde_json::json!({ "at": at, "summary": summary }).to_string();
-        let cmd = redis::cmd("HSET")
-            .arg(keys::NODE_SUMMARIES)
-            .arg(&self.node)
-            .arg(entry)
-            .to_owned();
+        let cmd = redis::cmd("HSET").arg(keys::NODE_SUMMARIES).arg(&self.node).arg(entry).to_owned();
         if let Err(e) = self.redis.query::<i64>(&cmd).await {
             tracing::debug!(error = %e, "publishing this node's summary failed");
         }
     }
 
     async fn node_summaries(&self, fresh: std::time::Duration) -> Vec<String> {
-        let all: std::collections::HashMap<String, String> = match self
-            .redis
-            .query(redis::cmd("HGETALL").arg(keys::NODE_SUMMARIES))
-            .await
-        {
+        let all: std::collections::HashMap<String, String> = match self.redis.query(redis::cmd("HGETALL").arg(keys::NODE_SUMMARIES)).await {
             Ok(all) => all,
             Err(e) => {
                 tracing::debug!(error = %e, "reading the nodes' summaries failed");
                 return Vec::new();
             }
         };
-        let oldest = chrono::Utc::now().timestamp_millis()
-            - i64::try_from(fresh.as_millis()).unwrap_or(i64::MAX);
+        let oldest = chrono::Utc::now().timestamp_millis() - i64::try_from(fresh.as_millis()).unwrap_or(i64::MAX);
         let mut summaries = Vec::new();
         let mut gone = Vec::new();
         for (node, entry) in all {
@@ -438,10 +381,7 @@ impl Directory for RedisDirectory {
             }
         }
         if !gone.is_empty() {
-            let _ = self
-                .redis
-                .query::<i64>(redis::cmd("HDEL").arg(keys::NODE_SUMMARIES).arg(&gone))
-                .await;
+            let _ = self.redis.query::<i64>(redis::cmd("HDEL").arg(keys::NODE_SUMMARIES).arg(&gone)).await;
         }
         summaries
     }

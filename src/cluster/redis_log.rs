@@ -91,12 +91,7 @@ struct Inner {
 impl RedisLogs {
     /// Logs over `redis`; `max_entries` caps each stream; appends after the first come at
     /// most once per `window`. The node's poller runs until `shutdown`.
-    pub fn new(
-        redis: Redis,
-        max_entries: usize,
-        window: Duration,
-        shutdown: CancellationToken,
-    ) -> redis::RedisResult<Self> {
+    pub fn new(redis: Redis, max_entries: usize, window: Duration, shutdown: CancellationToken) -> redis::RedisResult<Self> {
         let mirrors = Mirrors::start(redis.clone(), shutdown)?;
         let inner = Inner {
             redis,
@@ -106,10 +101,7 @@ impl RedisLogs {
             window,
             appends: AtomicU64::new(0),
         };
-        Ok(Self {
-            inner: Arc::new(inner),
-            mirrors,
-        })
+        Ok(Self { inner: Arc::new(inner), mirrors })
     }
 
     /// Appends sent to Redis since start-up.
@@ -134,12 +126,7 @@ impl RedisLogs {
             final_json: None,
         };
         tokio::spawn(flusher.run());
-        Box::new(RedisWriter {
-            text,
-            length,
-            finished: false,
-            feed,
-        })
+        Box::new(RedisWriter { text, length, finished: false, feed })
     }
 }
 
@@ -158,39 +145,17 @@ impl AnswerLogs for RedisLogs {
     }
 
     async fn length(&self, message_id: Uuid) -> Option<u64> {
-        if let Some(length) = self
-            .inner
-            .local
-            .length(message_id)
-            .await
-            .or_else(|| self.mirrors.length(message_id))
-        {
+        if let Some(length) = self.inner.local.length(message_id).await.or_else(|| self.mirrors.length(message_id)) {
             return Some(length);
         }
-        let cmd = redis::cmd("XREVRANGE")
-            .arg(keys::log(message_id))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .to_owned();
+        let cmd = redis::cmd("XREVRANGE").arg(keys::log(message_id)).arg("+").arg("-").arg("COUNT").arg(1).to_owned();
         let last: StreamRangeReply = self.inner.redis.query(&cmd).await.ok()?;
         // No stream yet: the answer has no text so far.
-        Some(
-            last.ids
-                .first()
-                .and_then(|e| e.get::<String>("e"))
-                .and_then(|e| e.parse().ok())
-                .unwrap_or(0),
-        )
+        Some(last.ids.first().and_then(|e| e.get::<String>("e")).and_then(|e| e.parse().ok()).unwrap_or(0))
     }
 
     async fn adopt(&self, message_id: Uuid) -> Option<Box<dyn LogWriter>> {
-        let cmd = redis::cmd("XRANGE")
-            .arg(keys::log(message_id))
-            .arg("-")
-            .arg("+")
-            .to_owned();
+        let cmd = redis::cmd("XRANGE").arg(keys::log(message_id)).arg("-").arg("+").to_owned();
         let range: StreamRangeReply = self.inner.redis.query(&cmd).await.ok()?;
         let mut state = super::memory_log::LogState::default();
         for entry in &range.ids {
@@ -213,9 +178,7 @@ struct Feed {
 impl Feed {
     fn lock(&self) -> MutexGuard<'_, (String, Option<Ending>)> {
         // Text is pushed and taken whole; a poisoned buffer is still consistent.
-        self.pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn take(&self) -> (String, Option<Ending>) {
@@ -266,11 +229,7 @@ impl Drop for RedisWriter {
         // Gone without a final entry: its generation died (a panic).
         let content = std::mem::take(&mut self.text);
         let outcome = Final::Failed(ChatError::code(ErrorCode::Internal));
-        self.finish(Ending {
-            outcome,
-            length: self.length,
-            content,
-        });
+        self.finish(Ending { outcome, length: self.length, content });
     }
 }
 
@@ -307,9 +266,7 @@ impl Flusher {
             let wake = feed.wake.notified();
             let (mut batch, mut ending) = self.feed.take();
             if batch.is_empty() && ending.is_none() {
-                let redis_done = !self.behind
-                    || self.abandoned
-                    || ended_at.is_some_and(|t| t.elapsed() > GIVE_UP_AFTER);
+                let redis_done = !self.behind || self.abandoned || ended_at.is_some_and(|t| t.elapsed() > GIVE_UP_AFTER);
                 if ended_at.is_some() && redis_done {
                     if self.behind && !self.abandoned {
                         tracing::warn!(key = %self.key, "redis stayed unreachable; the answer's end is stored but not in its stream");
@@ -359,10 +316,7 @@ impl Flusher {
     /// Sends Redis what the local log holds beyond it.
     async fn catch_up(&mut self) {
         let all = self.local.text();
-        let backlog = all
-            .get(self.in_redis_bytes..)
-            .unwrap_or_default()
-            .to_owned();
+        let backlog = all.get(self.in_redis_bytes..).unwrap_or_default().to_owned();
         let final_json = self.final_json.clone();
         if let Appended::Done = self.append(&backlog, final_json.as_deref()).await {
             if self.behind {
@@ -390,8 +344,7 @@ impl Flusher {
             .arg(RUNNING_TTL.as_millis() as u64);
         let mut conn = self.inner.redis.conn();
         self.inner.redis.count();
-        let result: Result<(i64, u64), RedisFailure> =
-            super::redis_conn::bounded(invocation.invoke_async(&mut conn)).await;
+        let result: Result<(i64, u64), RedisFailure> = super::redis_conn::bounded(invocation.invoke_async(&mut conn)).await;
         match result {
             Ok((1, _)) => {}
             // A reply lost after the append landed: Redis already holds exactly this.

@@ -16,25 +16,12 @@ async fn two_nodes() -> Option<(Arc<RedisLogs>, Arc<RedisLogs>, Redis, Cancellat
     let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let redis = Redis::open(&url).expect("a redis URL");
     if !redis.reachable().await {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI needs Redis at {url}"
-        );
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI needs Redis at {url}");
         eprintln!("skipped: no Redis at {url}");
         return None;
     }
     let shutdown = CancellationToken::new();
-    let node = |_| {
-        Arc::new(
-            RedisLogs::new(
-                redis.clone(),
-                1024,
-                Duration::from_millis(20),
-                shutdown.clone(),
-            )
-            .unwrap(),
-        )
-    };
+    let node = |_| Arc::new(RedisLogs::new(redis.clone(), 1024, Duration::from_millis(20), shutdown.clone()).unwrap());
     Some((node(1), node(2), redis, shutdown))
 }
 
@@ -52,10 +39,8 @@ async fn a_reader_on_another_node_attached_mid_answer_sees_no_gap_and_no_duplica
     let Some((a, b, _, _stop)) = two_nodes().await else {
         return;
     };
-    contract::a_reader_attached_mid_answer_sees_no_gap_and_no_duplicate(a.clone(), b.as_ref())
-        .await;
-    contract::a_reader_attached_mid_answer_sees_no_gap_and_no_duplicate(a.clone(), a.as_ref())
-        .await;
+    contract::a_reader_attached_mid_answer_sees_no_gap_and_no_duplicate(a.clone(), b.as_ref()).await;
+    contract::a_reader_attached_mid_answer_sees_no_gap_and_no_duplicate(a.clone(), a.as_ref()).await;
 }
 
 #[tokio::test]
@@ -87,39 +72,18 @@ async fn appends_are_batched_so_redis_sees_far_fewer_commands_than_tokens() {
     }
     writer.finish(ending(&whole, Final::Stopped));
     let (read, end) = read_to_end(remote.as_mut(), 0).await;
-    assert_eq!(
-        (read.as_str(), end.content.as_str()),
-        (whole.as_str(), whole.as_str())
-    );
+    assert_eq!((read.as_str(), end.content.as_str()), (whole.as_str(), whole.as_str()));
     let appends = a.appends() - before;
-    eprintln!(
-        "{tokens} tokens, {appends} appends: {:.3} per token",
-        appends as f64 / tokens as f64
-    );
-    assert!(
-        appends * 4 < tokens,
-        "{appends} appends for {tokens} tokens"
-    );
+    eprintln!("{tokens} tokens, {appends} appends: {:.3} per token", appends as f64 / tokens as f64);
+    assert!(appends * 4 < tokens, "{appends} appends for {tokens} tokens");
 }
 
 /// Runs the append script as a writer would.
-async fn append(
-    redis: &Redis,
-    id: Uuid,
-    from: u64,
-    text: &str,
-    last: Option<&Final>,
-) -> (i64, u64) {
+async fn append(redis: &Redis, id: Uuid, from: u64, text: &str, last: Option<&Final>) -> (i64, u64) {
     let script = redis::Script::new(APPEND);
     let mut call = script.key(keys::log(id));
     let end = from + text::utf16_len(text);
-    call.arg(from)
-        .arg(end)
-        .arg(text)
-        .arg(last.map(encode_final).unwrap_or_default())
-        .arg(1024)
-        .arg(60_000)
-        .arg(3_600_000);
+    call.arg(from).arg(end).arg(text).arg(last.map(encode_final).unwrap_or_default()).arg(1024).arg(60_000).arg(3_600_000);
     call.invoke_async(&mut redis.conn()).await.unwrap()
 }
 
@@ -130,30 +94,13 @@ async fn an_append_at_any_other_offset_than_the_end_is_refused() {
     };
     let id = Uuid::now_v7();
     assert_eq!(append(&redis, id, 0, "abc", None).await, (1, 3));
-    assert_eq!(
-        append(&redis, id, 0, "abc", None).await,
-        (0, 3),
-        "a duplicate"
-    );
+    assert_eq!(append(&redis, id, 0, "abc", None).await, (0, 3), "a duplicate");
     assert_eq!(append(&redis, id, 5, "xyz", None).await, (0, 3), "a gap");
-    assert_eq!(
-        append(&redis, id, 3, "d", Some(&Final::Stopped)).await,
-        (1, 4)
-    );
-    assert_eq!(
-        append(&redis, id, 4, "e", None).await,
-        (-1, 4),
-        "after the final entry"
-    );
-    let entries: i64 = redis
-        .query(redis::cmd("XLEN").arg(keys::log(id)))
-        .await
-        .unwrap();
+    assert_eq!(append(&redis, id, 3, "d", Some(&Final::Stopped)).await, (1, 4));
+    assert_eq!(append(&redis, id, 4, "e", None).await, (-1, 4), "after the final entry");
+    let entries: i64 = redis.query(redis::cmd("XLEN").arg(keys::log(id))).await.unwrap();
     assert_eq!(entries, 2);
-    let ttl: i64 = redis
-        .query(redis::cmd("PTTL").arg(keys::log(id)))
-        .await
-        .unwrap();
+    let ttl: i64 = redis.query(redis::cmd("PTTL").arg(keys::log(id))).await.unwrap();
     assert!(ttl > 0 && ttl <= 60_000, "an ended stream expires: {ttl}");
 }
 
@@ -167,26 +114,14 @@ async fn another_node_ends_a_dead_nodes_answer_with_all_the_text_in_redis() {
     append(&redis, id, 0, "half an ", None).await;
     append(&redis, id, 8, "answer 😀", None).await;
     let mut waiting = a.open(id, 3).await.unwrap();
-    let mut adopted = b
-        .adopt(id)
-        .await
-        .expect("a log without its final entry is adopted");
+    let mut adopted = b.adopt(id).await.expect("a log without its final entry is adopted");
     assert_eq!(adopted.text(), "half an answer 😀");
     let failed = Final::Failed(ChatError::new(ErrorCode::Unavailable, "gone"));
     adopted.finish(ending("half an answer 😀", failed.clone()));
     drop(adopted);
     let (read, end) = read_to_end(waiting.as_mut(), 3).await;
-    assert_eq!(
-        read, "f an answer 😀",
-        "a reader waiting elsewhere reads on to the end"
-    );
-    assert_eq!(
-        (end.outcome.clone(), end.content.as_str()),
-        (failed, "half an answer 😀")
-    );
+    assert_eq!(read, "f an answer 😀", "a reader waiting elsewhere reads on to the end");
+    assert_eq!((end.outcome.clone(), end.content.as_str()), (failed, "half an answer 😀"));
     settled(a.as_ref(), id, 17).await;
-    assert!(
-        b.adopt(id).await.is_none(),
-        "an ended log is not adopted again"
-    );
+    assert!(b.adopt(id).await.is_none(), "an ended log is not adopted again");
 }

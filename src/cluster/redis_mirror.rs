@@ -58,17 +58,9 @@ fn lock(m: &Mutex<HashMap<Uuid, Mirror>>) -> MutexGuard<'_, HashMap<Uuid, Mirror
 
 impl Mirrors {
     /// Starts the node's poller, which runs until `shutdown`.
-    pub(super) fn start(
-        redis: Redis,
-        shutdown: CancellationToken,
-    ) -> redis::RedisResult<Arc<Self>> {
+    pub(super) fn start(redis: Redis, shutdown: CancellationToken) -> redis::RedisResult<Arc<Self>> {
         let conn = redis.dedicated(BLOCK + Duration::from_secs(2))?;
-        let this = Arc::new(Self {
-            redis,
-            map: Mutex::default(),
-            wake: Notify::new(),
-            poller: AtomicI64::new(0),
-        });
+        let this = Arc::new(Self { redis, map: Mutex::default(), wake: Notify::new(), poller: AtomicI64::new(0) });
         tokio::spawn(this.clone().poll(conn, shutdown));
         Ok(this)
     }
@@ -100,18 +92,12 @@ impl Mirrors {
 
     /// The UTF-16 length the mirror holds, if this node mirrors the answer.
     pub(super) fn length(&self, message_id: Uuid) -> Option<u64> {
-        lock(&self.map)
-            .get(&message_id)
-            .map(|m| m.tx.borrow().length)
+        lock(&self.map).get(&message_id).map(|m| m.tx.borrow().length)
     }
 
     /// The whole stream as a log state, and the last entry's id.
     async fn read_whole(&self, message_id: Uuid) -> Option<(LogState, String)> {
-        let cmd = redis::cmd("XRANGE")
-            .arg(keys::log(message_id))
-            .arg("-")
-            .arg("+")
-            .to_owned();
+        let cmd = redis::cmd("XRANGE").arg(keys::log(message_id)).arg("-").arg("+").to_owned();
         let range: StreamRangeReply = match self.redis.query(&cmd).await {
             Ok(r) => r,
             Err(e) => {
@@ -139,17 +125,11 @@ impl Mirrors {
         }
         let redis = self.redis.clone();
         tokio::spawn(async move {
-            let _ = redis
-                .query::<i64>(redis::cmd("CLIENT").arg("UNBLOCK").arg(id))
-                .await;
+            let _ = redis.query::<i64>(redis::cmd("CLIENT").arg("UNBLOCK").arg(id)).await;
         });
     }
 
-    async fn poll(
-        self: Arc<Self>,
-        mut conn: redis::aio::ConnectionManager,
-        shutdown: CancellationToken,
-    ) {
+    async fn poll(self: Arc<Self>, mut conn: redis::aio::ConnectionManager, shutdown: CancellationToken) {
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -169,12 +149,7 @@ impl Mirrors {
             }
             if self.poller.load(Ordering::Relaxed) == 0 {
                 self.redis.count();
-                match tokio::time::timeout(
-                    RETRY * 4,
-                    redis::cmd("CLIENT").arg("ID").query_async::<i64>(&mut conn),
-                )
-                .await
-                {
+                match tokio::time::timeout(RETRY * 4, redis::cmd("CLIENT").arg("ID").query_async::<i64>(&mut conn)).await {
                     Ok(Ok(id)) => self.poller.store(id, Ordering::Relaxed),
                     _ => {
                         tokio::time::sleep(RETRY).await;
@@ -183,11 +158,7 @@ impl Mirrors {
                 }
             }
             let mut read = redis::cmd("XREAD");
-            read.arg("COUNT")
-                .arg(READ_COUNT)
-                .arg("BLOCK")
-                .arg(BLOCK.as_millis() as u64)
-                .arg("STREAMS");
+            read.arg("COUNT").arg(READ_COUNT).arg("BLOCK").arg(BLOCK.as_millis() as u64).arg("STREAMS");
             for (id, _) in &watched {
                 read.arg(keys::log(*id));
             }
@@ -220,12 +191,7 @@ impl Mirrors {
         {
             let mut map = lock(&self.map);
             for stream in reply.keys {
-                let Some(id) = stream
-                    .key
-                    .rsplit(':')
-                    .next()
-                    .and_then(|s| Uuid::parse_str(s).ok())
-                else {
+                let Some(id) = stream.key.rsplit(':').next().and_then(|s| Uuid::parse_str(s).ok()) else {
                     continue;
                 };
                 let Some(mirror) = map.get_mut(&id) else {
@@ -277,14 +243,8 @@ pub(super) fn apply(state: &mut LogState, entry: &StreamId) -> Result<(), Gap> {
     if state.ending.is_some() {
         return Ok(());
     }
-    let offset: u64 = entry
-        .get::<String>("o")
-        .and_then(|o| o.parse().ok())
-        .unwrap_or_default();
-    let end: u64 = entry
-        .get::<String>("e")
-        .and_then(|o| o.parse().ok())
-        .unwrap_or_default();
+    let offset: u64 = entry.get::<String>("o").and_then(|o| o.parse().ok()).unwrap_or_default();
+    let end: u64 = entry.get::<String>("e").and_then(|o| o.parse().ok()).unwrap_or_default();
     if offset > state.length {
         return Err(Gap);
     }
@@ -296,11 +256,7 @@ pub(super) fn apply(state: &mut LogState, entry: &StreamId) -> Result<(), Gap> {
     }
     if let Some(outcome) = entry.get::<String>("f") {
         let content = std::mem::take(&mut state.text);
-        state.ending = Some(Arc::new(Ending {
-            outcome: decode_final(&outcome),
-            length: state.length,
-            content,
-        }));
+        state.ending = Some(Arc::new(Ending { outcome: decode_final(&outcome), length: state.length, content }));
     }
     Ok(())
 }

@@ -38,9 +38,7 @@ pub(super) struct Cleanups(Arc<Mutex<Vec<Pipeline>>>);
 impl Cleanups {
     fn lock(&self) -> MutexGuard<'_, Vec<Pipeline>> {
         // Pipelines are pushed and taken whole; a poisoned list is still consistent.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `pipe` now, in the background; kept for later if Redis fails.
@@ -77,12 +75,7 @@ pub(super) fn spawn(
 ) -> redis::RedisResult<()> {
     let (tx, rx) = mpsc::unbounded_channel();
     let subscriber = directory.redis().subscriber(tx)?;
-    tokio::spawn(listen(
-        directory.clone(),
-        subscriber.clone(),
-        rx,
-        shutdown.clone(),
-    ));
+    tokio::spawn(listen(directory.clone(), subscriber.clone(), rx, shutdown.clone()));
     tokio::spawn(renew(directory.clone(), lease, shutdown.clone()));
     tokio::spawn(look_after(directory, subscriber, lease, orphans, shutdown));
     Ok(())
@@ -154,12 +147,7 @@ async fn renew(directory: Arc<RedisDirectory>, lease: Duration, shutdown: Cancel
             }
         }
         let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(keys::lease(&node))
-            .arg(1)
-            .arg("PX")
-            .arg(lease.as_millis() as u64)
-            .arg("GET");
+        pipe.cmd("SET").arg(keys::lease(&node)).arg(1).arg("PX").arg(lease.as_millis() as u64).arg("GET");
         pipe.cmd("SADD").arg(keys::NODES).arg(&node).ignore();
         let held = match redis.pipe::<(Option<String>,)>(&pipe).await {
             Ok((held,)) => held.is_some(),
@@ -219,17 +207,10 @@ async fn relist(directory: &RedisDirectory) {
         }
     }
     for (user, n) in &claims {
-        all.cmd("HSET")
-            .arg(keys::user_claims(user))
-            .arg(node)
-            .arg(*n)
-            .ignore();
+        all.cmd("HSET").arg(keys::user_claims(user)).arg(node).arg(*n).ignore();
     }
     match directory.redis().pipe::<()>(&all).await {
-        Ok(()) => tracing::warn!(
-            answers = answers.len(),
-            "this node's lease was gone; its answers are listed in redis again"
-        ),
+        Ok(()) => tracing::warn!(answers = answers.len(), "this node's lease was gone; its answers are listed in redis again"),
         Err(e) => tracing::warn!(error = %e, "listing this node's answers in redis again failed"),
     }
 }
@@ -255,12 +236,7 @@ async fn take_over_dead(
         pipe.cmd("EXISTS").arg(keys::lease(other));
     }
     let alive: Vec<bool> = redis.pipe(&pipe).await?;
-    let missing: HashSet<String> = others
-        .into_iter()
-        .zip(alive)
-        .filter(|(_, alive)| !alive)
-        .map(|(n, _)| n.clone())
-        .collect();
+    let missing: HashSet<String> = others.into_iter().zip(alive).filter(|(_, alive)| !alive).map(|(n, _)| n.clone()).collect();
     for dead in missing.iter().filter(|n| suspects.contains(*n)) {
         let take = redis::cmd("SET")
             .arg(keys::takeover(dead))
@@ -272,54 +248,32 @@ async fn take_over_dead(
         if redis.query::<Option<String>>(&take).await?.is_none() {
             continue;
         }
-        let ids: Vec<String> = redis
-            .query(redis::cmd("SMEMBERS").arg(keys::node_answers(dead)))
-            .await?;
+        let ids: Vec<String> = redis.query(redis::cmd("SMEMBERS").arg(keys::node_answers(dead))).await?;
         if ids.is_empty() {
             let mut pipe = redis::pipe();
-            pipe.cmd("SREM")
-                .arg(keys::NODES)
-                .arg(dead)
-                .cmd("DEL")
-                .arg(keys::node_answers(dead));
+            pipe.cmd("SREM").arg(keys::NODES).arg(dead).cmd("DEL").arg(keys::node_answers(dead));
             redis.pipe::<redis::Value>(&pipe).await?;
             tracing::info!(node = %dead, "a dead node had no running answers left");
             continue;
         }
         let found = directory.answers(&ids).await.unwrap_or_default();
-        let known: HashSet<String> = found
-            .iter()
-            .map(|(a, _)| a.ids.message_id.to_string())
-            .collect();
+        let known: HashSet<String> = found.iter().map(|(a, _)| a.ids.message_id.to_string()).collect();
         let gone: Vec<&String> = ids.iter().filter(|id| !known.contains(*id)).collect();
         if !gone.is_empty() {
-            redis
-                .query::<i64>(redis::cmd("SREM").arg(keys::node_answers(dead)).arg(gone))
-                .await?;
+            redis.query::<i64>(redis::cmd("SREM").arg(keys::node_answers(dead)).arg(gone)).await?;
         }
         tracing::warn!(node = %dead, answers = found.len(), "a node's lease lapsed; closing its answers");
         for (answer, _) in found {
             let id = answer.ids.message_id;
-            if !adopting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id)
-            {
+            if !adopting.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
                 continue;
             }
             let done = {
-                let (directory_answer, dead, adopting) =
-                    (answer.clone(), dead.clone(), adopting.clone());
+                let (directory_answer, dead, adopting) = (answer.clone(), dead.clone(), adopting.clone());
                 let (redis, cleanups) = (redis.clone(), directory.cleanups().clone());
                 Guard::new(move || {
-                    adopting
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
-                    cleanups.run(
-                        redis,
-                        super::redis_directory::removal(&directory_answer, &dead),
-                    );
+                    adopting.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    cleanups.run(redis, super::redis_directory::removal(&directory_answer, &dead));
                 })
             };
             if orphans.send(Orphan { answer, done }).await.is_err() {

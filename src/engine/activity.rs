@@ -64,9 +64,7 @@ pub struct RunningAnswerInfo {
 impl Activity {
     fn answers(&self) -> MutexGuard<'_, HashMap<Uuid, Arc<Progress>>> {
         // Entries go in and out whole; a poisoned map is still consistent.
-        self.running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Lists an answer until the returned guard is dropped.
@@ -80,10 +78,7 @@ impl Activity {
             tokens: AtomicU64::new(0),
         });
         self.answers().insert(ids.message_id, progress.clone());
-        Tracked {
-            activity: self.clone(),
-            progress,
-        }
+        Tracked { activity: self.clone(), progress }
     }
 
     pub(super) fn failed(&self) {
@@ -112,9 +107,7 @@ impl Tracked {
 
     /// Takes the answer off the listing (its row is final); dropping does it too.
     pub(super) fn end(&self) {
-        self.activity
-            .answers()
-            .remove(&self.progress.ids.message_id);
+        self.activity.answers().remove(&self.progress.ids.message_id);
     }
 }
 
@@ -169,24 +162,14 @@ mod tests {
     #[test]
     fn an_answer_is_listed_with_its_tokens_until_its_guard_drops() {
         let activity = Arc::new(Activity::default());
-        let ids = AnswerIds {
-            message_id: Uuid::now_v7(),
-            conversation_id: Uuid::now_v7(),
-        };
+        let ids = AnswerIds { message_id: Uuid::now_v7(), conversation_id: Uuid::now_v7() };
         let tracked = activity.track(ids, "u", "gpt-4");
         tracked.add_tokens(3);
         tracked.add_tokens(0);
-        let listed = activity
-            .answers()
-            .get(&ids.message_id)
-            .map(|p| p.tokens.load(Ordering::Relaxed));
+        let listed = activity.answers().get(&ids.message_id).map(|p| p.tokens.load(Ordering::Relaxed));
         assert_eq!(listed, Some(3));
         drop(tracked);
         assert!(activity.answers().is_empty());
-        assert_eq!(
-            activity.tokens.load(Ordering::Relaxed),
-            3,
-            "the total keeps what the answer streamed"
-        );
+        assert_eq!(activity.tokens.load(Ordering::Relaxed), 3, "the total keeps what the answer streamed");
     }
 }

@@ -61,45 +61,27 @@ async fn close(parts: &Parts, orphan: Orphan) {
         // off from Redis before the log's final entry got there): the log ends as the row.
         return end_as_stored(parts, writer, orphan).await;
     }
-    let outcome = Final::Failed(ChatError::new(
-        ErrorCode::Unavailable,
-        "the node running this answer stopped; the partial answer is stored",
-    ));
+    let outcome =
+        Final::Failed(ChatError::new(ErrorCode::Unavailable, "the node running this answer stopped; the partial answer is stored"));
     let length = text::utf16_len(&content);
     tracing::warn!(message_id = %id, length, "an answer of a dead node was closed");
-    writer.finish(Ending {
-        outcome,
-        content,
-        length,
-    });
+    writer.finish(Ending { outcome, content, length });
     drop(writer);
     drop(orphan.done);
 }
 
 /// Ends an adopted log with its row's own ending and text, when the row has one.
-async fn end_as_stored(
-    parts: &Parts,
-    mut writer: Box<dyn crate::cluster::LogWriter>,
-    orphan: Orphan,
-) {
+async fn end_as_stored(parts: &Parts, mut writer: Box<dyn crate::cluster::LogWriter>, orphan: Orphan) {
     let id = orphan.answer.ids.message_id;
     match store::find_answer_by_id(&parts.db, id).await {
-        Ok(Some(store::StoredAnswer {
-            ending: Some(outcome),
-            content,
-            ..
-        })) => {
+        Ok(Some(store::StoredAnswer { ending: Some(outcome), content, .. })) => {
             // The log holds a prefix of the row's text: it gets the rest first.
             if let Some(rest) = content.strip_prefix(writer.text().as_str()) {
                 writer.append(rest);
             }
             let length = text::utf16_len(&content);
             tracing::info!(message_id = %id, length, "an adopted answer had ended in its row; its log ends the same way");
-            writer.finish(Ending {
-                outcome,
-                content,
-                length,
-            });
+            writer.finish(Ending { outcome, content, length });
         }
         Ok(_) => {
             tracing::warn!(message_id = %id, "an adopted answer's row is gone or still streaming; its log is left open")

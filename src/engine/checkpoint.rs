@@ -36,9 +36,7 @@ pub struct Checkpoints {
 impl Checkpoints {
     fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, String>> {
         // Only whole entries are ever inserted or taken; a poisoned map is still consistent.
-        self.pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues `text` as the answer's checkpoint, replacing an older one not yet written.
@@ -107,12 +105,7 @@ impl Checkpoints {
     }
 
     /// Runs the writer: a round every `interval`, until `shutdown`.
-    pub fn spawn_writer(
-        self: &Arc<Self>,
-        db: DatabaseConnection,
-        interval: Duration,
-        shutdown: CancellationToken,
-    ) {
+    pub fn spawn_writer(self: &Arc<Self>, db: DatabaseConnection, interval: Duration, shutdown: CancellationToken) {
         let checkpoints = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut rounds = tokio::time::interval(interval);

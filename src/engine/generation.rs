@@ -14,10 +14,7 @@ use tracing::{Instrument, Span, field};
 
 use super::{Parts, activity::Tracked};
 use crate::{
-    chat::{
-        AnswerIds, ChatError, ErrorCode, Final, HistoryMessage, StartCommand, StopReason, Usage,
-        text,
-    },
+    chat::{AnswerIds, ChatError, ErrorCode, Final, HistoryMessage, StartCommand, StopReason, Usage, text},
     cluster::{Claim, Ending, LogWriter, Registration, StopHandle},
     config::Config,
     providers::{OpeningStream, Piece, UpstreamError},
@@ -71,10 +68,7 @@ struct StreamEnd {
 
 /// How the upstream part ended.
 enum Outcome {
-    Complete {
-        finish_reason: String,
-        usage: Option<Usage>,
-    },
+    Complete { finish_reason: String, usage: Option<Usage> },
     Stopped(StopReason),
     Failed(UpstreamError),
 }
@@ -99,26 +93,12 @@ async fn run(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration), spa
 }
 
 /// Stores, logs, counts and announces the end of the answer.
-async fn end(
-    parts: Arc<Parts>,
-    mut spec: Spec,
-    held: (Claim, Registration),
-    seen: Seen,
-    outcome: Outcome,
-) {
+async fn end(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration), seen: Seen, outcome: Outcome) {
     let started = spec.received;
     let (ending, cut_reason) = match outcome {
-        Outcome::Complete {
-            finish_reason,
-            usage,
-        } => (
-            Final::Complete {
-                model: spec.model.clone(),
-                finish_reason,
-                usage: usage.unwrap_or_default(),
-            },
-            "",
-        ),
+        Outcome::Complete { finish_reason, usage } => {
+            (Final::Complete { model: spec.model.clone(), finish_reason, usage: usage.unwrap_or_default() }, "")
+        }
         Outcome::Stopped(StopReason::User | StopReason::Disconnect) => (Final::Stopped, "stopped"),
         Outcome::Stopped(StopReason::Shutdown) => (Final::shutdown(), "shutdown"),
         Outcome::Failed(cause) => {
@@ -130,13 +110,8 @@ async fn end(
     let content = spec.writer.text();
     parts.checkpoints.forget(spec.ids.message_id);
     // An answer cut by the shutdown keeps the upstream's counts, else the pieces received.
-    let partial_usage = (cut_reason == "shutdown").then(|| {
-        seen.usage.unwrap_or(Usage {
-            completion_tokens: seen.pieces,
-            total_tokens: seen.pieces,
-            prompt_tokens: 0,
-        })
-    });
+    let partial_usage = (cut_reason == "shutdown")
+        .then(|| seen.usage.unwrap_or(Usage { completion_tokens: seen.pieces, total_tokens: seen.pieces, prompt_tokens: 0 }));
     let provider = parts.config.provider_name();
     let end = AnswerEnd {
         user_id: &spec.user_id,
@@ -153,9 +128,7 @@ async fn end(
     };
     log_answer(&spec, &ending, started, &seen);
     let ttft = seen.first_token.map(|t| t.duration_since(started));
-    parts
-        .metrics
-        .answer_ended(ending.status(), started.elapsed(), ttft);
+    parts.metrics.answer_ended(ending.status(), started.elapsed(), ttft);
     if let Final::Failed(error) = &ending {
         parts.activity.failed();
         parts.metrics.chat_error(error.code);
@@ -169,11 +142,7 @@ async fn end(
     let length = text::utf16_len(&content);
     // Off the operators' listing before anyone reads the end, so none lists it after.
     spec.tracked.end();
-    spec.writer.finish(Ending {
-        outcome: ending,
-        content,
-        length,
-    });
+    spec.writer.finish(Ending { outcome: ending, content, length });
     drop(registration);
 }
 
@@ -214,9 +183,7 @@ async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
     };
     // Offered four times per interval, so the writer's round, once per interval, finds a
     // text at most a quarter interval old: a crash loses at most 1¼ intervals.
-    let mut checkpoint = tokio::time::interval(super::checkpoint::offer_every(
-        parts.config.checkpoint_interval,
-    ));
+    let mut checkpoint = tokio::time::interval(super::checkpoint::offer_every(parts.config.checkpoint_interval));
     checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     checkpoint.tick().await;
     let mut checkpointed = 0;
@@ -286,14 +253,9 @@ async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
         }
     }
     match end.finish_reason {
-        Some(finish_reason) => Outcome::Complete {
-            finish_reason,
-            usage: end.usage,
-        },
+        Some(finish_reason) => Outcome::Complete { finish_reason, usage: end.usage },
         // Every OpenAI-compatible server ends an answer with a reason; a stream without one was cut.
-        None => Outcome::Failed(UpstreamError::Failed(
-            "the stream ended without a finish reason".into(),
-        )),
+        None => Outcome::Failed(UpstreamError::Failed("the stream ended without a finish reason".into())),
     }
 }
 
@@ -326,24 +288,14 @@ async fn store_end(parts: &Parts, ids: AnswerIds, end: &AnswerEnd<'_>) -> Result
 }
 
 /// The messages sent upstream: system prompt(s), the conversation so far, the new message.
-pub(super) fn context(
-    config: &Config,
-    command: &StartCommand,
-    history: Vec<HistoryMessage>,
-) -> Vec<HistoryMessage> {
-    let system = |content: &String| HistoryMessage {
-        role: "system".into(),
-        content: content.clone(),
-    };
+pub(super) fn context(config: &Config, command: &StartCommand, history: Vec<HistoryMessage>) -> Vec<HistoryMessage> {
+    let system = |content: &String| HistoryMessage { role: "system".into(), content: content.clone() };
     config
         .system_prompt
         .iter()
         .chain(command.system_prompt.iter())
         .map(system)
         .chain(history)
-        .chain(std::iter::once(HistoryMessage {
-            role: "user".into(),
-            content: command.message.clone(),
-        }))
+        .chain(std::iter::once(HistoryMessage { role: "user".into(), content: command.message.clone() }))
         .collect()
 }

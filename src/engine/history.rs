@@ -32,66 +32,31 @@ fn not_found(what: &str) -> ChatError {
 
 impl Engine {
     /// At most `limit` of `user`'s conversations after `after`, most recently updated first.
-    pub async fn conversations(
-        &self,
-        user: &str,
-        after: Option<PageKey>,
-        limit: u64,
-    ) -> Result<ConversationPage, ChatError> {
-        store::list_conversations(&self.0.db, user, after, limit)
-            .await
-            .map_err(unavailable)
+    pub async fn conversations(&self, user: &str, after: Option<PageKey>, limit: u64) -> Result<ConversationPage, ChatError> {
+        store::list_conversations(&self.0.db, user, after, limit).await.map_err(unavailable)
     }
 
     /// `user`'s conversation with its messages.
-    pub async fn conversation(
-        &self,
-        user: &str,
-        id: Uuid,
-    ) -> Result<ConversationDetail, ChatError> {
-        match store::conversation_messages(&self.0.db, user, id)
-            .await
-            .map_err(unavailable)?
-        {
-            Some((conversation, messages)) => Ok(ConversationDetail {
-                conversation,
-                messages,
-            }),
+    pub async fn conversation(&self, user: &str, id: Uuid) -> Result<ConversationDetail, ChatError> {
+        match store::conversation_messages(&self.0.db, user, id).await.map_err(unavailable)? {
+            Some((conversation, messages)) => Ok(ConversationDetail { conversation, messages }),
             None => Err(not_found("conversation")),
         }
     }
 
     /// Sets the title of `user`'s conversation (already validated by the caller).
-    pub async fn rename_conversation(
-        &self,
-        user: &str,
-        id: Uuid,
-        title: &str,
-    ) -> Result<conversation::Model, ChatError> {
-        store::rename_conversation(&self.0.db, user, id, title)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| not_found("conversation"))
+    pub async fn rename_conversation(&self, user: &str, id: Uuid, title: &str) -> Result<conversation::Model, ChatError> {
+        store::rename_conversation(&self.0.db, user, id, title).await.map_err(unavailable)?.ok_or_else(|| not_found("conversation"))
     }
 
     /// Deletes `user`'s conversation and its messages. Answers running in it are stopped
     /// first, and each is waited for until its row is stored and its final event is out
     /// (`chat:stopped` to whoever reads it), so nothing writes to the rows once they are gone.
     pub async fn delete_conversation(&self, user: &str, id: Uuid) -> Result<(), ChatError> {
-        if store::find_conversation(&self.0.db, user, id)
-            .await
-            .map_err(unavailable)?
-            .is_none()
-        {
+        if store::find_conversation(&self.0.db, user, id).await.map_err(unavailable)?.is_none() {
             return Err(not_found("conversation"));
         }
-        let running = self
-            .0
-            .directory
-            .of_user(user)
-            .await
-            .into_iter()
-            .filter(|a| a.ids.conversation_id == id);
+        let running = self.0.directory.of_user(user).await.into_iter().filter(|a| a.ids.conversation_id == id);
         for answer in running {
             let message_id = answer.ids.message_id;
             // Attached before the stop, at the end of the text: the next entry that
@@ -106,10 +71,7 @@ impl Engine {
                         }
                     }
                 };
-                if tokio::time::timeout(STOPPED_ANSWER_WAIT, ended)
-                    .await
-                    .is_err()
-                {
+                if tokio::time::timeout(STOPPED_ANSWER_WAIT, ended).await.is_err() {
                     tracing::warn!(%message_id, conversation_id = %id, "a stopped answer did not end in time; deleting its conversation anyway");
                 }
             }
@@ -123,9 +85,6 @@ impl Engine {
 
     /// One of `user`'s messages (a question or an answer).
     pub async fn message(&self, user: &str, id: Uuid) -> Result<message::Model, ChatError> {
-        store::find_message(&self.0.db, user, id)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| not_found("message"))
+        store::find_message(&self.0.db, user, id).await.map_err(unavailable)?.ok_or_else(|| not_found("message"))
     }
 }

@@ -12,8 +12,7 @@ use governor::{
 };
 
 /// governor's limiter keyed by user id.
-type KeyedLimiter<C> =
-    RateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type KeyedLimiter<C> = RateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// The per-user token bucket; `None` inside when the limit is off.
 #[derive(Clone)]
@@ -24,10 +23,7 @@ pub struct StartRateLimiter<C: Clock = DefaultClock> {
 impl StartRateLimiter {
     /// `per_minute` starts a minute, with a burst of the same size; 0 turns the limit off.
     pub fn new(per_minute: u32) -> Self {
-        Self {
-            limiter: NonZeroU32::new(per_minute)
-                .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n)))),
-        }
+        Self { limiter: NonZeroU32::new(per_minute).map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n)))) }
     }
 
     /// Sweeps every `period` until `shutdown`.
@@ -77,12 +73,7 @@ mod tests {
 
     fn limiter(per_minute: u32, clock: &FakeRelativeClock) -> StartRateLimiter<FakeRelativeClock> {
         let quota = Quota::per_minute(NonZeroU32::new(per_minute).unwrap());
-        StartRateLimiter {
-            limiter: Some(Arc::new(RateLimiter::dashmap_with_clock(
-                quota,
-                clock.clone(),
-            ))),
-        }
+        StartRateLimiter { limiter: Some(Arc::new(RateLimiter::dashmap_with_clock(quota, clock.clone()))) }
     }
 
     #[test]

@@ -114,36 +114,15 @@ impl Engine {
     ) -> Self {
         let limiter = StartRateLimiter::new(config.rate_limit_per_minute);
         let lookups = StartRateLimiter::new(config.lookups_per_minute);
-        let (checkpoints, subscriptions, activity) =
-            (Arc::default(), Default::default(), Arc::default());
-        Self(Arc::new(Parts {
-            config,
-            db,
-            provider,
-            directory,
-            logs,
-            limiter,
-            lookups,
-            checkpoints,
-            subscriptions,
-            metrics,
-            activity,
-        }))
+        let (checkpoints, subscriptions, activity) = (Arc::default(), Default::default(), Arc::default());
+        Self(Arc::new(Parts { config, db, provider, directory, logs, limiter, lookups, checkpoints, subscriptions, metrics, activity }))
     }
 
     /// Runs the checkpoint writer and the rate limiter's sweeper until `shutdown`.
     pub fn spawn_background(&self, shutdown: tokio_util::sync::CancellationToken) {
-        self.0.checkpoints.spawn_writer(
-            self.0.db.clone(),
-            self.0.config.checkpoint_interval,
-            shutdown.clone(),
-        );
-        self.0
-            .limiter
-            .spawn_sweeper(Duration::from_secs(60), shutdown.clone());
-        self.0
-            .lookups
-            .spawn_sweeper(Duration::from_secs(60), shutdown.clone());
+        self.0.checkpoints.spawn_writer(self.0.db.clone(), self.0.config.checkpoint_interval, shutdown.clone());
+        self.0.limiter.spawn_sweeper(Duration::from_secs(60), shutdown.clone());
+        self.0.lookups.spawn_sweeper(Duration::from_secs(60), shutdown.clone());
         adopt::spawn(self.0.clone(), shutdown);
     }
 
@@ -185,29 +164,16 @@ impl Engine {
     /// Starts an answer for `user` on `connection`. Everything it logs, the upstream
     /// request and the generation included, is in one `answer` span naming the answer,
     /// its conversation, the user and this node.
-    pub async fn start(
-        &self,
-        connection: &ConnectionId,
-        user: &str,
-        command: StartCommand,
-    ) -> Result<StartOutcome, ChatError> {
+    pub async fn start(&self, connection: &ConnectionId, user: &str, command: StartCommand) -> Result<StartOutcome, ChatError> {
         let span = generation::span(user, &self.0.config.node_id);
-        let started = self
-            .start_in_span(connection, user, command)
-            .instrument(span)
-            .await;
+        let started = self.start_in_span(connection, user, command).instrument(span).await;
         if started.is_err() {
             self.0.activity.refused();
         }
         started
     }
 
-    async fn start_in_span(
-        &self,
-        connection: &ConnectionId,
-        user: &str,
-        command: StartCommand,
-    ) -> Result<StartOutcome, ChatError> {
+    async fn start_in_span(&self, connection: &ConnectionId, user: &str, command: StartCommand) -> Result<StartOutcome, ChatError> {
         let received = tokio::time::Instant::now();
         let parts = &self.0;
         let key = command.client_message_id.as_deref();
@@ -218,41 +184,21 @@ impl Engine {
                 return Ok(repeated);
             }
         }
-        let too_many = || {
-            ChatError::new(
-                ErrorCode::RateLimit,
-                "too many chats started; try again shortly",
-            )
-        };
+        let too_many = || ChatError::new(ErrorCode::RateLimit, "too many chats started; try again shortly");
         if !parts.limiter.allow(user) {
             return Err(too_many());
         }
         // In a cluster, the bucket every node shares (a node's own is never the stricter).
-        match parts
-            .directory
-            .allow_start(user, parts.config.rate_limit_per_minute)
-            .await
-        {
+        match parts.directory.allow_start(user, parts.config.rate_limit_per_minute).await {
             Ok(true) => {}
             Ok(false) => return Err(too_many()),
             Err(_) => return Err(ChatError::code(ErrorCode::Unavailable)),
         }
         usage::check_quota(parts, user).await?;
-        let claim = match parts
-            .directory
-            .claim(
-                connection,
-                user,
-                parts.config.max_concurrent_streams_per_user,
-            )
-            .await
-        {
+        let claim = match parts.directory.claim(connection, user, parts.config.max_concurrent_streams_per_user).await {
             Ok(claim) => claim,
             Err(ClaimRefused::UserLimit) => {
-                return Err(ChatError::new(
-                    ErrorCode::RateLimit,
-                    "too many answers streaming at once",
-                ));
+                return Err(ChatError::new(ErrorCode::RateLimit, "too many answers streaming at once"));
             }
             Err(ClaimRefused::Unavailable) => return Err(ChatError::code(ErrorCode::Unavailable)),
             Err(ClaimRefused::Busy) => {
@@ -266,11 +212,9 @@ impl Engine {
             }
         };
         let history = match command.conversation_id {
-            Some(id) => {
-                store::conversation_history(&parts.db, user, id, parts.config.max_history_messages)
-                    .await
-                    .map_err(|e| refused_by_store(connection, e))?
-            }
+            Some(id) => store::conversation_history(&parts.db, user, id, parts.config.max_history_messages)
+                .await
+                .map_err(|e| refused_by_store(connection, e))?,
             None => Vec::new(),
         };
         let call = ChatCall {
@@ -281,10 +225,7 @@ impl Engine {
         };
         let new_ids = store::NewIds::generate();
         let conversation_id = command.conversation_id.unwrap_or(new_ids.conversation_id);
-        generation::name_span(AnswerIds {
-            message_id: new_ids.assistant_message_id,
-            conversation_id,
-        });
+        generation::name_span(AnswerIds { message_id: new_ids.assistant_message_id, conversation_id });
         // The model starts on the answer while the turn is stored: its time to first token
         // and the database's writes overlap. A start refused below drops (aborts) the request.
         let upstream = parts.provider.start_open(call);
@@ -300,48 +241,20 @@ impl Engine {
             Err(StoreError::DuplicateKey) => {
                 // Another connection stored the same key first: answer with its ids.
                 drop((claim, upstream));
-                return self
-                    .repeated(user, key.unwrap_or_default(), true)
-                    .await?
-                    .ok_or_else(|| ChatError::code(ErrorCode::Internal));
+                return self.repeated(user, key.unwrap_or_default(), true).await?.ok_or_else(|| ChatError::code(ErrorCode::Internal));
             }
             Err(e) => return Err(refused_by_store(connection, e)),
         };
-        let ids = AnswerIds {
-            message_id: begun.assistant_message_id,
-            conversation_id: begun.conversation_id,
-        };
+        let ids = AnswerIds { message_id: begun.assistant_message_id, conversation_id: begun.conversation_id };
         let writer = parts.logs.create(ids.message_id);
-        let reader = parts
-            .logs
-            .open(ids.message_id, 0)
-            .await
-            .ok_or_else(|| ChatError::code(ErrorCode::Internal))?;
+        let reader = parts.logs.open(ids.message_id, 0).await.ok_or_else(|| ChatError::code(ErrorCode::Internal))?;
         let stop = Arc::new(StopHandle::default());
-        let running = RunningAnswer {
-            ids,
-            user_id: user.to_owned(),
-            connection: connection.clone(),
-        };
+        let running = RunningAnswer { ids, user_id: user.to_owned(), connection: connection.clone() };
         let registration = parts.directory.register(running, stop.clone()).await;
         let tracked = parts.activity.track(ids, user, &command.model);
-        let spec = generation::Spec {
-            ids,
-            user_id: user.to_owned(),
-            model: command.model,
-            upstream,
-            writer,
-            stop,
-            received,
-            tracked,
-        };
+        let spec = generation::Spec { ids, user_id: user.to_owned(), model: command.model, upstream, writer, stop, received, tracked };
         generation::spawn(self.0.clone(), spec, (claim, registration));
-        Ok(StartOutcome::Started(Started {
-            ids,
-            user_message_id: begun.user_message_id,
-            created: begun.created,
-            reader,
-        }))
+        Ok(StartOutcome::Started(Started { ids, user_message_id: begun.user_message_id, created: begun.created, reader }))
     }
 
     /// Takes one lookup from `user`'s bucket: a flood of resumes or joins costs the
@@ -350,20 +263,12 @@ impl Engine {
         if self.0.lookups.allow(user) {
             return Ok(());
         }
-        Err(ChatError::new(
-            ErrorCode::RateLimit,
-            "too many lookups; try again shortly",
-        ))
+        Err(ChatError::new(ErrorCode::RateLimit, "too many lookups; try again shortly"))
     }
 
     /// The ids of an earlier start with this key, if stored. With `wait`, gives an
     /// in-flight first attempt a moment to commit.
-    async fn repeated(
-        &self,
-        user: &str,
-        key: &str,
-        wait: bool,
-    ) -> Result<Option<StartOutcome>, ChatError> {
+    async fn repeated(&self, user: &str, key: &str, wait: bool) -> Result<Option<StartOutcome>, ChatError> {
         let attempts = if wait { 20 } else { 1 };
         for attempt in 0..attempts {
             if attempt > 0 {
@@ -371,14 +276,8 @@ impl Engine {
             }
             match store::find_turn(&self.0.db, user, key).await {
                 Ok(Some(t)) => {
-                    let ids = AnswerIds {
-                        message_id: t.assistant_message_id,
-                        conversation_id: t.conversation_id,
-                    };
-                    return Ok(Some(StartOutcome::Repeated {
-                        ids,
-                        user_message_id: t.user_message_id,
-                    }));
+                    let ids = AnswerIds { message_id: t.assistant_message_id, conversation_id: t.conversation_id };
+                    return Ok(Some(StartOutcome::Repeated { ids, user_message_id: t.user_message_id }));
                 }
                 Ok(None) => {}
                 Err(e) => return Err(unavailable(e)),
@@ -391,11 +290,7 @@ impl Engine {
     /// `NOT_FOUND` when it is not theirs or does not exist.
     pub async fn stop(&self, user: &str, message_id: Uuid) -> Result<bool, ChatError> {
         let directory = &self.0.directory;
-        if directory
-            .get(message_id)
-            .await
-            .is_some_and(|a| a.user_id == user)
-        {
+        if directory.get(message_id).await.is_some_and(|a| a.user_id == user) {
             return Ok(directory.stop(message_id, StopReason::User).await);
         }
         match store::find_answer(&self.0.db, user, message_id).await {
@@ -408,12 +303,7 @@ impl Engine {
     /// Stops the answer `connection` is running, if any.
     pub async fn stop_connection(&self, connection: &ConnectionId) -> bool {
         match self.0.directory.of_connection(connection).await {
-            Some(a) => {
-                self.0
-                    .directory
-                    .stop(a.ids.message_id, StopReason::User)
-                    .await
-            }
+            Some(a) => self.0.directory.stop(a.ids.message_id, StopReason::User).await,
             None => false,
         }
     }
@@ -423,18 +313,13 @@ impl Engine {
         if self.0.config.on_disconnect == OnDisconnect::Cancel
             && let Some(a) = self.0.directory.of_connection(connection).await
         {
-            self.0
-                .directory
-                .stop(a.ids.message_id, StopReason::Disconnect)
-                .await;
+            self.0.directory.stop(a.ids.message_id, StopReason::Disconnect).await;
         }
     }
 
     /// How many readers `subscribe` has handed out since start-up.
     pub fn subscriptions(&self) -> u64 {
-        self.0
-            .subscriptions
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.0.subscriptions.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Answers running in this process.

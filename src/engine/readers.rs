@@ -24,16 +24,9 @@ impl Engine {
     /// In cluster mode, while such a row may still belong to a live node (see
     /// [`Engine::may_run_elsewhere`]), it is refused with `UNAVAILABLE` instead, which
     /// clients ask again after.
-    pub async fn subscribe(
-        &self,
-        user: &str,
-        message_id: Uuid,
-        offset: u64,
-    ) -> Result<Subscription, ChatError> {
+    pub async fn subscribe(&self, user: &str, message_id: Uuid, offset: u64) -> Result<Subscription, ChatError> {
         self.allow_lookup(user)?;
-        self.0
-            .subscriptions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.subscriptions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(running) = self.running_here(user, message_id, offset).await {
             return Ok(running);
         }
@@ -51,25 +44,15 @@ impl Engine {
             stored = self.stored(user, message_id).await?;
         }
         if stored.status == Status::Streaming && self.may_run_elsewhere(&stored).await {
-            return Err(ChatError::new(
-                ErrorCode::Unavailable,
-                "the answer's node is not known yet; try again",
-            ));
+            return Err(ChatError::new(ErrorCode::Unavailable, "the answer's node is not known yet; try again"));
         }
         if stored.status == Status::Streaming {
             stored.status = Status::Error;
-            stored.ending = Some(crate::chat::Final::Failed(ChatError::code(
-                ErrorCode::Unavailable,
-            )));
+            stored.ending = Some(crate::chat::Final::Failed(ChatError::code(ErrorCode::Unavailable)));
         }
         let (ids, status) = (stored.ids, stored.status);
         let reader = stored::StoredReader::new(stored, offset);
-        Ok(Subscription {
-            ids,
-            status,
-            offset: reader.offset(),
-            reader: Box::new(reader),
-        })
+        Ok(Subscription { ids, status, offset: reader.offset(), reader: Box::new(reader) })
     }
 
     /// Cluster mode: whether a `streaming` row listed by no node may still be running on
@@ -92,26 +75,11 @@ impl Engine {
     }
 
     /// A reader of `user`'s answer running here, if it runs.
-    async fn running_here(
-        &self,
-        user: &str,
-        message_id: Uuid,
-        offset: u64,
-    ) -> Option<Subscription> {
-        let running = self
-            .0
-            .directory
-            .get(message_id)
-            .await
-            .filter(|a| a.user_id == user)?;
+    async fn running_here(&self, user: &str, message_id: Uuid, offset: u64) -> Option<Subscription> {
+        let running = self.0.directory.get(message_id).await.filter(|a| a.user_id == user)?;
         let reader = self.0.logs.open(message_id, offset).await?;
         let offset = reader.offset();
-        Some(Subscription {
-            ids: running.ids,
-            status: Status::Streaming,
-            offset,
-            reader,
-        })
+        Some(Subscription { ids: running.ids, status: Status::Streaming, offset, reader })
     }
 
     /// `user`'s answer as stored; `NOT_FOUND` when it is not theirs or does not exist.
@@ -125,28 +93,18 @@ impl Engine {
 
     /// The answers running in `user`'s conversation now, then each one started in it
     /// later. `NOT_FOUND` when the conversation is not theirs.
-    pub async fn follow(
-        &self,
-        user: &str,
-        conversation_id: Uuid,
-    ) -> Result<BoxStream<'static, AnswerIds>, ChatError> {
+    pub async fn follow(&self, user: &str, conversation_id: Uuid) -> Result<BoxStream<'static, AnswerIds>, ChatError> {
         self.allow_lookup(user)?;
         match store::owns_conversation(&self.0.db, user, conversation_id).await {
             Ok(true) => {}
             Ok(false) => {
-                return Err(ChatError::new(
-                    ErrorCode::NotFound,
-                    "conversation not found",
-                ));
+                return Err(ChatError::new(ErrorCode::NotFound, "conversation not found"));
             }
             Err(e) => return Err(unavailable(e)),
         }
         let user = user.to_owned();
         let answers = self.0.directory.follow(conversation_id);
-        Ok(answers
-            .filter(move |a| std::future::ready(a.user_id == user))
-            .map(|a| a.ids)
-            .boxed())
+        Ok(answers.filter(move |a| std::future::ready(a.user_id == user)).map(|a| a.ids).boxed())
     }
 
     /// `user`'s running answers, oldest first, with their length so far.
@@ -154,10 +112,7 @@ impl Engine {
         let mut active = Vec::new();
         for answer in self.0.directory.of_user(user).await {
             if let Some(offset) = self.0.logs.length(answer.ids.message_id).await {
-                active.push(ActiveAnswer {
-                    ids: answer.ids,
-                    offset,
-                });
+                active.push(ActiveAnswer { ids: answer.ids, offset });
             }
         }
         active

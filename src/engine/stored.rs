@@ -28,18 +28,9 @@ impl StoredReader {
         let (byte, offset) = text::byte_index(&answer.content, offset);
         let ending = answer.ending.map(|outcome| {
             let length = text::utf16_len(&answer.content);
-            Arc::new(Ending {
-                outcome,
-                content: answer.content.clone(),
-                length,
-            })
+            Arc::new(Ending { outcome, content: answer.content.clone(), length })
         });
-        Self {
-            content: answer.content,
-            byte,
-            offset,
-            ending,
-        }
+        Self { content: answer.content, byte, offset, ending }
     }
 }
 
@@ -55,11 +46,7 @@ impl LogReader for StoredReader {
             let offset = self.offset;
             self.byte += chunk.len();
             self.offset += text::utf16_len(&chunk);
-            return Some(Entry::Text {
-                text: chunk,
-                offset,
-                end: self.offset,
-            });
+            return Some(Entry::Text { text: chunk, offset, end: self.offset });
         }
         self.ending.take().map(Entry::Final)
     }

@@ -17,9 +17,7 @@ pub(super) async fn check_quota(parts: &Parts, user: &str) -> Result<(), ChatErr
     if quota == 0 {
         return Ok(());
     }
-    let spent = store::day_total(&parts.db, user, &store::utc_day(Utc::now()))
-        .await
-        .map_err(unavailable)?;
+    let spent = store::day_total(&parts.db, user, &store::utc_day(Utc::now())).await.map_err(unavailable)?;
     if spent >= quota {
         return Err(ChatError::code(ErrorCode::QuotaExceeded));
     }
@@ -40,15 +38,8 @@ pub struct UsageRow {
 impl Engine {
     /// `user`'s usage from `from` to `to` (`YYYY-MM-DD`, inclusive, either open), by day
     /// then model.
-    pub async fn usage(
-        &self,
-        user: &str,
-        from: Option<&str>,
-        to: Option<&str>,
-    ) -> Result<Vec<UsageRow>, ChatError> {
-        let rows = store::list_usage(&self.0.db, user, from, to)
-            .await
-            .map_err(unavailable)?;
+    pub async fn usage(&self, user: &str, from: Option<&str>, to: Option<&str>) -> Result<Vec<UsageRow>, ChatError> {
+        let rows = store::list_usage(&self.0.db, user, from, to).await.map_err(unavailable)?;
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
         Ok(rows
             .into_iter()

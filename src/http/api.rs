@@ -58,43 +58,22 @@ pub struct ErrorDetail {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = match self {
-            Self::Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                "unauthorized".to_owned(),
-            ),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "unauthorized".to_owned()),
             Self::Chat(e) => {
-                let status = StatusCode::from_u16(e.code.http_status())
-                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 (status, e.code.as_str(), e.message)
             }
         };
-        (
-            status,
-            Json(ErrorBody {
-                ok: false,
-                error: ErrorDetail {
-                    code: code.to_owned(),
-                    message,
-                },
-            }),
-        )
-            .into_response()
+        (status, Json(ErrorBody { ok: false, error: ErrorDetail { code: code.to_owned(), message } })).into_response()
     }
 }
 
 /// The request's user: the verified token's (a Bearer header, or `?token=`). In open
 /// mode, the one it names (`claimed`: the payload's or the query's `userId`), else a
 /// fresh anonymous user of its own, as each anonymous socket is.
-pub fn caller(
-    auth: &Authenticator,
-    headers: &HeaderMap,
-    uri: &Uri,
-    claimed: Option<&Value>,
-) -> Result<String, ApiError> {
+pub fn caller(auth: &Authenticator, headers: &HeaderMap, uri: &Uri, claimed: Option<&Value>) -> Result<String, ApiError> {
     if auth.is_open() {
-        return Ok(auth::claimed_user(claimed)
-            .map_or_else(|| format!("anonymous-{}", Uuid::new_v4()), |User(u)| u));
+        return Ok(auth::claimed_user(claimed).map_or_else(|| format!("anonymous-{}", Uuid::new_v4()), |User(u)| u));
     }
     let verified = match auth::request_token(headers, uri) {
         None => Err(auth::AuthError::Missing),
@@ -109,10 +88,7 @@ pub fn caller(
 /// The value of `name` in the request's query, percent-decoded; empty counts as absent.
 pub fn query_value(uri: &Uri, name: &str) -> Option<String> {
     let query = uri.query()?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-        .filter(|v| !v.is_empty())
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned()).filter(|v| !v.is_empty())
 }
 
 /// The error responses of a route about stored history (REST).

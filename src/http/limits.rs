@@ -79,27 +79,14 @@ impl Limits {
 fn open_file_limit() -> Option<usize> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.trim_start_matches("Max open files")
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
 }
 
 /// Serves `router` on `listener` until `stop`; then stops accepting, lets every HTTP
 /// connection finish its request, and returns once all are closed. `force_close`
 /// drops the ones still open.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    limits: Limits,
-    stop: CancellationToken,
-    force_close: CancellationToken,
-) {
-    let registry = Arc::new(Registry {
-        limits,
-        counts: Mutex::default(),
-    });
+pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: CancellationToken, force_close: CancellationToken) {
+    let registry = Arc::new(Registry { limits, counts: Mutex::default() });
     let builder = Arc::new(builder(&limits));
     let tasks = TaskTracker::new();
     let accept_errors = LogThrottle::new();
@@ -134,10 +121,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let io = TokioIo::new(Counted {
-            io: tcp,
-            _slot: slot,
-        });
+        let io = TokioIo::new(Counted { io: tcp, _slot: slot });
         let (activity, idle) = watch::channel(Activity::default());
         let service = Tracked::service(router.clone(), Arc::new(activity), peer);
         let (builder, stop, force_close) = (builder.clone(), stop.clone(), force_close.clone());
@@ -173,10 +157,7 @@ pub async fn serve(
 
 fn builder(limits: &Limits) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -196,11 +177,7 @@ async fn idle_too_long(mut activity: watch::Receiver<Activity>, limits: Limits) 
         let changed = if now.in_flight > 0 {
             activity.changed().await
         } else {
-            let allowed = if now.started == 0 {
-                limits.header_read_timeout
-            } else {
-                limits.idle_timeout
-            };
+            let allowed = if now.started == 0 { limits.header_read_timeout } else { limits.idle_timeout };
             match tokio::time::timeout(allowed, activity.changed()).await {
                 Ok(changed) => changed,
                 Err(_) => return,
@@ -227,12 +204,7 @@ fn refuse(tcp: TcpStream) {
 }
 
 fn is_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
+    matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset)
 }
 
 /// Open connections, in total and per client IP.
@@ -260,10 +232,7 @@ impl Registry {
         }
         *from_ip += 1;
         counts.total += 1;
-        Ok(Slot {
-            registry: self.clone(),
-            ip,
-        })
+        Ok(Slot { registry: self.clone(), ip })
     }
 }
 
@@ -275,11 +244,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut counts = self
-            .registry
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut counts = self.registry.counts.lock().unwrap_or_else(PoisonError::into_inner);
         counts.total = counts.total.saturating_sub(1);
         if let Some(n) = counts.per_ip.get_mut(&self.ip) {
             *n -= 1;
@@ -297,29 +262,17 @@ struct Counted {
 }
 
 impl AsyncRead for Counted {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Counted {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
@@ -349,22 +302,14 @@ impl Tracked {
         router: Router,
         activity: Arc<watch::Sender<Activity>>,
         peer: SocketAddr,
-    ) -> impl hyper::service::Service<
-        Request<Incoming>,
-        Response = http::Response<Tracked>,
-        Error = Infallible,
-        Future: Send,
-    > + Clone {
+    ) -> impl hyper::service::Service<Request<Incoming>, Response = http::Response<Tracked>, Error = Infallible, Future: Send> + Clone {
         hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             let in_flight = InFlight::start(activity.clone());
             let router = router.clone();
             async move {
                 let Ok(response) = router.oneshot(request.map(Body::new)).await;
-                Ok(response.map(|body| Tracked {
-                    body,
-                    _in_flight: in_flight,
-                }))
+                Ok(response.map(|body| Tracked { body, _in_flight: in_flight }))
             }
         })
     }
@@ -374,10 +319,7 @@ impl HttpBody for Tracked {
     type Data = axum::body::Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         Pin::new(&mut self.get_mut().body).poll_frame(cx)
     }
 
@@ -405,8 +347,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0
-            .send_modify(|a| a.in_flight = a.in_flight.saturating_sub(1));
+        self.0.send_modify(|a| a.in_flight = a.in_flight.saturating_sub(1));
     }
 }
 
@@ -425,10 +366,7 @@ mod tests {
 
     #[test]
     fn slots_count_per_address_and_in_total_and_are_given_back_on_drop() {
-        let registry = Arc::new(Registry {
-            limits: limits(3, 2),
-            counts: Mutex::default(),
-        });
+        let registry = Arc::new(Registry { limits: limits(3, 2), counts: Mutex::default() });
         let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
         let first = registry.acquire(a).ok();
         let _second = registry.acquire(a).ok();
@@ -437,13 +375,6 @@ mod tests {
         assert_eq!(registry.acquire(b).err(), Some("MAX_CONNECTIONS"));
         drop(first);
         assert!(registry.acquire(a).is_ok());
-        assert!(
-            registry
-                .counts
-                .lock()
-                .map(|c| c.per_ip.len())
-                .unwrap_or_default()
-                <= 2
-        );
+        assert!(registry.counts.lock().map(|c| c.per_ip.len()).unwrap_or_default() <= 2);
     }
 }

@@ -38,32 +38,18 @@ pub fn router(engine: Engine, auth: Arc<Authenticator>, connections: ConnectionC
         .route("/", get(info))
         .route("/health", get(health))
         .route("/v1/status", get(status))
-        .with_state(HttpState {
-            engine: engine.clone(),
-            auth: auth.clone(),
-            connections,
-        })
+        .with_state(HttpState { engine: engine.clone(), auth: auth.clone(), connections })
         .merge(rest::router(engine, auth))
         .merge(openapi::router())
 }
 
 /// CORS for exactly the configured origins, credentials allowed (as the NestJS gateway).
 pub fn cors(config: &Config) -> CorsLayer {
-    let origins: Vec<HeaderValue> = config
-        .cors_origins
-        .iter()
-        .filter_map(|o| HeaderValue::from_str(o).ok())
-        .collect();
+    let origins: Vec<HeaderValue> = config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_credentials(true)
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PATCH,
-            Method::DELETE,
-            Method::OPTIONS,
-        ])
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
         .allow_headers(AllowHeaders::mirror_request())
 }
 
@@ -86,10 +72,7 @@ pub async fn detach_from_read_buffer(request: Request) -> Request {
     }
     let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
     for (name, value) in &parts.headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_str().as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_str().as_bytes()), HeaderValue::from_bytes(value.as_bytes())) {
             headers.append(name, value);
         }
     }
@@ -119,17 +102,8 @@ pub struct Health {
 /// `UNAVAILABLE` until Redis is back (and `/ready` is 503).
 #[utoipa::path(get, path = "/health", tag = "service", responses((status = 200, body = Health, description = "The process serves HTTP")))]
 pub(crate) async fn health(State(s): State<HttpState>) -> Json<Health> {
-    let redis = s
-        .engine
-        .shared_state_ok()
-        .await
-        .map(|ok| if ok { "ok" } else { "unreachable" });
-    Json(Health {
-        status: "ok",
-        version: env!("CARGO_PKG_VERSION"),
-        node_id: s.engine.node_id().to_owned(),
-        redis,
-    })
+    let redis = s.engine.shared_state_ok().await.map(|ok| if ok { "ok" } else { "unreachable" });
+    Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), node_id: s.engine.node_id().to_owned(), redis })
 }
 
 /// `/`'s body: what anyone may know.
@@ -142,10 +116,7 @@ pub struct Info {
 /// The service and its version.
 #[utoipa::path(get, path = "/", tag = "service", responses((status = 200, body = Info, description = "Name and version")))]
 pub(crate) async fn info() -> Json<Info> {
-    Json(Info {
-        name: "chatwire",
-        version: env!("CARGO_PKG_VERSION"),
-    })
+    Json(Info { name: "chatwire", version: env!("CARGO_PKG_VERSION") })
 }
 
 /// `/v1/status`'s body: live counts of this process.
@@ -164,14 +135,7 @@ pub struct Status {
     responses((status = 200, body = Status, description = "The counts"), (status = 401, body = api::ErrorBody, description = "`UNAUTHORIZED`")),
     security(("bearer" = []))
 )]
-pub(crate) async fn status(
-    State(s): State<HttpState>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Result<Json<Status>, api::ApiError> {
+pub(crate) async fn status(State(s): State<HttpState>, headers: HeaderMap, uri: Uri) -> Result<Json<Status>, api::ApiError> {
     api::caller(&s.auth, &headers, &uri, None)?;
-    Ok(Json(Status {
-        connections: (s.connections)(),
-        generations: s.engine.running(),
-    }))
+    Ok(Json(Status { connections: (s.connections)(), generations: s.engine.running() }))
 }

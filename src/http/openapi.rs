@@ -42,10 +42,7 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        let scheme = HttpBuilder::new()
-            .scheme(HttpAuthScheme::Bearer)
-            .bearer_format("JWT")
-            .build();
+        let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build();
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
     }
 }
@@ -117,24 +114,13 @@ pub fn router() -> Router {
 
 async fn docs() -> Html<String> {
     // No fonts from the network: the page renders with the system's.
-    let config =
-        json!({ "url": "/openapi.json", "withDefaultFonts": false, "hideClientButton": true });
-    Html(scalar_api_reference::scalar_html(
-        &config,
-        Some("/docs/scalar.js"),
-    ))
+    let config = json!({ "url": "/openapi.json", "withDefaultFonts": false, "hideClientButton": true });
+    Html(scalar_api_reference::scalar_html(&config, Some("/docs/scalar.js")))
 }
 
 async fn script() -> impl IntoResponse {
     match scalar_api_reference::get_asset("scalar.js") {
-        Some(js) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/javascript; charset=utf-8",
-            )],
-            js,
-        )
-            .into_response(),
+        Some(js) => ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8")], js).into_response(),
         None => axum::http::StatusCode::NOT_FOUND.into_response(),
     }
 }

@@ -102,12 +102,7 @@ struct Cached {
 
 impl Cached {
     fn new(inner: impl Check + 'static, ttl: Duration) -> Self {
-        Self {
-            inner: Box::new(inner),
-            ttl,
-            last: Mutex::new(None),
-            logged_ok: AtomicBool::new(true),
-        }
+        Self { inner: Box::new(inner), ttl, last: Mutex::new(None), logged_ok: AtomicBool::new(true) }
     }
 
     async fn ok(&self) -> bool {
@@ -151,10 +146,7 @@ impl Readiness {
         draining: CancellationToken,
         cluster: Option<crate::engine::Engine>,
     ) -> Self {
-        let mut checks = vec![
-            Cached::new(DatabaseCheck(db), DATABASE_TTL),
-            Cached::new(UpstreamCheck(upstream), UPSTREAM_TTL),
-        ];
+        let mut checks = vec![Cached::new(DatabaseCheck(db), DATABASE_TTL), Cached::new(UpstreamCheck(upstream), UPSTREAM_TTL)];
         if let Some(engine) = cluster {
             checks.push(Cached::new(RedisCheck(engine), DATABASE_TTL));
         }
@@ -166,10 +158,7 @@ impl Readiness {
         let results = futures::future::join_all(self.0.checks.iter().map(|c| c.ok())).await;
         let mut checks = Map::new();
         for (check, ok) in self.0.checks.iter().zip(&results) {
-            checks.insert(
-                check.inner.name().to_owned(),
-                json!(if *ok { "ok" } else { "down" }),
-            );
+            checks.insert(check.inner.name().to_owned(), json!(if *ok { "ok" } else { "down" }));
         }
         let draining = self.0.draining.is_cancelled();
         let ready = !draining && results.iter().all(|ok| *ok);
@@ -186,19 +175,10 @@ impl Readiness {
 
 /// The `/ready` route.
 pub fn router(readiness: Readiness) -> Router {
-    Router::new()
-        .route("/ready", get(ready))
-        .with_state(readiness)
+    Router::new().route("/ready", get(ready)).with_state(readiness)
 }
 
 async fn ready(State(readiness): State<Readiness>) -> (StatusCode, Json<Value>) {
     let (ready, body) = readiness.state().await;
-    (
-        if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        Json(body),
-    )
+    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }

@@ -28,13 +28,7 @@ struct ScrapeState {
 /// The `/metrics` route.
 pub fn router(engine: Engine, connections: ConnectionCount, token: Option<&Secret>) -> Router {
     let token = token.map(|t| digest(t.expose()));
-    Router::new()
-        .route("/metrics", get(scrape))
-        .with_state(ScrapeState {
-            engine,
-            connections,
-            token,
-        })
+    Router::new().route("/metrics", get(scrape)).with_state(ScrapeState { engine, connections, token })
 }
 
 fn digest(s: &str) -> [u8; 32] {
@@ -56,9 +50,6 @@ async fn scrape(State(s): State<ScrapeState>, headers: HeaderMap) -> Response {
             return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
         }
     }
-    let text = s
-        .engine
-        .metrics()
-        .encode((s.connections)(), s.engine.running());
+    let text = s.engine.metrics().encode((s.connections)(), s.engine.running());
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }

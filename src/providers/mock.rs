@@ -37,10 +37,7 @@ impl MockUpstream {
     pub fn spawn(listener: TcpListener, config: MockConfig) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let state = MockState {
-            config: Arc::new(config),
-            requests: requests.clone(),
-        };
+        let state = MockState { config: Arc::new(config), requests: requests.clone() };
         tokio::spawn(async move {
             // Without TCP_NODELAY the first token after the headers waits for a delayed ACK (~40 ms).
             let listener = listener.tap_io(|tcp| {
@@ -85,9 +82,7 @@ fn router(state: MockState) -> Router {
 }
 
 async fn models() -> Json<Value> {
-    Json(
-        json!({"object": "list", "data": [{"id": "gpt-4", "object": "model", "owned_by": "chatwire-mock"}]}),
-    )
+    Json(json!({"object": "list", "data": [{"id": "gpt-4", "object": "model", "owned_by": "chatwire-mock"}]}))
 }
 
 /// Splits text into tokens: each is a word plus the whitespace after it.
@@ -118,10 +113,7 @@ const MAX_STAMPED_TOKENS: usize = 100_000;
 /// A token that says when it was written: microseconds since the Unix epoch and a space.
 /// Clients on the same host subtract it from their read time to get delivery lag.
 pub fn stamp_token() -> String {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0);
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
     format!("{micros} ")
 }
 
@@ -138,34 +130,18 @@ async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value
     if let Ok(mut log) = state.requests.lock() {
         log.push(body.clone());
     }
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("gpt-4")
-        .to_owned();
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("gpt-4").to_owned();
     if model.starts_with("unknown") {
         let error = json!({"error": {"message": format!("The model `{model}` does not exist"), "type": "invalid_request_error", "param": null, "code": "model_not_found"}});
         return (StatusCode::NOT_FOUND, Json(error)).into_response();
     }
-    let max_tokens = body
-        .get("max_completion_tokens")
-        .or_else(|| body.get("max_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(u64::MAX);
+    let max_tokens = body.get("max_completion_tokens").or_else(|| body.get("max_tokens")).and_then(Value::as_u64).unwrap_or(u64::MAX);
     let prompt_tokens: usize = body
         .get("messages")
         .and_then(Value::as_array)
-        .map(|ms| {
-            ms.iter()
-                .filter_map(|m| m["content"].as_str())
-                .map(|c| tokenize(c).len())
-                .sum()
-        })
+        .map(|ms| ms.iter().filter_map(|m| m["content"].as_str()).map(|c| tokenize(c).len()).sum())
         .unwrap_or(0);
-    let include_usage = body
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
 
     let config = state.config.clone();
     let stream = async_stream::stream! {
@@ -217,8 +193,7 @@ mod tests {
 
     #[test]
     fn a_content_chunk_is_the_json_a_provider_sends() {
-        let chunk: Value =
-            serde_json::from_str(&content_chunk(7, "gpt-4", "say \"hi\"\n")).expect("valid JSON");
+        let chunk: Value = serde_json::from_str(&content_chunk(7, "gpt-4", "say \"hi\"\n")).expect("valid JSON");
         let expected = json!({
             "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 7, "model": "gpt-4",
             "choices": [{"index": 0, "delta": {"content": "say \"hi\"\n"}, "finish_reason": null}],
@@ -228,10 +203,7 @@ mod tests {
 
     #[test]
     fn tokens_are_words_with_their_trailing_space() {
-        assert_eq!(
-            tokenize("Hello brave  new\nworld"),
-            vec!["Hello ", "brave  ", "new\n", "world"]
-        );
+        assert_eq!(tokenize("Hello brave  new\nworld"), vec!["Hello ", "brave  ", "new\n", "world"]);
         assert_eq!(tokenize("  lead"), vec!["  lead"]);
         assert_eq!(tokenize(""), Vec::<&str>::new());
         assert_eq!(tokenize("end "), vec!["end "]);

@@ -5,7 +5,5 @@ pub mod mock;
 mod openai;
 mod probe;
 
-pub use openai::{
-    ChatCall, OpeningStream, Piece, Provider, RetryPolicy, UpstreamError, UpstreamStream,
-};
+pub use openai::{ChatCall, OpeningStream, Piece, Provider, RetryPolicy, UpstreamError, UpstreamStream};
 pub use probe::{ProbeError, UpstreamProbe};

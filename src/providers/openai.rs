@@ -9,9 +9,8 @@ use async_openai::{
     config::OpenAIConfig,
     error::OpenAIError,
     types::chat::{
-        ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
-        ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
-        ChatCompletionResponseStream, ChatCompletionStreamOptions, CreateChatCompletionRequest,
+        ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+        ChatCompletionRequestUserMessage, ChatCompletionResponseStream, ChatCompletionStreamOptions, CreateChatCompletionRequest,
         FinishReason,
     },
 };
@@ -90,9 +89,7 @@ impl From<OpenAIError> for UpstreamError {
                 let code = api.api_error.code.as_deref().unwrap_or_default();
                 if status == 404 || code == "model_not_found" {
                     Self::InvalidModel(e.to_string())
-                } else if status == 429
-                    && api.api_error.r#type.as_deref() != Some("insufficient_quota")
-                {
+                } else if status == 429 && api.api_error.r#type.as_deref() != Some("insufficient_quota") {
                     Self::RateLimited(e.to_string())
                 } else if api.status_code.is_server_error() {
                     Self::Unavailable(e.to_string())
@@ -100,9 +97,7 @@ impl From<OpenAIError> for UpstreamError {
                     Self::Failed(e.to_string())
                 }
             }
-            OpenAIError::Reqwest(r) if r.is_connect() || r.is_timeout() => {
-                Self::Unavailable(e.to_string())
-            }
+            OpenAIError::Reqwest(r) if r.is_connect() || r.is_timeout() => Self::Unavailable(e.to_string()),
             _ => Self::Failed(e.to_string()),
         }
     }
@@ -118,29 +113,14 @@ pub struct Piece {
 
 impl Provider {
     /// A provider for `base_url` (ending in `/v1` for most servers).
-    pub fn new(
-        base_url: &str,
-        api_key: &str,
-        timeouts: (Duration, Duration),
-        retry: RetryPolicy,
-    ) -> Self {
+    pub fn new(base_url: &str, api_key: &str, timeouts: (Duration, Duration), retry: RetryPolicy) -> Self {
         // reqwest is built without a default TLS crypto provider and panics without one.
         crate::install_crypto_provider();
-        let config = OpenAIConfig::new()
-            .with_api_base(base_url)
-            .with_api_key(api_key);
+        let config = OpenAIConfig::new().with_api_base(base_url).with_api_key(api_key);
         // Retries are ours (jittered, counted per generation), so async-openai's own layer is off.
-        let http = tower::ServiceBuilder::new()
-            .layer(OpenAIRetryLayer::new(0))
-            .service(ReqwestService::new(reqwest::Client::new()));
+        let http = tower::ServiceBuilder::new().layer(OpenAIRetryLayer::new(0)).service(ReqwestService::new(reqwest::Client::new()));
         let client = Client::with_config(config).with_http_service(http);
-        Self {
-            client,
-            first_token_timeout: timeouts.0,
-            idle_timeout: timeouts.1,
-            retry,
-            errors: None,
-        }
+        Self { client, first_token_timeout: timeouts.0, idle_timeout: timeouts.1, retry, errors: None }
     }
 
     /// Counts this provider's failed requests in `metrics`, as `provider`.
@@ -161,9 +141,7 @@ impl Provider {
     /// aborts the request. It logs in the caller's span.
     pub fn start_open(&self, call: ChatCall) -> OpeningStream {
         let provider = self.clone();
-        OpeningStream(tokio::spawn(
-            async move { provider.open(call).await }.in_current_span(),
-        ))
+        OpeningStream(tokio::spawn(async move { provider.open(call).await }.in_current_span()))
     }
 
     /// Opens the stream, retrying connect errors, 429 and 5xx with jittered backoff.
@@ -171,9 +149,7 @@ impl Provider {
         let mut attempt = 1;
         loop {
             match self.open_once(call.clone()).await {
-                Err(e @ (UpstreamError::Unavailable(_) | UpstreamError::RateLimited(_)))
-                    if attempt < self.retry.attempts =>
-                {
+                Err(e @ (UpstreamError::Unavailable(_) | UpstreamError::RateLimited(_))) if attempt < self.retry.attempts => {
                     self.record_error(&e);
                     let delay = jittered(self.retry.base_delay * 2u32.saturating_pow(attempt - 1));
                     tracing::info!(attempt, ?delay, error = %e, "upstream failed before the first token; retrying");
@@ -194,25 +170,14 @@ impl Provider {
             max_tokens: Some(call.max_tokens),
             temperature: Some(call.temperature),
             stream: Some(true),
-            stream_options: Some(ChatCompletionStreamOptions {
-                include_usage: Some(true),
-                include_obfuscation: None,
-            }),
+            stream_options: Some(ChatCompletionStreamOptions { include_usage: Some(true), include_obfuscation: None }),
             ..Default::default()
         };
-        let opened = tokio::time::timeout(
-            self.first_token_timeout,
-            self.client.chat().create_stream(request),
-        )
-        .await
-        .map_err(|_| UpstreamError::Silent)??;
+        let opened = tokio::time::timeout(self.first_token_timeout, self.client.chat().create_stream(request))
+            .await
+            .map_err(|_| UpstreamError::Silent)??;
         let deadline = tokio::time::Instant::now() + self.first_token_timeout;
-        Ok(UpstreamStream {
-            inner: opened,
-            idle_timeout: self.idle_timeout,
-            deadline,
-            timer: Box::pin(tokio::time::sleep_until(deadline)),
-        })
+        Ok(UpstreamStream { inner: opened, idle_timeout: self.idle_timeout, deadline, timer: Box::pin(tokio::time::sleep_until(deadline)) })
     }
 }
 
@@ -238,9 +203,7 @@ impl OpeningStream {
     pub async fn opened(&mut self) -> Result<UpstreamStream, UpstreamError> {
         match (&mut self.0).await {
             Ok(opened) => opened,
-            Err(e) => Err(UpstreamError::Failed(format!(
-                "opening the stream stopped: {e}"
-            ))),
+            Err(e) => Err(UpstreamError::Failed(format!("opening the stream stopped: {e}"))),
         }
     }
 }
@@ -266,12 +229,7 @@ pub struct UpstreamStream {
 impl UpstreamStream {
     /// The next piece, `None` at the end of the stream. Cancel-safe.
     pub async fn next(&mut self) -> Result<Option<Piece>, UpstreamError> {
-        let Self {
-            inner,
-            deadline,
-            timer,
-            ..
-        } = self;
+        let Self { inner, deadline, timer, .. } = self;
         let item = std::future::poll_fn(|cx| {
             if let Poll::Ready(item) = inner.poll_next_unpin(cx) {
                 return Poll::Ready(Ok(item));

@@ -5,10 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use entity::message;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, Set,
-    TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, Set, TransactionTrait};
 use uuid::Uuid;
 
 use crate::chat::{AnswerIds, ChatError, ErrorCode, Final, Status, Usage};
@@ -33,25 +30,12 @@ pub struct AnswerEnd<'a> {
 /// Finishes an assistant row: content, usage, model, provider, finish reason, error code
 /// and status in one update, and adds the answer to its user's usage of the day, in one
 /// transaction: an answer is counted exactly when it is stored.
-pub async fn finish_answer(
-    db: &DatabaseConnection,
-    id: Uuid,
-    end: &AnswerEnd<'_>,
-) -> Result<(), DbErr> {
+pub async fn finish_answer(db: &DatabaseConnection, id: Uuid, end: &AnswerEnd<'_>) -> Result<(), DbErr> {
     let as_i32 = |n: u32| Some(i32::try_from(n).unwrap_or(i32::MAX));
     let (model, finish_reason, usage, error_code) = match end.ending {
-        Final::Complete {
-            model,
-            finish_reason,
-            usage,
-        } => (model.as_str(), finish_reason.as_str(), Some(*usage), None),
+        Final::Complete { model, finish_reason, usage } => (model.as_str(), finish_reason.as_str(), Some(*usage), None),
         Final::Stopped => (end.model, end.cut_reason, end.partial_usage, None),
-        Final::Failed(error) => (
-            end.model,
-            end.cut_reason,
-            end.partial_usage,
-            Some(error.code),
-        ),
+        Final::Failed(error) => (end.model, end.cut_reason, end.partial_usage, Some(error.code)),
     };
     let now = Utc::now();
     let txn = db.begin().await?;
@@ -71,35 +55,19 @@ pub async fn finish_answer(
     }
     .update(&txn)
     .await?;
-    super::usage::add_usage(
-        &txn,
-        end.user_id,
-        model,
-        &super::usage::utc_day(now),
-        usage.unwrap_or_default(),
-    )
-    .await?;
+    super::usage::add_usage(&txn, end.user_id, model, &super::usage::utc_day(now), usage.unwrap_or_default()).await?;
     txn.commit().await
 }
 
 /// Writes the partial texts of streaming answers in one transaction, so a crash loses
 /// only the last moments. Rows that have ended meanwhile are left as they are.
-pub async fn checkpoint_answers(
-    db: &DatabaseConnection,
-    answers: &[(Uuid, String)],
-) -> Result<(), DbErr> {
+pub async fn checkpoint_answers(db: &DatabaseConnection, answers: &[(Uuid, String)]) -> Result<(), DbErr> {
     let txn = db.begin().await?;
     let now = Utc::now();
     for (id, content) in answers {
         message::Entity::update_many()
-            .col_expr(
-                message::Column::Content,
-                sea_orm::sea_query::Expr::value(content.as_str()),
-            )
-            .col_expr(
-                message::Column::UpdatedAt,
-                sea_orm::sea_query::Expr::value(now),
-            )
+            .col_expr(message::Column::Content, sea_orm::sea_query::Expr::value(content.as_str()))
+            .col_expr(message::Column::UpdatedAt, sea_orm::sea_query::Expr::value(now))
             .filter(message::Column::Id.eq(*id))
             .filter(message::Column::Status.eq(Status::Streaming.as_str()))
             .exec(&txn)
@@ -122,11 +90,7 @@ pub struct StoredAnswer {
 }
 
 /// An assistant message of `user`, or `None` when it does not exist or is someone else's.
-pub async fn find_answer(
-    db: &DatabaseConnection,
-    user_id: &str,
-    id: Uuid,
-) -> Result<Option<StoredAnswer>, DbErr> {
+pub async fn find_answer(db: &DatabaseConnection, user_id: &str, id: Uuid) -> Result<Option<StoredAnswer>, DbErr> {
     let row = message::Entity::find_by_id(id)
         .filter(message::Column::UserId.eq(user_id))
         .filter(message::Column::Role.eq("assistant"))
@@ -136,14 +100,8 @@ pub async fn find_answer(
 }
 
 /// Any user's assistant message by id (for a node closing another node's answer).
-pub async fn find_answer_by_id(
-    db: &DatabaseConnection,
-    id: Uuid,
-) -> Result<Option<StoredAnswer>, DbErr> {
-    let row = message::Entity::find_by_id(id)
-        .filter(message::Column::Role.eq("assistant"))
-        .one(db)
-        .await?;
+pub async fn find_answer_by_id(db: &DatabaseConnection, id: Uuid) -> Result<Option<StoredAnswer>, DbErr> {
+    let row = message::Entity::find_by_id(id).filter(message::Column::Role.eq("assistant")).one(db).await?;
     Ok(row.map(stored_answer))
 }
 
@@ -163,19 +121,12 @@ fn stored_answer(row: message::Model) -> StoredAnswer {
         }),
         Status::Stopped => Some(Final::Stopped),
         Status::Error => {
-            let code = row
-                .error_code
-                .as_deref()
-                .and_then(ErrorCode::parse)
-                .unwrap_or(ErrorCode::UpstreamError);
+            let code = row.error_code.as_deref().and_then(ErrorCode::parse).unwrap_or(ErrorCode::UpstreamError);
             Some(Final::Failed(ChatError::code(code)))
         }
     };
     StoredAnswer {
-        ids: AnswerIds {
-            message_id: row.id,
-            conversation_id: row.conversation_id,
-        },
+        ids: AnswerIds { message_id: row.id, conversation_id: row.conversation_id },
         status,
         content: row.content,
         ending,
@@ -188,25 +139,12 @@ fn stored_answer(row: message::Model) -> StoredAnswer {
 /// their checkpointed text. Safe with several nodes. No reader waits on such a row to be
 /// told: a resume of a `streaming` row no generation runs already reads it as
 /// interrupted, with the same text and `UNAVAILABLE` this writes.
-pub async fn fail_stale_answers(
-    db: &DatabaseConnection,
-    stale_after: Duration,
-) -> Result<u64, DbErr> {
-    let cutoff =
-        Utc::now() - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
+pub async fn fail_stale_answers(db: &DatabaseConnection, stale_after: Duration) -> Result<u64, DbErr> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
     let res = message::Entity::update_many()
-        .col_expr(
-            message::Column::Status,
-            sea_orm::sea_query::Expr::value(Status::Error.as_str()),
-        )
-        .col_expr(
-            message::Column::FinishReason,
-            sea_orm::sea_query::Expr::value("interrupted"),
-        )
-        .col_expr(
-            message::Column::ErrorCode,
-            sea_orm::sea_query::Expr::value(ErrorCode::Unavailable.as_str()),
-        )
+        .col_expr(message::Column::Status, sea_orm::sea_query::Expr::value(Status::Error.as_str()))
+        .col_expr(message::Column::FinishReason, sea_orm::sea_query::Expr::value("interrupted"))
+        .col_expr(message::Column::ErrorCode, sea_orm::sea_query::Expr::value(ErrorCode::Unavailable.as_str()))
         .filter(message::Column::Status.eq(Status::Streaming.as_str()))
         .filter(message::Column::UpdatedAt.lt(cutoff))
         .exec(db)
@@ -216,32 +154,13 @@ pub async fn fail_stale_answers(
 
 /// Fails one answer still `streaming` with `content`: the text a node that died had put
 /// in its log, closed by another node. Rows that have ended meanwhile are left as they are.
-pub async fn fail_interrupted(
-    db: &DatabaseConnection,
-    id: Uuid,
-    content: &str,
-) -> Result<u64, DbErr> {
+pub async fn fail_interrupted(db: &DatabaseConnection, id: Uuid, content: &str) -> Result<u64, DbErr> {
     let res = message::Entity::update_many()
-        .col_expr(
-            message::Column::Content,
-            sea_orm::sea_query::Expr::value(content),
-        )
-        .col_expr(
-            message::Column::Status,
-            sea_orm::sea_query::Expr::value(Status::Error.as_str()),
-        )
-        .col_expr(
-            message::Column::FinishReason,
-            sea_orm::sea_query::Expr::value("interrupted"),
-        )
-        .col_expr(
-            message::Column::ErrorCode,
-            sea_orm::sea_query::Expr::value(ErrorCode::Unavailable.as_str()),
-        )
-        .col_expr(
-            message::Column::UpdatedAt,
-            sea_orm::sea_query::Expr::value(Utc::now()),
-        )
+        .col_expr(message::Column::Content, sea_orm::sea_query::Expr::value(content))
+        .col_expr(message::Column::Status, sea_orm::sea_query::Expr::value(Status::Error.as_str()))
+        .col_expr(message::Column::FinishReason, sea_orm::sea_query::Expr::value("interrupted"))
+        .col_expr(message::Column::ErrorCode, sea_orm::sea_query::Expr::value(ErrorCode::Unavailable.as_str()))
+        .col_expr(message::Column::UpdatedAt, sea_orm::sea_query::Expr::value(Utc::now()))
         .filter(message::Column::Id.eq(id))
         .filter(message::Column::Status.eq(Status::Streaming.as_str()))
         .exec(db)

@@ -7,8 +7,8 @@
 use chrono::{DateTime, Utc};
 use entity::{conversation, message};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
     sea_query::{Alias, Expr, ExprTrait, Query},
 };
 use uuid::Uuid;
@@ -49,38 +49,21 @@ pub async fn list_conversations(
         query = query.filter(
             Condition::any()
                 .add(conversation::Column::UpdatedAt.lt(key.updated_at))
-                .add(
-                    Condition::all()
-                        .add(conversation::Column::UpdatedAt.eq(key.updated_at))
-                        .add(conversation::Column::Id.lt(key.id)),
-                ),
+                .add(Condition::all().add(conversation::Column::UpdatedAt.eq(key.updated_at)).add(conversation::Column::Id.lt(key.id))),
         );
     }
     // One more than asked: whether it exists says whether a next page does.
-    let mut rows = query
-        .order_by_desc(conversation::Column::UpdatedAt)
-        .order_by_desc(conversation::Column::Id)
-        .limit(limit + 1)
-        .all(db)
-        .await?;
+    let mut rows =
+        query.order_by_desc(conversation::Column::UpdatedAt).order_by_desc(conversation::Column::Id).limit(limit + 1).all(db).await?;
     let more = rows.len() as u64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let next = rows.last().filter(|_| more).map(|c| PageKey {
-        updated_at: c.updated_at,
-        id: c.id,
-    });
+    let next = rows.last().filter(|_| more).map(|c| PageKey { updated_at: c.updated_at, id: c.id });
     let mut last = last_messages(db, rows.iter().map(|c| c.id).collect()).await?;
     let items = rows
         .into_iter()
         .map(|conversation| {
-            let last_message = last
-                .iter()
-                .position(|m| m.conversation_id == conversation.id)
-                .map(|i| last.swap_remove(i));
-            ConversationSummary {
-                conversation,
-                last_message,
-            }
+            let last_message = last.iter().position(|m| m.conversation_id == conversation.id).map(|i| last.swap_remove(i));
+            ConversationSummary { conversation, last_message }
         })
         .collect();
     Ok(ConversationPage { items, next })
@@ -88,10 +71,7 @@ pub async fn list_conversations(
 
 /// The latest message of each of these conversations, in one query: a message is its
 /// conversation's latest when the conversation's messages, newest first, start with it.
-async fn last_messages(
-    db: &DatabaseConnection,
-    conversations: Vec<Uuid>,
-) -> Result<Vec<message::Model>, DbErr> {
+async fn last_messages(db: &DatabaseConnection, conversations: Vec<Uuid>) -> Result<Vec<message::Model>, DbErr> {
     if conversations.is_empty() {
         return Ok(Vec::new());
     }
@@ -99,14 +79,8 @@ async fn last_messages(
     let latest = Query::select()
         .column((newer.clone(), message::Column::Id))
         .from_as(message::Entity, newer.clone())
-        .and_where(
-            Expr::col((newer.clone(), message::Column::ConversationId))
-                .equals((message::Entity, message::Column::ConversationId)),
-        )
-        .order_by(
-            (newer.clone(), message::Column::CreatedAt),
-            sea_orm::Order::Desc,
-        )
+        .and_where(Expr::col((newer.clone(), message::Column::ConversationId)).equals((message::Entity, message::Column::ConversationId)))
+        .order_by((newer.clone(), message::Column::CreatedAt), sea_orm::Order::Desc)
         .order_by((newer, message::Column::Id), sea_orm::Order::Desc)
         .limit(1)
         .to_owned();
@@ -118,15 +92,8 @@ async fn last_messages(
 }
 
 /// `user`'s conversation, or `None` when it does not exist or is someone else's.
-pub async fn find_conversation<C: ConnectionTrait>(
-    db: &C,
-    user_id: &str,
-    id: Uuid,
-) -> Result<Option<conversation::Model>, DbErr> {
-    conversation::Entity::find_by_id(id)
-        .filter(conversation::Column::UserId.eq(user_id))
-        .one(db)
-        .await
+pub async fn find_conversation<C: ConnectionTrait>(db: &C, user_id: &str, id: Uuid) -> Result<Option<conversation::Model>, DbErr> {
+    conversation::Entity::find_by_id(id).filter(conversation::Column::UserId.eq(user_id)).one(db).await
 }
 
 /// `user`'s conversation and all its messages in order (`created_at`, then id, as the
@@ -170,20 +137,13 @@ pub async fn rename_conversation(
 
 /// Deletes `user`'s conversation and its messages in one transaction. False when it is
 /// not theirs (or already gone).
-pub async fn delete_conversation(
-    db: &DatabaseConnection,
-    user_id: &str,
-    id: Uuid,
-) -> Result<bool, DbErr> {
+pub async fn delete_conversation(db: &DatabaseConnection, user_id: &str, id: Uuid) -> Result<bool, DbErr> {
     let txn = db.begin().await?;
     if find_conversation(&txn, user_id, id).await?.is_none() {
         return Ok(false);
     }
     // Not left to the foreign key's cascade: the messages go whatever the database enforces.
-    message::Entity::delete_many()
-        .filter(message::Column::ConversationId.eq(id))
-        .exec(&txn)
-        .await?;
+    message::Entity::delete_many().filter(message::Column::ConversationId.eq(id)).exec(&txn).await?;
     let deleted = conversation::Entity::delete_many()
         .filter(conversation::Column::Id.eq(id))
         .filter(conversation::Column::UserId.eq(user_id))
@@ -194,13 +154,6 @@ pub async fn delete_conversation(
 }
 
 /// A message of `user` (question or answer), or `None` when it is not theirs.
-pub async fn find_message(
-    db: &DatabaseConnection,
-    user_id: &str,
-    id: Uuid,
-) -> Result<Option<message::Model>, DbErr> {
-    message::Entity::find_by_id(id)
-        .filter(message::Column::UserId.eq(user_id))
-        .one(db)
-        .await
+pub async fn find_message(db: &DatabaseConnection, user_id: &str, id: Uuid) -> Result<Option<message::Model>, DbErr> {
+    message::Entity::find_by_id(id).filter(message::Column::UserId.eq(user_id)).one(db).await
 }

@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use entity::{conversation, message};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, QuerySelect, Set, TransactionTrait, sea_query::OnConflict,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QuerySelect, Set,
+    TransactionTrait, sea_query::OnConflict,
 };
 use uuid::Uuid;
 
@@ -73,43 +73,26 @@ pub struct ImportResult {
 /// a second run of the same batch writes nothing. New conversations get the first 80
 /// characters of their earliest user message as title, and the earliest and latest
 /// message times; a stored conversation's times widen to include the new messages.
-pub async fn import_messages(
-    db: &DatabaseConnection,
-    messages: &[ImportedMessage],
-    mode: ImportMode,
-) -> Result<ImportResult, DbErr> {
+pub async fn import_messages(db: &DatabaseConnection, messages: &[ImportedMessage], mode: ImportMode) -> Result<ImportResult, DbErr> {
     let txn = db.begin().await?;
     let conversation_ids: Vec<Uuid> = unique(messages.iter().map(|m| m.conversation_id));
     let stored_conversations = conversations_by_id(&txn, &conversation_ids).await?;
-    let stored_messages =
-        message_conversations(&txn, &unique(messages.iter().map(|m| m.id))).await?;
+    let stored_messages = message_conversations(&txn, &unique(messages.iter().map(|m| m.id))).await?;
 
     let mut result = ImportResult::default();
-    let mut owners: HashMap<Uuid, &str> = stored_conversations
-        .iter()
-        .map(|(id, c)| (*id, c.user_id.as_str()))
-        .collect();
+    let mut owners: HashMap<Uuid, &str> = stored_conversations.iter().map(|(id, c)| (*id, c.user_id.as_str())).collect();
     let mut seen: HashMap<Uuid, Uuid> = HashMap::new();
     let mut new: Vec<&ImportedMessage> = Vec::new();
     for (index, m) in messages.iter().enumerate() {
-        let owner = *owners
-            .entry(m.conversation_id)
-            .or_insert(m.user_id.as_str());
+        let owner = *owners.entry(m.conversation_id).or_insert(m.user_id.as_str());
         if owner != m.user_id {
-            result
-                .refused
-                .push((index, Refusal::ConversationOfAnotherUser));
+            result.refused.push((index, Refusal::ConversationOfAnotherUser));
             continue;
         }
-        let earlier = stored_messages
-            .get(&m.id)
-            .copied()
-            .or_else(|| seen.get(&m.id).copied());
+        let earlier = stored_messages.get(&m.id).copied().or_else(|| seen.get(&m.id).copied());
         match earlier {
             Some(conversation) if conversation == m.conversation_id => result.already_present += 1,
-            Some(_) => result
-                .refused
-                .push((index, Refusal::IdInAnotherConversation)),
+            Some(_) => result.refused.push((index, Refusal::IdInAnotherConversation)),
             None => {
                 seen.insert(m.id, m.conversation_id);
                 new.push(m);
@@ -130,19 +113,13 @@ pub async fn import_messages(
     let mut inserted = 0;
     for chunk in new.chunks(CHUNK) {
         inserted += message::Entity::insert_many(chunk.iter().map(|m| message_row(m)))
-            .on_conflict(
-                OnConflict::column(message::Column::Id)
-                    .do_nothing()
-                    .to_owned(),
-            )
+            .on_conflict(OnConflict::column(message::Column::Id).do_nothing().to_owned())
             .exec_without_returning(&txn)
             .await?;
     }
     txn.commit().await?;
     // Rows another writer stored between the check and the insert count as present.
-    let inserted = usize::try_from(inserted)
-        .unwrap_or(new.len())
-        .min(new.len());
+    let inserted = usize::try_from(inserted).unwrap_or(new.len()).min(new.len());
     result.imported = inserted;
     result.already_present += new.len() - inserted;
     result.written = true;
@@ -166,32 +143,17 @@ async fn write_conversations(
     let mut at: HashMap<Uuid, usize> = HashMap::new();
     for m in new {
         let index = *at.entry(m.conversation_id).or_insert_with(|| {
-            spans.push((
-                m.conversation_id,
-                Span {
-                    user_id: &m.user_id,
-                    first: m.created_at,
-                    last: m.created_at,
-                    first_question: None,
-                },
-            ));
+            spans.push((m.conversation_id, Span { user_id: &m.user_id, first: m.created_at, last: m.created_at, first_question: None }));
             spans.len() - 1
         });
         let span = &mut spans[index].1;
         span.first = span.first.min(m.created_at);
         span.last = span.last.max(m.created_at);
-        if m.role == "user"
-            && span
-                .first_question
-                .is_none_or(|q| m.created_at < q.created_at)
-        {
+        if m.role == "user" && span.first_question.is_none_or(|q| m.created_at < q.created_at) {
             span.first_question = Some(m);
         }
     }
-    let title = |span: &Span| {
-        span.first_question
-            .map(|q| storable(&q.content).chars().take(80).collect::<String>())
-    };
+    let title = |span: &Span| span.first_question.map(|q| storable(&q.content).chars().take(80).collect::<String>());
     let mut created = Vec::new();
     for (id, span) in &spans {
         match stored.get(id) {
@@ -207,11 +169,7 @@ async fn write_conversations(
                     Some(t) if row.title.is_empty() => t,
                     _ => row.title.clone(),
                 };
-                let widened = (
-                    row.created_at.min(span.first),
-                    row.updated_at.max(span.last),
-                    title,
-                );
+                let widened = (row.created_at.min(span.first), row.updated_at.max(span.last), title);
                 if widened != (row.created_at, row.updated_at, row.title.clone()) {
                     conversation::ActiveModel {
                         id: Set(*id),
@@ -228,11 +186,7 @@ async fn write_conversations(
     }
     for chunk in created.chunks(CHUNK) {
         conversation::Entity::insert_many(chunk.iter().cloned())
-            .on_conflict(
-                OnConflict::column(conversation::Column::Id)
-                    .do_nothing()
-                    .to_owned(),
-            )
+            .on_conflict(OnConflict::column(conversation::Column::Id).do_nothing().to_owned())
             .exec_without_returning(txn)
             .await?;
     }
@@ -267,17 +221,10 @@ fn unique(ids: impl Iterator<Item = Uuid>) -> Vec<Uuid> {
     ids.filter(|id| seen.insert(*id)).collect()
 }
 
-async fn conversations_by_id(
-    txn: &DatabaseTransaction,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, conversation::Model>, DbErr> {
+async fn conversations_by_id(txn: &DatabaseTransaction, ids: &[Uuid]) -> Result<HashMap<Uuid, conversation::Model>, DbErr> {
     let mut found = HashMap::new();
     for chunk in ids.chunks(CHUNK) {
-        for row in conversation::Entity::find()
-            .filter(conversation::Column::Id.is_in(chunk.iter().copied()))
-            .all(txn)
-            .await?
-        {
+        for row in conversation::Entity::find().filter(conversation::Column::Id.is_in(chunk.iter().copied())).all(txn).await? {
             found.insert(row.id, row);
         }
     }
@@ -285,10 +232,7 @@ async fn conversations_by_id(
 }
 
 /// The conversation of each stored message among `ids`.
-async fn message_conversations(
-    txn: &DatabaseTransaction,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, Uuid>, DbErr> {
+async fn message_conversations(txn: &DatabaseTransaction, ids: &[Uuid]) -> Result<HashMap<Uuid, Uuid>, DbErr> {
     let mut found = HashMap::new();
     for chunk in ids.chunks(CHUNK) {
         let rows = message::Entity::find()

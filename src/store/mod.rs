@@ -9,27 +9,20 @@ mod usage;
 
 pub use crate::chat::HistoryMessage;
 pub use answers::{
-    AnswerEnd, StoredAnswer, checkpoint_answers, fail_interrupted, fail_stale_answers, find_answer,
-    find_answer_by_id, finish_answer,
+    AnswerEnd, StoredAnswer, checkpoint_answers, fail_interrupted, fail_stale_answers, find_answer, find_answer_by_id, finish_answer,
 };
 pub use history::{
-    ConversationPage, ConversationSummary, PageKey, conversation_messages, delete_conversation,
-    find_conversation, find_message, list_conversations, rename_conversation,
+    ConversationPage, ConversationSummary, PageKey, conversation_messages, delete_conversation, find_conversation, find_message,
+    list_conversations, rename_conversation,
 };
 pub use imports::{ImportMode, ImportResult, ImportedMessage, Refusal, import_messages};
-pub use turns::{
-    ChatBegun, NewIds, NewTurn, TurnIds, begin_chat, begin_chat_with, conversation_history,
-    find_turn, owns_conversation,
-};
+pub use turns::{ChatBegun, NewIds, NewTurn, TurnIds, begin_chat, begin_chat_with, conversation_history, find_turn, owns_conversation};
 pub use usage::{add_usage, day_total, list_usage, utc_day};
 
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
-    TransactionTrait,
-};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait};
 
 use crate::chat::{ChatError, ErrorCode};
 
@@ -59,11 +52,7 @@ impl StoreError {
 /// it is a connection or capacity problem; a statement the database refuses, which will
 /// fail the same way again, is `INTERNAL`.
 pub fn db_error(e: &DbErr) -> ChatError {
-    ChatError::code(if is_transient(e) {
-        ErrorCode::Unavailable
-    } else {
-        ErrorCode::Internal
-    })
+    ChatError::code(if is_transient(e) { ErrorCode::Unavailable } else { ErrorCode::Internal })
 }
 
 /// True when `e` is about reaching the database (no connection, a pool timeout, a broken
@@ -80,23 +69,10 @@ pub fn is_transient(e: &DbErr) -> bool {
         return false;
     };
     match sqlx.as_ref() {
-        Error::Io(_)
-        | Error::Tls(_)
-        | Error::Protocol(_)
-        | Error::PoolTimedOut
-        | Error::PoolClosed
-        | Error::WorkerCrashed => true,
+        Error::Io(_) | Error::Tls(_) | Error::Protocol(_) | Error::PoolTimedOut | Error::PoolClosed | Error::WorkerCrashed => true,
         Error::Database(db) => {
-            let sqlite = db
-                .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
-                .is_some();
-            db.code().is_some_and(|code| {
-                if sqlite {
-                    sqlite_transient(&code)
-                } else {
-                    sqlstate_transient(&code)
-                }
-            })
+            let sqlite = db.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>().is_some();
+            db.code().is_some_and(|code| if sqlite { sqlite_transient(&code) } else { sqlstate_transient(&code) })
         }
         _ => false,
     }
@@ -105,11 +81,7 @@ pub fn is_transient(e: &DbErr) -> bool {
 /// PostgreSQL's SQLSTATE classes 08 (connection), 53 (resources), 57 (operator
 /// intervention: shutdown, cancel), and 40001/40P01 (serialization, deadlock).
 fn sqlstate_transient(code: &str) -> bool {
-    ["08", "53", "57"]
-        .iter()
-        .any(|class| code.starts_with(class))
-        || code == "40001"
-        || code == "40P01"
+    ["08", "53", "57"].iter().any(|class| code.starts_with(class)) || code == "40001" || code == "40P01"
 }
 
 /// SQLite's BUSY (5) and LOCKED (6), with their extended codes (the low byte).
@@ -125,16 +97,10 @@ fn sqlite_transient(code: &str) -> bool {
 /// lock taken sleeps in SQLite's busy handler (1, 2, 5, 10 ms, ...) instead of queueing,
 /// which under load put 100 ms and more in front of `chat:start`s. One connection makes
 /// every statement queue in order on the pool; reads are short enough not to mind.
-pub async fn connect(
-    url: &str,
-    max_connections: Option<u32>,
-    schema: &str,
-) -> Result<DatabaseConnection, DbErr> {
+pub async fn connect(url: &str, max_connections: Option<u32>, schema: &str) -> Result<DatabaseConnection, DbErr> {
     let sqlite = url.starts_with("sqlite:");
     let mut options = base_options(url);
-    options
-        .idle_timeout(Duration::from_secs(60))
-        .max_connections(max_connections.unwrap_or(if sqlite { 1 } else { 16 }));
+    options.idle_timeout(Duration::from_secs(60)).max_connections(max_connections.unwrap_or(if sqlite { 1 } else { 16 }));
     // WAL lets readers run beside the writer; with it, `synchronous=NORMAL` is still
     // crash-safe (a power cut may lose the last commits, never corrupt) and spares an
     // fsync per commit, which is most of a chat:start's cost.
@@ -156,10 +122,7 @@ pub async fn connect(
 /// Times every statement run on `db` and on its clones made from now on (those of its
 /// transactions included): `observe` gets each one's execution time, without the wait for
 /// a pooled connection. A closure, so the store knows nothing of what records it.
-pub fn time_statements(
-    db: &mut DatabaseConnection,
-    observe: impl Fn(Duration) + Send + Sync + 'static,
-) {
+pub fn time_statements(db: &mut DatabaseConnection, observe: impl Fn(Duration) + Send + Sync + 'static) {
     db.set_metric_callback(move |info| observe(info.elapsed));
 }
 
@@ -184,11 +147,9 @@ pub async fn migrate(db: &DatabaseConnection, schema: &str) -> Result<(), DbErr>
     }
     let named = |what: &str, e: DbErr| DbErr::Migration(format!("{what} (schema {schema:?}): {e}"));
     let txn = db.begin().await?;
-    txn.execute_unprepared(&format!(
-        "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
-    ))
-    .await
-    .map_err(|e| named("taking the migration lock", e))?;
+    txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
+        .await
+        .map_err(|e| named("taking the migration lock", e))?;
     let exists = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -201,17 +162,11 @@ pub async fn migrate(db: &DatabaseConnection, schema: &str) -> Result<(), DbErr>
     if !exists {
         // Checked first, so a role without CREATE on the database can use a schema an
         // administrator made for it. The name is a plain identifier (see the config).
-        txn.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-            .await
-            .map_err(|e| named("creating the schema", e))?;
+        txn.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).await.map_err(|e| named("creating the schema", e))?;
         warn_about_tables_in_public(&txn, schema).await;
     }
-    Migrator::up(&txn, None)
-        .await
-        .map_err(|e| named("running the migrations", e))?;
-    txn.commit()
-        .await
-        .map_err(|e| named("committing the migrations", e))
+    Migrator::up(&txn, None).await.map_err(|e| named("running the migrations", e))?;
+    txn.commit().await.map_err(|e| named("committing the migrations", e))
 }
 
 /// A deployment from before `DATABASE_SCHEMA` keeps its tables in `public`; starting it
@@ -232,10 +187,7 @@ async fn warn_about_tables_in_public<C: ConnectionTrait>(db: &C, schema: &str) {
 /// What every pool opened here shares: no statement logging, bounded waits.
 fn base_options(url: &str) -> ConnectOptions {
     let mut options = ConnectOptions::new(url.to_owned());
-    options
-        .sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(5));
+    options.sqlx_logging(false).connect_timeout(Duration::from_secs(5)).acquire_timeout(Duration::from_secs(5));
     options
 }
 
@@ -249,10 +201,7 @@ const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// half second instead, beside the writer: a passive checkpoint never waits for it or
 /// blocks it. The automatic checkpoint stays as the backstop. Nothing to do for
 /// PostgreSQL or an in-memory database.
-pub async fn spawn_wal_checkpointer(
-    url: &str,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> Result<(), DbErr> {
+pub async fn spawn_wal_checkpointer(url: &str, shutdown: tokio_util::sync::CancellationToken) -> Result<(), DbErr> {
     if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
         return Ok(());
     }
@@ -268,10 +217,7 @@ pub async fn spawn_wal_checkpointer(
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            match db
-                .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
-                .await
-            {
+            match db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)").await {
                 Ok(_) => failing = false,
                 // Logged once per run of failures; the automatic checkpoint still works.
                 Err(e) if !failing => {
@@ -300,32 +246,14 @@ mod tests {
     #[test]
     fn only_connection_problems_are_unavailable() {
         let code = |e: DbErr| StoreError::Db(e).to_chat_error().code;
-        assert_eq!(
-            code(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)),
-            ErrorCode::Unavailable
-        );
+        assert_eq!(code(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)), ErrorCode::Unavailable);
         assert_eq!(code(sqlx(Error::PoolClosed)), ErrorCode::Unavailable);
-        assert_eq!(
-            code(sqlx(Error::Io(std::io::Error::other("reset")))),
-            ErrorCode::Unavailable
-        );
-        assert_eq!(
-            code(DbErr::Exec(RuntimeErr::Internal("refused".into()))),
-            ErrorCode::Internal
-        );
+        assert_eq!(code(sqlx(Error::Io(std::io::Error::other("reset")))), ErrorCode::Unavailable);
+        assert_eq!(code(DbErr::Exec(RuntimeErr::Internal("refused".into()))), ErrorCode::Internal);
         assert_eq!(code(sqlx(Error::RowNotFound)), ErrorCode::Internal);
         assert_eq!(code(DbErr::RecordNotUpdated), ErrorCode::Internal);
-        assert!(
-            sqlstate_transient("08006")
-                && sqlstate_transient("57P01")
-                && sqlstate_transient("40P01")
-        );
+        assert!(sqlstate_transient("08006") && sqlstate_transient("57P01") && sqlstate_transient("40P01"));
         assert!(!sqlstate_transient("22021") && !sqlstate_transient("23505"));
-        assert!(
-            sqlite_transient("5")
-                && sqlite_transient("517")
-                && !sqlite_transient("19")
-                && !sqlite_transient("2067")
-        );
+        assert!(sqlite_transient("5") && sqlite_transient("517") && !sqlite_transient("19") && !sqlite_transient("2067"));
     }
 }

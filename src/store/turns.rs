@@ -4,8 +4,7 @@
 use chrono::Utc;
 use entity::{conversation, message};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -37,11 +36,7 @@ impl NewIds {
     pub fn generate() -> Self {
         let conversation_id = Uuid::now_v7();
         let user_message_id = Uuid::now_v7();
-        Self {
-            conversation_id,
-            user_message_id,
-            assistant_message_id: Uuid::now_v7(),
-        }
+        Self { conversation_id, user_message_id, assistant_message_id: Uuid::now_v7() }
     }
 }
 
@@ -71,33 +66,19 @@ pub async fn conversation_history(
 /// Stores the user message and the assistant's `streaming` row in one transaction,
 /// creating the conversation when none is given. Four statements in all (begin, the
 /// conversation, both messages, commit): each is a round trip to the database.
-pub async fn begin_chat(
-    db: &DatabaseConnection,
-    turn: NewTurn<'_>,
-) -> Result<ChatBegun, StoreError> {
+pub async fn begin_chat(db: &DatabaseConnection, turn: NewTurn<'_>) -> Result<ChatBegun, StoreError> {
     begin_chat_with(db, turn, NewIds::generate()).await
 }
 
 /// [`begin_chat`] with ids made beforehand.
-pub async fn begin_chat_with(
-    db: &DatabaseConnection,
-    turn: NewTurn<'_>,
-    ids: NewIds,
-) -> Result<ChatBegun, StoreError> {
-    let NewIds {
-        conversation_id: new_conversation_id,
-        user_message_id,
-        assistant_message_id,
-    } = ids;
+pub async fn begin_chat_with(db: &DatabaseConnection, turn: NewTurn<'_>, ids: NewIds) -> Result<ChatBegun, StoreError> {
+    let NewIds { conversation_id: new_conversation_id, user_message_id, assistant_message_id } = ids;
     let txn = db.begin().await?;
     let now = Utc::now();
     let (conversation_id, created) = match turn.conversation_id {
         Some(id) => {
             let touched = conversation::Entity::update_many()
-                .col_expr(
-                    conversation::Column::UpdatedAt,
-                    sea_orm::sea_query::Expr::value(now),
-                )
+                .col_expr(conversation::Column::UpdatedAt, sea_orm::sea_query::Expr::value(now))
                 .filter(conversation::Column::Id.eq(id))
                 .filter(conversation::Column::UserId.eq(turn.user_id))
                 .exec(&txn)
@@ -116,9 +97,7 @@ pub async fn begin_chat_with(
                 created_at: Set(now),
                 updated_at: Set(now),
             };
-            conversation::Entity::insert(conversation)
-                .exec_without_returning(&txn)
-                .await?;
+            conversation::Entity::insert(conversation).exec_without_returning(&txn).await?;
             (id, true)
         }
     };
@@ -126,20 +105,11 @@ pub async fn begin_chat_with(
     question.content = Set(turn.message.to_owned());
     question.status = Set(Status::Complete.as_str().to_owned());
     question.client_message_id = Set(turn.client_message_id.map(str::to_owned));
-    let mut answer = new_message(
-        conversation_id,
-        assistant_message_id,
-        turn.user_id,
-        "assistant",
-        now,
-    );
+    let mut answer = new_message(conversation_id, assistant_message_id, turn.user_id, "assistant", now);
     answer.content = Set(String::new());
     answer.status = Set(Status::Streaming.as_str().to_owned());
     answer.model = Set(Some(turn.model.to_owned()));
-    if let Err(e) = message::Entity::insert_many([question, answer])
-        .exec_without_returning(&txn)
-        .await
-    {
+    if let Err(e) = message::Entity::insert_many([question, answer]).exec_without_returning(&txn).await {
         return Err(match e.sql_err() {
             // Only the question carries a unique key (`clientMessageId`).
             Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => StoreError::DuplicateKey,
@@ -147,21 +117,10 @@ pub async fn begin_chat_with(
         });
     }
     txn.commit().await?;
-    Ok(ChatBegun {
-        conversation_id,
-        created,
-        user_message_id,
-        assistant_message_id,
-    })
+    Ok(ChatBegun { conversation_id, created, user_message_id, assistant_message_id })
 }
 
-fn new_message(
-    conversation_id: Uuid,
-    id: Uuid,
-    user_id: &str,
-    role: &str,
-    now: chrono::DateTime<Utc>,
-) -> message::ActiveModel {
+fn new_message(conversation_id: Uuid, id: Uuid, user_id: &str, role: &str, now: chrono::DateTime<Utc>) -> message::ActiveModel {
     message::ActiveModel {
         id: Set(id),
         conversation_id: Set(conversation_id),
@@ -185,11 +144,7 @@ fn new_message(
 /// The last `limit` messages with text, oldest first. Failed answers with no text are skipped.
 /// Ordered by `createdAt`, then id: the two rows of a turn share their time and are told
 /// apart by their UUIDv7s, and imported rows keep ids that carry no time.
-async fn load_history<C: ConnectionTrait>(
-    db: &C,
-    conversation_id: Uuid,
-    limit: u64,
-) -> Result<Vec<HistoryMessage>, DbErr> {
+async fn load_history<C: ConnectionTrait>(db: &C, conversation_id: Uuid, limit: u64) -> Result<Vec<HistoryMessage>, DbErr> {
     let mut rows = message::Entity::find()
         .filter(message::Column::ConversationId.eq(conversation_id))
         .filter(message::Column::Content.ne(""))
@@ -199,13 +154,7 @@ async fn load_history<C: ConnectionTrait>(
         .all(db)
         .await?;
     rows.reverse();
-    Ok(rows
-        .into_iter()
-        .map(|m| HistoryMessage {
-            role: m.role,
-            content: m.content,
-        })
-        .collect())
+    Ok(rows.into_iter().map(|m| HistoryMessage { role: m.role, content: m.content }).collect())
 }
 
 /// The ids of an earlier `chat:start` of `user` with this `clientMessageId`.
@@ -217,11 +166,7 @@ pub struct TurnIds {
 }
 
 /// Finds the turn a repeated `clientMessageId` refers to, if it was stored.
-pub async fn find_turn(
-    db: &DatabaseConnection,
-    user_id: &str,
-    client_message_id: &str,
-) -> Result<Option<TurnIds>, DbErr> {
+pub async fn find_turn(db: &DatabaseConnection, user_id: &str, client_message_id: &str) -> Result<Option<TurnIds>, DbErr> {
     let Some(question) = message::Entity::find()
         .filter(message::Column::UserId.eq(user_id))
         .filter(message::Column::ClientMessageId.eq(client_message_id))
@@ -238,22 +183,10 @@ pub async fn find_turn(
         .order_by_asc(message::Column::Id)
         .one(db)
         .await?;
-    Ok(answer.map(|a| TurnIds {
-        conversation_id: question.conversation_id,
-        user_message_id: question.id,
-        assistant_message_id: a.id,
-    }))
+    Ok(answer.map(|a| TurnIds { conversation_id: question.conversation_id, user_message_id: question.id, assistant_message_id: a.id }))
 }
 
 /// True when the conversation exists and belongs to `user`.
-pub async fn owns_conversation(
-    db: &DatabaseConnection,
-    user_id: &str,
-    id: Uuid,
-) -> Result<bool, DbErr> {
-    Ok(conversation::Entity::find_by_id(id)
-        .filter(conversation::Column::UserId.eq(user_id))
-        .one(db)
-        .await?
-        .is_some())
+pub async fn owns_conversation(db: &DatabaseConnection, user_id: &str, id: Uuid) -> Result<bool, DbErr> {
+    Ok(conversation::Entity::find_by_id(id).filter(conversation::Column::UserId.eq(user_id)).one(db).await?.is_some())
 }

@@ -15,10 +15,7 @@ pub struct UserConnections {
 
 impl UserConnections {
     pub fn new(limit: usize) -> Self {
-        Self {
-            open: Arc::default(),
-            limit,
-        }
+        Self { open: Arc::default(), limit }
     }
 
     /// A place for one more connection of `user`, or `None` at the limit.
@@ -29,18 +26,12 @@ impl UserConnections {
             return None;
         }
         *count += 1;
-        Some(ConnectionSlot(Arc::new(Slot {
-            owner: self.clone(),
-            user: user.to_owned(),
-        })))
+        Some(ConnectionSlot(Arc::new(Slot { owner: self.clone(), user: user.to_owned() })))
     }
 
     /// Users holding at least one connection (the map never keeps the others).
     pub fn users(&self) -> usize {
-        self.open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.open.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }
 
@@ -55,11 +46,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self
-            .owner
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut open = self.owner.open.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = open.get_mut(&self.user) {
             *count -= 1;
             if *count == 0 {
@@ -84,10 +71,6 @@ mod tests {
         let c = connections.acquire("u1").unwrap();
         assert!(connections.acquire("u1").is_none());
         drop((b, c, other));
-        assert_eq!(
-            connections.users(),
-            0,
-            "no entry stays for users without connections"
-        );
+        assert_eq!(connections.users(), 0, "no entry stays for users without connections");
     }
 }

@@ -31,12 +31,7 @@ pub enum StartAck {
 
 impl StartAck {
     pub fn ok(ids: AnswerIds, user_message_id: Uuid) -> Self {
-        Self::Ok {
-            ok: true,
-            conversation_id: ids.conversation_id,
-            user_message_id,
-            message_id: ids.message_id,
-        }
+        Self::Ok { ok: true, conversation_id: ids.conversation_id, user_message_id, message_id: ids.message_id }
     }
     pub fn err(error: ChatError) -> Self {
         Self::Err { ok: false, error }
@@ -75,14 +70,7 @@ pub struct Chunk<'a> {
 impl<'a> Chunk<'a> {
     /// The chunk of `content` at `offset`, the reader's `seq`-th.
     pub fn new(ids: AnswerIds, content: &'a str, offset: u64, seq: u64) -> Self {
-        Self {
-            content,
-            is_complete: false,
-            message_id: ids.message_id,
-            conversation_id: ids.conversation_id,
-            seq,
-            offset,
-        }
+        Self { content, is_complete: false, message_id: ids.message_id, conversation_id: ids.conversation_id, seq, offset }
     }
 }
 
@@ -124,12 +112,7 @@ pub struct ErrorEvent<'a> {
 impl<'a> ErrorEvent<'a> {
     /// An error about no particular answer.
     pub fn bare(error: &'a ChatError) -> Self {
-        Self {
-            message: &error.message,
-            code: error.code,
-            message_id: None,
-            conversation_id: None,
-        }
+        Self { message: &error.message, code: error.code, message_id: None, conversation_id: None }
     }
 }
 
@@ -152,11 +135,7 @@ pub struct ActiveGeneration {
 
 impl From<ActiveAnswer> for ActiveGeneration {
     fn from(a: ActiveAnswer) -> Self {
-        Self {
-            conversation_id: a.ids.conversation_id,
-            message_id: a.ids.message_id,
-            offset: a.offset,
-        }
+        Self { conversation_id: a.ids.conversation_id, message_id: a.ids.message_id, offset: a.offset }
     }
 }
 
@@ -165,11 +144,7 @@ pub fn final_event(ids: AnswerIds, ending: &Ending) -> (&'static str, Value) {
     let (message_id, conversation_id) = (ids.message_id, ids.conversation_id);
     let content = ending.content.as_str();
     let payload = match &ending.outcome {
-        Final::Complete {
-            model,
-            finish_reason,
-            usage,
-        } => serde_json::to_value(End {
+        Final::Complete { model, finish_reason, usage } => serde_json::to_value(End {
             message_id,
             conversation_id,
             total_tokens: usage.total_tokens,
@@ -179,11 +154,7 @@ pub fn final_event(ids: AnswerIds, ending: &Ending) -> (&'static str, Value) {
             completion_tokens: usage.completion_tokens,
             content,
         }),
-        Final::Stopped => serde_json::to_value(Stopped {
-            message_id,
-            conversation_id,
-            content,
-        }),
+        Final::Stopped => serde_json::to_value(Stopped { message_id, conversation_id, content }),
         Final::Failed(error) => serde_json::to_value(ErrorEvent {
             message: &error.message,
             code: error.code,

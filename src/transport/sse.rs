@@ -53,10 +53,7 @@ pub fn router(wire: Wire) -> Router {
         .route("/v1/chat", post(chat))
         .route("/v1/answers/{message_id}/events", get(events))
         .route("/v1/answers/{message_id}/stop", post(stop))
-        .layer(axum::middleware::map_response_with_state(
-            wire.clone(),
-            count_refusal,
-        ))
+        .layer(axum::middleware::map_response_with_state(wire.clone(), count_refusal))
         .with_state(wire)
 }
 
@@ -82,32 +79,17 @@ fn refusal(error: ChatError) -> Response {
 }
 
 /// The request's user: the verified token's, or in open mode the one it names.
-fn authenticate(
-    wire: &Wire,
-    headers: &HeaderMap,
-    uri: &Uri,
-    claimed: Option<&Value>,
-) -> Result<String, Box<Response>> {
-    api::caller(&wire.auth, headers, uri, claimed)
-        .map_err(|refused| Box::new(refused.into_response()))
+fn authenticate(wire: &Wire, headers: &HeaderMap, uri: &Uri, claimed: Option<&Value>) -> Result<String, Box<Response>> {
+    api::caller(&wire.auth, headers, uri, claimed).map_err(|refused| Box::new(refused.into_response()))
 }
 
 /// The user of a request about one answer, and the answer's id from the path.
 /// In open mode `?userId=` names the user.
-fn answer_of(
-    wire: &Wire,
-    headers: &HeaderMap,
-    uri: &Uri,
-    id: &str,
-) -> Result<(String, Uuid), Box<Response>> {
+fn answer_of(wire: &Wire, headers: &HeaderMap, uri: &Uri, id: &str) -> Result<(String, Uuid), Box<Response>> {
     let claimed = api::query_value(uri, "userId").map(Value::String);
     let user = authenticate(wire, headers, uri, claimed.as_ref())?;
-    let message_id = Uuid::try_parse(id).map_err(|_| {
-        Box::new(refusal(ChatError::new(
-            ErrorCode::InvalidParams,
-            "messageId is not a UUID",
-        )))
-    })?;
+    let message_id =
+        Uuid::try_parse(id).map_err(|_| Box::new(refusal(ChatError::new(ErrorCode::InvalidParams, "messageId is not a UUID"))))?;
     Ok((user, message_id))
 }
 
@@ -120,19 +102,9 @@ fn answer_of(
     responses((status = 200, content_type = "text/event-stream", body = crate::http::openapi::SseEvent, description = "The answer's events"), WireErrors),
     security(("bearer" = []))
 )]
-pub(crate) async fn chat(
-    State(wire): State<Wire>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
+pub(crate) async fn chat(State(wire): State<Wire>, headers: HeaderMap, uri: Uri, body: Bytes) -> Response {
     let payload: Option<Value> = crate::chat::json::parse_lenient_bytes(&body).ok();
-    let user = match authenticate(
-        &wire,
-        &headers,
-        &uri,
-        payload.as_ref().and_then(|p| p.get("userId")),
-    ) {
+    let user = match authenticate(&wire, &headers, &uri, payload.as_ref().and_then(|p| p.get("userId"))) {
         Ok(user) => user,
         Err(refused) => return *refused,
     };
@@ -140,10 +112,7 @@ pub(crate) async fn chat(
         return refusal(too_many_connections());
     };
     let Some(payload) = payload else {
-        return refusal(ChatError::new(
-            ErrorCode::InvalidPayload,
-            "the body must be a JSON object",
-        ));
+        return refusal(ChatError::new(ErrorCode::InvalidPayload, "the body must be a JSON object"));
     };
     let command = match StartCommand::parse(&payload, &user, &wire.config) {
         Ok(c) => c,
@@ -151,41 +120,25 @@ pub(crate) async fn chat(
     };
     let message = command.message.clone();
     let connection = ConnectionId::new("sse", Uuid::new_v4());
-    let (ids, user_message_id, mut preamble, reader) =
-        match wire.engine.start(&connection, &user, command).await {
-            Ok(StartOutcome::Started(s)) => {
-                let mut preamble = Vec::new();
-                if s.created {
-                    preamble.push(event(
-                        "chat:conversation",
-                        &ConversationCreated {
-                            conversation_id: s.ids.conversation_id,
-                        },
-                    ));
-                }
-                let stored = UserMessageStored {
-                    message_id: s.user_message_id,
-                    content: &message,
-                    conversation_id: s.ids.conversation_id,
-                };
-                preamble.push(event("chat:user-message", &stored));
-                (s.ids, s.user_message_id, preamble, s.reader)
+    let (ids, user_message_id, mut preamble, reader) = match wire.engine.start(&connection, &user, command).await {
+        Ok(StartOutcome::Started(s)) => {
+            let mut preamble = Vec::new();
+            if s.created {
+                preamble.push(event("chat:conversation", &ConversationCreated { conversation_id: s.ids.conversation_id }));
             }
-            // A repeat of an earlier start: its ack, then its answer from the start.
-            Ok(StartOutcome::Repeated {
-                ids,
-                user_message_id,
-            }) => match wire.engine.subscribe(&user, ids.message_id, 0).await {
-                Ok(s) => (ids, user_message_id, Vec::new(), s.reader),
-                Err(e) => return refusal(e),
-            },
+            let stored = UserMessageStored { message_id: s.user_message_id, content: &message, conversation_id: s.ids.conversation_id };
+            preamble.push(event("chat:user-message", &stored));
+            (s.ids, s.user_message_id, preamble, s.reader)
+        }
+        // A repeat of an earlier start: its ack, then its answer from the start.
+        Ok(StartOutcome::Repeated { ids, user_message_id }) => match wire.engine.subscribe(&user, ids.message_id, 0).await {
+            Ok(s) => (ids, user_message_id, Vec::new(), s.reader),
             Err(e) => return refusal(e),
-        };
-    preamble.insert(0, event("chat:ack", &StartAck::ok(ids, user_message_id)));
-    let closed = ClosedGuard {
-        engine: wire.engine.clone(),
-        connection,
+        },
+        Err(e) => return refusal(e),
     };
+    preamble.insert(0, event("chat:ack", &StartAck::ok(ids, user_message_id)));
+    let closed = ClosedGuard { engine: wire.engine.clone(), connection };
     respond(&wire, preamble, ids, reader, (slot, Some(closed)))
 }
 
@@ -200,33 +153,18 @@ pub(crate) async fn chat(
     responses((status = 200, content_type = "text/event-stream", body = crate::http::openapi::SseEvent, description = "The answer's events"), WireErrors),
     security(("bearer" = []))
 )]
-pub(crate) async fn events(
-    State(wire): State<Wire>,
-    Path(message_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
+pub(crate) async fn events(State(wire): State<Wire>, Path(message_id): Path<String>, headers: HeaderMap, uri: Uri) -> Response {
     let (user, message_id) = match answer_of(&wire, &headers, &uri, &message_id) {
         Ok(found) => found,
         Err(refused) => return *refused,
     };
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let offset = match last_event_id
-        .or_else(|| api::query_value(&uri, "offset"))
-        .as_deref()
-        .map(str::trim)
-    {
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let offset = match last_event_id.or_else(|| api::query_value(&uri, "offset")).as_deref().map(str::trim) {
         None | Some("") => 0,
         Some(raw) => match raw.parse::<u64>() {
             Ok(n) => n,
             Err(_) => {
-                return refusal(ChatError::new(
-                    ErrorCode::InvalidParams,
-                    "offset must be a whole number",
-                ));
+                return refusal(ChatError::new(ErrorCode::InvalidParams, "offset must be a whole number"));
             }
         },
     };
@@ -246,12 +184,7 @@ pub(crate) async fn events(
     responses((status = 200, body = StopAck, description = "`stopped` is false when it had already ended"), WireErrors),
     security(("bearer" = []))
 )]
-pub(crate) async fn stop(
-    State(wire): State<Wire>,
-    Path(message_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
+pub(crate) async fn stop(State(wire): State<Wire>, Path(message_id): Path<String>, headers: HeaderMap, uri: Uri) -> Response {
     let (user, message_id) = match answer_of(&wire, &headers, &uri, &message_id) {
         Ok(found) => found,
         Err(refused) => return *refused,
@@ -277,10 +210,7 @@ impl Drop for ClosedGuard {
 
 /// A user at `MAX_CONNECTIONS_PER_USER`: 429, as a socket's refused connect.
 fn too_many_connections() -> ChatError {
-    ChatError::new(
-        ErrorCode::RateLimit,
-        "too many open connections for this user",
-    )
+    ChatError::new(ErrorCode::RateLimit, "too many open connections for this user")
 }
 
 /// What a stream holds until it ends: its place among the user's connections, for
@@ -296,13 +226,9 @@ fn respond(
     reader: Box<dyn LogReader>,
     held: (ConnectionSlot, Option<ClosedGuard>),
 ) -> Response {
-    let keep_alive = KeepAlive::new()
-        .interval(wire.config.sse_keepalive)
-        .text("keep-alive");
+    let keep_alive = KeepAlive::new().interval(wire.config.sse_keepalive).text("keep-alive");
     let held = (held.0, held.1, wire.engine.metrics().sse_connection());
-    Sse::new(answer_events(preamble, ids, reader, held))
-        .keep_alive(keep_alive)
-        .into_response()
+    Sse::new(answer_events(preamble, ids, reader, held)).keep_alive(keep_alive).into_response()
 }
 
 fn answer_events(

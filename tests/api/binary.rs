@@ -26,10 +26,7 @@ impl Child {
     /// The next logged line whose message is `message`, within 10 s.
     pub fn logged(&self, message: &str) -> Value {
         loop {
-            let line = self
-                .logs
-                .recv_timeout(Duration::from_secs(10))
-                .expect("the server logs it");
+            let line = self.logs.recv_timeout(Duration::from_secs(10)).expect("the server logs it");
             if line["message"] == message {
                 return line;
             }
@@ -47,14 +44,7 @@ impl Drop for Child {
 
 /// Starts the binary with the test defaults (JWT, JSON logs, port 0) and `vars` on top.
 pub fn spawn_binary(db_url: &str, vars: &[(&str, &str)]) -> Child {
-    spawn_binary_with(
-        &[
-            ("HOST", "127.0.0.1"),
-            ("JWT_SECRET", SECRET),
-            ("DATABASE_URL", db_url),
-        ],
-        vars,
-    )
+    spawn_binary_with(&[("HOST", "127.0.0.1"), ("JWT_SECRET", SECRET), ("DATABASE_URL", db_url)], vars)
 }
 
 /// Starts the binary with only `base` and `vars` (plus port 0 and JSON logs).
@@ -86,12 +76,7 @@ pub fn spawn_binary_with(base: &[(&str, &str)], vars: &[(&str, &str)]) -> Child 
             let _ = tx.send(serde_json::from_str(&line).unwrap_or_default());
         }
     });
-    Child {
-        process,
-        addr,
-        startup,
-        logs,
-    }
+    Child { process, addr, startup, logs }
 }
 
 /// Runs the binary to its end with exactly these variables; its exit code and stderr.
@@ -102,8 +87,5 @@ pub fn refused_start(vars: &[(&str, &str)]) -> (Option<i32>, String) {
         .envs(vars.iter().copied())
         .output()
         .expect("the chatwire binary runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }

@@ -22,11 +22,7 @@ pub enum Incoming {
 
 enum Transport {
     Ws(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
-    Polling {
-        http: reqwest::Client,
-        url: String,
-        queue: VecDeque<String>,
-    },
+    Polling { http: reqwest::Client, url: String, queue: VecDeque<String> },
 }
 
 /// A connected socket, of `/ai` unless made with [`Client::websocket_to`].
@@ -50,10 +46,7 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn token(token: &str) -> Self {
-        Self {
-            auth: Some(json!({ "token": token })),
-            ..Default::default()
-        }
+        Self { auth: Some(json!({ "token": token })), ..Default::default() }
     }
 }
 
@@ -68,50 +61,27 @@ impl Client {
     }
 
     /// Connects to namespace `ns` over WebSocket only.
-    pub async fn websocket_to(
-        addr: SocketAddr,
-        ns: &str,
-        creds: Credentials,
-    ) -> Result<Self, Refused> {
+    pub async fn websocket_to(addr: SocketAddr, ns: &str, creds: Credentials) -> Result<Self, Refused> {
         let mut url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
         if let Some(t) = &creds.query_token {
             url.push_str(&format!("&token={t}"));
         }
-        let mut request =
-            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
-                .unwrap();
+        let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
         if let Some(b) = &creds.bearer {
-            request
-                .headers_mut()
-                .insert("authorization", format!("Bearer {b}").parse().unwrap());
+            request.headers_mut().insert("authorization", format!("Bearer {b}").parse().unwrap());
         }
         // A small receive window, as a phone on a slow link has: a burst backs up into the server.
         let tcp = tokio::net::TcpSocket::new_v4().unwrap();
         tcp.set_recv_buffer_size(64 * 1024).unwrap();
         let stream = tcp.connect(addr).await.expect("tcp connect");
-        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .max_message_size(None)
-            .max_frame_size(None);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(
-            request,
-            MaybeTlsStream::Plain(stream),
-            Some(config),
-        )
-        .await
-        .expect("websocket handshake");
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config))
+            .await
+            .expect("websocket handshake");
         let transport = Transport::Ws(Box::new(ws));
-        let mut client = Self {
-            transport,
-            ns: ns.to_owned(),
-            next_ack: 0,
-            backlog: VecDeque::new(),
-            active: VecDeque::new(),
-        };
+        let mut client = Self { transport, ns: ns.to_owned(), next_ack: 0, backlog: VecDeque::new(), active: VecDeque::new() };
         let open = client.recv_raw().await;
-        assert!(
-            open.starts_with('0'),
-            "expected an Engine.IO open packet, got {open}"
-        );
+        assert!(open.starts_with('0'), "expected an Engine.IO open packet, got {open}");
         client.join_namespace(creds.auth).await?;
         Ok(client)
     }
@@ -121,21 +91,10 @@ impl Client {
         let http = reqwest::Client::new();
         let base = format!("http://{addr}/socket.io/?EIO=4&transport=polling");
         let body = http.get(&base).send().await.unwrap().text().await.unwrap();
-        let open: Value =
-            serde_json::from_str(body.strip_prefix('0').expect("open packet")).unwrap();
+        let open: Value = serde_json::from_str(body.strip_prefix('0').expect("open packet")).unwrap();
         let url = format!("{base}&sid={}", open["sid"].as_str().unwrap());
-        let transport = Transport::Polling {
-            http,
-            url,
-            queue: VecDeque::new(),
-        };
-        let mut client = Self {
-            transport,
-            ns: NS.to_owned(),
-            next_ack: 0,
-            backlog: VecDeque::new(),
-            active: VecDeque::new(),
-        };
+        let transport = Transport::Polling { http, url, queue: VecDeque::new() };
+        let mut client = Self { transport, ns: NS.to_owned(), next_ack: 0, backlog: VecDeque::new(), active: VecDeque::new() };
         client.join_namespace(creds.auth).await?;
         Ok(client)
     }
@@ -152,23 +111,19 @@ impl Client {
         }
         if let Some(body) = packet.strip_prefix(&format!("4{ns},")) {
             let err: Value = serde_json::from_str(body).unwrap();
-            return Err(Refused(
-                err["message"].as_str().unwrap_or_default().to_owned(),
-            ));
+            return Err(Refused(err["message"].as_str().unwrap_or_default().to_owned()));
         }
         panic!("unexpected packet while connecting: {packet}");
     }
 
     /// `socket.emit(event, data)`.
     pub async fn emit(&mut self, event: &str, data: Value) {
-        self.send_raw(format!("2{},{}", self.ns, json!([event, data])))
-            .await;
+        self.send_raw(format!("2{},{}", self.ns, json!([event, data]))).await;
     }
 
     /// `socket.emit(event)` with no argument at all.
     pub async fn emit_bare(&mut self, event: &str) {
-        self.send_raw(format!("2{},{}", self.ns, json!([event])))
-            .await;
+        self.send_raw(format!("2{},{}", self.ns, json!([event]))).await;
     }
 
     /// Sends a raw Socket.IO packet (for malformed-input tests).
@@ -178,8 +133,7 @@ impl Client {
 
     /// `socket.emitWithAck(event, data)`: sends and waits for the ack, keeping other events.
     pub async fn emit_with_ack(&mut self, event: &str, data: Value) -> Value {
-        self.emit_text_with_ack(&json!([event, data]).to_string())
-            .await
+        self.emit_text_with_ack(&json!([event, data]).to_string()).await
     }
 
     /// Like [`Self::emit_with_ack`], with the event's JSON array written by the test
@@ -245,9 +199,7 @@ impl Client {
 
     /// True when the server closes the connection within `wait` (anything else read is dropped).
     pub async fn wait_closed(&mut self, wait: Duration) -> bool {
-        let Transport::Ws(ws) = &mut self.transport else {
-            panic!("websocket only")
-        };
+        let Transport::Ws(ws) = &mut self.transport else { panic!("websocket only") };
         let closed = async {
             loop {
                 match ws.next().await {
@@ -265,14 +217,8 @@ impl Client {
     pub async fn ack_or_close(&mut self, array: &str) -> Option<Value> {
         let id = self.next_ack;
         self.next_ack += 1;
-        let Transport::Ws(ws) = &mut self.transport else {
-            panic!("websocket only")
-        };
-        if ws
-            .send(Message::text(format!("42{NS},{id}{array}")))
-            .await
-            .is_err()
-        {
+        let Transport::Ws(ws) = &mut self.transport else { panic!("websocket only") };
+        if ws.send(Message::text(format!("42{NS},{id}{array}"))).await.is_err() {
             return None;
         }
         let answer = async {
@@ -283,8 +229,7 @@ impl Client {
                         let _ = ws.send(Message::text("3")).await;
                     }
                     Some(Ok(Message::Text(t))) => {
-                        if let Some(Incoming::Ack { id: got, data }) =
-                            t.strip_prefix('4').and_then(|p| parse(p, NS))
+                        if let Some(Incoming::Ack { id: got, data }) = t.strip_prefix('4').and_then(|p| parse(p, NS))
                             && got == id
                         {
                             return Some(data);
@@ -294,20 +239,14 @@ impl Client {
                 }
             }
         };
-        tokio::time::timeout(RECV_TIMEOUT, answer)
-            .await
-            .unwrap_or_else(|_| panic!("no ack and no close for {array}"))
+        tokio::time::timeout(RECV_TIMEOUT, answer).await.unwrap_or_else(|_| panic!("no ack and no close for {array}"))
     }
 
     /// True when the server disconnects this socket from the namespace (`socket.disconnect()`,
     /// the Socket.IO DISCONNECT packet) within `wait`; everything read before is dropped.
     pub async fn wait_disconnected(&mut self, wait: Duration) -> bool {
         let disconnect = format!("1{NS},");
-        tokio::time::timeout(wait, async {
-            while self.recv_raw_inner().await != disconnect {}
-        })
-        .await
-        .is_ok()
+        tokio::time::timeout(wait, async { while self.recv_raw_inner().await != disconnect {} }).await.is_ok()
     }
 
     /// Closes the transport abruptly.
@@ -321,9 +260,7 @@ impl Client {
         loop {
             let packet = self.recv_raw().await;
             match parse(&packet, &self.ns) {
-                Some(Incoming::Event { name, data }) if name == "chat:active" => {
-                    self.active.push_back(data)
-                }
+                Some(Incoming::Event { name, data }) if name == "chat:active" => self.active.push_back(data),
                 Some(parsed) => return parsed,
                 None => {}
             }
@@ -347,17 +284,9 @@ impl Client {
 
     async fn send_raw(&mut self, packet: String) {
         match &mut self.transport {
-            Transport::Ws(ws) => ws
-                .send(Message::text(format!("4{packet}")))
-                .await
-                .expect("ws send"),
+            Transport::Ws(ws) => ws.send(Message::text(format!("4{packet}"))).await.expect("ws send"),
             Transport::Polling { http, url, .. } => {
-                let res = http
-                    .post(url.as_str())
-                    .body(format!("4{packet}"))
-                    .send()
-                    .await
-                    .expect("polling post");
+                let res = http.post(url.as_str()).body(format!("4{packet}")).send().await.expect("polling post");
                 assert!(res.status().is_success(), "polling post: {}", res.status());
             }
         }
@@ -365,9 +294,7 @@ impl Client {
 
     /// The next Socket.IO packet (Engine.IO framing removed), answering pings on the way.
     async fn recv_raw(&mut self) -> String {
-        tokio::time::timeout(RECV_TIMEOUT, self.recv_raw_inner())
-            .await
-            .expect("timed out waiting for the server")
+        tokio::time::timeout(RECV_TIMEOUT, self.recv_raw_inner()).await.expect("timed out waiting for the server")
     }
 
     async fn recv_raw_inner(&mut self) -> String {
@@ -380,14 +307,7 @@ impl Client {
                 },
                 Transport::Polling { http, url, queue } => {
                     if queue.is_empty() {
-                        let body = http
-                            .get(url.as_str())
-                            .send()
-                            .await
-                            .expect("poll")
-                            .text()
-                            .await
-                            .expect("poll body");
+                        let body = http.get(url.as_str()).send().await.expect("poll").text().await.expect("poll body");
                         queue.extend(body.split('\u{1e}').map(str::to_owned));
                     }
                     match queue.pop_front() {
@@ -434,17 +354,10 @@ fn parse(packet: &str, ns: &str) -> Option<Incoming> {
             let mut args = args.into_iter();
             let name = args.next()?.as_str()?.to_owned();
             let mut rest: Vec<Value> = args.collect();
-            let data = if rest.len() > 1 {
-                Value::Array(rest)
-            } else {
-                rest.pop().unwrap_or(Value::Null)
-            };
+            let data = if rest.len() > 1 { Value::Array(rest) } else { rest.pop().unwrap_or(Value::Null) };
             Some(Incoming::Event { name, data })
         }
-        '3' => Some(Incoming::Ack {
-            id: id.parse().ok()?,
-            data: args.into_iter().next().unwrap_or(Value::Null),
-        }),
+        '3' => Some(Incoming::Ack { id: id.parse().ok()?, data: args.into_iter().next().unwrap_or(Value::Null) }),
         _ => None,
     }
 }

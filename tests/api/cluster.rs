@@ -39,11 +39,7 @@ async fn cluster_env() -> Option<String> {
     };
     let redis = chatwire::cluster::Redis::open(&redis_url()).expect("a redis URL");
     if !redis.reachable().await {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI needs Redis at {}",
-            redis_url()
-        );
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI needs Redis at {}", redis_url());
         eprintln!("skipped: no Redis at {}", redis_url());
         return None;
     }
@@ -56,13 +52,8 @@ async fn nodes(db: &str, redis_index: u8, n: usize, vars: &[(&str, &str)]) -> Ve
     let mut all = Vec::new();
     for i in 0..n {
         let id = format!("test-node-{i}");
-        let mut v: Vec<(&str, &str)> = vec![
-            ("DATABASE_URL", db),
-            ("REDIS_URL", &redis),
-            ("NODE_ID", &id),
-            ("MOCK_TOKEN_DELAY_MS", "25"),
-            ("MOCK_RESPONSE", LONG),
-        ];
+        let mut v: Vec<(&str, &str)> =
+            vec![("DATABASE_URL", db), ("REDIS_URL", &redis), ("NODE_ID", &id), ("MOCK_TOKEN_DELAY_MS", "25"), ("MOCK_RESPONSE", LONG)];
         v.extend_from_slice(vars);
         all.push(spawn_app_with(&v).await);
     }
@@ -95,51 +86,31 @@ async fn stored(app: &TestApp, message_id: &Value) -> entity::message::Model {
 }
 
 #[tokio::test]
-async fn another_node_lists_joins_and_resumes_an_answer_and_every_socket_ends_with_the_stored_text()
-{
+async fn another_node_lists_joins_and_resumes_an_answer_and_every_socket_ends_with_the_stored_text() {
     let Some(db) = cluster_env().await else {
         return;
     };
     let nodes = nodes(&db, 2, 2, &[]).await;
     let user = user();
     let mut on_a = nodes[0].client(&user).await;
-    let ack = on_a
-        .emit_with_ack("chat:start", json!({ "message": "share" }))
-        .await;
+    let ack = on_a.emit_with_ack("chat:start", json!({ "message": "share" })).await;
     let head = chunks(&mut on_a, 3).await;
 
     let mut on_b = nodes[1].client(&user).await;
     let active = on_b.active().await;
-    assert_eq!(
-        active["generations"][0]["messageId"], ack["messageId"],
-        "node B lists node A's answer: {active}"
-    );
+    assert_eq!(active["generations"][0]["messageId"], ack["messageId"], "node B lists node A's answer: {active}");
     assert!(active["generations"][0]["offset"].as_u64().unwrap() >= utf16(&head));
-    let joined = on_b
-        .emit_with_ack(
-            "chat:join",
-            json!({ "conversationId": ack["conversationId"] }),
-        )
-        .await;
+    let joined = on_b.emit_with_ack("chat:join", json!({ "conversationId": ack["conversationId"] })).await;
     assert_eq!(joined["ok"], json!(true), "{joined}");
     assert_eq!(joined["generations"][0]["messageId"], ack["messageId"]);
     let watched = read_answer(&mut on_b).await;
-    assert_eq!(
-        watched.chunks[0]["offset"],
-        json!(0),
-        "the watcher on B gets the answer from its start"
-    );
+    assert_eq!(watched.chunks[0]["offset"], json!(0), "the watcher on B gets the answer from its start");
     assert_chunks_consistent(&watched.chunks, &ack["messageId"], &ack["conversationId"]);
     assert_eq!(watched.text(), LONG);
     assert_eq!(watched.final_name, "chat:end");
 
     let mut resumer = nodes[1].client(&user).await;
-    let resumed = resumer
-        .emit_with_ack(
-            "chat:resume",
-            json!({ "messageId": ack["messageId"], "offset": utf16(&head) }),
-        )
-        .await;
+    let resumed = resumer.emit_with_ack("chat:resume", json!({ "messageId": ack["messageId"], "offset": utf16(&head) })).await;
     assert_eq!(resumed["ok"], json!(true), "{resumed}");
     let rest = read_answer(&mut resumer).await;
     assert_eq!(format!("{head}{}", rest.text()), LONG);
@@ -147,10 +118,7 @@ async fn another_node_lists_joins_and_resumes_an_answer_and_every_socket_ends_wi
     let (end, _) = on_a.until("chat:end").await;
     assert_eq!(end["content"], watched.final_data["content"]);
     let row = stored(&nodes[1], &ack["messageId"]).await;
-    assert_eq!(
-        (row.content.as_str(), row.status.as_str()),
-        (LONG, "complete")
-    );
+    assert_eq!((row.content.as_str(), row.status.as_str()), (LONG, "complete"));
 
     // Another user sees nothing of it on any node.
     let mut stranger = nodes[1].client(&crate::helpers::user()).await;
@@ -158,35 +126,22 @@ async fn another_node_lists_joins_and_resumes_an_answer_and_every_socket_ends_wi
 }
 
 #[tokio::test]
-async fn a_stop_sent_through_another_node_stops_the_answer_and_the_row_holds_what_both_sockets_got()
-{
+async fn a_stop_sent_through_another_node_stops_the_answer_and_the_row_holds_what_both_sockets_got() {
     let Some(db) = cluster_env().await else {
         return;
     };
     let nodes = nodes(&db, 3, 3, &[]).await;
     let user = user();
     let mut on_a = nodes[0].client(&user).await;
-    let ack = on_a
-        .emit_with_ack("chat:start", json!({ "message": "stop me" }))
-        .await;
+    let ack = on_a.emit_with_ack("chat:start", json!({ "message": "stop me" })).await;
     chunks(&mut on_a, 2).await;
     let mut on_b = nodes[1].client(&user).await;
-    on_b.emit_with_ack(
-        "chat:join",
-        json!({ "conversationId": ack["conversationId"] }),
-    )
-    .await;
+    on_b.emit_with_ack("chat:join", json!({ "conversationId": ack["conversationId"] })).await;
     chunks(&mut on_b, 1).await;
 
     let mut on_c = nodes[2].client(&user).await;
-    let stop = on_c
-        .emit_with_ack("chat:stop", json!({ "messageId": ack["messageId"] }))
-        .await;
-    assert_eq!(
-        stop,
-        json!({ "ok": true, "stopped": true }),
-        "the stop reaches node A"
-    );
+    let stop = on_c.emit_with_ack("chat:stop", json!({ "messageId": ack["messageId"] })).await;
+    assert_eq!(stop, json!({ "ok": true, "stopped": true }), "the stop reaches node A");
     let (stopped_a, _) = on_a.until("chat:stopped").await;
     let (stopped_b, _) = on_b.until("chat:stopped").await;
     assert_eq!(stopped_a["content"], stopped_b["content"]);
@@ -195,14 +150,8 @@ async fn a_stop_sent_through_another_node_stops_the_answer_and_the_row_holds_wha
     assert_eq!(json!(row.content), stopped_a["content"]);
     assert!(row.content.len() < LONG.len(), "stopped early");
 
-    let again = on_c
-        .emit_with_ack("chat:stop", json!({ "messageId": ack["messageId"] }))
-        .await;
-    assert_eq!(
-        again,
-        json!({ "ok": true, "stopped": false }),
-        "it runs nowhere now"
-    );
+    let again = on_c.emit_with_ack("chat:stop", json!({ "messageId": ack["messageId"] })).await;
+    assert_eq!(again, json!({ "ok": true, "stopped": false }), "it runs nowhere now");
 }
 
 #[tokio::test]
@@ -210,66 +159,28 @@ async fn limits_and_repeated_client_message_ids_count_across_nodes() {
     let Some(db) = cluster_env().await else {
         return;
     };
-    let nodes = nodes(
-        &db,
-        4,
-        2,
-        &[
-            ("MAX_CONCURRENT_STREAMS_PER_USER", "1"),
-            ("RATE_LIMIT_PER_MINUTE", "3"),
-        ],
-    )
-    .await;
+    let nodes = nodes(&db, 4, 2, &[("MAX_CONCURRENT_STREAMS_PER_USER", "1"), ("RATE_LIMIT_PER_MINUTE", "3")]).await;
     let user = user();
     let mut on_a = nodes[0].client(&user).await;
-    let first = on_a
-        .emit_with_ack(
-            "chat:start",
-            json!({ "message": "one", "clientMessageId": "k-1" }),
-        )
-        .await;
+    let first = on_a.emit_with_ack("chat:start", json!({ "message": "one", "clientMessageId": "k-1" })).await;
     assert_eq!(first["ok"], json!(true));
 
     let mut on_b = nodes[1].client(&user).await;
-    let repeated = on_b
-        .emit_with_ack(
-            "chat:start",
-            json!({ "message": "one", "clientMessageId": "k-1" }),
-        )
-        .await;
-    assert_eq!(
-        repeated, first,
-        "a repeat on another node gets the first ack"
-    );
-    let limited = on_b
-        .emit_with_ack("chat:start", json!({ "message": "two" }))
-        .await;
-    assert_eq!(
-        limited["error"]["code"], "RATE_LIMIT",
-        "one answer at once, counted on every node: {limited}"
-    );
+    let repeated = on_b.emit_with_ack("chat:start", json!({ "message": "one", "clientMessageId": "k-1" })).await;
+    assert_eq!(repeated, first, "a repeat on another node gets the first ack");
+    let limited = on_b.emit_with_ack("chat:start", json!({ "message": "two" })).await;
+    assert_eq!(limited["error"]["code"], "RATE_LIMIT", "one answer at once, counted on every node: {limited}");
     read_answer(&mut on_a).await;
     let conversation = first["conversationId"].as_str().unwrap();
-    assert_eq!(
-        nodes[1].messages(conversation).await.len(),
-        2,
-        "the repeat started nothing"
-    );
+    assert_eq!(nodes[1].messages(conversation).await.len(), 2, "the repeat started nothing");
 
     // Starts per minute: one on A, one refused on B by the concurrency limit (it counts
     // as a start), so one more is left anywhere, then none.
-    let third = on_b
-        .emit_with_ack("chat:start", json!({ "message": "three" }))
-        .await;
+    let third = on_b.emit_with_ack("chat:start", json!({ "message": "three" })).await;
     assert_eq!(third["ok"], json!(true), "{third}");
     read_answer(&mut on_b).await;
-    let fourth = on_a
-        .emit_with_ack("chat:start", json!({ "message": "four" }))
-        .await;
-    assert_eq!(
-        fourth["error"]["code"], "RATE_LIMIT",
-        "the bucket is shared: {fourth}"
-    );
+    let fourth = on_a.emit_with_ack("chat:start", json!({ "message": "four" })).await;
+    assert_eq!(fourth["error"]["code"], "RATE_LIMIT", "the bucket is shared: {fourth}");
 }
 
 #[tokio::test]
@@ -279,24 +190,13 @@ async fn a_node_killed_mid_answer_loses_nothing_a_client_saw_and_another_node_cl
     };
     let redis = redis_db(9);
     let lease = "1000";
-    let doomed = spawn_binary(
-        &db,
-        &[
-            ("REDIS_URL", &redis),
-            ("NODE_LEASE_MS", lease),
-            ("MOCK_TOKEN_DELAY_MS", "25"),
-            ("MOCK_RESPONSE", LONG),
-        ],
-    );
+    let doomed =
+        spawn_binary(&db, &[("REDIS_URL", &redis), ("NODE_LEASE_MS", lease), ("MOCK_TOKEN_DELAY_MS", "25"), ("MOCK_RESPONSE", LONG)]);
     let survivor = &nodes(&db, 9, 1, &[("NODE_LEASE_MS", lease)]).await[0];
     let user = user();
-    let mut client = Client::websocket(doomed.addr, Credentials::token(&token(&user)))
-        .await
-        .unwrap();
+    let mut client = Client::websocket(doomed.addr, Credentials::token(&token(&user))).await.unwrap();
     let asked = Instant::now();
-    let ack = client
-        .emit_with_ack("chat:start", json!({ "message": "die midway" }))
-        .await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "die midway" })).await;
     let head = chunks(&mut client, 8).await;
     let mut doomed = doomed;
     doomed.process.kill().unwrap();
@@ -304,12 +204,7 @@ async fn a_node_killed_mid_answer_loses_nothing_a_client_saw_and_another_node_cl
     let killed = Instant::now();
 
     let mut again = survivor.client(&user).await;
-    let resumed = again
-        .emit_with_ack(
-            "chat:resume",
-            json!({ "messageId": ack["messageId"], "offset": utf16(&head) }),
-        )
-        .await;
+    let resumed = again.emit_with_ack("chat:resume", json!({ "messageId": ack["messageId"], "offset": utf16(&head) })).await;
     assert_eq!(resumed["ok"], json!(true), "{resumed}");
     let rest = read_answer(&mut again).await;
     let closed = killed.elapsed();
@@ -318,15 +213,9 @@ async fn a_node_killed_mid_answer_loses_nothing_a_client_saw_and_another_node_cl
     assert_eq!(rest.final_data["messageId"], ack["messageId"]);
     let got = format!("{head}{}", rest.text());
     let row = stored(survivor, &ack["messageId"]).await;
-    assert_eq!(
-        row.content, got,
-        "the stored row is exactly what the client got"
-    );
+    assert_eq!(row.content, got, "the stored row is exactly what the client got");
     assert!(LONG.starts_with(&got));
-    assert_eq!(
-        (row.status.as_str(), row.error_code.as_deref()),
-        ("error", Some("UNAVAILABLE"))
-    );
+    assert_eq!((row.status.as_str(), row.error_code.as_deref()), ("error", Some("UNAVAILABLE")));
     // The mock sends one word per 25 ms from the start: what it had produced at the kill.
     let produced = (killed - asked).as_millis() / 25 + 1;
     let words = |t: &str| t.split_whitespace().count();
@@ -342,16 +231,9 @@ async fn a_node_killed_mid_answer_loses_nothing_a_client_saw_and_another_node_cl
 
     // A resume from the start on the survivor replays the stored row: the same text.
     let mut late = survivor.client(&user).await;
-    late.emit_with_ack(
-        "chat:resume",
-        json!({ "messageId": ack["messageId"], "offset": 0 }),
-    )
-    .await;
+    late.emit_with_ack("chat:resume", json!({ "messageId": ack["messageId"], "offset": 0 })).await;
     let replay = read_answer(&mut late).await;
-    assert_eq!(
-        (replay.text(), replay.final_data["code"].clone()),
-        (got, json!("UNAVAILABLE"))
-    );
+    assert_eq!((replay.text(), replay.final_data["code"].clone()), (got, json!("UNAVAILABLE")));
 }
 
 #[tokio::test]
@@ -360,16 +242,8 @@ async fn health_names_the_node_and_its_redis() {
         return;
     };
     let node = &nodes(&db, 6, 1, &[]).await[0];
-    let body: Value = reqwest::get(format!("http://{}/health", node.addr))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        (&body["nodeId"], &body["redis"], &body["status"]),
-        (&json!("test-node-0"), &json!("ok"), &json!("ok"))
-    );
+    let body: Value = reqwest::get(format!("http://{}/health", node.addr)).await.unwrap().json().await.unwrap();
+    assert_eq!((&body["nodeId"], &body["redis"], &body["status"]), (&json!("test-node-0"), &json!("ok"), &json!("ok")));
 }
 
 #[tokio::test]
@@ -378,23 +252,14 @@ async fn metrics_count_the_nodes_redis_round_trips() {
         return;
     };
     let node = &nodes(&db, 13, 1, &[("MOCK_RESPONSE", "counted in redis")]).await[0];
-    let before = crate::metrics::scrape(node)
-        .await
-        .counter("chatwire_redis_commands_total", &[]);
+    let before = crate::metrics::scrape(node).await.counter("chatwire_redis_commands_total", &[]);
     let mut client = node.client(&user()).await;
-    client
-        .emit("chat:start", json!({ "message": "count me" }))
-        .await;
+    client.emit("chat:start", json!({ "message": "count me" })).await;
     let (end, _) = client.until("chat:end").await;
     assert_eq!(end["content"], json!("counted in redis"));
-    let after = crate::metrics::scrape(node)
-        .await
-        .counter("chatwire_redis_commands_total", &[]);
+    let after = crate::metrics::scrape(node).await.counter("chatwire_redis_commands_total", &[]);
     // A start claims, appends and ends through Redis: several round trips at least.
-    assert!(
-        after >= before + 3.0,
-        "redis commands went from {before} to {after}"
-    );
+    assert!(after >= before + 3.0, "redis commands went from {before} to {after}");
 }
 
 #[tokio::test]
@@ -403,35 +268,12 @@ async fn each_nodes_admin_page_lists_every_node_of_the_cluster() {
         return;
     };
     let hash = bcrypt::hash("pw", 4).unwrap();
-    let nodes = nodes(
-        &db,
-        14,
-        2,
-        &[
-            ("ADMIN_USERNAME", "ops"),
-            ("ADMIN_PASSWORD", &hash),
-            ("MOCK_TOKEN_DELAY_MS", "300"),
-        ],
-    )
-    .await;
+    let nodes = nodes(&db, 14, 2, &[("ADMIN_USERNAME", "ops"), ("ADMIN_PASSWORD", &hash), ("MOCK_TOKEN_DELAY_MS", "300")]).await;
     let listed = |node: &TestApp| {
         let url = format!("http://{}/admin/api/stats", node.addr);
         async move {
-            let body: Value = reqwest::Client::new()
-                .get(url)
-                .basic_auth("ops", Some("pw"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let mut ids: Vec<String> = body["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|n| n["id"].as_str().unwrap().to_owned())
-                .collect();
+            let body: Value = reqwest::Client::new().get(url).basic_auth("ops", Some("pw")).send().await.unwrap().json().await.unwrap();
+            let mut ids: Vec<String> = body["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap().to_owned()).collect();
             let first = ids.first().cloned();
             ids.sort();
             (first, ids)
@@ -448,25 +290,12 @@ async fn each_nodes_admin_page_lists_every_node_of_the_cluster() {
             seen = listed(node).await;
         }
         let this = format!("test-node-{i}");
-        assert_eq!(
-            seen.0.as_deref(),
-            Some(this.as_str()),
-            "a node lists itself first"
-        );
-        assert_eq!(
-            seen.1,
-            ["test-node-0", "test-node-1"],
-            "node {i} lists both nodes"
-        );
+        assert_eq!(seen.0.as_deref(), Some(this.as_str()), "a node lists itself first");
+        assert_eq!(seen.1, ["test-node-0", "test-node-1"], "node {i} lists both nodes");
     }
     // An answer running on node 1 is listed on node 0's page, and its Stop reaches it.
     let mut client = nodes[1].client(&user()).await;
-    let ack = client
-        .emit_with_ack(
-            "chat:start",
-            json!({ "message": "seen from the other node" }),
-        )
-        .await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "seen from the other node" })).await;
     let admin = reqwest::Client::new();
     let mut listed = Value::Null;
     for _ in 0..100 {
@@ -479,10 +308,7 @@ async fn each_nodes_admin_page_lists_every_node_of_the_cluster() {
             .json()
             .await
             .unwrap();
-        if let Some(a) = body["answers"]
-            .as_array()
-            .and_then(|a| a.iter().find(|a| a["messageId"] == ack["messageId"]))
-        {
+        if let Some(a) = body["answers"].as_array().and_then(|a| a.iter().find(|a| a["messageId"] == ack["messageId"])) {
             listed = a.clone();
             break;
         }
@@ -490,20 +316,13 @@ async fn each_nodes_admin_page_lists_every_node_of_the_cluster() {
     }
     assert_eq!(listed["node"], json!("test-node-1"), "{listed}");
     let stop = admin
-        .post(format!(
-            "http://{}/admin/api/answers/{}/stop",
-            nodes[0].addr,
-            ack["messageId"].as_str().unwrap()
-        ))
+        .post(format!("http://{}/admin/api/answers/{}/stop", nodes[0].addr, ack["messageId"].as_str().unwrap()))
         .basic_auth("ops", Some("pw"))
         .header("x-chatwire-admin", "1")
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        stop.json::<Value>().await.unwrap(),
-        json!({ "ok": true, "stopped": true })
-    );
+    assert_eq!(stop.json::<Value>().await.unwrap(), json!({ "ok": true, "stopped": true }));
     let (stopped, _) = client.until("chat:stopped").await;
     assert_eq!(stopped["messageId"], ack["messageId"]);
 }
@@ -517,15 +336,8 @@ struct PrivateRedis {
 
 impl PrivateRedis {
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Self {
-            port,
-            process: None,
-        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = Self { port, process: None };
         redis.restart();
         redis
     }
@@ -533,16 +345,7 @@ impl PrivateRedis {
     /// Starts it again on the same port, empty (no persistence: the worst case).
     fn restart(&mut self) {
         let process = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server runs");
@@ -579,13 +382,8 @@ async fn two_nodes(db: &str, url: &str, name: &str, extra: &[(&str, &str)]) -> V
     let mut nodes = Vec::new();
     for i in 0..2 {
         let id = format!("{name}-{i}");
-        let mut vars = vec![
-            ("DATABASE_URL", db),
-            ("REDIS_URL", url),
-            ("NODE_ID", id.as_str()),
-            ("MOCK_RESPONSE", LONG),
-            ("NODE_LEASE_MS", "600"),
-        ];
+        let mut vars =
+            vec![("DATABASE_URL", db), ("REDIS_URL", url), ("NODE_ID", id.as_str()), ("MOCK_RESPONSE", LONG), ("NODE_LEASE_MS", "600")];
         vars.extend_from_slice(extra);
         nodes.push(spawn_app_with(&vars).await);
     }
@@ -593,17 +391,11 @@ async fn two_nodes(db: &str, url: &str, name: &str, extra: &[(&str, &str)]) -> V
 }
 
 async fn health(app: &TestApp) -> Value {
-    reqwest::get(format!("http://{}/health", app.addr))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    reqwest::get(format!("http://{}/health", app.addr)).await.unwrap().json().await.unwrap()
 }
 
 #[tokio::test]
-async fn while_redis_is_down_running_answers_finish_and_starts_are_unavailable_then_the_nodes_recover()
- {
+async fn while_redis_is_down_running_answers_finish_and_starts_are_unavailable_then_the_nodes_recover() {
     let Some(db) = cluster_env().await else {
         return;
     };
@@ -613,154 +405,84 @@ async fn while_redis_is_down_running_answers_finish_and_starts_are_unavailable_t
     for i in 0..2 {
         let id = format!("restart-node-{i}");
         // Slow enough that the answer still runs while node B's Redis calls time out.
-        let vars = [
-            ("DATABASE_URL", db.as_str()),
-            ("REDIS_URL", &url),
-            ("NODE_ID", &id),
-            ("MOCK_TOKEN_DELAY_MS", "150"),
-            ("MOCK_RESPONSE", LONG),
-        ];
+        let vars =
+            [("DATABASE_URL", db.as_str()), ("REDIS_URL", &url), ("NODE_ID", &id), ("MOCK_TOKEN_DELAY_MS", "150"), ("MOCK_RESPONSE", LONG)];
         nodes.push(spawn_app_with(&vars).await);
     }
     let user = user();
     let mut on_a = nodes[0].client(&user).await;
-    let ack = on_a
-        .emit_with_ack("chat:start", json!({ "message": "through the outage" }))
-        .await;
+    let ack = on_a.emit_with_ack("chat:start", json!({ "message": "through the outage" })).await;
     chunks(&mut on_a, 3).await;
     let mut on_b = nodes[1].client(&user).await;
-    on_b.emit_with_ack(
-        "chat:join",
-        json!({ "conversationId": ack["conversationId"] }),
-    )
-    .await;
+    on_b.emit_with_ack("chat:join", json!({ "conversationId": ack["conversationId"] })).await;
     chunks(&mut on_b, 1).await;
 
     redis.kill();
     // Node B cannot know whether A still runs the answer: a resume there is refused as
     // retryable, not read as interrupted.
     let mut late_on_b = nodes[1].client(&user).await;
-    let refused_resume = late_on_b
-        .emit_with_ack(
-            "chat:resume",
-            json!({ "messageId": ack["messageId"], "offset": 0 }),
-        )
-        .await;
+    let refused_resume = late_on_b.emit_with_ack("chat:resume", json!({ "messageId": ack["messageId"], "offset": 0 })).await;
     assert_eq!(refused_resume["ok"], json!(false), "{refused_resume}");
-    assert_eq!(
-        refused_resume["error"]["code"], "UNAVAILABLE",
-        "{refused_resume}"
-    );
+    assert_eq!(refused_resume["error"]["code"], "UNAVAILABLE", "{refused_resume}");
     let (bare, _) = late_on_b.until("chat:error").await;
     assert_eq!(bare["code"], "UNAVAILABLE", "the refusal's event: {bare}");
     let mut other = nodes[0].client(&user).await;
     let asked = Instant::now();
-    let refused = other
-        .emit_with_ack("chat:start", json!({ "message": "now?" }))
-        .await;
-    eprintln!(
-        "chat:start while Redis is down: {refused} after {:?}",
-        asked.elapsed()
-    );
+    let refused = other.emit_with_ack("chat:start", json!({ "message": "now?" })).await;
+    eprintln!("chat:start while Redis is down: {refused} after {:?}", asked.elapsed());
     assert_eq!(refused["error"]["code"], "UNAVAILABLE");
     let down = health(&nodes[0]).await;
-    assert_eq!(
-        (&down["redis"], &down["status"]),
-        (&json!("unreachable"), &json!("ok"))
-    );
-    let ready = reqwest::get(format!("http://{}/ready", nodes[0].addr))
-        .await
-        .unwrap();
-    assert_eq!(
-        ready.status(),
-        503,
-        "a node without Redis takes no new traffic"
-    );
+    assert_eq!((&down["redis"], &down["status"]), (&json!("unreachable"), &json!("ok")));
+    let ready = reqwest::get(format!("http://{}/ready", nodes[0].addr)).await.unwrap();
+    assert_eq!(ready.status(), 503, "a node without Redis takes no new traffic");
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["checks"]["redis"], json!("down"), "{ready}");
 
     let (end, _) = on_a.until("chat:end").await;
-    assert_eq!(
-        end["content"],
-        json!(LONG),
-        "the running answer finishes on its node"
-    );
+    assert_eq!(end["content"], json!(LONG), "the running answer finishes on its node");
     assert_eq!(stored(&nodes[0], &ack["messageId"]).await.content, LONG);
 
     redis.restart();
     let back = Instant::now();
     let watched = read_answer(&mut on_b).await;
     assert_eq!(
-        (
-            watched.final_name.as_str(),
-            watched.final_data["content"].clone()
-        ),
+        (watched.final_name.as_str(), watched.final_data["content"].clone()),
         ("chat:end", json!(LONG)),
         "the watcher on B ends too"
     );
-    let resumed = late_on_b
-        .emit_with_ack(
-            "chat:resume",
-            json!({ "messageId": ack["messageId"], "offset": 0 }),
-        )
-        .await;
-    assert_eq!(
-        resumed["status"], "complete",
-        "asked again, the resume reads the stored answer: {resumed}"
-    );
+    let resumed = late_on_b.emit_with_ack("chat:resume", json!({ "messageId": ack["messageId"], "offset": 0 })).await;
+    assert_eq!(resumed["status"], "complete", "asked again, the resume reads the stored answer: {resumed}");
     let replay = read_answer(&mut late_on_b).await;
-    assert_eq!(
-        (replay.final_name.as_str(), replay.text().as_str()),
-        ("chat:end", LONG)
-    );
+    assert_eq!((replay.final_name.as_str(), replay.text().as_str()), ("chat:end", LONG));
     // The nodes reconnect by themselves: cross-node starts, lists and stops work again.
     let second = loop {
-        let ack = other
-            .emit_with_ack("chat:start", json!({ "message": "again" }))
-            .await;
+        let ack = other.emit_with_ack("chat:start", json!({ "message": "again" })).await;
         if ack["ok"] == json!(true) {
             break ack;
         }
-        assert!(
-            back.elapsed() < Duration::from_secs(10),
-            "no start within 10 s of Redis coming back: {ack}"
-        );
+        assert!(back.elapsed() < Duration::from_secs(10), "no start within 10 s of Redis coming back: {ack}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let listed = loop {
         let mut on_b2 = nodes[1].client(&user).await;
         let active = on_b2.active().await;
-        if active["generations"]
-            .as_array()
-            .is_some_and(|g| g.iter().any(|a| a["messageId"] == second["messageId"]))
-        {
+        if active["generations"].as_array().is_some_and(|g| g.iter().any(|a| a["messageId"] == second["messageId"])) {
             break on_b2;
         }
-        assert!(
-            back.elapsed() < Duration::from_secs(10),
-            "node B never listed the new answer: {active}"
-        );
+        assert!(back.elapsed() < Duration::from_secs(10), "node B never listed the new answer: {active}");
     };
     let mut on_b2 = listed;
     // Node A subscribes again on its next lease renewal.
     loop {
-        let stop = on_b2
-            .emit_with_ack("chat:stop", json!({ "messageId": second["messageId"] }))
-            .await;
+        let stop = on_b2.emit_with_ack("chat:stop", json!({ "messageId": second["messageId"] })).await;
         if stop == json!({ "ok": true, "stopped": true }) {
             break;
         }
-        assert!(
-            back.elapsed() < Duration::from_secs(10),
-            "no stop across nodes within 10 s: {stop}"
-        );
+        assert!(back.elapsed() < Duration::from_secs(10), "no stop across nodes within 10 s: {stop}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     other.until("chat:stopped").await;
-    eprintln!(
-        "cluster recovered {:?} after Redis came back",
-        back.elapsed()
-    );
+    eprintln!("cluster recovered {:?} after Redis came back", back.elapsed());
     assert_eq!(health(&nodes[1]).await["redis"], "ok");
 }
 
@@ -774,38 +496,25 @@ async fn a_redis_that_lost_its_data_gets_every_running_answer_listed_again() {
     let nodes = two_nodes(&db, &url, "relist-node", &[("MOCK_TOKEN_DELAY_MS", "150")]).await;
     let user = user();
     let mut on_a = nodes[0].client(&user).await;
-    let ack = on_a
-        .emit_with_ack("chat:start", json!({ "message": "outlive the flush" }))
-        .await;
+    let ack = on_a.emit_with_ack("chat:start", json!({ "message": "outlive the flush" })).await;
     chunks(&mut on_a, 1).await;
     let shared = chatwire::cluster::Redis::open(&url).unwrap();
-    shared
-        .query::<String>(&redis::cmd("FLUSHALL"))
-        .await
-        .unwrap();
+    shared.query::<String>(&redis::cmd("FLUSHALL")).await.unwrap();
 
     let flushed = Instant::now();
     loop {
         let mut on_b = nodes[1].client(&user).await;
         let active = on_b.active().await;
         if active["generations"][0]["messageId"] == ack["messageId"] {
-            let stop = on_b
-                .emit_with_ack("chat:stop", json!({ "messageId": ack["messageId"] }))
-                .await;
+            let stop = on_b.emit_with_ack("chat:stop", json!({ "messageId": ack["messageId"] })).await;
             assert_eq!(stop, json!({ "ok": true, "stopped": true }));
             break;
         }
-        assert!(
-            flushed.elapsed() < Duration::from_secs(10),
-            "node B never listed the answer again: {active}"
-        );
+        assert!(flushed.elapsed() < Duration::from_secs(10), "node B never listed the answer again: {active}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (stopped, _) = on_a.until("chat:stopped").await;
-    assert_eq!(
-        json!(stored(&nodes[1], &ack["messageId"]).await.content),
-        stopped["content"]
-    );
+    assert_eq!(json!(stored(&nodes[1], &ack["messageId"]).await.content), stopped["content"]);
 }
 
 #[test]
@@ -816,10 +525,7 @@ fn redis_with_sqlite_refuses_to_start_and_says_why() {
         ("DATABASE_URL", "sqlite://never.db?mode=rwc"),
     ]);
     assert_ne!(code, Some(0));
-    assert!(
-        stderr.contains("REDIS_URL: cluster mode needs a database every node shares"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("REDIS_URL: cluster mode needs a database every node shares"), "{stderr}");
 }
 
 #[tokio::test]
@@ -832,12 +538,7 @@ async fn a_dead_nodes_answer_whose_row_had_ended_closes_on_every_node_as_its_row
     let nodes = two_nodes(&db, &url, "ended-row-node", &[]).await;
     let user = user();
     let mut on_a = nodes[0].client(&user).await;
-    let ack = on_a
-        .emit_with_ack(
-            "chat:start",
-            json!({ "message": "finish, then lose the final entry" }),
-        )
-        .await;
+    let ack = on_a.emit_with_ack("chat:start", json!({ "message": "finish, then lose the final entry" })).await;
     let (end, _) = on_a.until("chat:end").await;
     assert_eq!(end["content"], json!(LONG));
     let message_id = ack["messageId"].as_str().unwrap().to_owned();
@@ -849,16 +550,7 @@ async fn a_dead_nodes_answer_whose_row_had_ended_closes_on_every_node_as_its_row
     let prefix = &LONG[..20];
     let mut pipe = redis::pipe();
     pipe.cmd("DEL").arg(&log).ignore();
-    pipe.cmd("XADD")
-        .arg(&log)
-        .arg("*")
-        .arg("o")
-        .arg(0)
-        .arg("e")
-        .arg(utf16(prefix))
-        .arg("t")
-        .arg(prefix)
-        .ignore();
+    pipe.cmd("XADD").arg(&log).arg("*").arg("o").arg(0).arg("e").arg(utf16(prefix)).arg("t").arg(prefix).ignore();
     pipe.cmd("HSET")
         .arg(format!("chatwire:answer:{message_id}"))
         .arg("m")
@@ -872,10 +564,7 @@ async fn a_dead_nodes_answer_whose_row_had_ended_closes_on_every_node_as_its_row
         .arg("n")
         .arg(ghost)
         .ignore();
-    for set in [
-        format!("chatwire:user:{user}:answers"),
-        format!("chatwire:node:{ghost}:answers"),
-    ] {
+    for set in [format!("chatwire:user:{user}:answers"), format!("chatwire:node:{ghost}:answers")] {
         pipe.cmd("SADD").arg(set).arg(&message_id).ignore();
     }
     pipe.cmd("SADD").arg("chatwire:nodes").arg(ghost).ignore();
@@ -883,28 +572,12 @@ async fn a_dead_nodes_answer_whose_row_had_ended_closes_on_every_node_as_its_row
 
     // A reader on node B reads the listed answer from its log, waiting for the rest.
     let mut on_b = nodes[1].client(&user).await;
-    let resumed = on_b
-        .emit_with_ack(
-            "chat:resume",
-            json!({ "messageId": message_id, "offset": 0 }),
-        )
-        .await;
+    let resumed = on_b.emit_with_ack("chat:resume", json!({ "messageId": message_id, "offset": 0 })).await;
     assert_eq!(resumed["status"], "streaming", "{resumed}");
     // The ghost's lease is missing: a node takes it over and finds the row ended.
     let read = read_answer(&mut on_b).await;
-    assert_eq!(
-        read.final_name, "chat:end",
-        "the reader ends as the row reads, not UNAVAILABLE: {:?}",
-        read.final_data
-    );
-    assert_eq!(
-        (read.text().as_str(), &read.final_data["content"]),
-        (LONG, &json!(LONG))
-    );
+    assert_eq!(read.final_name, "chat:end", "the reader ends as the row reads, not UNAVAILABLE: {:?}", read.final_data);
+    assert_eq!((read.text().as_str(), &read.final_data["content"]), (LONG, &json!(LONG)));
     let row = stored(&nodes[1], &ack["messageId"]).await;
-    assert_eq!(
-        (row.status.as_str(), row.content.as_str()),
-        ("complete", LONG),
-        "the row is left as it was"
-    );
+    assert_eq!((row.status.as_str(), row.content.as_str()), ("complete", LONG), "the row is left as it was");
 }

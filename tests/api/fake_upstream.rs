@@ -8,9 +8,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{
-    Json, Router, body::Body, extract::State, http::StatusCode, response::Response, routing::post,
-};
+use axum::{Json, Router, body::Body, extract::State, http::StatusCode, response::Response, routing::post};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -47,17 +45,9 @@ pub struct FakeUpstream {
 
 impl FakeUpstream {
     pub async fn start(script: Vec<Reply>) -> Self {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .unwrap();
-        let fake = Self {
-            addr: listener.local_addr().unwrap(),
-            script: Arc::new(Mutex::new(script.into())),
-            hits: Arc::default(),
-        };
-        let app = Router::new()
-            .route("/v1/chat/completions", post(reply))
-            .with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let fake = Self { addr: listener.local_addr().unwrap(), script: Arc::new(Mutex::new(script.into())), hits: Arc::default() };
+        let app = Router::new().route("/v1/chat/completions", post(reply)).with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         fake
     }
@@ -73,9 +63,7 @@ impl FakeUpstream {
 }
 
 fn chunk(content: Option<&str>, finish: Option<&str>) -> Bytes {
-    let delta = content
-        .map(|c| json!({ "content": c }))
-        .unwrap_or(json!({}));
+    let delta = content.map(|c| json!({ "content": c })).unwrap_or(json!({}));
     let body = json!({
         "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4",
         "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
@@ -85,12 +73,7 @@ fn chunk(content: Option<&str>, finish: Option<&str>) -> Bytes {
 
 async fn reply(State(fake): State<FakeUpstream>, Json(_body): Json<Value>) -> Response {
     *fake.hits.lock().unwrap() += 1;
-    let next = fake
-        .script
-        .lock()
-        .unwrap()
-        .pop_front()
-        .unwrap_or(Reply::Answer(TOKENS.to_vec()));
+    let next = fake.script.lock().unwrap().pop_front().unwrap_or(Reply::Answer(TOKENS.to_vec()));
     let gap = match &next {
         Reply::Slow(_, ms) => Duration::from_millis(*ms),
         _ => Duration::from_millis(5),
@@ -111,43 +94,28 @@ async fn reply(State(fake): State<FakeUpstream>, Json(_body): Json<Value>) -> Re
                 Tail::End => {}
             }
         };
-        Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(Body::from_stream(stream))
-            .unwrap()
+        Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
     };
-    let tokens = |t: &[&str]| {
-        t.iter()
-            .map(|t| Ok(chunk(Some(t), None)))
-            .collect::<Vec<_>>()
-    };
+    let tokens = |t: &[&str]| t.iter().map(|t| Ok(chunk(Some(t), None))).collect::<Vec<_>>();
     let answer = |t: &[&str]| {
         let mut frames = tokens(t);
         frames.push(Ok(chunk(None, Some("stop"))));
         let usage = json!({ "id": "x", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4", "choices": [],
             "usage": { "prompt_tokens": 7, "completion_tokens": t.len(), "total_tokens": 7 + t.len() } });
-        frames.push(Ok(Bytes::from(format!(
-            "data: {usage}\n\ndata: [DONE]\n\n"
-        ))));
+        frames.push(Ok(Bytes::from(format!("data: {usage}\n\ndata: [DONE]\n\n"))));
         frames
     };
     match next {
         Reply::Answer(t) => sse(answer(&t), Tail::End),
         Reply::Burst(t) => {
             let t: Vec<&str> = t.iter().map(String::as_str).collect();
-            let body: Vec<u8> = answer(&t)
-                .into_iter()
-                .flat_map(|f| f.unwrap().to_vec())
-                .collect();
+            let body: Vec<u8> = answer(&t).into_iter().flat_map(|f| f.unwrap().to_vec()).collect();
             sse(vec![Ok(Bytes::from(body))], Tail::End)
         }
         Reply::Bursts(t, n) => {
             let t: Vec<&str> = t.iter().map(String::as_str).collect();
             let frames: Vec<Bytes> = answer(&t).into_iter().map(Result::unwrap).collect();
-            let writes = frames
-                .chunks(n)
-                .map(|group| Ok(Bytes::from(group.concat())))
-                .collect();
+            let writes = frames.chunks(n).map(|group| Ok(Bytes::from(group.concat()))).collect();
             sse(writes, Tail::End)
         }
         Reply::Slow(t, _) => {

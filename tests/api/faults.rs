@@ -24,9 +24,7 @@ async fn app_for(fake: &FakeUpstream) -> TestApp {
 /// Starts a chat and returns its ack and how it ended.
 async fn chat(app: &TestApp) -> (Value, Answer, crate::client::Client) {
     let mut client = app.client(&user()).await;
-    let ack = client
-        .emit_with_ack("chat:start", json!({ "message": "hello" }))
-        .await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "hello" })).await;
     assert_eq!(ack["ok"], json!(true));
     let answer = read_answer(&mut client).await;
     (ack, answer, client)
@@ -41,22 +39,10 @@ async fn assert_failed(app: &TestApp, fake: &FakeUpstream, code: &str, partial: 
     assert_eq!(answer.final_data["conversationId"], ack["conversationId"]);
     assert_eq!(answer.text(), partial);
     let row = app.message(ack["messageId"].as_str().unwrap()).await;
-    assert_eq!(
-        (
-            row.content.as_str(),
-            row.status.as_str(),
-            row.finish_reason.as_deref()
-        ),
-        (partial, "error", Some("error"))
-    );
+    assert_eq!((row.content.as_str(), row.status.as_str(), row.finish_reason.as_deref()), (partial, "error", Some("error")));
 
     let hits = fake.hits();
-    client
-        .emit(
-            "chat:start",
-            json!({ "message": "again", "conversationId": ack["conversationId"] }),
-        )
-        .await;
+    client.emit("chat:start", json!({ "message": "again", "conversationId": ack["conversationId"] })).await;
     let answer = read_answer(&mut client).await;
     assert_eq!(answer.final_name, "chat:end");
     assert_eq!(answer.text(), TOKENS.concat());
@@ -65,28 +51,19 @@ async fn assert_failed(app: &TestApp, fake: &FakeUpstream, code: &str, partial: 
 
 #[tokio::test]
 async fn server_errors_before_the_first_token_are_retried() {
-    let fake =
-        FakeUpstream::start(vec![Reply::Status(500, "boom"), Reply::Status(503, "busy")]).await;
+    let fake = FakeUpstream::start(vec![Reply::Status(500, "boom"), Reply::Status(503, "busy")]).await;
     let app = app_for(&fake).await;
     let (ack, answer, _) = chat(&app).await;
     assert_eq!(answer.final_name, "chat:end");
     assert_eq!(answer.final_data["content"], TOKENS.concat());
     assert_eq!(fake.hits(), 3);
     let row = app.message(ack["messageId"].as_str().unwrap()).await;
-    assert_eq!(
-        (row.status.as_str(), row.prompt_tokens),
-        ("complete", Some(7))
-    );
+    assert_eq!((row.status.as_str(), row.prompt_tokens), ("complete", Some(7)));
 }
 
 #[tokio::test]
 async fn server_errors_past_the_last_attempt_are_upstream_error() {
-    let fake = FakeUpstream::start(vec![
-        Reply::Status(500, "a"),
-        Reply::Status(502, "b"),
-        Reply::Status(500, "c"),
-    ])
-    .await;
+    let fake = FakeUpstream::start(vec![Reply::Status(500, "a"), Reply::Status(502, "b"), Reply::Status(500, "c")]).await;
     let app = app_for(&fake).await;
     assert_failed(&app, &fake, "UPSTREAM_ERROR", "").await;
     assert_eq!(fake.hits(), 4);
@@ -136,12 +113,7 @@ async fn an_unreachable_upstream_is_upstream_error() {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", closed.local_addr().unwrap());
     drop(closed);
-    let app = spawn_app_with(&[
-        ("OPENAI_BASE_URL", &url),
-        ("UPSTREAM_ATTEMPTS", "2"),
-        ("UPSTREAM_RETRY_BASE_MS", "10"),
-    ])
-    .await;
+    let app = spawn_app_with(&[("OPENAI_BASE_URL", &url), ("UPSTREAM_ATTEMPTS", "2"), ("UPSTREAM_RETRY_BASE_MS", "10")]).await;
     let (ack, answer, _) = chat(&app).await;
     assert_eq!(answer.final_name, "chat:error");
     assert_eq!(answer.final_data["code"], "UPSTREAM_ERROR");
@@ -162,17 +134,12 @@ async fn a_slow_but_steady_upstream_is_not_silent() {
     ])
     .await;
     let mut client = app.client(&user()).await;
-    let ack = client
-        .emit_with_ack("chat:start", json!({ "message": "slow" }))
-        .await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "slow" })).await;
     let answer = read_answer(&mut client).await;
     assert_eq!(answer.final_name, "chat:end", "{:?}", answer.final_data);
     assert_eq!(answer.text(), words);
     let row = app.message(ack["messageId"].as_str().unwrap()).await;
-    assert_eq!(
-        (row.status.as_str(), row.content.as_str()),
-        ("complete", words.as_str())
-    );
+    assert_eq!((row.status.as_str(), row.content.as_str()), ("complete", words.as_str()));
 }
 
 #[tokio::test]
@@ -182,28 +149,19 @@ async fn a_request_started_for_a_refused_start_is_aborted() {
     use tokio::io::AsyncReadExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let retry = chatwire::providers::RetryPolicy {
-        attempts: 1,
-        base_delay: std::time::Duration::from_millis(10),
-    };
+    let retry = chatwire::providers::RetryPolicy { attempts: 1, base_delay: std::time::Duration::from_millis(10) };
     let minute = std::time::Duration::from_secs(60);
     let provider = chatwire::providers::Provider::new(&url, "sk-test", (minute, minute), retry);
     let call = chatwire::providers::ChatCall {
         model: "gpt-4".into(),
         max_tokens: 10,
         temperature: 0.7,
-        messages: vec![chatwire::store::HistoryMessage {
-            role: "user".into(),
-            content: "hi".into(),
-        }],
+        messages: vec![chatwire::store::HistoryMessage { role: "user".into(), content: "hi".into() }],
     };
     let opening = provider.start_open(call);
     let (mut conn, _) = listener.accept().await.unwrap();
     let mut request = vec![0u8; 4096];
-    assert!(
-        conn.read(&mut request).await.unwrap() > 0,
-        "the request arrives"
-    );
+    assert!(conn.read(&mut request).await.unwrap() > 0, "the request arrives");
     drop(opening);
     // Without the abort, the connection would wait a minute for the first token.
     let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
@@ -215,8 +173,5 @@ async fn a_request_started_for_a_refused_start_is_aborted() {
         }
     })
     .await;
-    assert!(
-        closed.is_ok(),
-        "dropping the opening stream closes the upstream connection"
-    );
+    assert!(closed.is_ok(), "dropping the opening stream closes the upstream connection");
 }

@@ -13,21 +13,15 @@ async fn a_flood_of_joins_is_rate_limited_and_a_bystander_chats_on() {
     let app = spawn_app_with(&[("LOOKUPS_PER_MINUTE", "100")]).await;
     let flooder = user();
     let mut socket = app.client(&flooder).await;
-    let ack = socket
-        .emit_with_ack("chat:start", json!({ "message": "mine" }))
-        .await;
+    let ack = socket.emit_with_ack("chat:start", json!({ "message": "mine" })).await;
     read_answer(&mut socket).await;
     let join = json!(["chat:join", { "conversationId": ack["conversationId"] }]);
     for id in 0..2000 {
-        socket
-            .send_packet(format!("2/ai,{}{}", 10_000 + id, join))
-            .await;
+        socket.send_packet(format!("2/ai,{}{}", 10_000 + id, join)).await;
     }
     // Meanwhile another user chats as usual.
     let mut bystander = app.client(&user()).await;
-    let started = bystander
-        .emit_with_ack("chat:start", json!({ "message": "hello" }))
-        .await;
+    let started = bystander.emit_with_ack("chat:start", json!({ "message": "hello" })).await;
     assert_eq!(started["ok"], json!(true), "{started}");
     assert_eq!(read_answer(&mut bystander).await.final_name, "chat:end");
 
@@ -39,24 +33,16 @@ async fn a_flood_of_joins_is_rate_limited_and_a_bystander_chats_on() {
                 assert_eq!(data["error"]["code"], "RATE_LIMIT", "{data}");
                 limited += 1;
             }
-            Incoming::Event { name, data } => assert_eq!(
-                (name.as_str(), &data["code"]),
-                ("chat:error", &json!("RATE_LIMIT"))
-            ),
+            Incoming::Event { name, data } => assert_eq!((name.as_str(), &data["code"]), ("chat:error", &json!("RATE_LIMIT"))),
         }
     }
     eprintln!("2000 joins: {served} served, {limited} refused");
-    assert!(
-        served <= 100,
-        "at most the bucket of 100 lookups reached the database: {served}"
-    );
+    assert!(served <= 100, "at most the bucket of 100 lookups reached the database: {served}");
     // Refusals answer at once; those that meet the full buffer of a socket that is not
     // reading are dropped (the flooder loses its own replies, nobody else's).
     assert!(limited >= 1, "the rest were refused at once: {limited}");
     // The flooder's socket still works: starts have their own limit.
-    let again = socket
-        .emit_with_ack("chat:start", json!({ "message": "still here?" }))
-        .await;
+    let again = socket.emit_with_ack("chat:start", json!({ "message": "still here?" })).await;
     assert_eq!(again["ok"], json!(true), "{again}");
 }
 
@@ -64,33 +50,12 @@ async fn a_flood_of_joins_is_rate_limited_and_a_bystander_chats_on() {
 async fn a_repeated_client_message_id_counts_as_a_lookup() {
     let app = spawn_app_with(&[("LOOKUPS_PER_MINUTE", "3")]).await;
     let mut socket = app.client(&user()).await;
-    let first = socket
-        .emit_with_ack(
-            "chat:start",
-            json!({ "message": "once", "clientMessageId": "k1" }),
-        )
-        .await;
+    let first = socket.emit_with_ack("chat:start", json!({ "message": "once", "clientMessageId": "k1" })).await;
     read_answer(&mut socket).await;
     for _ in 0..2 {
-        let again = socket
-            .emit_with_ack(
-                "chat:start",
-                json!({ "message": "once", "clientMessageId": "k1" }),
-            )
-            .await;
-        assert_eq!(
-            again["messageId"], first["messageId"],
-            "a repeat gets the first ack"
-        );
+        let again = socket.emit_with_ack("chat:start", json!({ "message": "once", "clientMessageId": "k1" })).await;
+        assert_eq!(again["messageId"], first["messageId"], "a repeat gets the first ack");
     }
-    let limited = socket
-        .emit_with_ack(
-            "chat:start",
-            json!({ "message": "once", "clientMessageId": "k1" }),
-        )
-        .await;
-    assert_eq!(
-        limited["error"]["code"], "RATE_LIMIT",
-        "the fourth lookup of the minute is refused before the database"
-    );
+    let limited = socket.emit_with_ack("chat:start", json!({ "message": "once", "clientMessageId": "k1" })).await;
+    assert_eq!(limited["error"]["code"], "RATE_LIMIT", "the fourth lookup of the minute is refused before the database");
 }

@@ -14,14 +14,7 @@ use crate::{client::Client, helpers::*};
 /// Packets per run: enough to reach every decoder's branches, brief enough for CI.
 const CASES: usize = 400;
 
-const EVENTS: [&str; 6] = [
-    "chat:start",
-    "chat:stop",
-    "chat:resume",
-    "chat:join",
-    "chat:leave",
-    "chat:auth",
-];
+const EVENTS: [&str; 6] = ["chat:start", "chat:stop", "chat:resume", "chat:join", "chat:leave", "chat:auth"];
 
 /// The codes a refusal may carry.
 const CODES: [&str; 10] = [
@@ -68,8 +61,7 @@ fn json_value() -> impl Strategy<Value = Value> {
         ];
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((names, inner), 0..6)
-                .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
+            prop::collection::vec((names, inner), 0..6).prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
         ]
     })
 }
@@ -94,10 +86,7 @@ async fn every_generated_packet_gets_an_ack_or_a_close_and_the_server_keeps_serv
     let app = spawn_app_with(&[("MOCK_TOKEN_DELAY_MS", "0"), ("LOOKUPS_PER_MINUTE", "0")]).await;
     let user = user();
     let strategy = (prop::sample::select(EVENTS.to_vec()), payload_text());
-    let mut runner = TestRunner::new(Config {
-        rng_seed: proptest::test_runner::RngSeed::Fixed(0xC4A7),
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(Config { rng_seed: proptest::test_runner::RngSeed::Fixed(0xC4A7), ..Config::default() });
     let mut client = app.client(&user).await;
     let (mut acked, mut closed) = (0, 0);
     for _ in 0..CASES {
@@ -108,35 +97,19 @@ async fn every_generated_packet_gets_an_ack_or_a_close_and_the_server_keeps_serv
             Some(ack) => {
                 acked += 1;
                 let code = ack["error"]["code"].as_str();
-                assert!(
-                    ack["ok"] == json!(true) || code.is_some_and(|c| CODES.contains(&c)),
-                    "{array} -> {ack}"
-                );
+                assert!(ack["ok"] == json!(true) || code.is_some_and(|c| CODES.contains(&c)), "{array} -> {ack}");
             }
             None => {
-                assert!(
-                    !well_formed,
-                    "a well-formed packet closed its connection: {array}"
-                );
+                assert!(!well_formed, "a well-formed packet closed its connection: {array}");
                 closed += 1;
                 client = app.client(&user).await;
             }
         }
     }
     println!("fuzz: {CASES} packets, {acked} acked, {closed} closed their connection");
-    assert!(
-        acked > CASES / 2 && closed > 0,
-        "the generator reaches both outcomes ({acked} acked, {closed} closed)"
-    );
+    assert!(acked > CASES / 2 && closed > 0, "the generator reaches both outcomes ({acked} acked, {closed} closed)");
 
-    let mut fresh = Client::websocket(
-        app.addr,
-        crate::client::Credentials::token(&token(&crate::helpers::user())),
-    )
-    .await
-    .unwrap();
-    fresh
-        .emit("chat:start", json!({ "message": "after the fuzz" }))
-        .await;
+    let mut fresh = Client::websocket(app.addr, crate::client::Credentials::token(&token(&crate::helpers::user()))).await.unwrap();
+    fresh.emit("chat:start", json!({ "message": "after the fuzz" })).await;
     assert_eq!(read_answer(&mut fresh).await.text(), ANSWER);
 }

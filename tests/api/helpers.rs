@@ -13,8 +13,7 @@ use uuid::Uuid;
 use crate::client::{Client, Credentials};
 
 pub const SECRET: &str = "test-secret-for-chatwire";
-pub const ANSWER: &str =
-    "Quantum computers use qubits, which can be zero and one at once. 😀 Done.";
+pub const ANSWER: &str = "Quantum computers use qubits, which can be zero and one at once. 😀 Done.";
 
 /// A running server for one test.
 pub struct TestApp {
@@ -29,16 +28,12 @@ pub struct TestApp {
 impl TestApp {
     /// The built-in mock model this server talks to.
     pub fn mock(&self) -> &MockUpstream {
-        self.mock
-            .as_ref()
-            .expect("this test server runs the built-in mock")
+        self.mock.as_ref().expect("this test server runs the built-in mock")
     }
 
     /// A WebSocket client authenticated as `user`.
     pub async fn client(&self, user: &str) -> Client {
-        Client::websocket(self.addr, Credentials::token(&token(user)))
-            .await
-            .expect("connect")
+        Client::websocket(self.addr, Credentials::token(&token(user))).await.expect("connect")
     }
 
     /// The messages of a conversation as stored, oldest first.
@@ -54,11 +49,7 @@ impl TestApp {
 
     /// One stored message.
     pub async fn message(&self, id: &str) -> entity::message::Model {
-        entity::Message::find_by_id(Uuid::parse_str(id).unwrap())
-            .one(&self.state.db)
-            .await
-            .unwrap()
-            .expect("stored message")
+        entity::Message::find_by_id(Uuid::parse_str(id).unwrap()).one(&self.state.db).await.unwrap().expect("stored message")
     }
 }
 
@@ -82,12 +73,7 @@ pub fn token_with(mut claims: Value) -> String {
     if claims.get("exp").is_none() {
         claims["exp"] = json!(now + 3600);
     }
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
 }
 
 /// A fresh user id, so tests sharing a database never meet.
@@ -134,13 +120,7 @@ pub async fn spawn_app_with(vars: &[(&str, &str)]) -> TestApp {
     tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
     }));
-    TestApp {
-        addr,
-        state,
-        mock,
-        stop: Some(stop),
-        _dir: dir,
-    }
+    TestApp { addr, state, mock, stop: Some(stop), _dir: dir }
 }
 
 /// Starts the server with the default test settings.
@@ -159,24 +139,15 @@ async fn database_url(dir: &tempfile::TempDir) -> String {
 
 /// A new, empty database on the PostgreSQL server `DATABASE_URL` names, if it names one.
 pub async fn fresh_postgres_database() -> Option<String> {
-    let url = std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|u| u.starts_with("postgres"))?;
+    let url = std::env::var("DATABASE_URL").ok().filter(|u| u.starts_with("postgres"))?;
     let name = format!("chatwire_t_{}", Uuid::new_v4().simple());
-    let admin = Database::connect(&url)
-        .await
-        .expect("PostgreSQL from DATABASE_URL");
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
+    let admin = Database::connect(&url).await.expect("PostgreSQL from DATABASE_URL");
+    admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
     admin.close().await.unwrap();
     let (base, _) = url.rsplit_once('/').expect("a database URL with a path");
     // The server ends sessions idle for 10 s: pools of finished tests do not pile up
     // toward the server's connection limit (a live pool reconnects on its next use).
-    Some(format!(
-        "{base}/{name}?options=-c%20idle_session_timeout%3D10000"
-    ))
+    Some(format!("{base}/{name}?options=-c%20idle_session_timeout%3D10000"))
 }
 
 /// Collects one answer's events after `chat:start`: the chunks and the final event.
@@ -191,10 +162,7 @@ pub struct Answer {
 impl Answer {
     /// The concatenated chunk contents.
     pub fn text(&self) -> String {
-        self.chunks
-            .iter()
-            .map(|c| c["content"].as_str().unwrap())
-            .collect()
+        self.chunks.iter().map(|c| c["content"].as_str().unwrap()).collect()
     }
 }
 
@@ -208,12 +176,7 @@ pub async fn read_answer(client: &mut Client) -> Answer {
         match name.as_str() {
             "chat:message" => chunks.push(data),
             "chat:end" | "chat:stopped" | "chat:error" => {
-                return Answer {
-                    chunks,
-                    final_name: name,
-                    final_data: data,
-                    order,
-                };
+                return Answer { chunks, final_name: name, final_data: data, order };
             }
             _ => {}
         }

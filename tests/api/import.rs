@@ -9,10 +9,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use entity::{conversation, message};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, Statement,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder, Statement};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -33,11 +30,7 @@ fn import(url: &str, file: &Path, strict: bool) -> Output {
     if strict {
         command.arg("--strict");
     }
-    command
-        .env_clear()
-        .envs([("DATABASE_URL", url), ("RUST_LOG", "off")])
-        .output()
-        .expect("the chatwire binary runs")
+    command.env_clear().envs([("DATABASE_URL", url), ("RUST_LOG", "off")]).output().expect("the chatwire binary runs")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -46,17 +39,11 @@ fn text(bytes: &[u8]) -> String {
 
 /// chatwire's pool on the test's database (its schema when PostgreSQL).
 async fn open(url: &str) -> DatabaseConnection {
-    chatwire::store::connect(url, Some(2), "chatwire")
-        .await
-        .expect("the database")
+    chatwire::store::connect(url, Some(2), "chatwire").await.expect("the database")
 }
 
 async fn conversations(db: &DatabaseConnection) -> Vec<conversation::Model> {
-    conversation::Entity::find()
-        .order_by_asc(conversation::Column::CreatedAt)
-        .all(db)
-        .await
-        .unwrap()
+    conversation::Entity::find().order_by_asc(conversation::Column::CreatedAt).all(db).await.unwrap()
 }
 
 /// A conversation's messages in time order.
@@ -71,11 +58,7 @@ async fn messages_of(db: &DatabaseConnection, conversation_id: Uuid) -> Vec<mess
 }
 
 async fn all_messages(db: &DatabaseConnection) -> Vec<message::Model> {
-    message::Entity::find()
-        .order_by_asc(message::Column::Id)
-        .all(db)
-        .await
-        .unwrap()
+    message::Entity::find().order_by_asc(message::Column::Id).all(db).await.unwrap()
 }
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -88,8 +71,7 @@ const A_R1: &str = "1a000000-0000-4000-8000-00000000000b";
 const A_Q2: &str = "f0000000-0000-4000-8000-00000000000c";
 const A_R2: &str = "00000000-0000-4000-8000-00000000000d";
 /// 81 characters, some of them several bytes long.
-const LONG_QUESTION: &str =
-    "Ünïcödé question that runs past eighty characters so its title is cut there: 😀😀😀😀😀";
+const LONG_QUESTION: &str = "Ünïcödé question that runs past eighty characters so its title is cut there: 😀😀😀😀😀";
 
 /// Three users, five conversations, fourteen lines of which two are bad (7 and 12) and
 /// one blank (15, not counted).
@@ -135,10 +117,7 @@ async fn a_jsonl_history_is_imported_once_with_bad_lines_reported_and_skipped() 
     let out = import(&url, &file, false);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stderr), REPORT);
-    assert_eq!(
-        text(&out.stdout),
-        "imported 12 lines, 0 already present, skipped 2\n"
-    );
+    assert_eq!(text(&out.stdout), "imported 12 lines, 0 already present, skipped 2\n");
 
     let db = open(&url).await;
     let (a, c2, c3, c4, c5) = (
@@ -148,66 +127,29 @@ async fn a_jsonl_history_is_imported_once_with_bad_lines_reported_and_skipped() 
         chatwire::import::mapped("c-4"),
         chatwire::import::mapped("c-5"),
     );
-    assert_eq!(
-        c2,
-        Uuid::new_v5(&chatwire::import::ID_NAMESPACE, b"c-2"),
-        "other ids map to UUIDv5s"
-    );
+    assert_eq!(c2, Uuid::new_v5(&chatwire::import::ID_NAMESPACE, b"c-2"), "other ids map to UUIDv5s");
     let expected_title: String = LONG_QUESTION.chars().take(80).collect();
-    let conversation =
-        |id, user: &str, title: &str, created: &str, updated: &str| conversation::Model {
-            id,
-            user_id: user.into(),
-            title: title.into(),
-            created_at: at(created),
-            updated_at: at(updated),
-        };
+    let conversation = |id, user: &str, title: &str, created: &str, updated: &str| conversation::Model {
+        id,
+        user_id: user.into(),
+        title: title.into(),
+        created_at: at(created),
+        updated_at: at(updated),
+    };
     assert_eq!(
         conversations(&db).await,
         [
-            conversation(
-                a,
-                "alice",
-                "First question",
-                "2025-01-10T08:00:00Z",
-                "2025-01-10T08:00:09Z"
-            ),
-            conversation(
-                c2,
-                "alice",
-                "Hello there",
-                "2025-01-11T10:00:00Z",
-                "2025-01-11T10:00:01Z"
-            ),
-            conversation(
-                c3,
-                "bob",
-                "Why?",
-                "2025-01-12T00:00:00Z",
-                "2025-01-12T00:00:02Z"
-            ),
-            conversation(
-                c4,
-                "bob",
-                "No id here",
-                "2025-01-13T00:00:00Z",
-                "2025-01-13T00:00:00Z"
-            ),
-            conversation(
-                c5,
-                "carol",
-                &expected_title,
-                "2025-01-14T12:00:00Z",
-                "2025-01-14T12:00:30Z"
-            ),
+            conversation(a, "alice", "First question", "2025-01-10T08:00:00Z", "2025-01-10T08:00:09Z"),
+            conversation(c2, "alice", "Hello there", "2025-01-11T10:00:00Z", "2025-01-11T10:00:01Z"),
+            conversation(c3, "bob", "Why?", "2025-01-12T00:00:00Z", "2025-01-12T00:00:02Z"),
+            conversation(c4, "bob", "No id here", "2025-01-13T00:00:00Z", "2025-01-13T00:00:00Z"),
+            conversation(c5, "carol", &expected_title, "2025-01-14T12:00:00Z", "2025-01-14T12:00:30Z"),
         ]
     );
     assert_eq!(expected_title.chars().count(), 80);
 
     let summary = |rows: Vec<message::Model>| -> Vec<(String, String, String, String)> {
-        rows.into_iter()
-            .map(|m| (m.id.to_string(), m.user_id, m.role, m.content))
-            .collect()
+        rows.into_iter().map(|m| (m.id.to_string(), m.user_id, m.role, m.content)).collect()
     };
     let s = |x: &str| x.to_owned();
     assert_eq!(
@@ -223,10 +165,7 @@ async fn a_jsonl_history_is_imported_once_with_bad_lines_reported_and_skipped() 
     let mapped = |id: &str| chatwire::import::mapped(id).to_string();
     assert_eq!(
         summary(messages_of(&db, c2).await),
-        [
-            (mapped("m-1"), s("alice"), s("user"), s("Hello there")),
-            (mapped("m-2"), s("alice"), s("assistant"), s("Hi!"))
-        ]
+        [(mapped("m-1"), s("alice"), s("user"), s("Hello there")), (mapped("m-2"), s("alice"), s("assistant"), s("Hi!"))]
     );
     assert_eq!(
         summary(messages_of(&db, c3).await),
@@ -238,66 +177,31 @@ async fn a_jsonl_history_is_imported_once_with_bad_lines_reported_and_skipped() 
     );
     let c4_rows = messages_of(&db, c4).await;
     assert_eq!(c4_rows.len(), 1);
-    assert_eq!(
-        (c4_rows[0].user_id.as_str(), c4_rows[0].content.as_str()),
-        ("bob", "No id here")
-    );
-    assert_eq!(
-        c4_rows[0].id.get_version_num(),
-        5,
-        "an id made from the content"
-    );
+    assert_eq!((c4_rows[0].user_id.as_str(), c4_rows[0].content.as_str()), ("bob", "No id here"));
+    assert_eq!(c4_rows[0].id.get_version_num(), 5, "an id made from the content");
     assert_eq!(
         summary(messages_of(&db, c5).await),
-        [
-            (mapped("c5-q"), s("carol"), s("user"), s(LONG_QUESTION)),
-            (mapped("c5-r"), s("carol"), s("assistant"), s("Answered"))
-        ]
+        [(mapped("c5-q"), s("carol"), s("user"), s(LONG_QUESTION)), (mapped("c5-r"), s("carol"), s("assistant"), s("Answered"))]
     );
 
     let all = all_messages(&db).await;
     assert_eq!(all.len(), 12);
-    assert!(all.iter().all(|m| m.status == "complete"
-        && m.finish_reason.is_none()
-        && m.client_message_id.is_none()));
+    assert!(all.iter().all(|m| m.status == "complete" && m.finish_reason.is_none() && m.client_message_id.is_none()));
     assert!(all.iter().all(|m| m.created_at == m.updated_at));
     let answer = all.iter().find(|m| m.id.to_string() == A_R2).unwrap();
     assert_eq!(
-        (
-            answer.model.as_deref(),
-            answer.prompt_tokens,
-            answer.completion_tokens,
-            answer.total_tokens,
-            answer.created_at
-        ),
-        (
-            Some("gpt-4"),
-            Some(12),
-            Some(3),
-            Some(15),
-            at("2025-01-10T08:00:09Z")
-        )
+        (answer.model.as_deref(), answer.prompt_tokens, answer.completion_tokens, answer.total_tokens, answer.created_at),
+        (Some("gpt-4"), Some(12), Some(3), Some(15), at("2025-01-10T08:00:09Z"))
     );
-    let untold = all
-        .iter()
-        .find(|m| m.id.to_string() == mapped("m-2"))
-        .unwrap();
+    let untold = all.iter().find(|m| m.id.to_string() == mapped("m-2")).unwrap();
     assert_eq!((untold.model.as_deref(), untold.total_tokens), (None, None));
     let (before_conversations, before_messages) = (conversations(&db).await, all);
 
     // The same file again: nothing new, the same report.
     let again = import(&url, &file, false);
-    assert_eq!(
-        again.status.code(),
-        Some(0),
-        "stderr: {}",
-        text(&again.stderr)
-    );
+    assert_eq!(again.status.code(), Some(0), "stderr: {}", text(&again.stderr));
     assert_eq!(text(&again.stderr), REPORT);
-    assert_eq!(
-        text(&again.stdout),
-        "imported 0 lines, 12 already present, skipped 2\n"
-    );
+    assert_eq!(text(&again.stdout), "imported 0 lines, 12 already present, skipped 2\n");
     assert_eq!(conversations(&db).await, before_conversations);
     assert_eq!(all_messages(&db).await, before_messages);
 }
@@ -311,21 +215,14 @@ async fn strict_imports_nothing_when_a_line_is_bad_and_everything_when_none_is()
 
     let out = import(&url, &file, true);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        text(&out.stderr),
-        format!("{REPORT}chatwire: nothing imported: 2 bad lines (--strict)\n")
-    );
+    assert_eq!(text(&out.stderr), format!("{REPORT}chatwire: nothing imported: 2 bad lines (--strict)\n"));
     assert_eq!(text(&out.stdout), "");
     let db = open(&url).await;
     assert_eq!(conversations(&db).await, []);
     assert_eq!(all_messages(&db).await, []);
 
     // Only the ownership check needs the database: a file whose one bad line is that.
-    let only_owner: String = history()
-        .lines()
-        .filter(|l| !l.contains("\"tool\""))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let only_owner: String = history().lines().filter(|l| !l.contains("\"tool\"")).map(|l| format!("{l}\n")).collect();
     std::fs::write(&file, &only_owner).unwrap();
     let out = import(&url, &file, true);
     assert_eq!(out.status.code(), Some(1));
@@ -336,19 +233,12 @@ async fn strict_imports_nothing_when_a_line_is_bad_and_everything_when_none_is()
     );
     assert_eq!(all_messages(&db).await, []);
 
-    let clean: String = only_owner
-        .lines()
-        .filter(|l| !l.contains("carol") || l.contains("c-5"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let clean: String = only_owner.lines().filter(|l| !l.contains("carol") || l.contains("c-5")).map(|l| format!("{l}\n")).collect();
     std::fs::write(&file, clean).unwrap();
     let out = import(&url, &file, true);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stderr), "");
-    assert_eq!(
-        text(&out.stdout),
-        "imported 12 lines, 0 already present, skipped 0\n"
-    );
+    assert_eq!(text(&out.stdout), "imported 12 lines, 0 already present, skipped 0\n");
     assert_eq!(conversations(&db).await.len(), 5);
     assert_eq!(all_messages(&db).await.len(), 12);
 }
@@ -363,20 +253,12 @@ async fn an_imported_conversation_continues_over_ai_with_its_history() {
 
     let app = spawn_app_with(&[("DATABASE_URL", &url)]).await;
     let mut alice = app.client("alice").await;
-    let ack = alice
-        .emit_with_ack(
-            "chat:start",
-            json!({ "message": "Third question", "conversationId": A }),
-        )
-        .await;
+    let ack = alice.emit_with_ack("chat:start", json!({ "message": "Third question", "conversationId": A })).await;
     assert_eq!(ack["ok"], true, "{ack}");
     assert_eq!(ack["conversationId"], A);
     let answer = read_answer(&mut alice).await;
     assert_eq!(answer.final_name, "chat:end", "{}", answer.final_data);
-    assert_eq!(
-        answer.order[0], "chat:user-message",
-        "no chat:conversation: it exists"
-    );
+    assert_eq!(answer.order[0], "chat:user-message", "no chat:conversation: it exists");
     assert_eq!(
         app.mock().requests()[0]["messages"],
         json!([
@@ -393,12 +275,7 @@ async fn an_imported_conversation_continues_over_ai_with_its_history() {
     // system message of the file is part of the history.
     let mut bob = app.client("bob").await;
     let c3 = chatwire::import::mapped("3").to_string();
-    let ack = bob
-        .emit_with_ack(
-            "chat:start",
-            json!({ "message": "Really?", "conversationId": c3 }),
-        )
-        .await;
+    let ack = bob.emit_with_ack("chat:start", json!({ "message": "Really?", "conversationId": c3 })).await;
     assert_eq!(ack["ok"], true, "{ack}");
     read_answer(&mut bob).await;
     assert_eq!(
@@ -413,36 +290,20 @@ async fn an_imported_conversation_continues_over_ai_with_its_history() {
 
     // Another user may not continue it.
     let mut carol = app.client("carol").await;
-    let refused = carol
-        .emit_with_ack(
-            "chat:start",
-            json!({ "message": "Let me in", "conversationId": A }),
-        )
-        .await;
+    let refused = carol.emit_with_ack("chat:start", json!({ "message": "Let me in", "conversationId": A })).await;
     assert_eq!(refused["ok"], false);
     assert_eq!(refused["error"]["code"], "NOT_FOUND");
 
     let db = open(&url).await;
     let rows = messages_of(&db, Uuid::parse_str(A).unwrap()).await;
     assert_eq!(rows.len(), 6);
-    assert_eq!(
-        (
-            rows[4].content.as_str(),
-            rows[5].content.as_str(),
-            rows[5].status.as_str()
-        ),
-        ("Third question", ANSWER, "complete")
-    );
+    assert_eq!((rows[4].content.as_str(), rows[5].content.as_str(), rows[5].status.as_str()), ("Third question", ANSWER, "complete"));
 }
 
 /// The `\copy` line of docs/IMPORT.md, and the SELECT inside it.
 fn documented_export() -> (String, String) {
     let doc = include_str!("../../docs/IMPORT.md");
-    let line = doc
-        .lines()
-        .find(|l| l.starts_with("\\copy ("))
-        .expect("docs/IMPORT.md has a \\copy line")
-        .to_owned();
+    let line = doc.lines().find(|l| l.starts_with("\\copy (")).expect("docs/IMPORT.md has a \\copy line").to_owned();
     let select = line
         .strip_prefix("\\copy (")
         .and_then(|rest| rest.split_once(") TO 'history.jsonl'"))
@@ -457,33 +318,17 @@ async fn the_documented_export_of_typeorm_tables_imports_into_chatwire() {
         eprintln!("skipped: needs DATABASE_URL=postgres://...");
         return;
     };
-    let public_before = (
-        schema::dump(&nest, "public.conversations").await,
-        schema::dump(&nest, "public.messages").await,
-    );
+    let public_before = (schema::dump(&nest, "public.conversations").await, schema::dump(&nest, "public.messages").await);
     let (copy, select) = documented_export();
-    let rows = nest
-        .query_all_raw(Statement::from_string(DbBackend::Postgres, select))
-        .await
-        .expect("the documented SELECT runs");
-    let lines: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            r.try_get_by_index::<Value>(0)
-                .expect("one JSON column")
-                .to_string()
-        })
-        .collect();
+    let rows = nest.query_all_raw(Statement::from_string(DbBackend::Postgres, select)).await.expect("the documented SELECT runs");
+    let lines: Vec<String> = rows.iter().map(|r| r.try_get_by_index::<Value>(0).expect("one JSON column").to_string()).collect();
     assert_eq!(lines.len(), 6);
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("history.jsonl");
     // psql's \copy itself when psql is installed (its output format is the point of the
     // CSV options); the same SELECT's rows otherwise.
-    let psql = Command::new("psql")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let psql = Command::new("psql").arg("--version").output().is_ok_and(|o| o.status.success());
     if psql {
         let script = dir.path().join("export.psql");
         std::fs::write(&script, format!("{copy}\n")).unwrap();
@@ -496,42 +341,26 @@ async fn the_documented_export_of_typeorm_tables_imports_into_chatwire() {
             .unwrap();
         assert!(out.status.success(), "psql: {}", text(&out.stderr));
         let exported = std::fs::read_to_string(&file).unwrap();
-        let parsed: Vec<Value> = exported
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-            .collect();
-        let expected: Vec<Value> = lines
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let parsed: Vec<Value> = exported.lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect();
+        let expected: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(parsed, expected, "\\copy writes each object as it is");
     } else {
-        eprintln!(
-            "psql not installed: writing the documented SELECT's rows instead of running \\copy"
-        );
-        std::fs::write(
-            &file,
-            lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
-        )
-        .unwrap();
+        eprintln!("psql not installed: writing the documented SELECT's rows instead of running \\copy");
+        std::fs::write(&file, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
     }
 
     let out = import(&url, &file, true);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    assert_eq!(
-        text(&out.stdout),
-        "imported 6 lines, 0 already present, skipped 0\n"
-    );
+    assert_eq!(text(&out.stdout), "imported 6 lines, 0 already present, skipped 0\n");
 
     let db = open(&url).await;
-    let conversation =
-        |id: &str, user: &str, title: &str, created: &str, updated: &str| conversation::Model {
-            id: Uuid::parse_str(id).unwrap(),
-            user_id: user.into(),
-            title: title.into(),
-            created_at: at(created),
-            updated_at: at(updated),
-        };
+    let conversation = |id: &str, user: &str, title: &str, created: &str, updated: &str| conversation::Model {
+        id: Uuid::parse_str(id).unwrap(),
+        user_id: user.into(),
+        title: title.into(),
+        created_at: at(created),
+        updated_at: at(updated),
+    };
     assert_eq!(
         conversations(&db).await,
         [
@@ -561,16 +390,7 @@ async fn the_documented_export_of_typeorm_tables_imports_into_chatwire() {
     let all = all_messages(&db).await;
     let got: Vec<_> = all
         .iter()
-        .map(|m| {
-            (
-                m.id.to_string(),
-                m.role.as_str(),
-                m.content.as_str(),
-                m.model.as_deref(),
-                m.total_tokens,
-                m.created_at,
-            )
-        })
+        .map(|m| (m.id.to_string(), m.role.as_str(), m.content.as_str(), m.model.as_deref(), m.total_tokens, m.created_at))
         .collect();
     assert_eq!(
         got,
@@ -591,14 +411,7 @@ async fn the_documented_export_of_typeorm_tables_imports_into_chatwire() {
                 Some(14),
                 at("2025-03-01T09:00:05.25Z")
             ),
-            (
-                "b2c0ffee-0000-4000-8000-000000000003".to_owned(),
-                "user",
-                "Second thoughts",
-                None,
-                None,
-                at("2025-03-02T10:00:00Z")
-            ),
+            ("b2c0ffee-0000-4000-8000-000000000003".to_owned(), "user", "Second thoughts", None, None, at("2025-03-02T10:00:00Z")),
             (
                 "c4c0ffee-0000-4000-8000-000000000005".to_owned(),
                 "user",
@@ -615,24 +428,11 @@ async fn the_documented_export_of_typeorm_tables_imports_into_chatwire() {
                 None,
                 at("2025-03-03T11:00:09.123456Z")
             ),
-            (
-                "e1c0ffee-0000-4000-8000-000000000001".to_owned(),
-                "user",
-                "What is Rust?",
-                None,
-                None,
-                at("2025-03-01T09:00:00Z")
-            ),
+            ("e1c0ffee-0000-4000-8000-000000000001".to_owned(), "user", "What is Rust?", None, None, at("2025-03-01T09:00:00Z")),
         ]
     );
-    let public_after = (
-        schema::dump(&nest, "public.conversations").await,
-        schema::dump(&nest, "public.messages").await,
-    );
-    assert_eq!(
-        public_after, public_before,
-        "the TypeORM tables are untouched"
-    );
+    let public_after = (schema::dump(&nest, "public.conversations").await, schema::dump(&nest, "public.messages").await);
+    assert_eq!(public_after, public_before, "the TypeORM tables are untouched");
 }
 
 #[tokio::test]
@@ -656,54 +456,24 @@ async fn repeated_ids_and_malformed_lines_are_told_apart() {
         json!({"id": "m-6", "userId": "dave", "conversationId": "c-1", "role": "assistant", "content": "ok", "totalTokens": -1, "createdAt": "2025-02-01T00:00:01Z"}).to_string(),
         json!({"id": "m-7", "conversationId": "c-1", "role": "user", "content": "Hi", "createdAt": "2025-02-01T00:00:00Z"}).to_string(),
     ];
-    std::fs::write(
-        &file,
-        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
-    )
-    .unwrap();
+    std::fs::write(&file, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
     let out = import(&url, &file, false);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let stderr = text(&out.stderr);
     let reported: Vec<&str> = stderr.lines().collect();
     assert_eq!(reported.len(), 8, "{stderr}");
-    assert_eq!(
-        reported[0],
-        "line 3: message id \"m-1\" is already used in another conversation"
-    );
-    assert!(
-        reported[1].starts_with(
-            "line 4: createdAt \"2025-02-01 00:00:00\" is not an ISO 8601 time with a zone"
-        ),
-        "{stderr}"
-    );
-    assert!(
-        reported[2].starts_with("line 5: not valid JSON: "),
-        "{stderr}"
-    );
+    assert_eq!(reported[0], "line 3: message id \"m-1\" is already used in another conversation");
+    assert!(reported[1].starts_with("line 4: createdAt \"2025-02-01 00:00:00\" is not an ISO 8601 time with a zone"), "{stderr}");
+    assert!(reported[2].starts_with("line 5: not valid JSON: "), "{stderr}");
     assert_eq!(reported[3], "line 6: not a JSON object");
-    assert_eq!(
-        reported[4],
-        "line 7: userId must be a non-empty string or an integer"
-    );
+    assert_eq!(reported[4], "line 7: userId must be a non-empty string or an integer");
     assert_eq!(reported[5], "line 8: content must be a string");
-    assert_eq!(
-        reported[6],
-        "line 9: totalTokens must be a whole number from 0 to 2147483647, not -1"
-    );
+    assert_eq!(reported[6], "line 9: totalTokens must be a whole number from 0 to 2147483647, not -1");
     assert_eq!(reported[7], "line 10: missing userId");
-    assert_eq!(
-        text(&out.stdout),
-        "imported 1 lines, 1 already present, skipped 8\n"
-    );
+    assert_eq!(text(&out.stdout), "imported 1 lines, 1 already present, skipped 8\n");
     let db = open(&url).await;
     let rows = all_messages(&db).await;
     assert_eq!(rows.len(), 1);
-    assert_eq!(
-        (rows[0].id, rows[0].conversation_id),
-        (
-            chatwire::import::mapped("m-1"),
-            chatwire::import::mapped("c-1")
-        )
-    );
+    assert_eq!((rows[0].id, rows[0].conversation_id), (chatwire::import::mapped("m-1"), chatwire::import::mapped("c-1")));
     assert_eq!(conversations(&db).await.len(), 1, "no conversation for c-9");
 }

@@ -40,28 +40,15 @@ async fn in_json_every_line_of_an_answer_names_it_its_conversation_user_and_node
     let dir = tempfile::tempdir().unwrap();
     let vars = upstream_vars(&fake);
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let child = spawn_binary(
-        &format!("sqlite://{}/c.db?mode=rwc", dir.path().display()),
-        &vars,
-    );
+    let child = spawn_binary(&format!("sqlite://{}/c.db?mode=rwc", dir.path().display()), &vars);
     let user = user();
-    let mut client = Client::websocket(child.addr, Credentials::token(&token(&user)))
-        .await
-        .unwrap();
-    let ack = client
-        .emit_with_ack("chat:start", json!({ "message": "hello" }))
-        .await;
-    assert_eq!(
-        read_answer(&mut client).await.final_data["content"],
-        TOKENS.concat()
-    );
+    let mut client = Client::websocket(child.addr, Credentials::token(&token(&user))).await.unwrap();
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "hello" })).await;
+    assert_eq!(read_answer(&mut client).await.final_data["content"], TOKENS.concat());
 
     let mut lines = Vec::new();
     loop {
-        let line = child
-            .logs
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the server logs the answer's end");
+        let line = child.logs.recv_timeout(Duration::from_secs(10)).expect("the server logs the answer's end");
         let last = line["message"] == "answer ended";
         if line["target"].as_str().is_some_and(of_an_answer) {
             lines.push(line);
@@ -71,13 +58,7 @@ async fn in_json_every_line_of_an_answer_names_it_its_conversation_user_and_node
         }
     }
     let messages: Vec<&str> = lines.iter().filter_map(|l| l["message"].as_str()).collect();
-    assert_eq!(
-        messages,
-        [
-            "upstream failed before the first token; retrying",
-            "answer ended"
-        ]
-    );
+    assert_eq!(messages, ["upstream failed before the first token; retrying", "answer ended"]);
     let expected = json!({
         "name": "answer",
         "messageId": ack["messageId"],
@@ -128,23 +109,13 @@ fn spawn_pretty(vars: &[(&str, &str)]) -> PrettyChild {
         }
     });
     let addr = loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server logs its address");
+        let line = lines.recv_timeout(Duration::from_secs(30)).expect("the server logs its address");
         if line.contains("chatwire listening") {
-            let addr = line
-                .split("addr=")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .expect("addr=");
+            let addr = line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("addr=");
             break addr.parse().unwrap();
         }
     };
-    PrettyChild {
-        process,
-        addr,
-        lines,
-    }
+    PrettyChild { process, addr, lines }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,12 +128,8 @@ async fn in_the_pretty_format_every_line_of_an_answer_shows_the_same_four_fields
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let child = spawn_pretty(&vars);
     let user = user();
-    let mut client = Client::websocket(child.addr, Credentials::token(&token(&user)))
-        .await
-        .unwrap();
-    let ack = client
-        .emit_with_ack("chat:start", json!({ "message": "hello" }))
-        .await;
+    let mut client = Client::websocket(child.addr, Credentials::token(&token(&user))).await.unwrap();
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "hello" })).await;
     assert_eq!(read_answer(&mut client).await.final_name, "chat:end");
 
     let mut expected = vec![
@@ -174,10 +141,7 @@ async fn in_the_pretty_format_every_line_of_an_answer_shows_the_same_four_fields
     expected.sort();
     let mut lines = Vec::new();
     loop {
-        let line = child
-            .lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the server logs the answer's end");
+        let line = child.lines.recv_timeout(Duration::from_secs(10)).expect("the server logs the answer's end");
         let last = line.contains("answer ended");
         if line.contains(" chatwire::engine") || line.contains(" chatwire::providers") {
             lines.push(line);
@@ -187,22 +151,11 @@ async fn in_the_pretty_format_every_line_of_an_answer_shows_the_same_four_fields
         }
     }
     assert_eq!(lines.len(), 2, "{lines:#?}");
-    assert!(
-        lines[0].contains("upstream failed before the first token; retrying"),
-        "{}",
-        lines[0]
-    );
+    assert!(lines[0].contains("upstream failed before the first token; retrying"), "{}", lines[0]);
     for line in &lines {
         // `answer{k=v k=v ...}: target: message`, the fields in the order they were recorded.
-        let fields = line
-            .split_once("answer{")
-            .and_then(|(_, rest)| rest.split_once("}:"))
-            .map(|(f, _)| f);
-        let mut fields: Vec<String> = fields
-            .unwrap_or_else(|| panic!("no answer span in {line}"))
-            .split(' ')
-            .map(str::to_owned)
-            .collect();
+        let fields = line.split_once("answer{").and_then(|(_, rest)| rest.split_once("}:")).map(|(f, _)| f);
+        let mut fields: Vec<String> = fields.unwrap_or_else(|| panic!("no answer span in {line}")).split(' ').map(str::to_owned).collect();
         fields.sort();
         assert_eq!(fields, expected, "{line}");
     }

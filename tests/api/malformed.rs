@@ -9,21 +9,12 @@ use crate::{client::Client, helpers::*};
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
 }
 
 /// Events whose framing does not parse: socketioxide (like Node's Socket.IO) closes
 /// the connection that sent them.
-const BROKEN_FRAMES: [&str; 4] = [
-    r#"2/ai,[]"#,
-    r#"2/ai,[42]"#,
-    r#"2/ai,[null,{}]"#,
-    r#"2/ai,["chat:start",{"message":"#,
-];
+const BROKEN_FRAMES: [&str; 4] = [r#"2/ai,[]"#, r#"2/ai,[42]"#, r#"2/ai,[null,{}]"#, r#"2/ai,["chat:start",{"message":"#];
 
 /// Well-framed events that carry nonsense for `/ai`: answered, and the socket stays.
 fn bad_packets() -> Vec<String> {
@@ -52,8 +43,7 @@ async fn a_flood_of_malformed_packets_leaves_the_server_serving_and_flat() {
     let app = spawn_app_with(&[("RATE_LIMIT_PER_MINUTE", "0")]).await;
     let user = user();
     let mut warm = app.client(&user).await;
-    warm.emit("chat:start", json!({ "message": "warm up" }))
-        .await;
+    warm.emit("chat:start", json!({ "message": "warm up" })).await;
     read_answer(&mut warm).await;
     let before = rss_kib();
 
@@ -73,9 +63,7 @@ async fn a_flood_of_malformed_packets_leaves_the_server_serving_and_flat() {
         }
         // A socket that only sent bad input is still usable.
         let mut survivor = sockets.pop().unwrap();
-        let ack = survivor
-            .emit_with_ack("chat:start", json!({ "message": "still there?" }))
-            .await;
+        let ack = survivor.emit_with_ack("chat:start", json!({ "message": "still there?" })).await;
         assert_eq!(ack["ok"], json!(true), "{ack}");
         let (end, _) = survivor.until("chat:end").await;
         assert_eq!(end["content"], ANSWER);
@@ -89,43 +77,28 @@ async fn a_flood_of_malformed_packets_leaves_the_server_serving_and_flat() {
     for frame in BROKEN_FRAMES {
         let mut broken = app.client(&user).await;
         broken.send_packet(frame.to_owned()).await;
-        assert!(
-            broken.wait_closed(Duration::from_secs(5)).await,
-            "{frame} closes its connection"
-        );
+        assert!(broken.wait_closed(Duration::from_secs(5)).await, "{frame} closes its connection");
     }
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(app.state.engine.wait_idle(Duration::from_secs(10)).await);
     let after = rss_kib();
     eprintln!("{sent} malformed packets: RSS {before} KiB -> {after} KiB");
-    assert!(
-        after < before + 32 * 1024,
-        "RSS grew from {before} KiB to {after} KiB"
-    );
+    assert!(after < before + 32 * 1024, "RSS grew from {before} KiB to {after} KiB");
 
     let mut fresh = app.client(&user).await;
-    fresh
-        .emit("chat:start", json!({ "message": "a valid chat" }))
-        .await;
+    fresh.emit("chat:start", json!({ "message": "a valid chat" })).await;
     let answer = read_answer(&mut fresh).await;
-    assert_eq!(
-        (answer.final_name.as_str(), answer.text()),
-        ("chat:end", ANSWER.to_owned())
-    );
+    assert_eq!((answer.final_name.as_str(), answer.text()), ("chat:end", ANSWER.to_owned()));
 }
 
 #[tokio::test]
 async fn an_over_long_message_under_the_packet_limit_is_message_too_long() {
     let app = spawn_app().await;
     let mut client = app.client(&user()).await;
-    let ack = client
-        .emit_with_ack("chat:start", json!({ "message": "x".repeat(900_000) }))
-        .await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "x".repeat(900_000) })).await;
     assert_eq!(ack["error"]["code"], "MESSAGE_TOO_LONG");
-    client
-        .emit("chat:start", json!({ "message": "short" }))
-        .await;
+    client.emit("chat:start", json!({ "message": "short" })).await;
     let answer = read_answer(&mut client).await;
     assert_eq!(answer.order[0], "chat:error");
     let answer = read_answer(&mut client).await;
@@ -137,12 +110,8 @@ async fn a_packet_over_the_transport_limit_closes_only_its_connection() {
     let app = spawn_app().await;
     let mut bystander = app.client(&user()).await;
     let mut offender: Client = app.client(&user()).await;
-    offender
-        .emit("chat:start", json!({ "message": "x".repeat(2_000_000) }))
-        .await;
+    offender.emit("chat:start", json!({ "message": "x".repeat(2_000_000) })).await;
     assert!(offender.wait_closed(Duration::from_secs(5)).await);
-    bystander
-        .emit("chat:start", json!({ "message": "fine" }))
-        .await;
+    bystander.emit("chat:start", json!({ "message": "fine" })).await;
     assert_eq!(read_answer(&mut bystander).await.final_name, "chat:end");
 }

@@ -46,22 +46,10 @@ fn checks(database: &str, upstream: &str) -> Value {
 #[tokio::test]
 async fn ready_names_each_check_and_passes_with_the_database_and_the_built_in_mock() {
     let app = spawn_app().await;
-    assert_eq!(
-        fetch(app.addr, "/ready").await,
-        (
-            200,
-            json!({ "status": "ready", "checks": checks("ok", "ok") })
-        )
-    );
+    assert_eq!(fetch(app.addr, "/ready").await, (200, json!({ "status": "ready", "checks": checks("ok", "ok") })));
     let (status, health) = fetch(app.addr, "/health").await;
     let node = app.state.config.node_id.clone();
-    assert_eq!(
-        (status, health),
-        (
-            200,
-            json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "nodeId": node })
-        )
-    );
+    assert_eq!((status, health), (200, json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "nodeId": node })));
 }
 
 #[tokio::test]
@@ -70,18 +58,8 @@ async fn an_unreachable_upstream_makes_the_node_unready_naming_that_check() {
     let url = format!("http://{}/v1", closed.local_addr().unwrap());
     drop(closed);
     let app = spawn_app_with(&[("OPENAI_BASE_URL", &url), ("OPENAI_API_KEY", "sk-test")]).await;
-    assert_eq!(
-        fetch(app.addr, "/ready").await,
-        (
-            503,
-            json!({ "status": "unready", "checks": checks("ok", "down") })
-        )
-    );
-    assert_eq!(
-        fetch(app.addr, "/health").await.0,
-        200,
-        "liveness does not depend on the upstream"
-    );
+    assert_eq!(fetch(app.addr, "/ready").await, (503, json!({ "status": "unready", "checks": checks("ok", "down") })));
+    assert_eq!(fetch(app.addr, "/health").await.0, 200, "liveness does not depend on the upstream");
 }
 
 #[tokio::test]
@@ -101,19 +79,9 @@ async fn an_upstream_refusing_the_key_is_down_and_a_storm_of_probes_asks_it_once
     let app = spawn_app_with(&[("OPENAI_BASE_URL", &url), ("OPENAI_API_KEY", "sk-wrong")]).await;
     let storm = futures::future::join_all((0..20).map(|_| fetch(app.addr, "/ready"))).await;
     for answer in storm {
-        assert_eq!(
-            answer,
-            (
-                503,
-                json!({ "status": "unready", "checks": checks("ok", "down") })
-            )
-        );
+        assert_eq!(answer, (503, json!({ "status": "unready", "checks": checks("ok", "down") })));
     }
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        1,
-        "twenty probes, one request to the provider"
-    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "twenty probes, one request to the provider");
 }
 
 #[tokio::test]
@@ -125,20 +93,10 @@ async fn a_cut_database_makes_the_node_unready_until_it_returns() {
     assert_eq!(fetch(app.addr, "/ready").await.0, 200);
     proxy.cut();
     let body = ready_until(app.addr, 503).await;
-    assert_eq!(
-        body,
-        json!({ "status": "unready", "checks": checks("down", "ok") })
-    );
-    assert_eq!(
-        fetch(app.addr, "/health").await.0,
-        200,
-        "liveness does not depend on the database"
-    );
+    assert_eq!(body, json!({ "status": "unready", "checks": checks("down", "ok") }));
+    assert_eq!(fetch(app.addr, "/health").await.0, 200, "liveness does not depend on the database");
     proxy.restore();
-    assert_eq!(
-        ready_until(app.addr, 200).await,
-        json!({ "status": "ready", "checks": checks("ok", "ok") })
-    );
+    assert_eq!(ready_until(app.addr, 200).await, json!({ "status": "ready", "checks": checks("ok", "ok") }));
 }
 
 const LONG: &str = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen \
@@ -148,35 +106,18 @@ sixteen seventeen eighteen nineteen twenty";
 async fn during_the_drain_ready_is_503_while_the_running_answer_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let db_url = format!("sqlite://{}/chatwire.db?mode=rwc", dir.path().display());
-    let mut child = spawn_binary(
-        &db_url,
-        &[
-            ("MOCK_RESPONSE", LONG),
-            ("MOCK_TOKEN_DELAY_MS", "100"),
-            ("SHUTDOWN_GRACE_SECONDS", "30"),
-        ],
-    );
+    let mut child = spawn_binary(&db_url, &[("MOCK_RESPONSE", LONG), ("MOCK_TOKEN_DELAY_MS", "100"), ("SHUTDOWN_GRACE_SECONDS", "30")]);
     let addr = child.addr;
     let user = user();
-    let mut client = Client::websocket(addr, Credentials::token(&token(&user)))
-        .await
-        .unwrap();
-    let ack = client
-        .emit_with_ack("chat:start", json!({ "message": "count" }))
-        .await;
+    let mut client = Client::websocket(addr, Credentials::token(&token(&user))).await.unwrap();
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "count" })).await;
     let (first, _) = client.until("chat:message").await;
     assert_eq!(fetch(addr, "/ready").await.0, 200);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.process.id().to_string()])
-        .status()
-        .unwrap();
+    let killed = Command::new("kill").args(["-TERM", &child.process.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let body = ready_until(addr, 503).await;
-    assert_eq!(
-        body,
-        json!({ "status": "draining", "checks": checks("ok", "ok") })
-    );
+    assert_eq!(body, json!({ "status": "draining", "checks": checks("ok", "ok") }));
     // The answer still runs, and the process still answers everything else.
     let status: Value = reqwest::Client::new()
         .get(format!("http://{addr}/v1/status"))
@@ -187,25 +128,13 @@ async fn during_the_drain_ready_is_503_while_the_running_answer_finishes() {
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        status["generations"], 1,
-        "/ready went 503 before the running answer ended"
-    );
+    assert_eq!(status["generations"], 1, "/ready went 503 before the running answer ended");
     assert_eq!(fetch(addr, "/health").await.0, 200);
 
     let mut answer = read_answer(&mut client).await;
     answer.chunks.insert(0, first);
-    assert_eq!(
-        answer.final_name, "chat:end",
-        "an answer within the grace period completes"
-    );
-    assert_eq!(
-        (answer.text(), &answer.final_data["messageId"]),
-        (LONG.to_owned(), &ack["messageId"])
-    );
-    let exited = tokio::task::spawn_blocking(move || child.process.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    assert_eq!(answer.final_name, "chat:end", "an answer within the grace period completes");
+    assert_eq!((answer.text(), &answer.final_data["messageId"]), (LONG.to_owned(), &ack["messageId"]));
+    let exited = tokio::task::spawn_blocking(move || child.process.wait()).await.unwrap().unwrap();
     assert!(exited.success(), "exit status {exited:?}");
 }

@@ -13,33 +13,18 @@ use uuid::Uuid;
 use crate::helpers::*;
 
 /// A request to `path` as `user` (no token when `None`).
-async fn call(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    user: Option<&str>,
-    body: Option<&str>,
-) -> (StatusCode, Value) {
+async fn call(app: &TestApp, method: Method, path: &str, user: Option<&str>, body: Option<&str>) -> (StatusCode, Value) {
     let mut request = reqwest::Client::new().request(method, format!("http://{}{path}", app.addr));
     if let Some(user) = user {
         request = request.bearer_auth(token(user));
     }
     if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.to_owned());
+        request = request.header("content-type", "application/json").body(body.to_owned());
     }
     let response = request.send().await.unwrap();
     let status = response.status();
     let text = response.text().await.unwrap();
-    (
-        status,
-        if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).expect("a JSON body")
-        },
-    )
+    (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).expect("a JSON body") })
 }
 
 async fn get(app: &TestApp, path: &str, user: &str) -> (StatusCode, Value) {
@@ -78,38 +63,17 @@ async fn every_route_reads_and_changes_the_callers_history() {
     let mut client = app.client(&user).await;
     let (first, _) = chat(&mut client, json!({ "message": "first question" })).await;
     let conversation_id = first["conversationId"].as_str().unwrap().to_owned();
-    let (second, end) = chat(
-        &mut client,
-        json!({ "message": "second question", "conversationId": conversation_id }),
-    )
-    .await;
+    let (second, end) = chat(&mut client, json!({ "message": "second question", "conversationId": conversation_id })).await;
     assert_eq!(end.final_name, "chat:end");
 
     let rows = app.messages(&conversation_id).await;
     assert_eq!(rows.len(), 4);
     let answer = &rows[3];
     assert_eq!(answer.id.to_string(), second["messageId"].as_str().unwrap());
-    assert_eq!(
-        (
-            answer.provider.as_deref(),
-            answer.model.as_deref(),
-            answer.status.as_str()
-        ),
-        (Some("mock"), Some("gpt-4"), "complete")
-    );
-    assert_eq!(
-        (answer.prompt_tokens, answer.completion_tokens),
-        (
-            Some(end.final_data["promptTokens"].as_i64().unwrap() as i32),
-            Some(14)
-        )
-    );
+    assert_eq!((answer.provider.as_deref(), answer.model.as_deref(), answer.status.as_str()), (Some("mock"), Some("gpt-4"), "complete"));
+    assert_eq!((answer.prompt_tokens, answer.completion_tokens), (Some(end.final_data["promptTokens"].as_i64().unwrap() as i32), Some(14)));
     assert_eq!(rows[0].provider, None, "questions name no provider");
-    let conversation = entity::Conversation::find_by_id(answer.conversation_id)
-        .one(&app.state.db)
-        .await
-        .unwrap()
-        .unwrap();
+    let conversation = entity::Conversation::find_by_id(answer.conversation_id).one(&app.state.db).await.unwrap().unwrap();
 
     let (status, list) = get(&app, "/v1/conversations", &user).await;
     assert_eq!(status, 200);
@@ -131,73 +95,26 @@ async fn every_route_reads_and_changes_the_callers_history() {
     assert_eq!(detail["messages"][3]["finishReason"], "stop");
 
     for row in &rows {
-        assert_eq!(
-            get(&app, &format!("/v1/messages/{}", row.id), &user).await,
-            (StatusCode::OK, view(row))
-        );
+        assert_eq!(get(&app, &format!("/v1/messages/{}", row.id), &user).await, (StatusCode::OK, view(row)));
     }
 
     let path = format!("/v1/conversations/{conversation_id}");
-    let (status, renamed) = call(
-        &app,
-        Method::PATCH,
-        &path,
-        Some(&user),
-        Some(r#"{ "title": "  Renamed 😀  " }"#),
-    )
-    .await;
+    let (status, renamed) = call(&app, Method::PATCH, &path, Some(&user), Some(r#"{ "title": "  Renamed 😀  " }"#)).await;
     assert_eq!(status, 200);
     let mut expected = item.clone();
     expected["title"] = json!("Renamed 😀");
     expected["lastMessage"] = Value::Null;
-    assert_eq!(
-        renamed, expected,
-        "the title is stored trimmed; the list's order does not move"
-    );
-    assert_eq!(
-        get(&app, "/v1/conversations", &user).await.1["items"][0]["title"],
-        "Renamed 😀"
-    );
+    assert_eq!(renamed, expected, "the title is stored trimmed; the list's order does not move");
+    assert_eq!(get(&app, "/v1/conversations", &user).await.1["items"][0]["title"], "Renamed 😀");
 
-    assert_eq!(
-        call(&app, Method::DELETE, &path, Some(&user), None).await,
-        (StatusCode::NO_CONTENT, Value::Null)
-    );
-    assert_eq!(
-        get(&app, &path, &user).await,
-        (
-            StatusCode::NOT_FOUND,
-            error("NOT_FOUND", "conversation not found")
-        )
-    );
+    assert_eq!(call(&app, Method::DELETE, &path, Some(&user), None).await, (StatusCode::NO_CONTENT, Value::Null));
+    assert_eq!(get(&app, &path, &user).await, (StatusCode::NOT_FOUND, error("NOT_FOUND", "conversation not found")));
     let message = format!("/v1/messages/{}", rows[0].id);
-    assert_eq!(
-        get(&app, &message, &user).await,
-        (
-            StatusCode::NOT_FOUND,
-            error("NOT_FOUND", "message not found")
-        )
-    );
-    assert!(
-        app.messages(&conversation_id).await.is_empty(),
-        "its messages are deleted too"
-    );
-    assert_eq!(
-        entity::Conversation::find_by_id(answer.conversation_id)
-            .one(&app.state.db)
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        get(&app, "/v1/conversations", &user).await.1,
-        json!({ "items": [], "nextCursor": null })
-    );
-    assert_eq!(
-        call(&app, Method::DELETE, &path, Some(&user), None).await.0,
-        404,
-        "a second delete finds nothing"
-    );
+    assert_eq!(get(&app, &message, &user).await, (StatusCode::NOT_FOUND, error("NOT_FOUND", "message not found")));
+    assert!(app.messages(&conversation_id).await.is_empty(), "its messages are deleted too");
+    assert_eq!(entity::Conversation::find_by_id(answer.conversation_id).one(&app.state.db).await.unwrap(), None);
+    assert_eq!(get(&app, "/v1/conversations", &user).await.1, json!({ "items": [], "nextCursor": null }));
+    assert_eq!(call(&app, Method::DELETE, &path, Some(&user), None).await.0, 404, "a second delete finds nothing");
 }
 
 /// Stores a conversation of `user` updated at `updated_at`, with no messages.
@@ -218,9 +135,7 @@ async fn stored_conversation(app: &TestApp, user: &str, updated_at: DateTime<Utc
 async fn pages_follow_updated_at_then_id_across_ties() {
     let app = spawn_app().await;
     let (user, other) = (user(), user());
-    let base = DateTime::parse_from_rfc3339("2026-03-01T12:00:00.123456Z")
-        .unwrap()
-        .with_timezone(&Utc);
+    let base = DateTime::parse_from_rfc3339("2026-03-01T12:00:00.123456Z").unwrap().with_timezone(&Utc);
     let mut stored = Vec::new();
     // Three conversations share one time, two another, and the rest stand alone: pages of
     // 2 cut through both ties.
@@ -239,10 +154,7 @@ async fn pages_follow_updated_at_then_id_across_ties() {
         let (status, page) = get(&app, &path, &user).await;
         assert_eq!(status, 200, "{page}");
         pages += 1;
-        assert!(
-            pages <= 4,
-            "7 conversations in pages of 2 end by the 4th page; a cursor that does not advance loops"
-        );
+        assert!(pages <= 4, "7 conversations in pages of 2 end by the 4th page; a cursor that does not advance loops");
         let items = page["items"].as_array().unwrap();
         assert!(items.len() <= 2);
         for item in items {
@@ -255,19 +167,12 @@ async fn pages_follow_updated_at_then_id_across_ties() {
         }
     }
     assert_eq!(pages, 4);
-    assert_eq!(
-        seen, expected,
-        "every conversation once, by updatedAt then id, descending"
-    );
+    assert_eq!(seen, expected, "every conversation once, by updatedAt then id, descending");
     let (_, whole) = get(&app, "/v1/conversations", &user).await;
     assert_eq!(whole["items"].as_array().unwrap().len(), 7);
     assert_eq!(whole["nextCursor"], Value::Null);
     let (_, exact) = get(&app, "/v1/conversations?limit=7", &user).await;
-    assert_eq!(
-        exact["nextCursor"],
-        Value::Null,
-        "no next page when the last one is exactly full"
-    );
+    assert_eq!(exact["nextCursor"], Value::Null, "no next page when the last one is exactly full");
 }
 
 #[tokio::test]
@@ -278,11 +183,7 @@ async fn the_preview_is_the_latest_message_cut_to_120_utf16_units() {
     let mut client = app.client(&user).await;
     chat(&mut client, json!({ "message": "hi" })).await;
     let (_, list) = get(&app, "/v1/conversations", &user).await;
-    assert_eq!(
-        list["items"][0]["lastMessage"]["preview"],
-        "a".repeat(119),
-        "the emoji's second unit would be the 121st"
-    );
+    assert_eq!(list["items"][0]["lastMessage"]["preview"], "a".repeat(119), "the emoji's second unit would be the 121st");
     assert_eq!(list["items"][0]["lastMessage"]["role"], "assistant");
 }
 
@@ -292,64 +193,24 @@ async fn another_users_ids_are_not_found_on_every_route() {
     let (owner, intruder) = (user(), user());
     let mut client = app.client(&owner).await;
     let (ack, _) = chat(&mut client, json!({ "message": "mine" })).await;
-    let (conversation, message) = (
-        ack["conversationId"].as_str().unwrap(),
-        ack["messageId"].as_str().unwrap(),
-    );
+    let (conversation, message) = (ack["conversationId"].as_str().unwrap(), ack["messageId"].as_str().unwrap());
     let missing = Uuid::new_v4().to_string();
     let rename = Some(r#"{ "title": "taken" }"#);
     for id in [conversation, missing.as_str(), "not-a-uuid"] {
         let path = format!("/v1/conversations/{id}");
-        let not_found = (
-            StatusCode::NOT_FOUND,
-            error("NOT_FOUND", "conversation not found"),
-        );
-        assert_eq!(
-            call(&app, Method::GET, &path, Some(&intruder), None).await,
-            not_found,
-            "GET {id}"
-        );
-        assert_eq!(
-            call(&app, Method::PATCH, &path, Some(&intruder), rename).await,
-            not_found,
-            "PATCH {id}"
-        );
-        assert_eq!(
-            call(&app, Method::DELETE, &path, Some(&intruder), None).await,
-            not_found,
-            "DELETE {id}"
-        );
+        let not_found = (StatusCode::NOT_FOUND, error("NOT_FOUND", "conversation not found"));
+        assert_eq!(call(&app, Method::GET, &path, Some(&intruder), None).await, not_found, "GET {id}");
+        assert_eq!(call(&app, Method::PATCH, &path, Some(&intruder), rename).await, not_found, "PATCH {id}");
+        assert_eq!(call(&app, Method::DELETE, &path, Some(&intruder), None).await, not_found, "DELETE {id}");
     }
-    for id in [
-        message,
-        ack["userMessageId"].as_str().unwrap(),
-        missing.as_str(),
-        "not-a-uuid",
-    ] {
-        let expected = (
-            StatusCode::NOT_FOUND,
-            error("NOT_FOUND", "message not found"),
-        );
-        assert_eq!(
-            get(&app, &format!("/v1/messages/{id}"), &intruder).await,
-            expected,
-            "message {id}"
-        );
+    for id in [message, ack["userMessageId"].as_str().unwrap(), missing.as_str(), "not-a-uuid"] {
+        let expected = (StatusCode::NOT_FOUND, error("NOT_FOUND", "message not found"));
+        assert_eq!(get(&app, &format!("/v1/messages/{id}"), &intruder).await, expected, "message {id}");
     }
-    assert_eq!(
-        get(&app, "/v1/conversations", &intruder).await.1["items"],
-        json!([])
-    );
+    assert_eq!(get(&app, "/v1/conversations", &intruder).await.1["items"], json!([]));
     // Nothing of the owner's changed.
     let (status, detail) = get(&app, &format!("/v1/conversations/{conversation}"), &owner).await;
-    assert_eq!(
-        (
-            status,
-            &detail["title"],
-            detail["messages"].as_array().map(Vec::len)
-        ),
-        (StatusCode::OK, &json!("mine"), Some(2))
-    );
+    assert_eq!((status, &detail["title"], detail["messages"].as_array().map(Vec::len)), (StatusCode::OK, &json!("mine"), Some(2)));
 }
 
 #[tokio::test]
@@ -358,46 +219,19 @@ async fn a_new_title_is_validated() {
     let user = user();
     let mut client = app.client(&user).await;
     let (ack, _) = chat(&mut client, json!({ "message": "keep this title" })).await;
-    let path = format!(
-        "/v1/conversations/{}",
-        ack["conversationId"].as_str().unwrap()
-    );
+    let path = format!("/v1/conversations/{}", ack["conversationId"].as_str().unwrap());
     let too_long = json!({ "title": "x".repeat(201) }).to_string();
     let emoji_long = json!({ "title": "😀".repeat(101) }).to_string();
     let cases = [
-        (
-            "{not json",
-            "INVALID_PAYLOAD",
-            "the body must be a JSON object",
-        ),
+        ("{not json", "INVALID_PAYLOAD", "the body must be a JSON object"),
         ("", "INVALID_PAYLOAD", "the body must be a JSON object"),
         ("[]", "INVALID_PAYLOAD", "the body must be a JSON object"),
         ("{}", "INVALID_PAYLOAD", "title must be a string"),
-        (
-            r#"{ "title": 5 }"#,
-            "INVALID_PAYLOAD",
-            "title must be a string",
-        ),
-        (
-            r#"{ "title": null }"#,
-            "INVALID_PAYLOAD",
-            "title must be a string",
-        ),
-        (
-            r#"{ "title": " \t\n " }"#,
-            "INVALID_PARAMS",
-            "title must not be empty",
-        ),
-        (
-            too_long.as_str(),
-            "INVALID_PARAMS",
-            "title is longer than 200 characters",
-        ),
-        (
-            emoji_long.as_str(),
-            "INVALID_PARAMS",
-            "title is longer than 200 characters",
-        ),
+        (r#"{ "title": 5 }"#, "INVALID_PAYLOAD", "title must be a string"),
+        (r#"{ "title": null }"#, "INVALID_PAYLOAD", "title must be a string"),
+        (r#"{ "title": " \t\n " }"#, "INVALID_PARAMS", "title must not be empty"),
+        (too_long.as_str(), "INVALID_PARAMS", "title is longer than 200 characters"),
+        (emoji_long.as_str(), "INVALID_PARAMS", "title is longer than 200 characters"),
     ];
     for (body, code, message) in cases {
         assert_eq!(
@@ -408,31 +242,10 @@ async fn a_new_title_is_validated() {
     }
     assert_eq!(get(&app, &path, &user).await.1["title"], "keep this title");
     let longest = "y".repeat(200);
-    let (status, renamed) = call(
-        &app,
-        Method::PATCH,
-        &path,
-        Some(&user),
-        Some(&json!({ "title": longest }).to_string()),
-    )
-    .await;
-    assert_eq!(
-        (status, &renamed["title"]),
-        (StatusCode::OK, &json!(longest))
-    );
-    let (status, renamed) = call(
-        &app,
-        Method::PATCH,
-        &path,
-        Some(&user),
-        Some(r#"{ "title": "nul\u0000here" }"#),
-    )
-    .await;
-    assert_eq!(
-        (status, &renamed["title"]),
-        (StatusCode::OK, &json!("nul\u{FFFD}here")),
-        "U+0000 is stored as U+FFFD"
-    );
+    let (status, renamed) = call(&app, Method::PATCH, &path, Some(&user), Some(&json!({ "title": longest }).to_string())).await;
+    assert_eq!((status, &renamed["title"]), (StatusCode::OK, &json!(longest)));
+    let (status, renamed) = call(&app, Method::PATCH, &path, Some(&user), Some(r#"{ "title": "nul\u0000here" }"#)).await;
+    assert_eq!((status, &renamed["title"]), (StatusCode::OK, &json!("nul\u{FFFD}here")), "U+0000 is stored as U+FFFD");
 }
 
 #[tokio::test]
@@ -441,38 +254,23 @@ async fn deleting_a_conversation_stops_its_running_answer_first() {
     let app = spawn_app_with(&[("MOCK_RESPONSE", &words), ("MOCK_TOKEN_DELAY_MS", "20")]).await;
     let user = user();
     let mut client = app.client(&user).await;
-    let ack = client
-        .emit_with_ack("chat:start", json!({ "message": "a long one" }))
-        .await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "a long one" })).await;
     let conversation_id = ack["conversationId"].as_str().unwrap().to_owned();
     client.until("chat:message").await;
     assert_eq!(app.state.engine.running(), 1);
 
     let path = format!("/v1/conversations/{conversation_id}");
-    assert_eq!(
-        call(&app, Method::DELETE, &path, Some(&user), None).await,
-        (StatusCode::NO_CONTENT, Value::Null)
-    );
+    assert_eq!(call(&app, Method::DELETE, &path, Some(&user), None).await, (StatusCode::NO_CONTENT, Value::Null));
     let answer = read_answer(&mut client).await;
-    assert_eq!(
-        answer.final_name, "chat:stopped",
-        "the socket is told the answer stopped: {:?}",
-        answer.final_data
-    );
+    assert_eq!(answer.final_name, "chat:stopped", "the socket is told the answer stopped: {:?}", answer.final_data);
     assert_eq!(answer.final_data["messageId"], ack["messageId"]);
     assert!(app.state.engine.wait_idle(Duration::from_secs(5)).await);
-    assert!(
-        app.messages(&conversation_id).await.is_empty(),
-        "the stored answer went with its conversation"
-    );
-    let answer_row =
-        entity::Message::find_by_id(Uuid::parse_str(ack["messageId"].as_str().unwrap()).unwrap());
+    assert!(app.messages(&conversation_id).await.is_empty(), "the stored answer went with its conversation");
+    let answer_row = entity::Message::find_by_id(Uuid::parse_str(ack["messageId"].as_str().unwrap()).unwrap());
     assert_eq!(answer_row.one(&app.state.db).await.unwrap(), None);
     assert_eq!(get(&app, &path, &user).await.0, 404);
     // The socket is free for the next chat.
-    let next = client
-        .emit_with_ack("chat:start", json!({ "message": "again" }))
-        .await;
+    let next = client.emit_with_ack("chat:start", json!({ "message": "again" })).await;
     assert_eq!(next["ok"], json!(true));
 }
 
@@ -495,45 +293,19 @@ async fn no_token_or_a_bad_one_is_401_unauthorized_on_every_route() {
         let url = format!("http://{}{path}", app.addr);
         let requests = [
             ("no token", http.request(method.clone(), &url)),
-            (
-                "a malformed token",
-                http.request(method.clone(), &url).bearer_auth("not.a.jwt"),
-            ),
-            (
-                "an expired token",
-                http.request(method.clone(), &url).bearer_auth(&expired),
-            ),
-            (
-                "the Basic scheme",
-                http.request(method.clone(), &url)
-                    .header("authorization", format!("Basic {}", token("u"))),
-            ),
+            ("a malformed token", http.request(method.clone(), &url).bearer_auth("not.a.jwt")),
+            ("an expired token", http.request(method.clone(), &url).bearer_auth(&expired)),
+            ("the Basic scheme", http.request(method.clone(), &url).header("authorization", format!("Basic {}", token("u")))),
         ];
         for (what, request) in requests {
             let response = request.body(r#"{ "title": "t" }"#).send().await.unwrap();
             assert_eq!(response.status(), 401, "{method} {path}, {what}");
             assert_eq!(response.headers()["content-type"], "application/json");
-            assert_eq!(
-                response.json::<Value>().await.unwrap(),
-                error("UNAUTHORIZED", "unauthorized"),
-                "{method} {path}, {what}"
-            );
+            assert_eq!(response.json::<Value>().await.unwrap(), error("UNAUTHORIZED", "unauthorized"), "{method} {path}, {what}");
         }
     }
-    let by_query = http
-        .get(format!(
-            "http://{}/v1/conversations?token={}",
-            app.addr,
-            token("u")
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        by_query.status(),
-        200,
-        "?token= authenticates, as on the SSE wire"
-    );
+    let by_query = http.get(format!("http://{}/v1/conversations?token={}", app.addr, token("u"))).send().await.unwrap();
+    assert_eq!(by_query.status(), 200, "?token= authenticates, as on the SSE wire");
 }
 
 #[tokio::test]
@@ -541,90 +313,37 @@ async fn bad_parameters_are_400_invalid_params() {
     let app = spawn_app().await;
     let user = user();
     let cases = [
-        (
-            "/v1/conversations?limit=0",
-            "limit must be a whole number from 1 to 100",
-        ),
-        (
-            "/v1/conversations?limit=101",
-            "limit must be a whole number from 1 to 100",
-        ),
-        (
-            "/v1/conversations?limit=two",
-            "limit must be a whole number from 1 to 100",
-        ),
-        (
-            "/v1/conversations?limit=-1",
-            "limit must be a whole number from 1 to 100",
-        ),
-        (
-            "/v1/conversations?cursor=nonsense",
-            "cursor is not one this server gave",
-        ),
-        (
-            "/v1/conversations?cursor=MjAyNnxub3Q",
-            "cursor is not one this server gave",
-        ),
+        ("/v1/conversations?limit=0", "limit must be a whole number from 1 to 100"),
+        ("/v1/conversations?limit=101", "limit must be a whole number from 1 to 100"),
+        ("/v1/conversations?limit=two", "limit must be a whole number from 1 to 100"),
+        ("/v1/conversations?limit=-1", "limit must be a whole number from 1 to 100"),
+        ("/v1/conversations?cursor=nonsense", "cursor is not one this server gave"),
+        ("/v1/conversations?cursor=MjAyNnxub3Q", "cursor is not one this server gave"),
         ("/v1/usage?from=yesterday", "from must be a day, YYYY-MM-DD"),
         ("/v1/usage?to=2026-02-30", "to must be a day, YYYY-MM-DD"),
-        (
-            "/v1/usage?from=2026-03-02&to=2026-03-01",
-            "from is after to",
-        ),
+        ("/v1/usage?from=2026-03-02&to=2026-03-01", "from is after to"),
     ];
     for (path, message) in cases {
-        assert_eq!(
-            get(&app, path, &user).await,
-            (StatusCode::BAD_REQUEST, error("INVALID_PARAMS", message)),
-            "{path}"
-        );
+        assert_eq!(get(&app, path, &user).await, (StatusCode::BAD_REQUEST, error("INVALID_PARAMS", message)), "{path}");
     }
 }
 
 #[tokio::test]
 async fn open_mode_names_the_user_in_the_query() {
     let app = spawn_app_with(&[("JWT_SECRET", "")]).await;
-    let mut client =
-        crate::client::Client::websocket(app.addr, crate::client::Credentials::default())
-            .await
-            .unwrap();
-    let (ack, _) = chat(
-        &mut client,
-        json!({ "message": "open hello", "userId": "alice" }),
-    )
-    .await;
-    let (status, list) = call(
-        &app,
-        Method::GET,
-        "/v1/conversations?userId=alice",
-        None,
-        None,
-    )
-    .await;
-    assert_eq!(
-        (status, &list["items"][0]["id"]),
-        (StatusCode::OK, &ack["conversationId"])
-    );
+    let mut client = crate::client::Client::websocket(app.addr, crate::client::Credentials::default()).await.unwrap();
+    let (ack, _) = chat(&mut client, json!({ "message": "open hello", "userId": "alice" })).await;
+    let (status, list) = call(&app, Method::GET, "/v1/conversations?userId=alice", None, None).await;
+    assert_eq!((status, &list["items"][0]["id"]), (StatusCode::OK, &ack["conversationId"]));
     let (status, list) = call(&app, Method::GET, "/v1/conversations", None, None).await;
-    assert_eq!(
-        (status, &list["items"]),
-        (StatusCode::OK, &json!([])),
-        "unnamed is a fresh anonymous user"
-    );
+    assert_eq!((status, &list["items"]), (StatusCode::OK, &json!([])), "unnamed is a fresh anonymous user");
 }
 
 #[tokio::test]
 async fn the_openapi_document_covers_every_route_and_docs_work_offline() {
     let app = spawn_app().await;
     let http = reqwest::Client::new();
-    let doc: Value = http
-        .get(format!("http://{}/openapi.json", app.addr))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = http.get(format!("http://{}/openapi.json", app.addr)).send().await.unwrap().json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let routes = [
         ("/", "get"),
@@ -644,55 +363,27 @@ async fn the_openapi_document_covers_every_route_and_docs_work_offline() {
         .as_object()
         .unwrap()
         .iter()
-        .flat_map(|(p, ops)| {
-            ops.as_object()
-                .unwrap()
-                .keys()
-                .map(|m| (p.clone(), m.clone()))
-        })
+        .flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(|m| (p.clone(), m.clone())))
         .collect();
     documented.sort();
-    let mut expected: Vec<(String, String)> = routes
-        .iter()
-        .map(|(p, m)| (p.to_string(), m.to_string()))
-        .collect();
+    let mut expected: Vec<(String, String)> = routes.iter().map(|(p, m)| (p.to_string(), m.to_string())).collect();
     expected.sort();
     assert_eq!(documented, expected);
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"], json!({ "type": "http", "scheme": "bearer", "bearerFormat": "JWT" }));
+    assert_eq!(doc["paths"]["/v1/conversations"]["get"]["security"], json!([{ "bearer": [] }]));
     assert_eq!(
-        doc["components"]["securitySchemes"]["bearer"],
-        json!({ "type": "http", "scheme": "bearer", "bearerFormat": "JWT" })
-    );
-    assert_eq!(
-        doc["paths"]["/v1/conversations"]["get"]["security"],
-        json!([{ "bearer": [] }])
-    );
-    assert_eq!(
-        doc["paths"]["/v1/chat"]["post"]["responses"]["429"]["content"]["application/json"]["schema"]
-            ["$ref"],
+        doc["paths"]["/v1/chat"]["post"]["responses"]["429"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/ErrorBody"
     );
 
-    let page = http
-        .get(format!("http://{}/docs", app.addr))
-        .send()
-        .await
-        .unwrap();
+    let page = http.get(format!("http://{}/docs", app.addr)).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(html.contains(r#"src="/docs/scalar.js""#), "{html}");
     assert!(!html.contains("https://"), "nothing from a CDN: {html}");
-    let script = http
-        .get(format!("http://{}/docs/scalar.js", app.addr))
-        .send()
-        .await
-        .unwrap();
+    let script = http.get(format!("http://{}/docs/scalar.js", app.addr)).send().await.unwrap();
     assert_eq!(script.status(), 200);
-    assert!(
-        script.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/javascript")
-    );
+    assert!(script.headers()["content-type"].to_str().unwrap().starts_with("application/javascript"));
     assert!(script.bytes().await.unwrap().len() > 100_000);
 }
 
@@ -701,23 +392,14 @@ async fn browsers_may_patch_and_delete_from_an_allowed_origin() {
     let app = spawn_app_with(&[("CORS_ORIGIN", "http://app.example")]).await;
     for method in ["PATCH", "DELETE"] {
         let preflight = reqwest::Client::new()
-            .request(
-                Method::OPTIONS,
-                format!("http://{}/v1/conversations/{}", app.addr, Uuid::new_v4()),
-            )
+            .request(Method::OPTIONS, format!("http://{}/v1/conversations/{}", app.addr, Uuid::new_v4()))
             .header("origin", "http://app.example")
             .header("access-control-request-method", method)
             .send()
             .await
             .unwrap();
         assert_eq!(preflight.status(), 200);
-        let allowed = preflight.headers()["access-control-allow-methods"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        assert!(
-            allowed.split(',').any(|m| m.trim() == method),
-            "{method} in {allowed}"
-        );
+        let allowed = preflight.headers()["access-control-allow-methods"].to_str().unwrap().to_owned();
+        assert!(allowed.split(',').any(|m| m.trim() == method), "{method} in {allowed}");
     }
 }

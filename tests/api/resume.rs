@@ -14,9 +14,7 @@ use crate::{
 /// Starts an answer, reads `n` chunks, and drops the connection. Returns the ack and the text read.
 async fn start_and_drop(app: &TestApp, user: &str, n: usize) -> (Value, String) {
     let mut client = app.client(user).await;
-    let ack = client
-        .emit_with_ack("chat:start", json!({ "message": "tell me" }))
-        .await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "tell me" })).await;
     let mut text = String::new();
     for _ in 0..n {
         let (chunk, _) = client.until("chat:message").await;
@@ -49,34 +47,19 @@ async fn a_running_answer_resumes_from_the_offset_with_no_gap_and_no_duplicate()
     let mut again = app.client(&user).await;
     let active = again.active().await;
     let listed = &active["generations"][0];
-    assert_eq!(
-        (&listed["messageId"], &listed["conversationId"]),
-        (&ack["messageId"], &ack["conversationId"])
-    );
+    assert_eq!((&listed["messageId"], &listed["conversationId"]), (&ack["messageId"], &ack["conversationId"]));
     assert!(listed["offset"].as_u64().unwrap() >= utf16(&head));
 
-    let resumed = again
-        .emit_with_ack(
-            "chat:resume",
-            json!({ "messageId": ack["messageId"], "offset": utf16(&head) }),
-        )
-        .await;
+    let resumed = again.emit_with_ack("chat:resume", json!({ "messageId": ack["messageId"], "offset": utf16(&head) })).await;
     assert_eq!(resumed["ok"], json!(true));
     assert_eq!(resumed["status"], "streaming");
     let answer = read_answer(&mut again).await;
-    assert_eq!(
-        answer.chunks[0]["offset"],
-        json!(utf16(&head)),
-        "the catch-up chunk starts where the client stopped"
-    );
+    assert_eq!(answer.chunks[0]["offset"], json!(utf16(&head)), "the catch-up chunk starts where the client stopped");
     assert_chunks_consistent_from(&answer.chunks, utf16(&head));
     assert_eq!(format!("{head}{}", answer.text()), ANSWER);
     assert_eq!(answer.final_name, "chat:end");
     assert_eq!(answer.final_data["content"], ANSWER);
-    assert!(
-        (app.state.engine.running() == 0),
-        "finished answers are released"
-    );
+    assert!((app.state.engine.running() == 0), "finished answers are released");
 }
 
 /// Offsets continue from `start`; seq counts from 0 for the resumed socket.
@@ -98,25 +81,14 @@ async fn a_finished_answer_resumes_from_the_database() {
 
     let mut again = app.client(&user).await;
     assert_eq!(again.active().await, json!({ "generations": [] }));
-    let resumed = again
-        .emit_with_ack(
-            "chat:resume",
-            json!({ "messageId": ack["messageId"], "offset": utf16(&head) }),
-        )
-        .await;
-    assert_eq!(
-        (resumed["status"].as_str(), resumed["offset"].as_u64()),
-        (Some("complete"), Some(utf16(&head)))
-    );
+    let resumed = again.emit_with_ack("chat:resume", json!({ "messageId": ack["messageId"], "offset": utf16(&head) })).await;
+    assert_eq!((resumed["status"].as_str(), resumed["offset"].as_u64()), (Some("complete"), Some(utf16(&head))));
     let answer = read_answer(&mut again).await;
     assert_eq!(answer.order, vec!["chat:message", "chat:end"]);
     assert_eq!(format!("{head}{}", answer.text()), ANSWER);
     assert_eq!(answer.final_data["content"], ANSWER);
     assert_eq!(answer.final_data["finishReason"], "stop");
-    assert_eq!(
-        answer.final_data["completionTokens"],
-        json!(ANSWER.split_whitespace().count())
-    );
+    assert_eq!(answer.final_data["completionTokens"], json!(ANSWER.split_whitespace().count()));
 }
 
 #[tokio::test]
@@ -124,48 +96,21 @@ async fn stopped_and_failed_answers_resume_as_what_they_were() {
     let app = spawn_app_with(&[("MOCK_TOKEN_DELAY_MS", "30")]).await;
     let user = user();
     let mut client = app.client(&user).await;
-    let ack = client
-        .emit_with_ack("chat:start", json!({ "message": "story" }))
-        .await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "story" })).await;
     client.until("chat:message").await;
     client.emit("chat:stop", json!({})).await;
     let (stopped, _) = client.until("chat:stopped").await;
-    let resumed = client
-        .emit_with_ack(
-            "chat:resume",
-            json!({ "messageId": ack["messageId"], "offset": 0 }),
-        )
-        .await;
+    let resumed = client.emit_with_ack("chat:resume", json!({ "messageId": ack["messageId"], "offset": 0 })).await;
     assert_eq!(resumed["status"], "stopped");
     let answer = read_answer(&mut client).await;
-    assert_eq!(
-        (answer.final_name.as_str(), answer.text()),
-        (
-            "chat:stopped",
-            stopped["content"].as_str().unwrap().to_owned()
-        )
-    );
+    assert_eq!((answer.final_name.as_str(), answer.text()), ("chat:stopped", stopped["content"].as_str().unwrap().to_owned()));
 
     let fake = FakeUpstream::start(vec![Reply::CutAfter(vec!["Half ", "way"])]).await;
-    let failing = spawn_app_with(&[
-        ("OPENAI_BASE_URL", &fake.base_url()),
-        ("UPSTREAM_ATTEMPTS", "1"),
-    ])
-    .await;
+    let failing = spawn_app_with(&[("OPENAI_BASE_URL", &fake.base_url()), ("UPSTREAM_ATTEMPTS", "1")]).await;
     let mut client = failing.client(&user).await;
-    let ack = client
-        .emit_with_ack("chat:start", json!({ "message": "x" }))
-        .await;
-    assert_eq!(
-        read_answer(&mut client).await.final_data["code"],
-        "UPSTREAM_ERROR"
-    );
-    let resumed = client
-        .emit_with_ack(
-            "chat:resume",
-            json!({ "messageId": ack["messageId"], "offset": 5 }),
-        )
-        .await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "x" })).await;
+    assert_eq!(read_answer(&mut client).await.final_data["code"], "UPSTREAM_ERROR");
+    let resumed = client.emit_with_ack("chat:resume", json!({ "messageId": ack["messageId"], "offset": 5 })).await;
     assert_eq!(resumed["status"], "error");
     let answer = read_answer(&mut client).await;
     assert_eq!(answer.text(), "way");
@@ -178,51 +123,27 @@ async fn a_second_tab_joins_a_running_answer_and_both_end_with_the_same_text() {
     let app = spawn_app_with(&[("MOCK_TOKEN_DELAY_MS", "30")]).await;
     let user = user();
     let mut tab1 = app.client(&user).await;
-    let ack = tab1
-        .emit_with_ack("chat:start", json!({ "message": "share" }))
-        .await;
+    let ack = tab1.emit_with_ack("chat:start", json!({ "message": "share" })).await;
     tab1.until("chat:message").await;
     tab1.until("chat:message").await;
 
     let mut tab2 = app.client(&user).await;
-    let joined = tab2
-        .emit_with_ack(
-            "chat:join",
-            json!({ "conversationId": ack["conversationId"] }),
-        )
-        .await;
+    let joined = tab2.emit_with_ack("chat:join", json!({ "conversationId": ack["conversationId"] })).await;
     assert_eq!(joined["ok"], json!(true));
     assert_eq!(joined["generations"][0]["messageId"], ack["messageId"]);
     let watched = read_answer(&mut tab2).await;
-    assert_eq!(
-        watched.chunks[0]["offset"],
-        json!(0),
-        "the watcher gets the answer from its start"
-    );
+    assert_eq!(watched.chunks[0]["offset"], json!(0), "the watcher gets the answer from its start");
     assert_eq!(watched.text(), ANSWER);
     let (end, _) = tab1.until("chat:end").await;
     assert_eq!(end["content"], watched.final_data["content"]);
 
     // The joined tab also sees the next answer in that conversation, until it leaves.
-    tab1.emit(
-        "chat:start",
-        json!({ "message": "more", "conversationId": ack["conversationId"] }),
-    )
-    .await;
+    tab1.emit("chat:start", json!({ "message": "more", "conversationId": ack["conversationId"] })).await;
     assert_eq!(read_answer(&mut tab2).await.final_name, "chat:end");
     read_answer(&mut tab1).await;
-    let left = tab2
-        .emit_with_ack(
-            "chat:leave",
-            json!({ "conversationId": ack["conversationId"] }),
-        )
-        .await;
+    let left = tab2.emit_with_ack("chat:leave", json!({ "conversationId": ack["conversationId"] })).await;
     assert_eq!(left["ok"], json!(true));
-    tab1.emit(
-        "chat:start",
-        json!({ "message": "private", "conversationId": ack["conversationId"] }),
-    )
-    .await;
+    tab1.emit("chat:start", json!({ "message": "private", "conversationId": ack["conversationId"] })).await;
     read_answer(&mut tab1).await;
     assert!(tab2.is_quiet_for(Duration::from_millis(300)).await);
 }
@@ -231,24 +152,13 @@ async fn a_second_tab_joins_a_running_answer_and_both_end_with_the_same_text() {
 async fn another_user_can_neither_resume_nor_join() {
     let app = spawn_app_with(&[("MOCK_TOKEN_DELAY_MS", "30")]).await;
     let mut owner = app.client(&user()).await;
-    let ack = owner
-        .emit_with_ack("chat:start", json!({ "message": "mine" }))
-        .await;
+    let ack = owner.emit_with_ack("chat:start", json!({ "message": "mine" })).await;
     let mut other: Client = app.client(&user()).await;
     assert_eq!(other.active().await, json!({ "generations": [] }));
     for (event, payload) in [
-        (
-            "chat:resume",
-            json!({ "messageId": ack["messageId"], "offset": 0 }),
-        ),
-        (
-            "chat:resume",
-            json!({ "messageId": ack["userMessageId"], "offset": 0 }),
-        ),
-        (
-            "chat:join",
-            json!({ "conversationId": ack["conversationId"] }),
-        ),
+        ("chat:resume", json!({ "messageId": ack["messageId"], "offset": 0 })),
+        ("chat:resume", json!({ "messageId": ack["userMessageId"], "offset": 0 })),
+        ("chat:join", json!({ "conversationId": ack["conversationId"] })),
     ] {
         let refused = other.emit_with_ack(event, payload).await;
         assert_eq!(refused["error"]["code"], "NOT_FOUND", "{event}");
@@ -256,9 +166,7 @@ async fn another_user_can_neither_resume_nor_join() {
     }
     assert_eq!(read_answer(&mut owner).await.final_name, "chat:end");
     // Nor after it finished.
-    let refused = other
-        .emit_with_ack("chat:resume", json!({ "messageId": ack["messageId"] }))
-        .await;
+    let refused = other.emit_with_ack("chat:resume", json!({ "messageId": ack["messageId"] })).await;
     assert_eq!(refused["error"]["code"], "NOT_FOUND");
 }
 
@@ -268,32 +176,12 @@ async fn bad_resume_and_join_payloads_get_their_codes() {
     let mut client = app.client(&user()).await;
     for (event, payload, code) in [
         ("chat:resume", json!({}), "INVALID_PAYLOAD"),
-        (
-            "chat:resume",
-            json!({ "messageId": "nope" }),
-            "INVALID_PARAMS",
-        ),
-        (
-            "chat:resume",
-            json!({ "messageId": uuid::Uuid::new_v4(), "offset": -1 }),
-            "INVALID_PARAMS",
-        ),
-        (
-            "chat:resume",
-            json!({ "messageId": uuid::Uuid::new_v4(), "offset": "0" }),
-            "INVALID_PAYLOAD",
-        ),
-        (
-            "chat:resume",
-            json!({ "messageId": uuid::Uuid::new_v4() }),
-            "NOT_FOUND",
-        ),
+        ("chat:resume", json!({ "messageId": "nope" }), "INVALID_PARAMS"),
+        ("chat:resume", json!({ "messageId": uuid::Uuid::new_v4(), "offset": -1 }), "INVALID_PARAMS"),
+        ("chat:resume", json!({ "messageId": uuid::Uuid::new_v4(), "offset": "0" }), "INVALID_PAYLOAD"),
+        ("chat:resume", json!({ "messageId": uuid::Uuid::new_v4() }), "NOT_FOUND"),
         ("chat:join", json!("x"), "INVALID_PAYLOAD"),
-        (
-            "chat:leave",
-            json!({ "conversationId": 3 }),
-            "INVALID_PAYLOAD",
-        ),
+        ("chat:leave", json!({ "conversationId": 3 }), "INVALID_PAYLOAD"),
     ] {
         let ack = client.emit_with_ack(event, payload.clone()).await;
         assert_eq!(ack["error"]["code"], code, "{event} {payload}");

@@ -61,25 +61,16 @@ INSERT INTO public."messages" VALUES
 pub async fn typeorm_database() -> Option<(String, DatabaseConnection)> {
     let url = fresh_postgres_database().await?;
     let db = Database::connect(&url).await.expect("the fresh database");
-    db.execute_unprepared(TYPEORM_TABLES)
-        .await
-        .expect("TypeORM tables");
-    db.execute_unprepared(TYPEORM_ROWS)
-        .await
-        .expect("TypeORM rows");
+    db.execute_unprepared(TYPEORM_TABLES).await.expect("TypeORM tables");
+    db.execute_unprepared(TYPEORM_ROWS).await.expect("TypeORM rows");
     Some((url, db))
 }
 
 /// Every row of a table as text, in a fixed order: for before/after comparisons.
 pub async fn dump(db: &DatabaseConnection, table: &str) -> Vec<String> {
     let sql = format!("SELECT t::text AS row FROM {table} t ORDER BY t::text");
-    let rows = db
-        .query_all_raw(Statement::from_string(DbBackend::Postgres, sql))
-        .await
-        .expect(table);
-    rows.iter()
-        .map(|r| r.try_get::<String>("", "row").expect("row text"))
-        .collect()
+    let rows = db.query_all_raw(Statement::from_string(DbBackend::Postgres, sql)).await.expect(table);
+    rows.iter().map(|r| r.try_get::<String>("", "row").expect("row text")).collect()
 }
 
 /// The tables of a schema with their columns, sorted.
@@ -95,19 +86,14 @@ async fn tables_of(db: &DatabaseConnection, schema: &str) -> HashMap<String, Vec
         .expect("information_schema.columns");
     let mut tables: HashMap<String, Vec<String>> = HashMap::new();
     for row in rows {
-        let (t, c): (String, String) =
-            (row.try_get("", "t").unwrap(), row.try_get("", "c").unwrap());
+        let (t, c): (String, String) = (row.try_get("", "t").unwrap(), row.try_get("", "c").unwrap());
         tables.entry(t).or_default().push(c);
     }
     tables
 }
 
 async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
-    let row = db
-        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
-        .await
-        .expect(sql)
-        .expect("a row");
+    let row = db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql)).await.expect(sql).expect("a row");
     row.try_get::<i64>("", "n").expect("a count named n")
 }
 
@@ -119,10 +105,7 @@ fn chatwire_tables() -> HashMap<String, Vec<String>> {
         c
     };
     HashMap::from([
-        (
-            "conversations".to_owned(),
-            cols(&["id", "user_id", "title", "created_at", "updated_at"]),
-        ),
+        ("conversations".to_owned(), cols(&["id", "user_id", "title", "created_at", "updated_at"])),
         (
             "messages".to_owned(),
             cols(&[
@@ -144,21 +127,8 @@ fn chatwire_tables() -> HashMap<String, Vec<String>> {
                 "updated_at",
             ]),
         ),
-        (
-            "usage".to_owned(),
-            cols(&[
-                "user_id",
-                "day",
-                "model",
-                "prompt_tokens",
-                "completion_tokens",
-                "answers",
-            ]),
-        ),
-        (
-            "seaql_migrations".to_owned(),
-            cols(&["version", "applied_at"]),
-        ),
+        ("usage".to_owned(), cols(&["user_id", "day", "model", "prompt_tokens", "completion_tokens", "answers"])),
+        ("seaql_migrations".to_owned(), cols(&["version", "applied_at"])),
     ])
 }
 
@@ -166,51 +136,30 @@ fn chatwire_tables() -> HashMap<String, Vec<String>> {
 async fn assert_fully_migrated(db: &DatabaseConnection, schema: &str) {
     use migration::MigratorTrait;
     let sql = format!("SELECT version FROM {schema}.seaql_migrations ORDER BY version");
-    let rows = db
-        .query_all_raw(Statement::from_string(DbBackend::Postgres, sql))
-        .await
-        .expect("seaql_migrations");
-    let applied: Vec<String> = rows
-        .iter()
-        .map(|r| r.try_get("", "version").unwrap())
-        .collect();
-    let expected: Vec<String> = migration::Migrator::migrations()
-        .iter()
-        .map(|m| m.name().to_owned())
-        .collect();
+    let rows = db.query_all_raw(Statement::from_string(DbBackend::Postgres, sql)).await.expect("seaql_migrations");
+    let applied: Vec<String> = rows.iter().map(|r| r.try_get("", "version").unwrap()).collect();
+    let expected: Vec<String> = migration::Migrator::migrations().iter().map(|m| m.name().to_owned()).collect();
     assert_eq!(applied, expected, "every migration recorded once");
     assert_eq!(tables_of(db, schema).await, chatwire_tables());
 }
 
 #[tokio::test]
-async fn beside_typeorm_tables_in_public_chatwire_works_in_its_own_schema_and_touches_nothing_else()
-{
+async fn beside_typeorm_tables_in_public_chatwire_works_in_its_own_schema_and_touches_nothing_else() {
     let Some((url, db)) = typeorm_database().await else {
         eprintln!("skipped: needs DATABASE_URL=postgres://...");
         return;
     };
-    let public_before = (
-        tables_of(&db, "public").await,
-        dump(&db, "public.conversations").await,
-        dump(&db, "public.messages").await,
-    );
+    let public_before = (tables_of(&db, "public").await, dump(&db, "public.conversations").await, dump(&db, "public.messages").await);
     assert_eq!(public_before.1.len(), 3);
     assert_eq!(public_before.2.len(), 6);
 
     let app = spawn_app_with(&[("DATABASE_URL", &url)]).await;
     let user = user();
     let mut client = app.client(&user).await;
-    let first = client
-        .emit_with_ack("chat:start", json!({ "message": "hello" }))
-        .await;
+    let first = client.emit_with_ack("chat:start", json!({ "message": "hello" })).await;
     assert_eq!(first["ok"], true, "{first}");
     assert_eq!(read_answer(&mut client).await.final_name, "chat:end");
-    let second = client
-        .emit_with_ack(
-            "chat:start",
-            json!({ "message": "again", "conversationId": first["conversationId"] }),
-        )
-        .await;
+    let second = client.emit_with_ack("chat:start", json!({ "message": "again", "conversationId": first["conversationId"] })).await;
     assert_eq!(second["ok"], true, "{second}");
     let answer = read_answer(&mut client).await;
     assert_eq!(answer.final_name, "chat:end");
@@ -227,30 +176,16 @@ async fn beside_typeorm_tables_in_public_chatwire_works_in_its_own_schema_and_to
 
     assert_fully_migrated(&db, "chatwire").await;
     let conversation = first["conversationId"].as_str().unwrap();
-    assert_eq!(
-        count(&db, "SELECT count(*) AS n FROM chatwire.conversations").await,
-        1
-    );
-    let sql = format!(
-        "SELECT count(*) AS n FROM chatwire.conversations WHERE id = '{conversation}' AND user_id = '{user}'"
-    );
+    assert_eq!(count(&db, "SELECT count(*) AS n FROM chatwire.conversations").await, 1);
+    let sql = format!("SELECT count(*) AS n FROM chatwire.conversations WHERE id = '{conversation}' AND user_id = '{user}'");
     assert_eq!(count(&db, &sql).await, 1);
-    assert_eq!(
-        count(&db, "SELECT count(*) AS n FROM chatwire.messages").await,
-        4
-    );
-    let sql = format!(
-        "SELECT count(*) AS n FROM chatwire.messages WHERE conversation_id = '{conversation}' AND status = 'complete'"
-    );
+    assert_eq!(count(&db, "SELECT count(*) AS n FROM chatwire.messages").await, 4);
+    let sql = format!("SELECT count(*) AS n FROM chatwire.messages WHERE conversation_id = '{conversation}' AND status = 'complete'");
     assert_eq!(count(&db, &sql).await, 4);
     // The server's pool reads the same rows: unqualified names resolve to chatwire's schema.
     assert_eq!(app.messages(conversation).await.len(), 4);
 
-    let public_after = (
-        tables_of(&db, "public").await,
-        dump(&db, "public.conversations").await,
-        dump(&db, "public.messages").await,
-    );
+    let public_after = (tables_of(&db, "public").await, dump(&db, "public.conversations").await, dump(&db, "public.messages").await);
     assert_eq!(public_after, public_before, "schema public is untouched");
     let schemas = db
         .query_all_raw(Statement::from_string(
@@ -260,10 +195,7 @@ async fn beside_typeorm_tables_in_public_chatwire_works_in_its_own_schema_and_to
         ))
         .await
         .unwrap();
-    let schemas: Vec<String> = schemas
-        .iter()
-        .map(|r| r.try_get("", "s").unwrap())
-        .collect();
+    let schemas: Vec<String> = schemas.iter().map(|r| r.try_get("", "s").unwrap()).collect();
     assert_eq!(schemas, ["chatwire", "public"]);
 }
 
@@ -275,24 +207,13 @@ async fn a_schema_named_by_database_schema_is_created_and_used() {
     };
     let app = spawn_app_with(&[("DATABASE_URL", &url), ("DATABASE_SCHEMA", "tenant_7")]).await;
     let mut client = app.client(&user()).await;
-    client
-        .emit_with_ack("chat:start", json!({ "message": "hello" }))
-        .await;
+    client.emit_with_ack("chat:start", json!({ "message": "hello" })).await;
     assert_eq!(read_answer(&mut client).await.final_name, "chat:end");
     let db = Database::connect(&url).await.unwrap();
     assert_fully_migrated(&db, "tenant_7").await;
-    assert_eq!(
-        count(&db, "SELECT count(*) AS n FROM tenant_7.messages").await,
-        2
-    );
-    assert!(
-        tables_of(&db, "chatwire").await.is_empty(),
-        "no default schema made"
-    );
-    assert!(
-        tables_of(&db, "public").await.is_empty(),
-        "nothing in public"
-    );
+    assert_eq!(count(&db, "SELECT count(*) AS n FROM tenant_7.messages").await, 2);
+    assert!(tables_of(&db, "chatwire").await.is_empty(), "no default schema made");
+    assert!(tables_of(&db, "public").await.is_empty(), "nothing in public");
 }
 
 #[tokio::test]
@@ -316,10 +237,7 @@ async fn three_migrate_processes_started_at_once_all_succeed() {
             })
             .collect();
         let outputs = tokio::task::spawn_blocking(move || {
-            children
-                .into_iter()
-                .map(|c| c.wait_with_output().expect("migrate finishes"))
-                .collect::<Vec<_>>()
+            children.into_iter().map(|c| c.wait_with_output().expect("migrate finishes")).collect::<Vec<_>>()
         })
         .await
         .unwrap();
@@ -341,10 +259,7 @@ async fn three_migrate_processes_started_at_once_all_succeed() {
             ))
             .await
             .unwrap();
-        let indexes: Vec<String> = indexes
-            .iter()
-            .map(|r| r.try_get("", "i").unwrap())
-            .collect();
+        let indexes: Vec<String> = indexes.iter().map(|r| r.try_get("", "i").unwrap()).collect();
         assert_eq!(
             indexes,
             [
@@ -364,27 +279,10 @@ async fn three_migrate_processes_started_at_once_all_succeed() {
 
 #[test]
 fn database_schema_must_be_a_plain_identifier() {
-    let config = |schema: &str| {
-        chatwire::Config::from_vars(HashMap::from([(
-            "DATABASE_SCHEMA".to_owned(),
-            schema.to_owned(),
-        )]))
-    };
-    assert_eq!(
-        config("").unwrap().database_schema,
-        "chatwire",
-        "unset or empty: the default"
-    );
+    let config = |schema: &str| chatwire::Config::from_vars(HashMap::from([("DATABASE_SCHEMA".to_owned(), schema.to_owned())]));
+    assert_eq!(config("").unwrap().database_schema, "chatwire", "unset or empty: the default");
     assert_eq!(config("tenant_7").unwrap().database_schema, "tenant_7");
-    for bad in [
-        "Chatwire",
-        "7days",
-        "chat-wire",
-        "chat wire",
-        "x\";DROP TABLE t;--",
-        "pg_mine",
-        &"a".repeat(64),
-    ] {
+    for bad in ["Chatwire", "7days", "chat-wire", "chat wire", "x\";DROP TABLE t;--", "pg_mine", &"a".repeat(64)] {
         let err = config(bad).expect_err(bad).to_string();
         assert!(err.starts_with("DATABASE_SCHEMA: "), "{err}");
         assert!(err.contains("not a plain SQL identifier"), "{err}");

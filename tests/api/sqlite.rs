@@ -14,19 +14,11 @@ use crate::helpers::*;
 #[tokio::test]
 async fn stored_answers_are_copied_from_the_write_ahead_log_into_the_database_file() {
     let app = spawn_app().await;
-    let Some(file) = app
-        .state
-        .config
-        .database_url
-        .strip_prefix("sqlite://")
-        .and_then(|u| u.split('?').next())
-    else {
+    let Some(file) = app.state.config.database_url.strip_prefix("sqlite://").and_then(|u| u.split('?').next()) else {
         return; // PostgreSQL run
     };
     let mut client = app.client(&user()).await;
-    let ack = client
-        .emit_with_ack("chat:start", json!({ "message": "hi" }))
-        .await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "hi" })).await;
     assert_eq!(read_answer(&mut client).await.final_name, "chat:end");
     let id = Uuid::parse_str(ack["messageId"].as_str().unwrap()).unwrap();
 
@@ -37,8 +29,7 @@ async fn stored_answers_are_copied_from_the_write_ahead_log_into_the_database_fi
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         std::fs::copy(file, &copied).unwrap();
-        let Ok(db) = Database::connect(format!("sqlite://{}?mode=ro", copied.display())).await
-        else {
+        let Ok(db) = Database::connect(format!("sqlite://{}?mode=ro", copied.display())).await else {
             continue;
         };
         let row = entity::Message::find_by_id(id).one(&db).await;

@@ -66,8 +66,7 @@ pub struct FloodResult {
 
 impl std::fmt::Display for FloodResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mib =
-            |k: Option<u64>| k.map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        let mib = |k: Option<u64>| k.map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
         writeln!(
             f,
             "flood {} [{}]: {} sockets, {} sent, {} acked ({} refused), {} unanswered, {} closed by the server, {:.1} s",
@@ -81,13 +80,7 @@ impl std::fmt::Display for FloodResult {
             self.closed_by_server,
             self.seconds
         )?;
-        write!(
-            f,
-            "  server RSS: before {}, peak {}, after {}",
-            mib(self.rss_before_kib),
-            mib(self.rss_peak_kib),
-            mib(self.rss_after_kib)
-        )
+        write!(f, "  server RSS: before {}, peak {}, after {}", mib(self.rss_before_kib), mib(self.rss_peak_kib), mib(self.rss_after_kib))
     }
 }
 
@@ -122,8 +115,7 @@ pub async fn run(cfg: &FloodConfig) -> FloodResult {
     for _ in 0..cfg.sockets {
         let (cfg, counts, token) = (cfg.clone(), counts.clone(), token.clone());
         tasks.spawn(async move {
-            let Ok(conn) = Conn::connect(&cfg.target, &serde_json::json!({ "token": token })).await
-            else {
+            let Ok(conn) = Conn::connect(&cfg.target, &serde_json::json!({ "token": token })).await else {
                 counts.closed.fetch_add(1, Ordering::Relaxed);
                 return None;
             };
@@ -178,9 +170,7 @@ async fn lookups(mut conn: Conn, cfg: &FloodConfig, counts: &Counts) -> Option<C
         let n = left.min(cfg.batch.max(1));
         for _ in 0..n {
             let data = serde_json::json!({ "conversationId": uuid_like(next_id) });
-            conn.send_raw_text(wire::event_frame(&nsp, Some(next_id), "chat:join", &data))
-                .await
-                .ok()?;
+            conn.send_raw_text(wire::event_frame(&nsp, Some(next_id), "chat:join", &data)).await.ok()?;
             next_id += 1;
         }
         counts.sent.fetch_add(n as u64, Ordering::Relaxed);
@@ -191,9 +181,7 @@ async fn lookups(mut conn: Conn, cfg: &FloodConfig, counts: &Counts) -> Option<C
             let text = match conn.recv_timeout(Duration::from_secs(2)).await {
                 Ok(text) => text,
                 Err(crate::client::ClientError::Timeout) => {
-                    counts
-                        .dropped
-                        .fetch_add((n - acked) as u64, Ordering::Relaxed);
+                    counts.dropped.fetch_add((n - acked) as u64, Ordering::Relaxed);
                     break;
                 }
                 Err(_) => return None,
@@ -213,10 +201,7 @@ async fn lookups(mut conn: Conn, cfg: &FloodConfig, counts: &Counts) -> Option<C
 
 /// A binary-event header announcing one attachment, then `events` frames of 1 MiB.
 async fn attachments(mut conn: Conn, cfg: &FloodConfig, counts: &Counts) -> Option<Conn> {
-    let header = format!(
-        "451-{},[\"chat:start\",{{\"_placeholder\":true,\"num\":0}}]",
-        conn.namespace()
-    );
+    let header = format!("451-{},[\"chat:start\",{{\"_placeholder\":true,\"num\":0}}]", conn.namespace());
     conn.send_raw_text(header).await.ok()?;
     counts.sent.fetch_add(1, Ordering::Relaxed);
     for _ in 0..cfg.events {

@@ -29,9 +29,7 @@ use crate::{
     chat::{ErrorCode, text},
     engine::Engine,
 };
-use views::{
-    ConversationItem, ConversationList, ConversationView, MessageView, UsageItem, UsageList,
-};
+use views::{ConversationItem, ConversationList, ConversationView, MessageView, UsageItem, UsageList};
 
 /// Conversations a page holds when `limit` is not given, and at most.
 const DEFAULT_PAGE: u64 = 20;
@@ -50,12 +48,7 @@ pub(crate) struct RestState {
 pub fn router(engine: Engine, auth: Arc<Authenticator>) -> Router {
     Router::new()
         .route("/v1/conversations", get(list_conversations))
-        .route(
-            "/v1/conversations/{id}",
-            get(get_conversation)
-                .patch(rename_conversation)
-                .delete(delete_conversation),
-        )
+        .route("/v1/conversations/{id}", get(get_conversation).patch(rename_conversation).delete(delete_conversation))
         .route("/v1/messages/{id}", get(get_message))
         .route("/v1/usage", get(get_usage))
         .with_state(RestState { engine, auth })
@@ -63,18 +56,12 @@ pub fn router(engine: Engine, auth: Arc<Authenticator>) -> Router {
 
 /// The caller, from the token (or, in open mode, `?userId=`).
 fn user(s: &RestState, headers: &HeaderMap, uri: &Uri) -> Result<String, ApiError> {
-    caller(
-        &s.auth,
-        headers,
-        uri,
-        query_value(uri, "userId").map(Value::String).as_ref(),
-    )
+    caller(&s.auth, headers, uri, query_value(uri, "userId").map(Value::String).as_ref())
 }
 
 /// An id from the path; a malformed one is `NOT_FOUND`, as a missing one is.
 fn path_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
-    Uuid::try_parse(raw)
-        .map_err(|_| ApiError::new(ErrorCode::NotFound, format!("{what} not found")))
+    Uuid::try_parse(raw).map_err(|_| ApiError::new(ErrorCode::NotFound, format!("{what} not found")))
 }
 
 fn invalid(message: &str) -> ApiError {
@@ -113,16 +100,11 @@ pub(crate) async fn list_conversations(
     };
     let after = match query_value(&uri, "cursor") {
         None => None,
-        Some(raw) => Some(
-            views::page_key(&raw).ok_or_else(|| invalid("cursor is not one this server gave"))?,
-        ),
+        Some(raw) => Some(views::page_key(&raw).ok_or_else(|| invalid("cursor is not one this server gave"))?),
     };
     let page = s.engine.conversations(&user, after, limit).await?;
     let next_cursor = page.next.map(views::cursor);
-    Ok(Json(ConversationList {
-        items: page.items.into_iter().map(ConversationItem::from).collect(),
-        next_cursor,
-    }))
+    Ok(Json(ConversationList { items: page.items.into_iter().map(ConversationItem::from).collect(), next_cursor }))
 }
 
 /// One of the caller's conversations, with its messages in order.
@@ -168,12 +150,7 @@ pub(crate) async fn rename_conversation(
     let user = user(&s, &headers, &uri)?;
     let id = path_id(&id, "conversation")?;
     let title = title(&body)?;
-    Ok(Json(
-        s.engine
-            .rename_conversation(&user, id, &title)
-            .await?
-            .into(),
-    ))
+    Ok(Json(s.engine.rename_conversation(&user, id, &title).await?.into()))
 }
 
 /// A new title from a PATCH body: a JSON object whose `title` is a string
@@ -245,11 +222,7 @@ pub(crate) async fn get_message(
     responses((status = 200, body = UsageList, description = "The caller's usage rows"), HistoryErrors),
     security(("bearer" = []))
 )]
-pub(crate) async fn get_usage(
-    State(s): State<RestState>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Result<Json<UsageList>, ApiError> {
+pub(crate) async fn get_usage(State(s): State<RestState>, headers: HeaderMap, uri: Uri) -> Result<Json<UsageList>, ApiError> {
     let user = user(&s, &headers, &uri)?;
     let day = |name: &str| -> Result<Option<String>, ApiError> {
         let Some(raw) = query_value(&uri, name) else {
@@ -266,11 +239,6 @@ pub(crate) async fn get_usage(
     {
         return Err(invalid("from is after to"));
     }
-    let rows = s
-        .engine
-        .usage(&user, from.as_deref(), to.as_deref())
-        .await?;
-    Ok(Json(UsageList {
-        usage: rows.into_iter().map(UsageItem::from).collect(),
-    }))
+    let rows = s.engine.usage(&user, from.as_deref(), to.as_deref()).await?;
+    Ok(Json(UsageList { usage: rows.into_iter().map(UsageItem::from).collect() }))
 }

@@ -119,31 +119,15 @@ impl From<ConversationSummary> for ConversationItem {
         let c = s.conversation;
         let last_message = s.last_message.map(|m| {
             let (end, _) = text::byte_index(&m.content, PREVIEW_UNITS);
-            LastMessage {
-                role: m.role,
-                preview: m.content[..end].to_owned(),
-                created_at: m.created_at,
-            }
+            LastMessage { role: m.role, preview: m.content[..end].to_owned(), created_at: m.created_at }
         });
-        Self {
-            id: c.id,
-            title: c.title,
-            created_at: c.created_at,
-            updated_at: c.updated_at,
-            last_message,
-        }
+        Self { id: c.id, title: c.title, created_at: c.created_at, updated_at: c.updated_at, last_message }
     }
 }
 
 impl From<conversation::Model> for ConversationItem {
     fn from(c: conversation::Model) -> Self {
-        Self {
-            id: c.id,
-            title: c.title,
-            created_at: c.created_at,
-            updated_at: c.updated_at,
-            last_message: None,
-        }
+        Self { id: c.id, title: c.title, created_at: c.created_at, updated_at: c.updated_at, last_message: None }
     }
 }
 
@@ -151,13 +135,7 @@ impl From<ConversationDetail> for ConversationView {
     fn from(d: ConversationDetail) -> Self {
         let c = d.conversation;
         let messages = d.messages.into_iter().map(MessageView::from).collect();
-        Self {
-            id: c.id,
-            title: c.title,
-            created_at: c.created_at,
-            updated_at: c.updated_at,
-            messages,
-        }
+        Self { id: c.id, title: c.title, created_at: c.created_at, updated_at: c.updated_at, messages }
     }
 }
 
@@ -183,24 +161,14 @@ impl From<message::Model> for MessageView {
 
 impl From<UsageRow> for UsageItem {
     fn from(r: UsageRow) -> Self {
-        Self {
-            day: r.day,
-            model: r.model,
-            prompt_tokens: r.prompt_tokens,
-            completion_tokens: r.completion_tokens,
-            answers: r.answers,
-        }
+        Self { day: r.day, model: r.model, prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens, answers: r.answers }
     }
 }
 
 /// The cursor after `key`: opaque to clients (base64url of the key's time, to the
 /// nanosecond as stored, and id), so the list can change how it pages.
 pub fn cursor(key: PageKey) -> String {
-    URL_SAFE_NO_PAD.encode(format!(
-        "{}|{}",
-        key.updated_at.to_rfc3339_opts(SecondsFormat::Nanos, true),
-        key.id
-    ))
+    URL_SAFE_NO_PAD.encode(format!("{}|{}", key.updated_at.to_rfc3339_opts(SecondsFormat::Nanos, true), key.id))
 }
 
 /// The key a cursor of [`cursor`] holds; `None` for anything else.
@@ -208,10 +176,7 @@ pub fn page_key(cursor: &str) -> Option<PageKey> {
     let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
     let (time, id) = raw.split_once('|')?;
     let updated_at = DateTime::parse_from_rfc3339(time).ok()?.with_timezone(&Utc);
-    Some(PageKey {
-        updated_at,
-        id: Uuid::try_parse(id).ok()?,
-    })
+    Some(PageKey { updated_at, id: Uuid::try_parse(id).ok()? })
 }
 
 #[cfg(test)]
@@ -220,18 +185,9 @@ mod tests {
 
     #[test]
     fn a_cursor_reads_back_as_its_key_and_nothing_else_does() {
-        let key = PageKey {
-            updated_at: DateTime::from_timestamp(1_765_000_000, 123_456_789).unwrap(),
-            id: Uuid::now_v7(),
-        };
+        let key = PageKey { updated_at: DateTime::from_timestamp(1_765_000_000, 123_456_789).unwrap(), id: Uuid::now_v7() };
         assert_eq!(page_key(&cursor(key)), Some(key));
-        for bad in [
-            "",
-            "x",
-            "!!!",
-            &URL_SAFE_NO_PAD.encode("no separator"),
-            &URL_SAFE_NO_PAD.encode("2026-01-01T00:00:00Z|nope"),
-        ] {
+        for bad in ["", "x", "!!!", &URL_SAFE_NO_PAD.encode("no separator"), &URL_SAFE_NO_PAD.encode("2026-01-01T00:00:00Z|nope")] {
             assert_eq!(page_key(bad), None, "{bad:?}");
         }
     }
@@ -264,19 +220,10 @@ mod tests {
             updated_at: Utc::now(),
         };
         let preview = |m: &message::Model| {
-            let summary = ConversationSummary {
-                conversation: conversation.clone(),
-                last_message: Some(m.clone()),
-            };
-            ConversationItem::from(summary)
-                .last_message
-                .map(|l| l.preview)
+            let summary = ConversationSummary { conversation: conversation.clone(), last_message: Some(m.clone()) };
+            ConversationItem::from(summary).last_message.map(|l| l.preview)
         };
-        assert_eq!(
-            preview(&m),
-            Some("a".repeat(119)),
-            "the emoji's two units would make 121"
-        );
+        assert_eq!(preview(&m), Some("a".repeat(119)), "the emoji's two units would make 121");
         m.content = format!("{}😀tail", "a".repeat(118));
         assert_eq!(preview(&m), Some(format!("{}😀", "a".repeat(118))));
         m.content = "short".into();

@@ -30,35 +30,15 @@ pub(super) fn refuse(socket: &SocketRef, ack: AckSender, error: ChatError) {
     emit_logged(socket, "chat:error", &ErrorEvent::bare(&error));
 }
 
-pub(super) async fn chat_start(
-    socket: SocketRef,
-    State(wire): State<Wire>,
-    Payload(payload): Payload,
-    ack: AckSender,
-) {
-    observer::received(
-        &socket,
-        "chat:start",
-        payload.as_ref().ok().and_then(Option::as_ref),
-    );
+pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, Payload(payload): Payload, ack: AckSender) {
+    observer::received(&socket, "chat:start", payload.as_ref().ok().and_then(Option::as_ref));
     let Some(_permit) = event_permit(&socket) else {
-        return refuse(
-            &socket,
-            ack,
-            ChatError::new(
-                ErrorCode::RateLimit,
-                "too many requests in progress on this connection",
-            ),
-        );
+        return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
     // In open mode a connection is whoever its latest chat:start says (as the NestJS
     // gateway took `userId` from the payload), for every event from then on.
     if wire.auth.is_open()
-        && let Some(named) = payload
-            .as_ref()
-            .ok()
-            .and_then(Option::as_ref)
-            .and_then(|p| auth::claimed_user(p.get("userId")))
+        && let Some(named) = payload.as_ref().ok().and_then(Option::as_ref).and_then(|p| auth::claimed_user(p.get("userId")))
     {
         socket.extensions.insert(named);
     }
@@ -81,28 +61,15 @@ pub(super) async fn chat_start(
     let connection = connection_id(&socket);
     let started = match wire.engine.start(&connection, &user, command).await {
         Ok(StartOutcome::Started(started)) => started,
-        Ok(StartOutcome::Repeated {
-            ids,
-            user_message_id,
-        }) => return ack_logged(&socket, ack, &StartAck::ok(ids, user_message_id)),
+        Ok(StartOutcome::Repeated { ids, user_message_id }) => return ack_logged(&socket, ack, &StartAck::ok(ids, user_message_id)),
         Err(e) => return refuse(&socket, ack, e),
     };
     let ids = started.ids;
     ack_logged(&socket, ack, &StartAck::ok(ids, started.user_message_id));
     if started.created {
-        emit_logged(
-            &socket,
-            "chat:conversation",
-            &ConversationCreated {
-                conversation_id: ids.conversation_id,
-            },
-        );
+        emit_logged(&socket, "chat:conversation", &ConversationCreated { conversation_id: ids.conversation_id });
     }
-    let stored = UserMessageStored {
-        message_id: started.user_message_id,
-        content: &message,
-        conversation_id: ids.conversation_id,
-    };
+    let stored = UserMessageStored { message_id: started.user_message_id, content: &message, conversation_id: ids.conversation_id };
     emit_logged(&socket, "chat:user-message", &stored);
     // The answer goes to this socket (and to those that ask for it), not to every
     // socket that once talked in the conversation.
@@ -113,26 +80,10 @@ pub(super) async fn chat_start(
     }
 }
 
-pub(super) async fn chat_stop(
-    socket: SocketRef,
-    State(wire): State<Wire>,
-    Payload(payload): Payload,
-    ack: AckSender,
-) {
-    observer::received(
-        &socket,
-        "chat:stop",
-        payload.as_ref().ok().and_then(Option::as_ref),
-    );
+pub(super) async fn chat_stop(socket: SocketRef, State(wire): State<Wire>, Payload(payload): Payload, ack: AckSender) {
+    observer::received(&socket, "chat:stop", payload.as_ref().ok().and_then(Option::as_ref));
     let Some(_permit) = event_permit(&socket) else {
-        return refuse(
-            &socket,
-            ack,
-            ChatError::new(
-                ErrorCode::RateLimit,
-                "too many requests in progress on this connection",
-            ),
-        );
+        return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
     let Some(User(user)) = user_of(&socket) else {
         return;
@@ -141,11 +92,7 @@ pub(super) async fn chat_stop(
     // (too deep, not JSON) is refused, and stops nothing.
     let Ok(payload) = payload else {
         tracing::debug!(sid = %socket.id, "chat:stop payload does not parse");
-        return refuse(
-            &socket,
-            ack,
-            ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"),
-        );
+        return refuse(&socket, ack, ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"));
     };
     let request = match StopRequest::parse(payload.as_ref()) {
         Ok(r) => r,
@@ -159,11 +106,7 @@ pub(super) async fn chat_stop(
     ack_logged(&socket, ack, &StopAck { ok: true, stopped });
 }
 
-pub(super) async fn on_disconnect(
-    socket: SocketRef,
-    State(wire): State<Wire>,
-    reason: DisconnectReason,
-) {
+pub(super) async fn on_disconnect(socket: SocketRef, State(wire): State<Wire>, reason: DisconnectReason) {
     observer::disconnected(&socket, reason);
     super::session::close(&socket);
     reader::Subscriptions::of(&socket).close();

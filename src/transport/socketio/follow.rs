@@ -20,26 +20,10 @@ use crate::{
 };
 
 /// `chat:resume { messageId, offset }`: the missed text, then live or the stored end.
-pub(super) async fn chat_resume(
-    socket: SocketRef,
-    State(wire): State<Wire>,
-    Payload(payload): Payload,
-    ack: AckSender,
-) {
-    observer::received(
-        &socket,
-        "chat:resume",
-        payload.as_ref().ok().and_then(Option::as_ref),
-    );
+pub(super) async fn chat_resume(socket: SocketRef, State(wire): State<Wire>, Payload(payload): Payload, ack: AckSender) {
+    observer::received(&socket, "chat:resume", payload.as_ref().ok().and_then(Option::as_ref));
     let Some(_permit) = event_permit(&socket) else {
-        return refuse(
-            &socket,
-            ack,
-            ChatError::new(
-                ErrorCode::RateLimit,
-                "too many requests in progress on this connection",
-            ),
-        );
+        return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
     let Some(User(user)) = user_of(&socket) else {
         return;
@@ -54,23 +38,12 @@ pub(super) async fn chat_resume(
     let subscriptions = Subscriptions::of(&socket);
     // The socket's earlier reader of this answer stops now, not after the new one is ready.
     subscriptions.stop_reading(request.message_id);
-    let subscription = match wire
-        .engine
-        .subscribe(&user, request.message_id, request.offset)
-        .await
-    {
+    let subscription = match wire.engine.subscribe(&user, request.message_id, request.offset).await {
         Ok(s) => s,
         Err(e) => return refuse(&socket, ack, e),
     };
-    if !subscriptions.allow_replay(
-        request.message_id,
-        subscription.offset,
-        wire.config.socket_buffer_bytes as u64,
-    ) {
-        let error = ChatError::new(
-            ErrorCode::RateLimit,
-            "this connection asked for the same answer too often; reconnect to resume",
-        );
+    if !subscriptions.allow_replay(request.message_id, subscription.offset, wire.config.socket_buffer_bytes as u64) {
+        let error = ChatError::new(ErrorCode::RateLimit, "this connection asked for the same answer too often; reconnect to resume");
         return refuse(&socket, ack, error);
     }
     let ids = subscription.ids;
@@ -84,26 +57,10 @@ pub(super) async fn chat_resume(
 
 /// `chat:join { conversationId }`: watch a conversation of yours from this socket too:
 /// its running answer from the start, then each later one, until `chat:leave`.
-pub(super) async fn chat_join(
-    socket: SocketRef,
-    State(wire): State<Wire>,
-    Payload(payload): Payload,
-    ack: AckSender,
-) {
-    observer::received(
-        &socket,
-        "chat:join",
-        payload.as_ref().ok().and_then(Option::as_ref),
-    );
+pub(super) async fn chat_join(socket: SocketRef, State(wire): State<Wire>, Payload(payload): Payload, ack: AckSender) {
+    observer::received(&socket, "chat:join", payload.as_ref().ok().and_then(Option::as_ref));
     let Some(_permit) = event_permit(&socket) else {
-        return refuse(
-            &socket,
-            ack,
-            ChatError::new(
-                ErrorCode::RateLimit,
-                "too many requests in progress on this connection",
-            ),
-        );
+        return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
     };
     let Some(User(user)) = user_of(&socket) else {
         return;
@@ -120,19 +77,9 @@ pub(super) async fn chat_join(
         Ok(answers) => answers,
         Err(e) => return refuse(&socket, ack, e),
     };
-    let generations: Vec<ActiveGeneration> = wire
-        .engine
-        .active(&user)
-        .await
-        .into_iter()
-        .filter(|a| a.ids.conversation_id == conversation_id)
-        .map(Into::into)
-        .collect();
-    ack_logged(
-        &socket,
-        ack,
-        &json!({ "ok": true, "conversationId": conversation_id, "generations": generations }),
-    );
+    let generations: Vec<ActiveGeneration> =
+        wire.engine.active(&user).await.into_iter().filter(|a| a.ids.conversation_id == conversation_id).map(Into::into).collect();
+    ack_logged(&socket, ack, &json!({ "ok": true, "conversationId": conversation_id, "generations": generations }));
     let subscriptions = Subscriptions::of(&socket);
     let task = tokio::spawn({
         let (socket, subscriptions) = (socket.clone(), subscriptions.clone());
@@ -156,19 +103,11 @@ pub(super) async fn chat_join(
 
 /// `chat:leave { conversationId }`: stop watching.
 pub(super) async fn chat_leave(socket: SocketRef, Payload(payload): Payload, ack: AckSender) {
-    observer::received(
-        &socket,
-        "chat:leave",
-        payload.as_ref().ok().and_then(Option::as_ref),
-    );
+    observer::received(&socket, "chat:leave", payload.as_ref().ok().and_then(Option::as_ref));
     match ConversationRequest::parse(payload.ok().flatten().as_ref()) {
         Ok(r) => {
             Subscriptions::of(&socket).leave(r.conversation_id);
-            ack_logged(
-                &socket,
-                ack,
-                &json!({ "ok": true, "conversationId": r.conversation_id }),
-            );
+            ack_logged(&socket, ack, &json!({ "ok": true, "conversationId": r.conversation_id }));
         }
         Err(e) => refuse(&socket, ack, e),
     }

@@ -120,9 +120,7 @@ async fn authenticate(
     session::open(&socket, &wire, Some(slot), verified.expires_at);
     let metrics = wire.engine.metrics().clone();
     socket.extensions.insert(reader::Subscriptions::default());
-    socket.extensions.insert(InFlight(Arc::new(Semaphore::new(
-        wire.config.socket_events_in_flight,
-    ))));
+    socket.extensions.insert(InFlight(Arc::new(Semaphore::new(wire.config.socket_events_in_flight))));
     socket.extensions.insert(DropLogged::default());
     // `refuse` counts each error it sends, from wherever it is called.
     socket.extensions.insert(metrics);
@@ -139,30 +137,19 @@ async fn authenticate(
 
 /// The root namespace's connect middleware. Socket.IO v2 clients (protocol v4) join `/`
 /// before any other namespace; they must hold a valid token there too.
-async fn authenticate_root(
-    socket: SocketRef,
-    auth: TryData<Value>,
-    state: State<Wire>,
-) -> Result<(), Unauthorized> {
+async fn authenticate_root(socket: SocketRef, auth: TryData<Value>, state: State<Wire>) -> Result<(), Unauthorized> {
     identify(&socket, auth, state).map(drop)
 }
 
 /// Verifies the socket's credentials (handshake `auth.token`, then the request's
 /// Bearer header or `?token=`) and stores its [`User`].
-fn identify(
-    socket: &SocketRef,
-    TryData(auth): TryData<Value>,
-    State(wire): State<Wire>,
-) -> Result<Session, Unauthorized> {
+fn identify(socket: &SocketRef, TryData(auth): TryData<Value>, State(wire): State<Wire>) -> Result<Session, Unauthorized> {
     let auth = auth.ok();
     let verified = if wire.auth.is_open() {
         // Each anonymous connection is a user of its own: testers share nothing.
-        let user = auth::claimed_user(auth.as_ref().and_then(|a| a.get("userId")))
-            .unwrap_or_else(|| User(format!("anonymous-{}", socket.id)));
-        Session {
-            user,
-            expires_at: None,
-        }
+        let user =
+            auth::claimed_user(auth.as_ref().and_then(|a| a.get("userId"))).unwrap_or_else(|| User(format!("anonymous-{}", socket.id)));
+        Session { user, expires_at: None }
     } else {
         let handshake = match auth.as_ref().and_then(|a| a.get("token")) {
             Some(Value::String(t)) if !t.is_empty() => Some(t.as_str().into()),
@@ -186,18 +173,8 @@ fn identify(
 async fn on_connect(socket: SocketRef, State(wire): State<Wire>) {
     tracing::debug!(sid = %socket.id, "connected");
     if let Some(User(user)) = user_of(&socket) {
-        let generations: Vec<ActiveGeneration> = wire
-            .engine
-            .active(&user)
-            .await
-            .into_iter()
-            .map(Into::into)
-            .collect();
-        emit_logged(
-            &socket,
-            "chat:active",
-            &json!({ "generations": generations }),
-        );
+        let generations: Vec<ActiveGeneration> = wire.engine.active(&user).await.into_iter().map(Into::into).collect();
+        emit_logged(&socket, "chat:active", &json!({ "generations": generations }));
     }
 }
 
@@ -208,12 +185,7 @@ struct InFlight(Arc<Semaphore>);
 
 /// A permit for one event of this socket, or `None` when it has too many in progress.
 fn event_permit(socket: &SocketRef) -> Option<OwnedSemaphorePermit> {
-    socket
-        .extensions
-        .get::<InFlight>()?
-        .0
-        .try_acquire_owned()
-        .ok()
+    socket.extensions.get::<InFlight>()?.0.try_acquire_owned().ok()
 }
 
 /// Whether this socket's first lost event was logged: later ones go to debug only, so a
@@ -246,10 +218,7 @@ fn ack_logged<T: Serialize + ?Sized>(socket: &SocketRef, ack: AckSender, data: &
 
 /// The first event a socket loses is a WARN; the rest of that socket's are DEBUG.
 fn log_lost(socket: &SocketRef, event: &str, error: &dyn std::fmt::Display) {
-    let first = socket
-        .extensions
-        .get::<DropLogged>()
-        .is_none_or(|d| !d.0.swap(true, Ordering::Relaxed));
+    let first = socket.extensions.get::<DropLogged>().is_none_or(|d| !d.0.swap(true, Ordering::Relaxed));
     if first {
         tracing::warn!(sid = %socket.id, event, error = %error, "event not delivered (later losses on this socket are logged at debug)");
     } else {

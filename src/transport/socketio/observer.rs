@@ -27,7 +27,10 @@ use tokio::sync::mpsc;
 #[derive(Debug)]
 pub enum Notice {
     /// The socket passed authentication (it is connecting; its handlers are registered).
-    Connected { socket: SocketRef, at: SystemTime },
+    Connected {
+        socket: SocketRef,
+        at: SystemTime,
+    },
     Disconnected {
         sid: Sid,
         reason: DisconnectReason,
@@ -72,14 +75,7 @@ impl Observer {
     /// An observer whose channel holds `capacity` notices, and the monitor's end of it.
     pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Notice>) {
         let (notices, receiver) = mpsc::channel(capacity.max(1));
-        (
-            Self {
-                notices,
-                dropped: Arc::default(),
-                watchers: Arc::default(),
-            },
-            receiver,
-        )
+        (Self { notices, dropped: Arc::default(), watchers: Arc::default() }, receiver)
     }
 
     /// Notices are sent while the returned guard lives (and any other).
@@ -109,12 +105,7 @@ impl Observer {
             return;
         }
         match serde_json::to_value(data) {
-            Ok(data) => self.notify(Notice::Sent {
-                sid,
-                event,
-                data,
-                at: SystemTime::now(),
-            }),
+            Ok(data) => self.notify(Notice::Sent { sid, event, data, at: SystemTime::now() }),
             Err(e) => {
                 tracing::debug!(%sid, event, error = %e, "event not serializable for the monitor")
             }
@@ -141,10 +132,7 @@ pub(super) fn connected(socket: &SocketRef, watch: &Watch) {
         let at = SystemTime::now();
         socket.extensions.insert(observer.clone());
         socket.extensions.insert(ConnectedAt(at));
-        observer.notify(Notice::Connected {
-            socket: socket.clone(),
-            at,
-        });
+        observer.notify(Notice::Connected { socket: socket.clone(), at });
     }
 }
 
@@ -152,12 +140,7 @@ pub(super) fn connected(socket: &SocketRef, watch: &Watch) {
 pub(super) fn received(socket: &SocketRef, event: &'static str, data: Option<&Value>) {
     if let Some(observer) = Observer::of(socket) {
         let data = data.cloned();
-        observer.notify(Notice::Received {
-            sid: socket.id,
-            event,
-            data,
-            at: SystemTime::now(),
-        });
+        observer.notify(Notice::Received { sid: socket.id, event, data, at: SystemTime::now() });
     }
 }
 
@@ -171,11 +154,7 @@ pub(super) fn sent<T: Serialize + ?Sized>(socket: &SocketRef, event: &'static st
 /// The socket left.
 pub(super) fn disconnected(socket: &SocketRef, reason: DisconnectReason) {
     if let Some(observer) = Observer::of(socket) {
-        observer.notify(Notice::Disconnected {
-            sid: socket.id,
-            reason,
-            at: SystemTime::now(),
-        });
+        observer.notify(Notice::Disconnected { sid: socket.id, reason, at: SystemTime::now() });
     }
 }
 
@@ -188,28 +167,15 @@ mod tests {
         let (observer, mut receiver) = Observer::channel(2);
         let sid = Sid::new();
         observer.sent(sid, "chat:message", &1);
-        assert!(
-            receiver.try_recv().is_err(),
-            "nobody watches: nothing is sent"
-        );
+        assert!(receiver.try_recv().is_err(), "nobody watches: nothing is sent");
         let _watching = observer.watch();
         for _ in 0..5 {
             observer.sent(sid, "chat:message", &serde_json::json!({ "content": "x" }));
         }
         assert_eq!(observer.dropped(), 3);
-        assert!(matches!(
-            receiver.recv().await,
-            Some(Notice::Sent {
-                event: "chat:message",
-                ..
-            })
-        ));
+        assert!(matches!(receiver.recv().await, Some(Notice::Sent { event: "chat:message", .. })));
         drop(receiver);
         observer.sent(sid, "chat:end", &1);
-        assert_eq!(
-            observer.dropped(),
-            4,
-            "a monitor that is gone counts as dropped too"
-        );
+        assert_eq!(observer.dropped(), 4, "a monitor that is gone counts as dropped too");
     }
 }

@@ -16,19 +16,13 @@ pub(super) struct Payload(pub Result<Option<Value>, ()>);
 impl<A: Adapter> FromMessageParts<A> for Payload {
     type Error = Infallible;
 
-    fn from_message_parts(
-        _: &Arc<Socket<A>>,
-        v: &mut socketioxide::handler::Value,
-        _: &Option<i64>,
-    ) -> Result<Self, Infallible> {
+    fn from_message_parts(_: &Arc<Socket<A>>, v: &mut socketioxide::handler::Value, _: &Option<i64>) -> Result<Self, Infallible> {
         // The common parser keeps an event's JSON as text: `["event", arg, ...]`.
         let Some(text) = v.as_str() else {
             return Ok(Self(Err(())));
         };
         Ok(Self(match parse_lenient(text) {
-            Ok(Value::Array(mut args)) if !args.is_empty() => {
-                Ok((args.len() > 1).then(|| args.swap_remove(1)))
-            }
+            Ok(Value::Array(mut args)) if !args.is_empty() => Ok((args.len() > 1).then(|| args.swap_remove(1))),
             _ => Err(()),
         }))
     }
@@ -47,17 +41,14 @@ impl StopRequest {
             None | Some(Value::Null) => return Ok(Self { message_id: None }),
             Some(Value::Object(obj)) => obj,
             Some(_) => {
-                return Err(ChatError::new(
-                    ErrorCode::InvalidPayload,
-                    "payload must be an object",
-                ));
+                return Err(ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"));
             }
         };
         let message_id = match obj.get("messageId") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(Uuid::try_parse(s).map_err(|_| {
-                ChatError::new(ErrorCode::InvalidParams, "messageId is not a UUID")
-            })?),
+            Some(Value::String(s)) => {
+                Some(Uuid::try_parse(s).map_err(|_| ChatError::new(ErrorCode::InvalidParams, "messageId is not a UUID"))?)
+            }
             Some(_) => return Err(wrong_type("messageId", "a string")),
         };
         Ok(Self { message_id })
@@ -76,17 +67,14 @@ impl ResumeRequest {
     /// Accepts `{ messageId, offset? }`.
     pub fn parse(payload: Option<&Value>) -> Result<Self, ChatError> {
         let Some(Value::Object(obj)) = payload else {
-            return Err(ChatError::new(
-                ErrorCode::InvalidPayload,
-                "payload must be an object",
-            ));
+            return Err(ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"));
         };
         let message_id = required_uuid(obj.get("messageId"), "messageId")?;
         let offset = match obj.get("offset") {
             None | Some(Value::Null) => 0,
-            Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
-                ChatError::new(ErrorCode::InvalidParams, "offset must be a whole number")
-            })?,
+            Some(Value::Number(n)) => {
+                n.as_u64().ok_or_else(|| ChatError::new(ErrorCode::InvalidParams, "offset must be a whole number"))?
+            }
             Some(_) => return Err(wrong_type("offset", "a number")),
         };
         Ok(Self { message_id, offset })
@@ -103,26 +91,18 @@ impl ConversationRequest {
     /// Accepts `{ conversationId }`.
     pub fn parse(payload: Option<&Value>) -> Result<Self, ChatError> {
         let Some(Value::Object(obj)) = payload else {
-            return Err(ChatError::new(
-                ErrorCode::InvalidPayload,
-                "payload must be an object",
-            ));
+            return Err(ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"));
         };
-        Ok(Self {
-            conversation_id: required_uuid(obj.get("conversationId"), "conversationId")?,
-        })
+        Ok(Self { conversation_id: required_uuid(obj.get("conversationId"), "conversationId")? })
     }
 }
 
 fn required_uuid(value: Option<&Value>, field: &str) -> Result<Uuid, ChatError> {
     match value {
-        Some(Value::String(s)) => Uuid::try_parse(s).map_err(|_| {
-            ChatError::new(ErrorCode::InvalidParams, format!("{field} is not a UUID"))
-        }),
-        None | Some(Value::Null) => Err(ChatError::new(
-            ErrorCode::InvalidPayload,
-            format!("{field} is required"),
-        )),
+        Some(Value::String(s)) => {
+            Uuid::try_parse(s).map_err(|_| ChatError::new(ErrorCode::InvalidParams, format!("{field} is not a UUID")))
+        }
+        None | Some(Value::Null) => Err(ChatError::new(ErrorCode::InvalidPayload, format!("{field} is required"))),
         Some(_) => Err(wrong_type(field, "a string")),
     }
 }

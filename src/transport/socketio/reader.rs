@@ -62,9 +62,7 @@ const SENT_REMEMBERED: usize = 1024;
 impl Subscriptions {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Entries are inserted and removed whole; a poisoned map is still consistent.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The socket's subscriptions.
@@ -147,13 +145,7 @@ impl Subscriptions {
 
 /// Starts delivering `reader` to `socket`, replacing the socket's earlier reader of the
 /// same answer. `via` is the followed conversation that brought it, if any.
-pub fn deliver(
-    wire: &Wire,
-    socket: &SocketRef,
-    ids: AnswerIds,
-    reader: Box<dyn LogReader>,
-    via: Option<Uuid>,
-) {
+pub fn deliver(wire: &Wire, socket: &SocketRef, ids: AnswerIds, reader: Box<dyn LogReader>, via: Option<Uuid>) {
     let frame_max = wire.config.frame_max_bytes();
     let subscriptions = Subscriptions::of(socket);
     let observer = Observer::of(socket);
@@ -166,19 +158,12 @@ pub fn deliver(
         async move {
             run(&socket, &subscriptions, ids, reader, frame_max, observer).await;
             let mut inner = subscriptions.lock();
-            if inner
-                .readers
-                .get(&ids.message_id)
-                .is_some_and(|(n, _, _)| *n == number)
-            {
+            if inner.readers.get(&ids.message_id).is_some_and(|(n, _, _)| *n == number) {
                 inner.readers.remove(&ids.message_id);
             }
         }
     });
-    if let Some((_, old, _)) = inner
-        .readers
-        .insert(ids.message_id, (number, task.abort_handle(), via))
-    {
+    if let Some((_, old, _)) = inner.readers.insert(ids.message_id, (number, task.abort_handle(), via)) {
         old.abort();
     }
 }
@@ -227,11 +212,7 @@ async fn run(
                 match &entry {
                     Entry::Text { end, .. } => subscriptions.record(ids.message_id, *end, None),
                     Entry::Final(ending) => {
-                        return subscriptions.record(
-                            ids.message_id,
-                            ending.length,
-                            Some(ending.length),
-                        );
+                        return subscriptions.record(ids.message_id, ending.length, Some(ending.length));
                     }
                 }
                 seq += 1;

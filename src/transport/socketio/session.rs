@@ -38,12 +38,7 @@ pub(super) struct SocketSession {
 
 /// Sets up the session of a socket that just authenticated (no `.await`: the connect
 /// middleware registers handlers right after).
-pub(super) fn open(
-    socket: &SocketRef,
-    wire: &Wire,
-    slot: Option<ConnectionSlot>,
-    expires_at: Option<i64>,
-) {
+pub(super) fn open(socket: &SocketRef, wire: &Wire, slot: Option<ConnectionSlot>, expires_at: Option<i64>) {
     let session = SocketSession {
         _slot: slot,
         expiry: Arc::new(watch::channel(expires_at).0),
@@ -63,11 +58,7 @@ pub(super) fn close(socket: &SocketRef) {
 
 /// True once the socket's token has expired (and no fresh one came).
 pub(super) fn expired(socket: &SocketRef) -> bool {
-    socket
-        .extensions
-        .get::<SocketSession>()
-        .and_then(|s| *s.expiry.borrow())
-        .is_some_and(|exp| exp <= now_ms() / 1000)
+    socket.extensions.get::<SocketSession>().and_then(|s| *s.expiry.borrow()).is_some_and(|exp| exp <= now_ms() / 1000)
 }
 
 /// The refusal of an event sent after the token expired.
@@ -76,22 +67,10 @@ pub(super) fn expired_error() -> ChatError {
 }
 
 /// `chat:auth { token }`: a fresh token for the same user extends the session.
-pub(super) async fn chat_auth(
-    socket: SocketRef,
-    State(wire): State<Wire>,
-    Payload(payload): Payload,
-    ack: AckSender,
-) {
-    let token = payload
-        .ok()
-        .flatten()
-        .and_then(|p| p.get("token").and_then(Value::as_str).map(str::to_owned));
+pub(super) async fn chat_auth(socket: SocketRef, State(wire): State<Wire>, Payload(payload): Payload, ack: AckSender) {
+    let token = payload.ok().flatten().and_then(|p| p.get("token").and_then(Value::as_str).map(str::to_owned));
     let Some(token) = token.filter(|t| !t.is_empty()) else {
-        return refuse(
-            &socket,
-            ack,
-            ChatError::new(ErrorCode::InvalidPayload, "token is required"),
-        );
+        return refuse(&socket, ack, ChatError::new(ErrorCode::InvalidPayload, "token is required"));
     };
     let Some(session) = socket.extensions.get::<SocketSession>() else {
         return;
@@ -108,19 +87,11 @@ pub(super) async fn chat_auth(
     };
     if user_of(&socket).as_ref() != Some(&user) {
         tracing::info!(sid = %socket.id, "chat:auth refused: the token names another user");
-        return refuse(
-            &socket,
-            ack,
-            ChatError::new(ErrorCode::Forbidden, "the token names another user"),
-        );
+        return refuse(&socket, ack, ChatError::new(ErrorCode::Forbidden, "the token names another user"));
     }
     session.expiry.send_replace(expires_at);
     watch(&socket, &session, wire.config.token_expiry_grace);
-    ack_logged(
-        &socket,
-        ack,
-        &json!({ "ok": true, "expiresAt": expires_at }),
-    );
+    ack_logged(&socket, ack, &json!({ "ok": true, "expiresAt": expires_at }));
 }
 
 /// Starts the task that tells and then closes the socket at `exp`, once per socket and
@@ -129,11 +100,7 @@ fn watch(socket: &SocketRef, session: &SocketSession, grace: Duration) {
     if session.expiry.borrow().is_none() || session.watched.swap(true, Ordering::AcqRel) {
         return;
     }
-    let (socket, expiry, closed) = (
-        socket.clone(),
-        session.expiry.subscribe(),
-        session.closed.clone(),
-    );
+    let (socket, expiry, closed) = (socket.clone(), session.expiry.subscribe(), session.closed.clone());
     tokio::spawn(async move {
         tokio::select! {
             () = closed.cancelled() => {}
@@ -142,11 +109,7 @@ fn watch(socket: &SocketRef, session: &SocketSession, grace: Duration) {
     });
 }
 
-async fn close_when_expired(
-    socket: &SocketRef,
-    mut expiry: watch::Receiver<Option<i64>>,
-    grace: Duration,
-) {
+async fn close_when_expired(socket: &SocketRef, mut expiry: watch::Receiver<Option<i64>>, grace: Duration) {
     loop {
         let Some(exp) = *expiry.borrow_and_update() else {
             if expiry.changed().await.is_err() {
@@ -154,8 +117,7 @@ async fn close_when_expired(
             }
             continue;
         };
-        let at = Instant::now()
-            + Duration::from_millis(u64::try_from(exp * 1000 - now_ms()).unwrap_or(0));
+        let at = Instant::now() + Duration::from_millis(u64::try_from(exp * 1000 - now_ms()).unwrap_or(0));
         tokio::select! {
             changed = expiry.changed() => if changed.is_err() { return } else { continue },
             () = tokio::time::sleep_until(at) => {}
