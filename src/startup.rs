@@ -178,6 +178,7 @@ impl Application {
                 let engine = &state.engine;
                 tracing::info!(running = engine.running(), "shutting down");
                 draining.cancel();
+                engine.begin_drain();
                 if !engine.wait_idle(state.config.shutdown_grace).await {
                     tracing::warn!(running = engine.running(), "grace period over; cutting running answers");
                     engine.stop_all(StopReason::Shutdown);

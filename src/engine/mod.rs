@@ -99,6 +99,8 @@ pub(crate) struct Parts {
     pub metrics: Metrics,
     /// Counters and running answers, for operators.
     pub activity: Arc<activity::Activity>,
+    /// Set when shutdown begins: new starts are refused, running answers finish.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -115,7 +117,20 @@ impl Engine {
         let limiter = StartRateLimiter::new(config.rate_limit_per_minute);
         let lookups = StartRateLimiter::new(config.lookups_per_minute);
         let (checkpoints, subscriptions, activity) = (Arc::default(), Default::default(), Arc::default());
-        Self(Arc::new(Parts { config, db, provider, directory, logs, limiter, lookups, checkpoints, subscriptions, metrics, activity }))
+        Self(Arc::new(Parts {
+            config,
+            db,
+            provider,
+            directory,
+            logs,
+            limiter,
+            lookups,
+            checkpoints,
+            subscriptions,
+            metrics,
+            activity,
+            draining: Default::default(),
+        }))
     }
 
     /// Runs the checkpoint writer and the rate limiter's sweeper until `shutdown`.
@@ -124,6 +139,12 @@ impl Engine {
         self.0.limiter.spawn_sweeper(Duration::from_secs(60), shutdown.clone());
         self.0.lookups.spawn_sweeper(Duration::from_secs(60), shutdown.clone());
         adopt::spawn(self.0.clone(), shutdown);
+    }
+
+    /// Shutdown began: from now on new starts are refused with `UNAVAILABLE` (a repeated
+    /// `clientMessageId` still gets its first ack), while running answers go on.
+    pub fn begin_drain(&self) {
+        self.0.draining.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// This node's `NODE_ID`.
@@ -183,6 +204,9 @@ impl Engine {
             if let Some(repeated) = self.repeated(user, key, false).await? {
                 return Ok(repeated);
             }
+        }
+        if parts.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ChatError::new(ErrorCode::Unavailable, "the server is shutting down; start again"));
         }
         let too_many = || ChatError::new(ErrorCode::RateLimit, "too many chats started; try again shortly");
         if !parts.limiter.allow(user) {

@@ -49,6 +49,8 @@ pub fn spawn_binary(db_url: &str, vars: &[(&str, &str)]) -> Child {
 
 /// Starts the binary with only `base` and `vars` (plus port 0 and JSON logs).
 pub fn spawn_binary_with(base: &[(&str, &str)], vars: &[(&str, &str)]) -> Child {
+    // The test's own HTTPS-capable clients (reqwest) need the process's crypto provider.
+    chatwire::install_crypto_provider();
     let mut process = Command::new(env!("CARGO_BIN_EXE_chatwire"))
         .arg("serve")
         .env_clear()

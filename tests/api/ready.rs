@@ -130,6 +130,11 @@ async fn during_the_drain_ready_is_503_while_the_running_answer_finishes() {
         .unwrap();
     assert_eq!(status["generations"], 1, "/ready went 503 before the running answer ended");
     assert_eq!(fetch(addr, "/health").await.0, 200);
+    // A new start is refused at once (a load balancer sends it elsewhere), the running
+    // answer is not disturbed.
+    let mut late = Client::websocket(addr, Credentials::token(&token(&user))).await.unwrap();
+    let refused = late.emit_with_ack("chat:start", json!({ "message": "too late" })).await;
+    assert_eq!(refused, json!({ "ok": false, "error": { "code": "UNAVAILABLE", "message": "the server is shutting down; start again" } }));
 
     let mut answer = read_answer(&mut client).await;
     answer.chunks.insert(0, first);
