@@ -36,3 +36,6 @@ mod sse;
 mod sqlite;
 mod startup;
 mod transport;
+mod ws_canyon;
+mod ws_client;
+mod ws_wadi;
