@@ -221,7 +221,7 @@ impl Config {
         let production = env.get("NODE_ENV").is_some_and(|v| v.eq_ignore_ascii_case("production"));
         if production && matches!(auth, AuthConfig::Open) {
             return Err(bad(
-                either(&env, "JWT_SECRET", "AUTH_ENABLED"),
+                if env.get("AUTH_ENABLED") == Some("false") { "AUTH_ENABLED" } else { "JWT_SECRET" },
                 "NODE_ENV=production but no JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL is set (or AUTH_ENABLED=false); refusing to run in open mode",
             ));
         }
