@@ -38,4 +38,5 @@ mod startup;
 mod transport;
 mod ws_canyon;
 mod ws_client;
+mod ws_void;
 mod ws_wadi;

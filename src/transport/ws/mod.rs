@@ -13,11 +13,12 @@
 mod canyon;
 mod link;
 mod serve;
-// mod void;
+mod void;
 mod wadi;
 
 pub use link::{Flow, Link};
 pub use serve::Dialect;
+pub use void::{ProviderInfo, providers};
 
 use axum::{
     Router,
@@ -36,7 +37,7 @@ use crate::{
 /// The dialects' routes.
 pub fn router(wire: Wire) -> Router {
     Router::new()
-        // .route(&wire.config.ws.path, get(void::handler))
+        .route(&wire.config.ws.path, get(void::handler))
         .route("/ws/{client_id}", get(canyon::handler))
         .route("/ws/chat/{conversation_id}", get(wadi::chat_handler))
         .route("/ws/runs/{run_id}/stream", get(wadi::run_handler))
