@@ -56,6 +56,8 @@ pub struct JwtConfig {
     pub audience: Option<String>,
     /// The claim that names the user (`JWT_USER_CLAIM`, default `sub`).
     pub user_claim: String,
+    /// Where RS256, ES256 and EdDSA keys are fetched from (`JWT_JWKS_URL`).
+    pub jwks_url: Option<String>,
 }
 
 /// Where answers come from.

@@ -20,27 +20,37 @@ pub(super) fn auth_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
 }
 
 fn jwt_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
-    let secret = env.get("JWT_SECRET").map(|s| Secret(s.to_owned()));
+    // Supabase's and Clerk's names are aliases; Supabase's tokens are for `authenticated`.
+    let supabase = env.get("JWT_SECRET").is_none() && env.get("SUPABASE_JWT_SECRET").is_some();
+    let secret = env.get(either(env, "JWT_SECRET", "SUPABASE_JWT_SECRET")).map(|s| Secret(s.to_owned()));
+    let key_var = either(env, "JWT_PUBLIC_KEY", "CLERK_JWT_KEY");
     // PEMs in env files are often written on one line with literal `\n`.
-    let public_key_pem = env.get("JWT_PUBLIC_KEY").map(|k| k.replace("\\n", "\n"));
+    let public_key_pem = env.get(key_var).map(|k| k.replace("\\n", "\n"));
+    let jwks_url = env.get("JWT_JWKS_URL").map(str::to_owned);
     let issuer = env.get("JWT_ISSUER").map(str::to_owned);
-    let audience = env.get("JWT_AUDIENCE").map(str::to_owned);
+    let audience = env.get("JWT_AUDIENCE").map(str::to_owned).or_else(|| supabase.then(|| "authenticated".to_owned()));
     let user_claim = env.get("JWT_USER_CLAIM").map(str::to_owned);
-    if secret.is_none() && public_key_pem.is_none() {
+    if secret.is_none() && public_key_pem.is_none() && jwks_url.is_none() {
         if let Some(var) = [("JWT_ISSUER", &issuer), ("JWT_AUDIENCE", &audience), ("JWT_USER_CLAIM", &user_claim)]
             .into_iter()
             .find_map(|(name, v)| v.as_ref().map(|_| name))
         {
-            return Err(bad(var, "is set but neither JWT_SECRET nor JWT_PUBLIC_KEY is; set one of them"));
+            return Err(bad(var, "is set but none of JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL is; set one of them"));
         }
         return Ok(AuthConfig::Open);
     }
     if let Some(pem) = &public_key_pem {
         let rsa = jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).is_ok();
         let ec = jsonwebtoken::DecodingKey::from_ec_pem(pem.as_bytes()).is_ok();
-        if !rsa && !ec {
-            return Err(bad("JWT_PUBLIC_KEY", "is not an RSA or EC public key in PEM form"));
+        let ed = jsonwebtoken::DecodingKey::from_ed_pem(pem.as_bytes()).is_ok();
+        if !rsa && !ec && !ed {
+            return Err(bad(key_var, "is not an RSA, EC or Ed25519 public key in PEM form"));
         }
+    }
+    if let Some(url) = &jwks_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return Err(bad("JWT_JWKS_URL", "must start with https:// (or http://)"));
     }
     Ok(AuthConfig::Jwt(JwtConfig {
         secret,
@@ -48,6 +58,7 @@ fn jwt_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
         issuer,
         audience,
         user_claim: user_claim.unwrap_or_else(|| "sub".into()),
+        jwks_url,
     }))
 }
 

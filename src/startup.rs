@@ -112,6 +112,7 @@ impl Application {
 
         let deliveries = TaskTracker::new();
         let auth = Arc::new(Authenticator::new(&config.auth));
+        auth.spawn_jwks(shutdown.clone());
         let connections = crate::transport::connections::UserConnections::new(config.max_connections_per_user);
         let closing = CancellationToken::new();
         let wire = Wire { engine: engine.clone(), config: config.clone(), auth, deliveries: deliveries.clone(), connections, closing: closing.clone() };

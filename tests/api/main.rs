@@ -21,6 +21,7 @@ mod hardening_store;
 mod helpers;
 mod http;
 mod import;
+mod jwks;
 mod lifecycle;
 mod logs;
 mod metrics;

@@ -32,7 +32,7 @@ const CONVERSATIONS: Uuid = Uuid::from_u128(0x6a0f_3c52_8f0e_4b1e_9d43_51c7_2f7d
 
 pub(super) async fn handler(State(wire): State<Wire>, Path(client_id): Path<String>, ws: WebSocketUpgrade, headers: HeaderMap, uri: Uri) -> Response {
     let claimed = api::query_value(&uri, "userId").map(Value::String);
-    let user = match api::caller(&wire.auth, &headers, &uri, claimed.as_ref()) {
+    let user = match api::caller(&wire.auth, &headers, &uri, claimed.as_ref()).await {
         Ok(user) => user,
         Err(refused) => return refused.into_response(),
     };

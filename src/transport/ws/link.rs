@@ -103,7 +103,7 @@ impl Link {
                 tracing::debug!(connection = %self.connection, "no token");
                 return Err(SignInRefused::Unauthorized);
             };
-            match auth.verify(&token) {
+            match auth.verify(&token).await {
                 Ok(User(user)) => user,
                 Err(reason) => {
                     tracing::info!(connection = %self.connection, %reason, "token refused");
