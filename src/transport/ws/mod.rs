@@ -16,6 +16,9 @@ mod serve;
 mod void;
 mod wadi;
 
+#[cfg(test)]
+mod decoder_tests;
+
 pub use link::{Flow, Link};
 pub use serve::Dialect;
 pub use void::{ProviderInfo, providers};

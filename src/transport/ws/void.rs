@@ -157,6 +157,12 @@ fn decode(message: &Value) -> Result<Request<'_>, ChatError> {
     Ok(Request { kind, payload, request_id })
 }
 
+/// [`decode`]'s type and `requestId`, for the decoder's property test.
+#[cfg(test)]
+pub(super) fn decode_for_tests(message: &Value) -> Result<(String, Option<Value>), ChatError> {
+    decode(message).map(|r| (r.kind.to_owned(), r.request_id))
+}
+
 async fn authenticate(link: &mut Link, request: &Request<'_>) -> Value {
     let id = &request.request_id;
     let token = request.payload.get("token").and_then(Value::as_str);
