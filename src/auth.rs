@@ -60,7 +60,11 @@ enum Mode {
     Open,
     /// A key and its own validation per algorithm: a `Validation` listing several
     /// algorithms refuses every key that does not fit them all.
-    Jwt { keys: Vec<(Algorithm, DecodingKey, Validation)>, user_claim: String, jwks: Option<(Arc<Jwks>, JwtConfig)> },
+    Jwt {
+        keys: Vec<(Algorithm, DecodingKey, Validation)>,
+        user_claim: String,
+        jwks: Option<(Arc<Jwks>, JwtConfig)>,
+    },
 }
 
 impl Authenticator {

@@ -381,9 +381,12 @@ impl Config {
 
 #[path = "config_vars.rs"]
 mod vars;
-pub use vars::redact_url;
 pub use vars::WsConfig;
-use vars::{Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, either, metrics_token, origin, redis_url, upstream_config, ws_config};
+pub use vars::redact_url;
+use vars::{
+    Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, either, metrics_token, origin,
+    redis_url, upstream_config, ws_config,
+};
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

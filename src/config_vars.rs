@@ -82,7 +82,10 @@ pub(super) fn admin_config(env: &Vars) -> Result<Option<AdminConfig>, ConfigErro
 pub(super) fn origin(raw: &str) -> Result<String, ConfigError> {
     let trimmed = raw.trim_end_matches('/');
     let refuse = |why: &str| {
-        Err(bad("CORS_ORIGIN", format!("{raw:?} {why}; list each allowed origin as scheme://host[:port] (credentials are allowed, so `*` is refused)")))
+        Err(bad(
+            "CORS_ORIGIN",
+            format!("{raw:?} {why}; list each allowed origin as scheme://host[:port] (credentials are allowed, so `*` is refused)"),
+        ))
     };
     if trimmed == "*" {
         return refuse("is a wildcard");
@@ -108,7 +111,9 @@ pub(super) fn upstream_config(env: &Vars, production: bool) -> Result<UpstreamCo
     let forced_mock = match env.get("UPSTREAM") {
         None => false,
         Some("mock") => true,
-        Some(other) => return Err(bad("UPSTREAM", format!("{other:?} is not `mock`; leave it unset to use OPENAI_BASE_URL / OPENAI_API_KEY"))),
+        Some(other) => {
+            return Err(bad("UPSTREAM", format!("{other:?} is not `mock`; leave it unset to use OPENAI_BASE_URL / OPENAI_API_KEY")));
+        }
     };
     if production && !forced_mock && base_url.is_none() && api_key.is_none() {
         return Err(bad(
@@ -142,10 +147,7 @@ pub(super) fn database_url(env: &Vars) -> Result<String, ConfigError> {
     if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(url.to_owned());
     }
-    Err(bad(
-        "DATABASE_URL",
-        format!("{:?} is neither sqlite:... nor postgres://... (postgresql://...)", redact_url(url)),
-    ))
+    Err(bad("DATABASE_URL", format!("{:?} is neither sqlite:... nor postgres://... (postgresql://...)", redact_url(url))))
 }
 
 /// `REDIS_URL`: cluster mode, which shares the answers through Redis and the rows through
@@ -188,7 +190,9 @@ pub(super) fn database_schema(env: &Vars) -> Result<String, ConfigError> {
     if !plain {
         return Err(bad(
             "DATABASE_SCHEMA",
-            format!("{name:?} is not a plain SQL identifier (lower-case letters, digits and `_`, not starting with a digit or `pg_`, at most 63 characters)"),
+            format!(
+                "{name:?} is not a plain SQL identifier (lower-case letters, digits and `_`, not starting with a digit or `pg_`, at most 63 characters)"
+            ),
         ));
     }
     Ok(name.to_owned())
@@ -216,7 +220,6 @@ impl Vars {
         }
     }
 }
-
 
 /// `METRICS_TOKEN`: sent in an `Authorization: Bearer` header, so visible ASCII only.
 pub(super) fn metrics_token(env: &Vars) -> Result<Option<Secret>, ConfigError> {

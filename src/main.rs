@@ -63,7 +63,10 @@ async fn main() -> ExitCode {
         Command::MockUpstream { port, host } => mock(config, host, port).await,
         Command::Import { jsonl, strict } => chatwire::import::run_cli(&config, &jsonl, strict).await,
         Command::HashPassword { .. } => Ok(()),
-        Command::Migrate => chatwire::store::connect(&config.database_url, config.database_max_connections, &config.database_schema).await.map(drop).map_err(|e| e.to_string()),
+        Command::Migrate => chatwire::store::connect(&config.database_url, config.database_max_connections, &config.database_schema)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

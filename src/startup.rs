@@ -78,9 +78,8 @@ impl Application {
         let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let shutdown = CancellationToken::new();
         let db_error = |e: sea_orm::DbErr| StartError::Database(redacted(&config.database_url, &e.to_string()));
-        let mut db = store::connect(&config.database_url, config.database_max_connections, &config.database_schema)
-            .await
-            .map_err(db_error)?;
+        let mut db =
+            store::connect(&config.database_url, config.database_max_connections, &config.database_schema).await.map_err(db_error)?;
         let metrics = Metrics::new();
         let timed = metrics.clone();
         store::time_statements(&mut db, move |elapsed| timed.db_query(elapsed));
@@ -100,8 +99,7 @@ impl Application {
             }
             UpstreamConfig::OpenAi { base_url, api_key } => (None, base_url.clone(), api_key.expose(), provider_name(base_url)),
         };
-        let provider =
-            Provider::new(&base_url, api_key, config.upstream_timeouts(), config.upstream_retry).with_metrics(&name, &metrics);
+        let provider = Provider::new(&base_url, api_key, config.upstream_timeouts(), config.upstream_retry).with_metrics(&name, &metrics);
         let probe = UpstreamProbe::new(&base_url, api_key);
         let config = Arc::new(config);
         let (directory, logs) = cluster_parts(&config, &shutdown, metrics.redis_commands())?;
@@ -115,24 +113,33 @@ impl Application {
         auth.spawn_jwks(shutdown.clone());
         let connections = crate::transport::connections::UserConnections::new(config.max_connections_per_user);
         let closing = CancellationToken::new();
-        let wire = Wire { engine: engine.clone(), config: config.clone(), auth, deliveries: deliveries.clone(), connections, closing: closing.clone() };
+        let wire = Wire {
+            engine: engine.clone(),
+            config: config.clone(),
+            auth,
+            deliveries: deliveries.clone(),
+            connections,
+            closing: closing.clone(),
+        };
         let admin = Admin::new(&config);
         let (layer, io) = socketio::layer(wire.clone(), admin.as_ref().map(Admin::observer));
         let counted = io.clone();
         let connections: http::ConnectionCount = Arc::new(move || socketio::connections(&counted));
         let draining = CancellationToken::new();
         let mut router = http::router(engine.clone(), wire.auth.clone(), connections.clone())
-            .merge(http::ready::router(Readiness::new(db.clone(), probe, draining.clone(), config.redis_url.is_some().then(|| engine.clone()))))
+            .merge(http::ready::router(Readiness::new(
+                db.clone(),
+                probe,
+                draining.clone(),
+                config.redis_url.is_some().then(|| engine.clone()),
+            )))
             .merge(http::scrape::router(engine.clone(), connections, config.metrics_token.as_ref()))
             .merge(sse::router(wire.clone()))
             .merge(ws::router(wire));
         if let Some(admin) = admin {
             router = router.merge(admin.start(&io, engine.clone(), shutdown.clone()));
         }
-        let router = router
-            .layer(layer)
-            .layer(http::cors(&config))
-            .layer(axum::middleware::map_request(http::detach_from_read_buffer));
+        let router = router.layer(layer).layer(http::cors(&config)).layer(axum::middleware::map_request(http::detach_from_read_buffer));
         let state = AppState { config, db, engine };
         Ok(Self { listener, router, io, state, mock, shutdown, draining, deliveries, closing })
     }

@@ -62,10 +62,9 @@ impl StartCommand {
 
         let conversation_id = match field("conversationId") {
             None => None,
-            Some(Value::String(s)) => Some(
-                Uuid::try_parse(s)
-                    .map_err(|_| ChatError::new(ErrorCode::InvalidParams, "conversationId is not a UUID"))?,
-            ),
+            Some(Value::String(s)) => {
+                Some(Uuid::try_parse(s).map_err(|_| ChatError::new(ErrorCode::InvalidParams, "conversationId is not a UUID"))?)
+            }
             Some(_) => return Err(wrong_type("conversationId", "a string")),
         };
 
@@ -86,10 +85,7 @@ impl StartCommand {
                 .filter(|&t| t >= 1 && t <= u64::from(config.max_tokens_limit))
                 .and_then(|t| u32::try_from(t).ok())
                 .ok_or_else(|| {
-                    ChatError::new(
-                        ErrorCode::InvalidParams,
-                        format!("maxTokens must be an integer from 1 to {}", config.max_tokens_limit),
-                    )
+                    ChatError::new(ErrorCode::InvalidParams, format!("maxTokens must be an integer from 1 to {}", config.max_tokens_limit))
                 })?,
             Some(_) => return Err(wrong_type("maxTokens", "a number")),
         };
@@ -121,9 +117,7 @@ impl StartCommand {
             Some(_) if !config.allow_client_system_prompt => {
                 return Err(ChatError::new(ErrorCode::Forbidden, "systemPrompt is not allowed on this server"));
             }
-            Some(Value::String(s)) if !too_long(s, config) => {
-                Some(s.clone()).filter(|s| !s.trim().is_empty())
-            }
+            Some(Value::String(s)) if !too_long(s, config) => Some(s.clone()).filter(|s| !s.trim().is_empty()),
             Some(Value::String(_)) => {
                 return Err(ChatError::new(ErrorCode::MessageTooLong, "systemPrompt is too long"));
             }
@@ -201,7 +195,10 @@ mod tests {
         let e = StartCommand::parse(&json!({"message": "hi", "systemPrompt": "be a pirate"}), "u1", &off).unwrap_err();
         assert_eq!(e.code, ErrorCode::Forbidden);
         assert!(StartCommand::parse(&json!({"message": "hi"}), "u1", &off).is_ok());
-        assert_eq!(StartCommand::parse(&json!({"message": "hi", "systemPrompt": "x"}), "u1", &config()).unwrap().system_prompt.as_deref(), Some("x"));
+        assert_eq!(
+            StartCommand::parse(&json!({"message": "hi", "systemPrompt": "x"}), "u1", &config()).unwrap().system_prompt.as_deref(),
+            Some("x")
+        );
     }
 
     #[test]
@@ -225,7 +222,6 @@ mod tests {
         let r = StartCommand::parse(&json!({"message": "hi", "temperature": 0.3}), "u1", &config()).unwrap();
         assert_eq!(serde_json::to_string(&r.temperature).unwrap(), "0.3");
     }
-
 }
 
 #[cfg(test)]
@@ -258,8 +254,16 @@ pub(crate) mod fuzz {
     fn field_name() -> impl Strategy<Value = String> {
         prop_oneof![
             prop::sample::select(vec![
-                "message", "userId", "conversationId", "model", "maxTokens", "temperature", "clientMessageId",
-                "systemPrompt", "messageId", "offset",
+                "message",
+                "userId",
+                "conversationId",
+                "model",
+                "maxTokens",
+                "temperature",
+                "clientMessageId",
+                "systemPrompt",
+                "messageId",
+                "offset",
             ])
             .prop_map(str::to_owned),
             ".{0,12}",

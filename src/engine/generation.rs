@@ -15,8 +15,8 @@ use tracing::{Instrument, Span, field};
 use super::{Parts, activity::Tracked};
 use crate::{
     chat::{AnswerIds, ChatError, ErrorCode, Final, HistoryMessage, StartCommand, StopReason, Usage, text},
-    config::Config,
     cluster::{Claim, Ending, LogWriter, Registration, StopHandle},
+    config::Config,
     providers::{OpeningStream, Piece, UpstreamError},
     store::{self, AnswerEnd},
 };

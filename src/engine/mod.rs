@@ -4,8 +4,8 @@
 //! stored rows and the generation task. It knows no wire: a connection is the wire's
 //! own [`ConnectionId`], and what a reader reads is a log [`Entry`].
 
-mod adopt;
 mod activity;
+mod adopt;
 mod checkpoint;
 mod generation;
 mod history;
@@ -23,9 +23,10 @@ use uuid::Uuid;
 pub use activity::{RunningAnswerInfo, Totals};
 pub use checkpoint::Checkpoints;
 pub use history::{ConversationDetail, ConversationPage, ConversationSummary, PageKey};
-pub use usage::UsageRow;
 pub use limits::StartRateLimiter;
+pub use usage::UsageRow;
 
+pub use crate::cluster::{Ending, Entry};
 use crate::{
     chat::{AnswerIds, ChatError, ConnectionId, ErrorCode, StartCommand, Status, StopReason},
     cluster::{AnswerLogs, ClaimRefused, Directory, LogReader, RunningAnswer, StopHandle},
@@ -35,7 +36,6 @@ use crate::{
     store::{self, NewTurn, StoreError},
     throttle::LogThrottle,
 };
-pub use crate::cluster::{Ending, Entry};
 
 /// What a started answer gives its wire.
 pub struct Started {
@@ -55,7 +55,10 @@ const REGISTER_CHECKS: usize = 5;
 pub enum StartOutcome {
     Started(Started),
     /// A repeat of an earlier start with the same `clientMessageId`: nothing new runs.
-    Repeated { ids: AnswerIds, user_message_id: Uuid },
+    Repeated {
+        ids: AnswerIds,
+        user_message_id: Uuid,
+    },
 }
 
 /// A reader of one answer from an offset, running or stored.

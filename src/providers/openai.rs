@@ -3,17 +3,17 @@
 
 use std::{future::Future, pin::Pin, sync::Arc, task::Poll, time::Duration};
 
+use async_openai::middleware::{ReqwestService, retry::OpenAIRetryLayer};
 use async_openai::{
     Client,
     config::OpenAIConfig,
     error::OpenAIError,
     types::chat::{
         ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
-        ChatCompletionRequestUserMessage, ChatCompletionResponseStream, ChatCompletionStreamOptions,
-        CreateChatCompletionRequest, FinishReason,
+        ChatCompletionRequestUserMessage, ChatCompletionResponseStream, ChatCompletionStreamOptions, CreateChatCompletionRequest,
+        FinishReason,
     },
 };
-use async_openai::middleware::{ReqwestService, retry::OpenAIRetryLayer};
 use futures::StreamExt;
 use tokio::time::Sleep;
 use tracing::Instrument;
@@ -118,9 +118,7 @@ impl Provider {
         crate::install_crypto_provider();
         let config = OpenAIConfig::new().with_api_base(base_url).with_api_key(api_key);
         // Retries are ours (jittered, counted per generation), so async-openai's own layer is off.
-        let http = tower::ServiceBuilder::new()
-            .layer(OpenAIRetryLayer::new(0))
-            .service(ReqwestService::new(reqwest::Client::new()));
+        let http = tower::ServiceBuilder::new().layer(OpenAIRetryLayer::new(0)).service(ReqwestService::new(reqwest::Client::new()));
         let client = Client::with_config(config).with_http_service(http);
         Self { client, first_token_timeout: timeouts.0, idle_timeout: timeouts.1, retry, errors: None }
     }
@@ -179,12 +177,7 @@ impl Provider {
             .await
             .map_err(|_| UpstreamError::Silent)??;
         let deadline = tokio::time::Instant::now() + self.first_token_timeout;
-        Ok(UpstreamStream {
-            inner: opened,
-            idle_timeout: self.idle_timeout,
-            deadline,
-            timer: Box::pin(tokio::time::sleep_until(deadline)),
-        })
+        Ok(UpstreamStream { inner: opened, idle_timeout: self.idle_timeout, deadline, timer: Box::pin(tokio::time::sleep_until(deadline)) })
     }
 }
 

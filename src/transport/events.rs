@@ -17,8 +17,16 @@ use crate::{
 #[serde(untagged)]
 pub enum StartAck {
     #[serde(rename_all = "camelCase")]
-    Ok { ok: bool, conversation_id: Uuid, user_message_id: Uuid, message_id: Uuid },
-    Err { ok: bool, error: ChatError },
+    Ok {
+        ok: bool,
+        conversation_id: Uuid,
+        user_message_id: Uuid,
+        message_id: Uuid,
+    },
+    Err {
+        ok: bool,
+        error: ChatError,
+    },
 }
 
 impl StartAck {

@@ -10,13 +10,7 @@ use crate::helpers::*;
 
 /// Stores a turn directly, leaving its answer `streaming`; gives the answer's id.
 async fn streaming_answer(app: &TestApp, user: &str) -> Uuid {
-    let turn = NewTurn {
-        user_id: user,
-        conversation_id: None,
-        message: "question",
-        model: "gpt-4",
-        client_message_id: None,
-    };
+    let turn = NewTurn { user_id: user, conversation_id: None, message: "question", model: "gpt-4", client_message_id: None };
     store::begin_chat(&app.state.db, turn).await.unwrap().assistant_message_id
 }
 
@@ -31,7 +25,15 @@ async fn one_round_writes_every_offered_text_and_leaves_ended_answers_alone() {
     let checkpoints = &app.state.engine.checkpoints();
     let (a, b, ended) = (streaming_answer(&app, "u1").await, streaming_answer(&app, "u2").await, streaming_answer(&app, "u3").await);
     let ending = chatwire::chat::Final::Complete { model: "gpt-4".into(), finish_reason: "stop".into(), usage: Default::default() };
-    let end = store::AnswerEnd { user_id: "u", provider: "mock", content: "final", ending: &ending, model: "gpt-4", partial_usage: None, cut_reason: "" };
+    let end = store::AnswerEnd {
+        user_id: "u",
+        provider: "mock",
+        content: "final",
+        ending: &ending,
+        model: "gpt-4",
+        partial_usage: None,
+        cut_reason: "",
+    };
     store::finish_answer(&app.state.db, ended, &end).await.unwrap();
 
     checkpoints.offer(a, "a old".into());

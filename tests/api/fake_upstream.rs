@@ -107,10 +107,7 @@ async fn reply(State(fake): State<FakeUpstream>, Json(body): Json<Value>) -> Res
                 Tail::End => {}
             }
         };
-        Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(Body::from_stream(stream))
-            .unwrap()
+        Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
     };
     let tokens = |t: &[&str]| t.iter().map(|t| Ok(chunk(Some(t), None))).collect::<Vec<_>>();
     let answer = |t: &[&str]| {

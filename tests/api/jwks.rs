@@ -2,13 +2,19 @@
 //! to a new `kid`, unknown keys refused, the server down at start-up; and the Clerk and
 //! Supabase aliases.
 
-use std::{net::SocketAddr, sync::{Arc, Mutex}};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
-use crate::{helpers::*, ws_client::{Ended, Ws}};
+use crate::{
+    helpers::*,
+    ws_client::{Ended, Ws},
+};
 
 const KEYS: &str = include_str!("../fixtures/jwks-keys.json");
 
@@ -106,14 +112,23 @@ async fn jwks_keys_verify_rotation_fetches_the_new_kid_and_unknown_keys_are_refu
     let forged = {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some("rsa-1".into());
-        encode(&header, &json!({ "sub": "mallory" }), &EncodingKey::from_rsa_pem(include_bytes!("../fixtures/rsa2-private.pem")).unwrap()).unwrap()
+        encode(&header, &json!({ "sub": "mallory" }), &EncodingKey::from_rsa_pem(include_bytes!("../fixtures/rsa2-private.pem")).unwrap())
+            .unwrap()
     };
     assert_eq!(sign_in(&app, &forged).await, Err(Ended::Closed(1008)));
     assert_eq!(jwks.fetches(), before + 1);
     // The same keys serve the other wires: /ai and SSE.
-    let mut ai = crate::client::Client::websocket(app.addr, crate::client::Credentials::token(&signed(Algorithm::EdDSA, "ed-1", "dave"))).await.unwrap();
+    let mut ai = crate::client::Client::websocket(app.addr, crate::client::Credentials::token(&signed(Algorithm::EdDSA, "ed-1", "dave")))
+        .await
+        .unwrap();
     ai.active().await;
-    let status = reqwest::Client::new().get(format!("http://{}/v1/status", app.addr)).bearer_auth(signed(Algorithm::RS256, "rsa-2", "x")).send().await.unwrap().status();
+    let status = reqwest::Client::new()
+        .get(format!("http://{}/v1/status", app.addr))
+        .bearer_auth(signed(Algorithm::RS256, "rsa-2", "x"))
+        .send()
+        .await
+        .unwrap()
+        .status();
     assert_eq!(status, 401);
 }
 

@@ -118,7 +118,11 @@ async fn a_chat_a_stop_an_error_and_refusals_move_each_metric_by_exactly_what_ha
     let upstream_errors = [("provider", provider.as_str()), ("code", "UPSTREAM_ERROR")];
     let mut client = app.client(&user()).await;
     let before = scrape(&app).await;
-    let (ttft, duration, queries) = (before.histogram("chatwire_ttft_seconds"), before.histogram("chatwire_answer_duration_seconds"), before.histogram("chatwire_db_query_seconds"));
+    let (ttft, duration, queries) = (
+        before.histogram("chatwire_ttft_seconds"),
+        before.histogram("chatwire_answer_duration_seconds"),
+        before.histogram("chatwire_db_query_seconds"),
+    );
 
     // A whole answer of 4 tokens.
     client.emit("chat:start", json!({ "message": "hello" })).await;

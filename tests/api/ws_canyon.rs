@@ -32,11 +32,15 @@ async fn a_chat_message_streams_start_chunks_complete_with_the_clients_history_a
     assert_eq!(text, TOKENS.concat());
     assert_eq!(complete["content"], TOKENS.concat());
     let sent = fake.requests();
-    let roles: Vec<(&str, &str)> = sent[0]["messages"].as_array().unwrap().iter().map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap())).collect();
+    let roles: Vec<(&str, &str)> =
+        sent[0]["messages"].as_array().unwrap().iter().map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap())).collect();
     assert_eq!(roles, [("user", "Earlier"), ("assistant", "Reply"), ("user", "Hello")], "the client's history, then its message");
     let conversation = start["conversationId"].as_str().unwrap();
     let rows = app.messages(conversation).await;
-    assert_eq!(rows.iter().map(|r| (r.role.as_str(), r.content.as_str())).collect::<Vec<_>>(), [("user", "Hello"), ("assistant", text.as_str())]);
+    assert_eq!(
+        rows.iter().map(|r| (r.role.as_str(), r.content.as_str())).collect::<Vec<_>>(),
+        [("user", "Hello"), ("assistant", text.as_str())]
+    );
     assert_eq!(rows[1].user_id, user);
 
     // The same client id on a new connection talks in the same conversation; another id does not.

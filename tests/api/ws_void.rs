@@ -46,17 +46,31 @@ async fn before_authenticate_only_ping_is_served_and_a_bad_token_is_auth_failure
     ws.send(msg("authenticate", json!({ "token": token("u-void") }))).await;
     assert_eq!(ws.next().await["type"], "auth_success");
     ws.send(msg("provider_list", json!({ "requestId": "r1" }))).await;
-    assert_eq!(ws.next().await, msg("provider_list", json!({ "providers": [{ "id": "mock", "name": "chatwire's built-in mock model", "default": true }], "requestId": "r1" })));
+    assert_eq!(
+        ws.next().await,
+        msg(
+            "provider_list",
+            json!({ "providers": [{ "id": "mock", "name": "chatwire's built-in mock model", "default": true }], "requestId": "r1" })
+        )
+    );
 }
 
 #[tokio::test]
 async fn providers_and_models_follow_the_configuration() {
-    let app = spawn_app_with(&[("DEFAULT_PROVIDER", "gemini"), ("DEFAULT_MODEL", "gemini-1.5-pro"), ("ALLOWED_MODELS", "gemini-1.5-pro,gemini-1.5-flash")]).await;
+    let app = spawn_app_with(&[
+        ("DEFAULT_PROVIDER", "gemini"),
+        ("DEFAULT_MODEL", "gemini-1.5-pro"),
+        ("ALLOWED_MODELS", "gemini-1.5-pro,gemini-1.5-flash"),
+    ])
+    .await;
     let mut ws = void(&app, &user()).await;
     ws.send(msg("provider_list", json!({}))).await;
     assert_eq!(ws.next().await["payload"]["providers"][0]["id"], "gemini");
     ws.send(msg("provider_models", json!({ "provider": "gemini" }))).await;
-    assert_eq!(ws.next().await, msg("provider_models", json!({ "provider": "gemini", "models": [{ "id": "gemini-1.5-pro" }, { "id": "gemini-1.5-flash" }] })));
+    assert_eq!(
+        ws.next().await,
+        msg("provider_models", json!({ "provider": "gemini", "models": [{ "id": "gemini-1.5-pro" }, { "id": "gemini-1.5-flash" }] }))
+    );
     ws.send(msg("provider_models", json!({ "provider": "openai" }))).await;
     assert_eq!(ws.next().await, msg("provider_error", json!({ "code": "INVALID_PARAMS", "message": "unknown provider" })));
     ws.send(msg("provider_request", json!({ "provider": "gemini", "model": "gpt-4", "prompt": "hi" }))).await;
@@ -71,7 +85,10 @@ async fn a_streamed_request_joins_to_the_end_and_the_stored_row_with_request_id_
     let request = json!({ "provider": "mock", "model": "gpt-4", "prompt": "Hello", "temperature": 0.7, "maxTokens": 1024, "stream": true, "requestId": 7 });
     ws.send(msg("provider_request", request)).await;
     let (start, text, end) = streamed(&mut ws).await;
-    assert_eq!((&start["payload"]["provider"], &start["payload"]["model"], &start["payload"]["requestId"]), (&json!("mock"), &json!("gpt-4"), &json!(7)));
+    assert_eq!(
+        (&start["payload"]["provider"], &start["payload"]["model"], &start["payload"]["requestId"]),
+        (&json!("mock"), &json!("gpt-4"), &json!(7))
+    );
     assert_eq!(text, ANSWER);
     let end = &end["payload"];
     assert_eq!((end["content"].as_str(), &end["requestId"], &end["messageId"]), (Some(ANSWER), &json!(7), &start["payload"]["messageId"]));
@@ -85,7 +102,10 @@ async fn a_streamed_request_joins_to_the_end_and_the_stored_row_with_request_id_
     ws.send(msg("provider_request", json!({ "prompt": "More", "conversationId": conversation, "requestId": "b" }))).await;
     let response = ws.next().await;
     assert_eq!(response["type"], "provider_response");
-    assert_eq!((&response["payload"]["content"], &response["payload"]["conversationId"], &response["payload"]["requestId"]), (&json!(ANSWER), conversation, &json!("b")));
+    assert_eq!(
+        (&response["payload"]["content"], &response["payload"]["conversationId"], &response["payload"]["requestId"]),
+        (&json!(ANSWER), conversation, &json!("b"))
+    );
     assert_eq!(app.messages(conversation.as_str().unwrap()).await.len(), 4);
 }
 

@@ -46,11 +46,17 @@ async fn a_chat_streams_start_chunks_complete_and_stores_the_answer_in_the_paths
     let (start, text, complete) = answer(&mut ws).await;
     assert_eq!(start["conversationId"], json!(conversation));
     assert_eq!(text, ANSWER);
-    assert_eq!((complete["type"].as_str(), complete["fullOutput"].as_str(), complete.get("stopped")), (Some("complete"), Some(ANSWER), None));
+    assert_eq!(
+        (complete["type"].as_str(), complete["fullOutput"].as_str(), complete.get("stopped")),
+        (Some("complete"), Some(ANSWER), None)
+    );
     let rows = app.messages(&conversation.to_string()).await;
     assert_eq!(rows.len(), 2);
     assert_eq!((rows[0].role.as_str(), rows[0].content.as_str(), rows[0].user_id.as_str()), ("user", "Hello", user.as_str()));
-    assert_eq!((rows[1].id.to_string(), rows[1].status.as_str(), rows[1].content.as_str()), (start["messageId"].as_str().unwrap().to_owned(), "complete", ANSWER));
+    assert_eq!(
+        (rows[1].id.to_string(), rows[1].status.as_str(), rows[1].content.as_str()),
+        (start["messageId"].as_str().unwrap().to_owned(), "complete", ANSWER)
+    );
     // The next message goes on in the same conversation, with the first turn as context.
     ws.send(json!({ "type": "message", "content": "Again" })).await;
     let (_, text, _) = answer(&mut ws).await;

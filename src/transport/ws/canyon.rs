@@ -30,7 +30,13 @@ use crate::{
 /// The namespace of the conversation ids made from (user, client id).
 const CONVERSATIONS: Uuid = Uuid::from_u128(0x6a0f_3c52_8f0e_4b1e_9d43_51c7_2f7d_0a11);
 
-pub(super) async fn handler(State(wire): State<Wire>, Path(client_id): Path<String>, ws: WebSocketUpgrade, headers: HeaderMap, uri: Uri) -> Response {
+pub(super) async fn handler(
+    State(wire): State<Wire>,
+    Path(client_id): Path<String>,
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
     let claimed = api::query_value(&uri, "userId").map(Value::String);
     let user = match api::caller(&wire.auth, &headers, &uri, claimed.as_ref()).await {
         Ok(user) => user,
@@ -125,7 +131,9 @@ fn frame(entry: &Entry, ids: AnswerIds) -> Option<Value> {
         Entry::Text { text, .. } => json!({ "type": "response_chunk", "content": text }),
         Entry::Final(ending) => match &ending.outcome {
             Final::Complete { .. } => json!({ "type": "response_complete", "content": ending.content, "messageId": ids.message_id }),
-            Final::Stopped => json!({ "type": "response_complete", "content": ending.content, "stopped": true, "messageId": ids.message_id }),
+            Final::Stopped => {
+                json!({ "type": "response_complete", "content": ending.content, "stopped": true, "messageId": ids.message_id })
+            }
             Final::Failed(e) => json!({ "type": "error", "message": e.message, "code": e.code, "messageId": ids.message_id }),
         },
     })

@@ -9,13 +9,23 @@ use crate::chat::{ErrorCode, command::fuzz::any_json};
 /// Arbitrary JSON, often shaped like the dialects' own messages.
 fn frames() -> impl Strategy<Value = Value> {
     let kinds = prop::sample::select(vec![
-        "auth", "message", "stop", "chat_message", "ping", "authenticate", "provider_list", "provider_models", "provider_request",
-        "provider_resume", "dance",
+        "auth",
+        "message",
+        "stop",
+        "chat_message",
+        "ping",
+        "authenticate",
+        "provider_list",
+        "provider_models",
+        "provider_request",
+        "provider_resume",
+        "dance",
     ]);
     prop_oneof![
         any_json(),
         (kinds.clone(), any_json()).prop_map(|(kind, payload)| json!({ "type": kind, "payload": payload })),
-        (kinds, any_json(), any_json()).prop_map(|(kind, message, history)| json!({ "type": kind, "message": message, "history": history, "content": message })),
+        (kinds, any_json(), any_json())
+            .prop_map(|(kind, message, history)| json!({ "type": kind, "message": message, "history": history, "content": message })),
     ]
 }
 

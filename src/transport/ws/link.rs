@@ -9,8 +9,8 @@ use super::Handshake;
 use crate::{
     auth::{self, User},
     chat::{AnswerIds, ChatError, ConnectionId, ErrorCode, StartCommand},
-    engine::StartOutcome,
     cluster::{Entry, LogReader},
+    engine::StartOutcome,
     transport::{Wire, connections::ConnectionSlot},
 };
 

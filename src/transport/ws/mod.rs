@@ -63,7 +63,13 @@ impl Handshake {
 
 /// Accepts the upgrade for `dialect` once the origin is allowed. `user` is set when the
 /// dialect authenticated the handshake itself (canyon).
-fn upgrade<D: Dialect>(wire: Wire, ws: WebSocketUpgrade, handshake: Handshake, user: Option<(String, ConnectionSlot)>, dialect: D) -> Response {
+fn upgrade<D: Dialect>(
+    wire: Wire,
+    ws: WebSocketUpgrade,
+    handshake: Handshake,
+    user: Option<(String, ConnectionSlot)>,
+    dialect: D,
+) -> Response {
     if !origin_allowed(&wire, &handshake.headers) {
         return ApiError::from(ChatError::new(ErrorCode::Forbidden, "origin not allowed")).into_response();
     }

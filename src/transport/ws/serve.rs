@@ -39,7 +39,13 @@ pub trait Dialect: Send + 'static {
 }
 
 /// Serves one upgraded connection until it closes.
-pub(super) async fn serve<D: Dialect>(socket: WebSocket, wire: Wire, handshake: Handshake, user: Option<(String, ConnectionSlot)>, mut dialect: D) {
+pub(super) async fn serve<D: Dialect>(
+    socket: WebSocket,
+    wire: Wire,
+    handshake: Handshake,
+    user: Option<(String, ConnectionSlot)>,
+    mut dialect: D,
+) {
     let (sink, mut stream) = socket.split();
     let (out, queue) = mpsc::channel(QUEUE_FRAMES);
     let mut writer = tokio::spawn(write(sink, queue));
@@ -47,7 +53,8 @@ pub(super) async fn serve<D: Dialect>(socket: WebSocket, wire: Wire, handshake: 
     let ping_every = wire.config.ws.ping_interval;
     let idle_limit = ping_every + wire.config.ping_timeout;
     let per_second = NonZeroU32::new(wire.config.ws.messages_per_second).unwrap_or(NonZeroU32::MIN);
-    let limiter = RateLimiter::direct(Quota::per_second(per_second).allow_burst(per_second.saturating_mul(NonZeroU32::MIN.saturating_add(1))));
+    let limiter =
+        RateLimiter::direct(Quota::per_second(per_second).allow_burst(per_second.saturating_mul(NonZeroU32::MIN.saturating_add(1))));
     let mut link = Link::new(wire, handshake, out.clone(), user);
     let mut flow = dialect.open(&mut link).await;
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
@@ -116,10 +123,7 @@ async fn handle<D: Dialect>(dialect: &mut D, link: &mut Link, limiter: &governor
 /// anything else (a protocol error, a reset) ends the connection.
 fn refused_frame(error: axum::Error) -> Flow {
     tracing::debug!(%error, "a frame was refused");
-    let too_big = error
-        .into_inner()
-        .downcast::<tungstenite::Error>()
-        .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)));
+    let too_big = error.into_inner().downcast::<tungstenite::Error>().is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)));
     if too_big { Flow::Close(close::TOO_BIG, "message too big") } else { Flow::Close(close::POLICY, "protocol error") }
 }
 

@@ -101,7 +101,8 @@ impl Dialect for Void {
                 return Flow::Continue;
             }
             "provider_list" => {
-                let list: Vec<Value> = providers(&link.wire.config).iter().map(|p| json!({ "id": p.id, "name": p.name, "default": p.default })).collect();
+                let list: Vec<Value> =
+                    providers(&link.wire.config).iter().map(|p| json!({ "id": p.id, "name": p.name, "default": p.default })).collect();
                 frame("provider_list", json!({ "providers": list }), &id)
             }
             "provider_models" => match request.payload.get("provider").and_then(Value::as_str) {
@@ -122,7 +123,9 @@ impl Dialect for Void {
                 Ok(()) => return Flow::Continue,
                 Err(e) => error_frame("provider_error", &e, &id),
             },
-            other => error_frame("error", &ChatError::new(ErrorCode::InvalidPayload, format!("unknown message type {:?}", short(other))), &id),
+            other => {
+                error_frame("error", &ChatError::new(ErrorCode::InvalidPayload, format!("unknown message type {:?}", short(other))), &id)
+            }
         };
         if let Some(code) = reply["payload"]["code"].as_str().and_then(ErrorCode::parse) {
             link.refuse(reply, code).await;
@@ -152,7 +155,9 @@ fn decode(message: &Value) -> Result<Request<'_>, ChatError> {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.len() <= MAX_REQUEST_ID => Some(Value::String(s.clone())),
         Some(n @ Value::Number(_)) => Some(n.clone()),
-        Some(_) => return Err(ChatError::new(ErrorCode::InvalidPayload, "requestId must be a string of at most 128 characters or a number")),
+        Some(_) => {
+            return Err(ChatError::new(ErrorCode::InvalidPayload, "requestId must be a string of at most 128 characters or a number"));
+        }
     };
     Ok(Request { kind, payload, request_id })
 }
@@ -218,7 +223,8 @@ async fn start(link: &mut Link, request: &Request<'_>) -> Result<(), ChatError> 
     let (ids, reader) = link.start(command).await?;
     let id = request.request_id.clone();
     if stream {
-        let started = json!({ "provider": provider.id, "model": model, "messageId": ids.message_id, "conversationId": ids.conversation_id });
+        let started =
+            json!({ "provider": provider.id, "model": model, "messageId": ids.message_id, "conversationId": ids.conversation_id });
         link.send(frame("provider_stream_start", started, &id)).await;
     }
     link.deliver(ids, reader, move |entry| encode(entry, ids, stream, &id), None);
@@ -236,7 +242,8 @@ async fn resume(link: &mut Link, request: &Request<'_>) -> Result<(), ChatError>
     let user = link.user().unwrap_or_default().to_owned();
     let s = link.wire.engine.subscribe(&user, message_id, offset).await?;
     let (ids, id) = (s.ids, request.request_id.clone());
-    let started = json!({ "messageId": ids.message_id, "conversationId": ids.conversation_id, "offset": s.offset, "status": s.status.as_str() });
+    let started =
+        json!({ "messageId": ids.message_id, "conversationId": ids.conversation_id, "offset": s.offset, "status": s.status.as_str() });
     link.send(frame("provider_stream_start", started, &id)).await;
     link.deliver(ids, s.reader, move |entry| encode(entry, ids, true, &id), None);
     Ok(())
@@ -249,12 +256,14 @@ fn encode(entry: &Entry, ids: AnswerIds, stream: bool, id: &Option<Value>) -> Op
         Entry::Text { text, .. } => stream.then(|| frame("provider_stream_chunk", json!({ "chunk": text, "messageId": message_id }), id)),
         Entry::Final(ending) => {
             let kind = if stream { "provider_stream_end" } else { "provider_response" };
-            let mut end = json!({ "content": ending.content, "usage": Value::Null, "messageId": message_id, "conversationId": conversation_id });
+            let mut end =
+                json!({ "content": ending.content, "usage": Value::Null, "messageId": message_id, "conversationId": conversation_id });
             match &ending.outcome {
                 Final::Complete { usage, .. } => end["usage"] = usage_of(usage),
                 Final::Stopped => end["stopped"] = json!(true),
                 Final::Failed(e) => {
-                    let failed = json!({ "code": e.code, "message": e.message, "messageId": message_id, "conversationId": conversation_id });
+                    let failed =
+                        json!({ "code": e.code, "message": e.message, "messageId": message_id, "conversationId": conversation_id });
                     return Some(frame("provider_error", failed, id));
                 }
             }

@@ -31,11 +31,23 @@ use crate::{
 /// Fields of a `message` passed on to the start as they are (chatwire's extensions).
 const START_FIELDS: [&str; 4] = ["model", "temperature", "maxTokens", "clientMessageId"];
 
-pub(super) async fn chat_handler(State(wire): State<Wire>, Path(id): Path<String>, ws: WebSocketUpgrade, headers: HeaderMap, uri: Uri) -> Response {
+pub(super) async fn chat_handler(
+    State(wire): State<Wire>,
+    Path(id): Path<String>,
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
     super::upgrade(wire, ws, Handshake { headers, uri }, None, Wadi { kind: Kind::Chat { path: id, conversation: None } })
 }
 
-pub(super) async fn run_handler(State(wire): State<Wire>, Path(id): Path<String>, ws: WebSocketUpgrade, headers: HeaderMap, uri: Uri) -> Response {
+pub(super) async fn run_handler(
+    State(wire): State<Wire>,
+    Path(id): Path<String>,
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
     super::upgrade(wire, ws, Handshake { headers, uri }, None, Wadi { kind: Kind::Run { path: id, watching: false } })
 }
 
