@@ -4,10 +4,16 @@
 //! Every failure reaches a client as the fixed `unauthorized`; the reason goes to the
 //! log only.
 
+use std::sync::Arc;
+
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::{Map, Value};
 
 use crate::config::{AuthConfig, JwtConfig};
+
+#[path = "auth_jwks.rs"]
+mod jwks;
+pub use jwks::Jwks;
 
 /// The authenticated user of a socket. Only ever built from a verified token (or open mode).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +43,8 @@ pub enum AuthError {
     Missing,
     #[error("token algorithm {0:?} has no configured key")]
     NoKeyFor(Algorithm),
+    #[error("no key of the JWKS has kid {0:?} (or the JWKS has not loaded)")]
+    UnknownKey(Option<String>),
     #[error("token rejected: {0}")]
     Invalid(#[from] jsonwebtoken::errors::Error),
     #[error("claim {0:?} is missing or not a string or number")]
@@ -55,6 +63,7 @@ enum Mode {
     Jwt {
         keys: Vec<(Algorithm, DecodingKey, Validation)>,
         user_claim: String,
+        jwks: Option<(Arc<Jwks>, JwtConfig)>,
     },
 }
 
@@ -65,15 +74,34 @@ impl Authenticator {
             return Self { mode: Mode::Open };
         };
         let keys = keys(jwt).into_iter().map(|(alg, key)| (alg, key, validation(jwt, alg))).collect();
-        Self { mode: Mode::Jwt { keys, user_claim: jwt.user_claim.clone() } }
+        let jwks = jwt.jwks_url.as_deref().map(|url| (Arc::new(Jwks::new(url)), jwt.clone()));
+        Self { mode: Mode::Jwt { keys, user_claim: jwt.user_claim.clone(), jwks } }
+    }
+
+    /// Starts fetching the JWKS, when one is configured, and keeps it fresh until `shutdown`.
+    pub fn spawn_jwks(&self, shutdown: tokio_util::sync::CancellationToken) {
+        if let Some(jwks) = self.jwks() {
+            jwks.spawn(shutdown);
+        }
+    }
+
+    /// The JWKS, when `JWT_JWKS_URL` is set.
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        match &self.mode {
+            Mode::Jwt { jwks: Some((jwks, _)), .. } => Some(jwks),
+            _ => None,
+        }
     }
 
     /// The auth mode as the start-up summary says it: `open`, or `jwt` and its algorithms.
     pub fn describe(&self) -> String {
         match &self.mode {
             Mode::Open => "open (no token required; every connection names its own user)".into(),
-            Mode::Jwt { keys, .. } => {
-                let algs: Vec<String> = keys.iter().map(|(alg, _, _)| format!("{alg:?}")).collect();
+            Mode::Jwt { keys, jwks, .. } => {
+                let mut algs: Vec<String> = keys.iter().map(|(alg, _, _)| format!("{alg:?}")).collect();
+                if jwks.is_some() {
+                    algs.push("JWKS: RS256, ES256, EdDSA".into());
+                }
                 format!("jwt ({})", algs.join(", "))
             }
         }
@@ -85,19 +113,47 @@ impl Authenticator {
     }
 
     /// The user a token names, if the token is valid.
-    pub fn verify(&self, token: &str) -> Result<User, AuthError> {
-        self.verify_session(token).map(|s| s.user)
+    pub async fn verify(&self, token: &str) -> Result<User, AuthError> {
+        self.verify_session(token).await.map(|s| s.user)
     }
 
-    /// The user a token names and until when it is valid, if the token is valid now.
-    pub fn verify_session(&self, token: &str) -> Result<Session, AuthError> {
-        let Mode::Jwt { keys, user_claim } = &self.mode else {
+    /// The user a token names and until when it is valid, if the token is valid now. A
+    /// `kid` the JWKS does not have fetches the set again (at most once per 10 s) first.
+    pub async fn verify_session(&self, token: &str) -> Result<Session, AuthError> {
+        match self.verify_now(token) {
+            Err(AuthError::UnknownKey(_)) if let Some(jwks) = self.jwks() => {
+                jwks.refresh_for_unknown_kid().await;
+                self.verify_now(token)
+            }
+            verified => verified,
+        }
+    }
+
+    fn verify_now(&self, token: &str) -> Result<Session, AuthError> {
+        let Mode::Jwt { keys, user_claim, jwks } = &self.mode else {
             return Ok(Session { user: User("anonymous".into()), expires_at: None });
         };
         let header = decode_header(token)?;
         // The header only picks the key; that key's validation allows its algorithm alone.
-        let (_, key, validation) = keys.iter().find(|(alg, _, _)| *alg == header.alg).ok_or(AuthError::NoKeyFor(header.alg))?;
-        let claims = decode::<Map<String, Value>>(token, key, validation)?.claims;
+        let claims = match (keys.iter().find(|(alg, _, _)| *alg == header.alg), jwks) {
+            (Some((_, key, validation)), _) => decode::<Map<String, Value>>(token, key, validation)?.claims,
+            (None, Some((jwks, jwt))) if matches!(header.alg, Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA) => {
+                let candidates = jwks.keys_for(header.kid.as_deref(), header.alg);
+                let mut last = AuthError::UnknownKey(header.kid.clone());
+                let mut verified = None;
+                for candidate in &candidates {
+                    match decode::<Map<String, Value>>(token, &candidate.key, &validation(jwt, header.alg)) {
+                        Ok(data) => {
+                            verified = Some(data.claims);
+                            break;
+                        }
+                        Err(e) => last = AuthError::Invalid(e),
+                    }
+                }
+                verified.ok_or(last)?
+            }
+            (None, _) => return Err(AuthError::NoKeyFor(header.alg)),
+        };
         let user = match claims.get(user_claim) {
             Some(Value::String(s)) if !s.is_empty() => User(s.clone()),
             Some(Value::Number(n)) => User(n.to_string()),
@@ -141,6 +197,8 @@ fn keys(jwt: &JwtConfig) -> Vec<(Algorithm, DecodingKey)> {
             keys.push((Algorithm::RS256, key));
         } else if let Ok(key) = DecodingKey::from_ec_pem(pem.as_bytes()) {
             keys.push((Algorithm::ES256, key));
+        } else if let Ok(key) = DecodingKey::from_ed_pem(pem.as_bytes()) {
+            keys.push((Algorithm::EdDSA, key));
         }
     }
     keys

@@ -56,6 +56,8 @@ pub struct JwtConfig {
     pub audience: Option<String>,
     /// The claim that names the user (`JWT_USER_CLAIM`, default `sub`).
     pub user_claim: String,
+    /// Where RS256, ES256 and EdDSA keys are fetched from (`JWT_JWKS_URL`).
+    pub jwks_url: Option<String>,
 }
 
 /// Where answers come from.
@@ -204,6 +206,8 @@ pub struct Config {
     pub metrics_token: Option<Secret>,
     /// The admin view's credentials; `None` turns it off (`ADMIN_USERNAME`, `ADMIN_PASSWORD`).
     pub admin: Option<AdminConfig>,
+    /// The raw-WebSocket dialects' settings.
+    pub ws: WsConfig,
 }
 
 impl Config {
@@ -218,10 +222,14 @@ impl Config {
         let auth = auth_config(&env)?;
         let production = env.get("NODE_ENV").is_some_and(|v| v.eq_ignore_ascii_case("production"));
         if production && matches!(auth, AuthConfig::Open) {
-            return Err(bad("JWT_SECRET", "NODE_ENV=production but no JWT_SECRET or JWT_PUBLIC_KEY is set; refusing to run in open mode"));
+            return Err(bad(
+                if env.get("AUTH_ENABLED") == Some("false") { "AUTH_ENABLED" } else { "JWT_SECRET" },
+                "NODE_ENV=production but no JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL is set (or AUTH_ENABLED=false); refusing to run in open mode",
+            ));
         }
         let cors_origins = env
             .list("CORS_ORIGIN")
+            .or_else(|| env.list("CORS_ORIGINS"))
             .unwrap_or_else(|| vec!["http://localhost:5173".into()])
             .iter()
             .map(|o| origin(o))
@@ -247,10 +255,12 @@ impl Config {
         }
         Ok(Self {
             // Open mode lets anyone chat on the upstream's key: loopback only, unless asked.
-            host: env
-                .parse("HOST", if matches!(auth, AuthConfig::Open) { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from([0, 0, 0, 0]) })?,
-            host_explicit: env.get("HOST").is_some(),
-            port: env.parse("PORT", 8000)?,
+            host: env.parse(
+                either(&env, "HOST", "WS_HOST"),
+                if matches!(auth, AuthConfig::Open) { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from([0, 0, 0, 0]) },
+            )?,
+            host_explicit: env.get(either(&env, "HOST", "WS_HOST")).is_some(),
+            port: env.parse(either(&env, "PORT", "WS_PORT"), 8000)?,
             cors_origins,
             auth,
             production,
@@ -345,6 +355,7 @@ impl Config {
             http_idle_timeout: Duration::from_millis(at_least_one(&env, "HTTP_IDLE_TIMEOUT_MS", 60_000)? as u64),
             metrics_token: metrics_token(&env)?,
             admin: admin_config(&env)?,
+            ws: ws_config(&env)?,
         })
     }
 
@@ -366,19 +377,6 @@ impl Config {
         (self.socket_buffer_bytes / self.socket_buffer_packets).max(1024)
     }
 
-    /// The upstream as stored with each answer: `mock`, or the host (and port) of
-    /// `OPENAI_BASE_URL`, which tells OpenAI, Groq, a local Ollama, ... apart.
-    pub fn provider_name(&self) -> String {
-        match &self.upstream {
-            UpstreamConfig::Mock(_) => "mock".into(),
-            UpstreamConfig::OpenAi { base_url, .. } => {
-                let rest = base_url.split_once("://").map_or(base_url.as_str(), |(_, rest)| rest);
-                let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-                authority.rsplit_once('@').map_or(authority, |(_, host)| host).to_owned()
-            }
-        }
-    }
-
     /// True when the server will accept unauthenticated sockets.
     pub fn is_open_mode(&self) -> bool {
         matches!(self.auth, AuthConfig::Open)
@@ -387,10 +385,11 @@ impl Config {
 
 #[path = "config_vars.rs"]
 mod vars;
+pub use vars::WsConfig;
 pub use vars::redact_url;
 use vars::{
-    Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, metrics_token, origin, redis_url,
-    upstream_config,
+    Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, either, metrics_token, origin,
+    redis_url, upstream_config, ws_config,
 };
 
 #[cfg(test)]

@@ -167,3 +167,30 @@ fn the_admin_view_needs_both_its_variables_and_a_bcrypt_hash() {
     assert_eq!(plain.var, "ADMIN_PASSWORD");
     assert!(!plain.to_string().contains("hunter2"), "{plain}");
 }
+
+#[test]
+fn the_websocket_dialects_settings_and_their_aliases() {
+    let c = Config::from_vars(vars(&[])).unwrap();
+    assert_eq!((c.ws.path.as_str(), c.ws.max_message_bytes, c.ws.messages_per_second), ("/ws", 1_048_576, 20));
+    assert_eq!(c.ws.ping_interval, Duration::from_secs(10));
+    let c = Config::from_vars(vars(&[
+        ("WS_PORT", "3001"),
+        ("WS_HOST", "0.0.0.0"),
+        ("PING_INTERVAL", "30000"),
+        ("CORS_ORIGINS", "http://a.test,http://b.test"),
+    ]))
+    .unwrap();
+    assert_eq!((c.port, c.host.to_string().as_str(), c.ws.ping_interval), (3001, "0.0.0.0", Duration::from_secs(30)));
+    assert_eq!(c.cors_origins, vec!["http://a.test", "http://b.test"]);
+    let c = Config::from_vars(vars(&[("PORT", "9000"), ("WS_PORT", "3001")])).unwrap();
+    assert_eq!(c.port, 9000, "PORT wins over WS_PORT");
+    assert!(Config::from_vars(vars(&[("AUTH_ENABLED", "false"), ("JWT_SECRET", "s")])).unwrap().is_open_mode());
+    let e = Config::from_vars(vars(&[("AUTH_ENABLED", "true")])).unwrap_err();
+    assert_eq!(e.var, "AUTH_ENABLED");
+    let e = Config::from_vars(vars(&[("AUTH_ENABLED", "false"), ("JWT_SECRET", "s"), ("NODE_ENV", "production"), ("OPENAI_API_KEY", "k")]))
+        .unwrap_err();
+    assert_eq!(e.var, "AUTH_ENABLED");
+    for (var, value) in [("WS_PATH", "ws"), ("WS_MAX_MESSAGE_BYTES", "10"), ("WS_MESSAGES_PER_SECOND", "0"), ("PING_INTERVAL", "0")] {
+        assert_eq!(Config::from_vars(vars(&[(var, value)])).unwrap_err().var, var);
+    }
+}

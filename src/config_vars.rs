@@ -3,32 +3,63 @@
 
 use std::{collections::HashMap, fmt, str::FromStr, time::Duration};
 
-use super::{AdminConfig, AuthConfig, ConfigError, JwtConfig, MockConfig, Secret, UpstreamConfig, bad};
+use super::{AdminConfig, AuthConfig, Config, ConfigError, JwtConfig, MockConfig, Secret, UpstreamConfig, bad};
 
 pub(super) fn auth_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
-    let secret = env.get("JWT_SECRET").map(|s| Secret(s.to_owned()));
+    // Void's switch: `AUTH_ENABLED=false` is open mode whatever else is set.
+    match env.parse("AUTH_ENABLED", true)? {
+        false => return Ok(AuthConfig::Open),
+        true if env.get("AUTH_ENABLED").is_some() => {
+            if let AuthConfig::Open = jwt_config(env)? {
+                return Err(bad("AUTH_ENABLED", "is true but no JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL is set"));
+            }
+        }
+        true => {}
+    }
+    jwt_config(env)
+}
+
+fn jwt_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
+    // Supabase's and Clerk's names are aliases; Supabase's tokens are for `authenticated`.
+    let supabase = env.get("JWT_SECRET").is_none() && env.get("SUPABASE_JWT_SECRET").is_some();
+    let secret = env.get(either(env, "JWT_SECRET", "SUPABASE_JWT_SECRET")).map(|s| Secret(s.to_owned()));
+    let key_var = either(env, "JWT_PUBLIC_KEY", "CLERK_JWT_KEY");
     // PEMs in env files are often written on one line with literal `\n`.
-    let public_key_pem = env.get("JWT_PUBLIC_KEY").map(|k| k.replace("\\n", "\n"));
+    let public_key_pem = env.get(key_var).map(|k| k.replace("\\n", "\n"));
+    let jwks_url = env.get("JWT_JWKS_URL").map(str::to_owned);
     let issuer = env.get("JWT_ISSUER").map(str::to_owned);
-    let audience = env.get("JWT_AUDIENCE").map(str::to_owned);
+    let audience = env.get("JWT_AUDIENCE").map(str::to_owned).or_else(|| supabase.then(|| "authenticated".to_owned()));
     let user_claim = env.get("JWT_USER_CLAIM").map(str::to_owned);
-    if secret.is_none() && public_key_pem.is_none() {
+    if secret.is_none() && public_key_pem.is_none() && jwks_url.is_none() {
         if let Some(var) = [("JWT_ISSUER", &issuer), ("JWT_AUDIENCE", &audience), ("JWT_USER_CLAIM", &user_claim)]
             .into_iter()
             .find_map(|(name, v)| v.as_ref().map(|_| name))
         {
-            return Err(bad(var, "is set but neither JWT_SECRET nor JWT_PUBLIC_KEY is; set one of them"));
+            return Err(bad(var, "is set but none of JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL is; set one of them"));
         }
         return Ok(AuthConfig::Open);
     }
     if let Some(pem) = &public_key_pem {
         let rsa = jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).is_ok();
         let ec = jsonwebtoken::DecodingKey::from_ec_pem(pem.as_bytes()).is_ok();
-        if !rsa && !ec {
-            return Err(bad("JWT_PUBLIC_KEY", "is not an RSA or EC public key in PEM form"));
+        let ed = jsonwebtoken::DecodingKey::from_ed_pem(pem.as_bytes()).is_ok();
+        if !rsa && !ec && !ed {
+            return Err(bad(key_var, "is not an RSA, EC or Ed25519 public key in PEM form"));
         }
     }
-    Ok(AuthConfig::Jwt(JwtConfig { secret, public_key_pem, issuer, audience, user_claim: user_claim.unwrap_or_else(|| "sub".into()) }))
+    if let Some(url) = &jwks_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return Err(bad("JWT_JWKS_URL", "must start with https:// (or http://)"));
+    }
+    Ok(AuthConfig::Jwt(JwtConfig {
+        secret,
+        public_key_pem,
+        issuer,
+        audience,
+        user_claim: user_claim.unwrap_or_else(|| "sub".into()),
+        jwks_url,
+    }))
 }
 
 /// `ADMIN_USERNAME` and `ADMIN_PASSWORD` (a bcrypt hash): both or neither.
@@ -213,4 +244,66 @@ pub(super) fn at_least_one(env: &Vars, name: &'static str, default: usize) -> Re
         0 => Err(bad(name, "must be at least 1")),
         n => Ok(n),
     }
+}
+
+impl Config {
+    /// The upstream as stored with each answer: `mock`, or the host (and port) of
+    /// `OPENAI_BASE_URL`, which tells OpenAI, Groq, a local Ollama, ... apart.
+    pub fn provider_name(&self) -> String {
+        match &self.upstream {
+            UpstreamConfig::Mock(_) => "mock".into(),
+            UpstreamConfig::OpenAi { base_url, .. } => {
+                let rest = base_url.split_once("://").map_or(base_url.as_str(), |(_, rest)| rest);
+                let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                authority.rsplit_once('@').map_or(authority, |(_, host)| host).to_owned()
+            }
+        }
+    }
+}
+
+/// The raw-WebSocket dialects' settings (Void, canyon, WADI).
+#[derive(Clone, Debug)]
+pub struct WsConfig {
+    /// Void's path (`WS_PATH`, default `/ws`).
+    pub path: String,
+    /// Largest frame or message a client may send (`WS_MAX_MESSAGE_BYTES`); more closes with 1009.
+    pub max_message_bytes: usize,
+    /// Messages a connection may send per second (`WS_MESSAGES_PER_SECOND`), bursts of twice that.
+    pub messages_per_second: u32,
+    /// How often the server pings (`PING_INTERVAL`, ms, else `PING_INTERVAL_MS`).
+    pub ping_interval: Duration,
+    /// The provider id Void's `provider_list` marks default and a request without one uses (`DEFAULT_PROVIDER`).
+    pub default_provider: Option<String>,
+}
+
+/// `name`, unless it is unset and `alias` is set: then `alias` (`PORT` and `WS_PORT`).
+pub(super) fn either(env: &Vars, name: &'static str, alias: &'static str) -> &'static str {
+    if env.get(name).is_none() && env.get(alias).is_some() { alias } else { name }
+}
+
+pub(super) fn ws_config(env: &Vars) -> Result<WsConfig, ConfigError> {
+    let path = env.get("WS_PATH").unwrap_or("/ws").to_owned();
+    if !path.starts_with('/') || path.len() < 2 || path.contains(['{', '}', '*', '?', '#']) {
+        return Err(bad("WS_PATH", format!("{path:?} is not a plain path like /ws")));
+    }
+    let ping_interval = match env.get("PING_INTERVAL") {
+        Some(_) => env.parse("PING_INTERVAL", 0u64)?,
+        None => env.parse("PING_INTERVAL_MS", 10_000u64)?,
+    };
+    if ping_interval == 0 {
+        return Err(bad(either(env, "PING_INTERVAL_MS", "PING_INTERVAL"), "must be above 0"));
+    }
+    Ok(WsConfig {
+        path,
+        max_message_bytes: match env.parse("WS_MAX_MESSAGE_BYTES", 1_048_576usize)? {
+            n if n < 1024 => return Err(bad("WS_MAX_MESSAGE_BYTES", "must be at least 1024")),
+            n => n,
+        },
+        messages_per_second: match env.parse("WS_MESSAGES_PER_SECOND", 20u32)? {
+            0 => return Err(bad("WS_MESSAGES_PER_SECOND", "must be at least 1")),
+            n => n,
+        },
+        ping_interval: Duration::from_millis(ping_interval),
+        default_provider: env.get("DEFAULT_PROVIDER").map(str::to_owned),
+    })
 }

@@ -22,7 +22,7 @@ use crate::{
     metrics::Metrics,
     providers::{Provider, UpstreamProbe, mock::MockUpstream},
     store,
-    transport::{Wire, socketio, sse},
+    transport::{Wire, socketio, sse, ws},
 };
 
 /// How long shutdown waits for the last events to reach slow sockets.
@@ -66,6 +66,8 @@ pub struct Application {
     /// Cancelled when shutdown begins: `/ready` answers 503 from then on.
     draining: CancellationToken,
     deliveries: TaskTracker,
+    /// Closes the raw WebSockets once their answers are delivered.
+    closing: CancellationToken,
 }
 
 impl Application {
@@ -108,8 +110,17 @@ impl Application {
 
         let deliveries = TaskTracker::new();
         let auth = Arc::new(Authenticator::new(&config.auth));
+        auth.spawn_jwks(shutdown.clone());
         let connections = crate::transport::connections::UserConnections::new(config.max_connections_per_user);
-        let wire = Wire { engine: engine.clone(), config: config.clone(), auth, deliveries: deliveries.clone(), connections };
+        let closing = CancellationToken::new();
+        let wire = Wire {
+            engine: engine.clone(),
+            config: config.clone(),
+            auth,
+            deliveries: deliveries.clone(),
+            connections,
+            closing: closing.clone(),
+        };
         let admin = Admin::new(&config);
         let (layer, io) = socketio::layer(wire.clone(), admin.as_ref().map(Admin::observer));
         let counted = io.clone();
@@ -123,13 +134,14 @@ impl Application {
                 config.redis_url.is_some().then(|| engine.clone()),
             )))
             .merge(http::scrape::router(engine.clone(), connections, config.metrics_token.as_ref()))
-            .merge(sse::router(wire));
+            .merge(sse::router(wire.clone()))
+            .merge(ws::router(wire));
         if let Some(admin) = admin {
             router = router.merge(admin.start(&io, engine.clone(), shutdown.clone()));
         }
         let router = router.layer(layer).layer(http::cors(&config)).layer(axum::middleware::map_request(http::detach_from_read_buffer));
         let state = AppState { config, db, engine };
-        Ok(Self { listener, router, io, state, mock, shutdown, draining, deliveries })
+        Ok(Self { listener, router, io, state, mock, shutdown, draining, deliveries, closing })
     }
 
     /// The bound address (the real port when `PORT=0`).
@@ -165,7 +177,7 @@ impl Application {
     /// period (everything is still served meanwhile). Then it cuts the answers left, stops
     /// accepting, closes every socket and stops the background tasks.
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
-        let Self { listener, router, io, state, mock: _mock, shutdown, draining, deliveries } = self;
+        let Self { listener, router, io, state, mock: _mock, shutdown, draining, deliveries, closing } = self;
         let stop_accepting = CancellationToken::new();
         let force_close = CancellationToken::new();
         let drained = CancellationToken::new();
@@ -190,6 +202,7 @@ impl Application {
                 if tokio::time::timeout(DELIVERY_DRAIN, deliveries.wait()).await.is_err() {
                     tracing::warn!(left = deliveries.len(), "some final events were not delivered before shutdown");
                 }
+                closing.cancel();
                 // A socket whose client does not read never finishes closing: bounded.
                 if tokio::time::timeout(CLOSE_TIMEOUT, io.close()).await.is_err() {
                     tracing::warn!("some sockets did not close in time; cutting them");

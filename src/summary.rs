@@ -69,6 +69,11 @@ Environment (also read from .env; README.md has the full table):
   CORS_ORIGIN                comma list of allowed origins (scheme://host[:port])
   JWT_SECRET, JWT_PUBLIC_KEY HS256 secret / RS256 or ES256 PEM; neither = open mode
   JWT_ISSUER, JWT_AUDIENCE, JWT_USER_CLAIM
+  JWT_JWKS_URL               RS256/ES256/EdDSA keys from a JWKS (Clerk, Supabase, Auth0, Cognito)
+  CLERK_JWT_KEY, SUPABASE_JWT_SECRET   aliases of JWT_PUBLIC_KEY / JWT_SECRET (Supabase: aud authenticated)
+  AUTH_ENABLED=false         open mode (refused under NODE_ENV=production)
+  WS_PATH, WS_PORT, WS_HOST, CORS_ORIGINS, PING_INTERVAL, DEFAULT_PROVIDER   Void's names
+  WS_MAX_MESSAGE_BYTES, WS_MESSAGES_PER_SECOND   raw WebSocket dialects (Void, canyon, WADI)
   NODE_ENV=production        refuses open mode and the mock model
   DATABASE_URL               sqlite://FILE?mode=rwc (default sqlite://chatwire.db) or postgres://...
   DATABASE_SCHEMA            PostgreSQL schema of chatwire's tables (default chatwire)

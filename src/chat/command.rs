@@ -23,6 +23,9 @@ pub struct StartCommand {
     pub temperature: f32,
     pub client_message_id: Option<String>,
     pub system_prompt: Option<String>,
+    /// The context the client sent itself (canyon's `history`), used instead of the
+    /// stored conversation's; `None` on wires that send none.
+    pub history: Option<Vec<super::HistoryMessage>>,
 }
 
 impl StartCommand {
@@ -132,6 +135,7 @@ impl StartCommand {
             temperature,
             client_message_id,
             system_prompt,
+            history: None,
         })
     }
 }

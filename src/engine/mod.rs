@@ -194,7 +194,7 @@ impl Engine {
         started
     }
 
-    async fn start_in_span(&self, connection: &ConnectionId, user: &str, command: StartCommand) -> Result<StartOutcome, ChatError> {
+    async fn start_in_span(&self, connection: &ConnectionId, user: &str, mut command: StartCommand) -> Result<StartOutcome, ChatError> {
         let received = tokio::time::Instant::now();
         let parts = &self.0;
         let key = command.client_message_id.as_deref();
@@ -235,11 +235,12 @@ impl Engine {
                 return Err(ChatError::code(ErrorCode::Busy));
             }
         };
-        let history = match command.conversation_id {
-            Some(id) => store::conversation_history(&parts.db, user, id, parts.config.max_history_messages)
+        let history = match (command.history.take(), command.conversation_id) {
+            (Some(sent), _) => sent,
+            (None, Some(id)) => store::conversation_history(&parts.db, user, id, parts.config.max_history_messages)
                 .await
                 .map_err(|e| refused_by_store(connection, e))?,
-            None => Vec::new(),
+            (None, None) => Vec::new(),
         };
         let call = ChatCall {
             messages: generation::context(&parts.config, &command, history),
@@ -279,6 +280,18 @@ impl Engine {
         let spec = generation::Spec { ids, user_id: user.to_owned(), model: command.model, upstream, writer, stop, received, tracked };
         generation::spawn(self.0.clone(), spec, (claim, registration));
         Ok(StartOutcome::Started(Started { ids, user_message_id: begun.user_message_id, created: begun.created, reader }))
+    }
+
+    /// Makes sure `user` may talk in the conversation `id`, creating it for them when it
+    /// does not exist (wires whose clients name conversations). True when it was created;
+    /// `FORBIDDEN` when it is another user's.
+    pub async fn claim_conversation(&self, user: &str, id: Uuid) -> Result<bool, ChatError> {
+        match store::claim_conversation(&self.0.db, user, id, "").await {
+            Ok(store::ConversationClaim::Created) => Ok(true),
+            Ok(store::ConversationClaim::Owned) => Ok(false),
+            Ok(store::ConversationClaim::Foreign) => Err(ChatError::new(ErrorCode::Forbidden, "this conversation is another user's")),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     /// Takes one lookup from `user`'s bucket: a flood of resumes or joins costs the

@@ -71,13 +71,13 @@ impl IntoResponse for ApiError {
 /// The request's user: the verified token's (a Bearer header, or `?token=`). In open
 /// mode, the one it names (`claimed`: the payload's or the query's `userId`), else a
 /// fresh anonymous user of its own, as each anonymous socket is.
-pub fn caller(auth: &Authenticator, headers: &HeaderMap, uri: &Uri, claimed: Option<&Value>) -> Result<String, ApiError> {
+pub async fn caller(auth: &Authenticator, headers: &HeaderMap, uri: &Uri, claimed: Option<&Value>) -> Result<String, ApiError> {
     if auth.is_open() {
         return Ok(auth::claimed_user(claimed).map_or_else(|| format!("anonymous-{}", Uuid::new_v4()), |User(u)| u));
     }
     let verified = match auth::request_token(headers, uri) {
         None => Err(auth::AuthError::Missing),
-        Some(token) => auth.verify(&token),
+        Some(token) => auth.verify(&token).await,
     };
     verified.map(|User(u)| u).map_err(|reason| {
         tracing::info!(%reason, path = uri.path(), "request refused");

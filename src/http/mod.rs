@@ -92,6 +92,10 @@ pub struct Health {
     /// Cluster mode only: `ok` or `unreachable`.
     #[serde(skip_serializing_if = "Option::is_none")]
     redis: Option<&'static str>,
+    /// With `JWT_JWKS_URL` only: `loaded`, or `missing` while no key set has been fetched
+    /// (tokens are refused until it loads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwks: Option<&'static str>,
 }
 
 /// Liveness: 200 whenever the process serves HTTP, draining included. It checks
@@ -103,7 +107,8 @@ pub struct Health {
 #[utoipa::path(get, path = "/health", tag = "service", responses((status = 200, body = Health, description = "The process serves HTTP")))]
 pub(crate) async fn health(State(s): State<HttpState>) -> Json<Health> {
     let redis = s.engine.shared_state_ok().await.map(|ok| if ok { "ok" } else { "unreachable" });
-    Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), node_id: s.engine.node_id().to_owned(), redis })
+    let jwks = s.auth.jwks().map(|j| if j.loaded() { "loaded" } else { "missing" });
+    Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), node_id: s.engine.node_id().to_owned(), redis, jwks })
 }
 
 /// `/`'s body: what anyone may know.
@@ -136,6 +141,6 @@ pub struct Status {
     security(("bearer" = []))
 )]
 pub(crate) async fn status(State(s): State<HttpState>, headers: HeaderMap, uri: Uri) -> Result<Json<Status>, api::ApiError> {
-    api::caller(&s.auth, &headers, &uri, None)?;
+    api::caller(&s.auth, &headers, &uri, None).await?;
     Ok(Json(Status { connections: (s.connections)(), generations: s.engine.running() }))
 }

@@ -16,7 +16,10 @@ pub use history::{
     list_conversations, rename_conversation,
 };
 pub use imports::{ImportMode, ImportResult, ImportedMessage, Refusal, import_messages};
-pub use turns::{ChatBegun, NewIds, NewTurn, TurnIds, begin_chat, begin_chat_with, conversation_history, find_turn, owns_conversation};
+pub use turns::{
+    ChatBegun, ConversationClaim, NewIds, NewTurn, TurnIds, begin_chat, begin_chat_with, claim_conversation, conversation_history,
+    find_turn, owns_conversation,
+};
 pub use usage::{add_usage, day_total, list_usage, utc_day};
 
 use std::time::Duration;

@@ -190,3 +190,34 @@ pub async fn find_turn(db: &DatabaseConnection, user_id: &str, client_message_id
 pub async fn owns_conversation(db: &DatabaseConnection, user_id: &str, id: Uuid) -> Result<bool, DbErr> {
     Ok(conversation::Entity::find_by_id(id).filter(conversation::Column::UserId.eq(user_id)).one(db).await?.is_some())
 }
+
+/// Whose a conversation with a client-chosen id is, after [`claim_conversation`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConversationClaim {
+    /// It was `user`'s already.
+    Owned,
+    /// It did not exist; it is now `user`'s.
+    Created,
+    /// It is another user's.
+    Foreign,
+}
+
+/// Makes sure the conversation `id` exists, creating it for `user` when it does not (a
+/// wire whose clients name their conversations: WADI's path, canyon's client id).
+pub async fn claim_conversation(db: &DatabaseConnection, user_id: &str, id: Uuid, title: &str) -> Result<ConversationClaim, DbErr> {
+    let now = Utc::now();
+    let conversation = conversation::ActiveModel {
+        id: Set(id),
+        user_id: Set(user_id.to_owned()),
+        title: Set(title.chars().take(80).collect()),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    // Two connections may claim the same new id at once: the first insert wins.
+    let inserted =
+        conversation::Entity::insert(conversation).on_conflict_do_nothing_on([conversation::Column::Id]).exec_without_returning(db).await?;
+    if matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0) {
+        return Ok(ConversationClaim::Created);
+    }
+    Ok(if owns_conversation(db, user_id, id).await? { ConversationClaim::Owned } else { ConversationClaim::Foreign })
+}

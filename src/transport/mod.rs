@@ -6,10 +6,11 @@ pub mod connections;
 pub mod events;
 pub mod socketio;
 pub mod sse;
+pub mod ws;
 
 use std::sync::Arc;
 
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{auth::Authenticator, config::Config, engine::Engine};
 use connections::UserConnections;
@@ -24,4 +25,6 @@ pub struct Wire {
     pub deliveries: TaskTracker,
     /// Every wire's open connections by user, capped by `MAX_CONNECTIONS_PER_USER`.
     pub connections: UserConnections,
+    /// Cancelled when shutdown closes the connections: the raw WebSockets close with 1001.
+    pub closing: CancellationToken,
 }

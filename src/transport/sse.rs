@@ -79,15 +79,15 @@ fn refusal(error: ChatError) -> Response {
 }
 
 /// The request's user: the verified token's, or in open mode the one it names.
-fn authenticate(wire: &Wire, headers: &HeaderMap, uri: &Uri, claimed: Option<&Value>) -> Result<String, Box<Response>> {
-    api::caller(&wire.auth, headers, uri, claimed).map_err(|refused| Box::new(refused.into_response()))
+async fn authenticate(wire: &Wire, headers: &HeaderMap, uri: &Uri, claimed: Option<&Value>) -> Result<String, Box<Response>> {
+    api::caller(&wire.auth, headers, uri, claimed).await.map_err(|refused| Box::new(refused.into_response()))
 }
 
 /// The user of a request about one answer, and the answer's id from the path.
 /// In open mode `?userId=` names the user.
-fn answer_of(wire: &Wire, headers: &HeaderMap, uri: &Uri, id: &str) -> Result<(String, Uuid), Box<Response>> {
+async fn answer_of(wire: &Wire, headers: &HeaderMap, uri: &Uri, id: &str) -> Result<(String, Uuid), Box<Response>> {
     let claimed = api::query_value(uri, "userId").map(Value::String);
-    let user = authenticate(wire, headers, uri, claimed.as_ref())?;
+    let user = authenticate(wire, headers, uri, claimed.as_ref()).await?;
     let message_id =
         Uuid::try_parse(id).map_err(|_| Box::new(refusal(ChatError::new(ErrorCode::InvalidParams, "messageId is not a UUID"))))?;
     Ok((user, message_id))
@@ -104,7 +104,7 @@ fn answer_of(wire: &Wire, headers: &HeaderMap, uri: &Uri, id: &str) -> Result<(S
 )]
 pub(crate) async fn chat(State(wire): State<Wire>, headers: HeaderMap, uri: Uri, body: Bytes) -> Response {
     let payload: Option<Value> = crate::chat::json::parse_lenient_bytes(&body).ok();
-    let user = match authenticate(&wire, &headers, &uri, payload.as_ref().and_then(|p| p.get("userId"))) {
+    let user = match authenticate(&wire, &headers, &uri, payload.as_ref().and_then(|p| p.get("userId"))).await {
         Ok(user) => user,
         Err(refused) => return *refused,
     };
@@ -154,7 +154,7 @@ pub(crate) async fn chat(State(wire): State<Wire>, headers: HeaderMap, uri: Uri,
     security(("bearer" = []))
 )]
 pub(crate) async fn events(State(wire): State<Wire>, Path(message_id): Path<String>, headers: HeaderMap, uri: Uri) -> Response {
-    let (user, message_id) = match answer_of(&wire, &headers, &uri, &message_id) {
+    let (user, message_id) = match answer_of(&wire, &headers, &uri, &message_id).await {
         Ok(found) => found,
         Err(refused) => return *refused,
     };
@@ -185,7 +185,7 @@ pub(crate) async fn events(State(wire): State<Wire>, Path(message_id): Path<Stri
     security(("bearer" = []))
 )]
 pub(crate) async fn stop(State(wire): State<Wire>, Path(message_id): Path<String>, headers: HeaderMap, uri: Uri) -> Response {
-    let (user, message_id) = match answer_of(&wire, &headers, &uri, &message_id) {
+    let (user, message_id) = match answer_of(&wire, &headers, &uri, &message_id).await {
         Ok(found) => found,
         Err(refused) => return *refused,
     };

@@ -41,12 +41,19 @@ pub struct FakeUpstream {
     pub addr: SocketAddr,
     script: Arc<Mutex<VecDeque<Reply>>>,
     hits: Arc<Mutex<usize>>,
+    /// Every request body, in arrival order.
+    bodies: Arc<Mutex<Vec<Value>>>,
 }
 
 impl FakeUpstream {
     pub async fn start(script: Vec<Reply>) -> Self {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-        let fake = Self { addr: listener.local_addr().unwrap(), script: Arc::new(Mutex::new(script.into())), hits: Arc::default() };
+        let fake = Self {
+            addr: listener.local_addr().unwrap(),
+            script: Arc::new(Mutex::new(script.into())),
+            hits: Arc::default(),
+            bodies: Arc::default(),
+        };
         let app = Router::new().route("/v1/chat/completions", post(reply)).with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         fake
@@ -60,6 +67,11 @@ impl FakeUpstream {
     pub fn hits(&self) -> usize {
         *self.hits.lock().unwrap()
     }
+
+    /// The request bodies received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.bodies.lock().unwrap().clone()
+    }
 }
 
 fn chunk(content: Option<&str>, finish: Option<&str>) -> Bytes {
@@ -71,8 +83,9 @@ fn chunk(content: Option<&str>, finish: Option<&str>) -> Bytes {
     Bytes::from(format!("data: {body}\n\n"))
 }
 
-async fn reply(State(fake): State<FakeUpstream>, Json(_body): Json<Value>) -> Response {
+async fn reply(State(fake): State<FakeUpstream>, Json(body): Json<Value>) -> Response {
     *fake.hits.lock().unwrap() += 1;
+    fake.bodies.lock().unwrap().push(body);
     let next = fake.script.lock().unwrap().pop_front().unwrap_or(Reply::Answer(TOKENS.to_vec()));
     let gap = match &next {
         Reply::Slow(_, ms) => Duration::from_millis(*ms),

@@ -55,8 +55,8 @@ pub fn router(engine: Engine, auth: Arc<Authenticator>) -> Router {
 }
 
 /// The caller, from the token (or, in open mode, `?userId=`).
-fn user(s: &RestState, headers: &HeaderMap, uri: &Uri) -> Result<String, ApiError> {
-    caller(&s.auth, headers, uri, query_value(uri, "userId").map(Value::String).as_ref())
+async fn user(s: &RestState, headers: &HeaderMap, uri: &Uri) -> Result<String, ApiError> {
+    caller(&s.auth, headers, uri, query_value(uri, "userId").map(Value::String).as_ref()).await
 }
 
 /// An id from the path; a malformed one is `NOT_FOUND`, as a missing one is.
@@ -90,7 +90,7 @@ pub(crate) async fn list_conversations(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Json<ConversationList>, ApiError> {
-    let user = user(&s, &headers, &uri)?;
+    let user = user(&s, &headers, &uri).await?;
     let limit = match query_value(&uri, "limit") {
         None => DEFAULT_PAGE,
         Some(raw) => match raw.parse::<u64>() {
@@ -127,7 +127,7 @@ pub(crate) async fn get_conversation(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Json<ConversationView>, ApiError> {
-    let user = user(&s, &headers, &uri)?;
+    let user = user(&s, &headers, &uri).await?;
     let id = path_id(&id, "conversation")?;
     Ok(Json(s.engine.conversation(&user, id).await?.into()))
 }
@@ -147,7 +147,7 @@ pub(crate) async fn rename_conversation(
     uri: Uri,
     body: Bytes,
 ) -> Result<Json<ConversationItem>, ApiError> {
-    let user = user(&s, &headers, &uri)?;
+    let user = user(&s, &headers, &uri).await?;
     let id = path_id(&id, "conversation")?;
     let title = title(&body)?;
     Ok(Json(s.engine.rename_conversation(&user, id, &title).await?.into()))
@@ -188,7 +188,7 @@ pub(crate) async fn delete_conversation(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<StatusCode, ApiError> {
-    let user = user(&s, &headers, &uri)?;
+    let user = user(&s, &headers, &uri).await?;
     let id = path_id(&id, "conversation")?;
     s.engine.delete_conversation(&user, id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -207,7 +207,7 @@ pub(crate) async fn get_message(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Json<MessageView>, ApiError> {
-    let user = user(&s, &headers, &uri)?;
+    let user = user(&s, &headers, &uri).await?;
     let id = path_id(&id, "message")?;
     Ok(Json(s.engine.message(&user, id).await?.into()))
 }
@@ -223,7 +223,7 @@ pub(crate) async fn get_message(
     security(("bearer" = []))
 )]
 pub(crate) async fn get_usage(State(s): State<RestState>, headers: HeaderMap, uri: Uri) -> Result<Json<UsageList>, ApiError> {
-    let user = user(&s, &headers, &uri)?;
+    let user = user(&s, &headers, &uri).await?;
     let day = |name: &str| -> Result<Option<String>, ApiError> {
         let Some(raw) = query_value(&uri, name) else {
             return Ok(None);

@@ -112,7 +112,7 @@ async fn authenticate(
     State(watch): State<observer::Watch>,
 ) -> Result<(), ConnectRefused> {
     let wire = state.0.clone();
-    let verified = identify(&socket, auth, state)?;
+    let verified = identify(&socket, auth, state).await?;
     let Some(slot) = wire.connections.acquire(&verified.user.0) else {
         tracing::info!(sid = %socket.id, "connection refused: the user is at MAX_CONNECTIONS_PER_USER");
         return Err(ConnectRefused::TooManyConnections);
@@ -138,12 +138,12 @@ async fn authenticate(
 /// The root namespace's connect middleware. Socket.IO v2 clients (protocol v4) join `/`
 /// before any other namespace; they must hold a valid token there too.
 async fn authenticate_root(socket: SocketRef, auth: TryData<Value>, state: State<Wire>) -> Result<(), Unauthorized> {
-    identify(&socket, auth, state).map(drop)
+    identify(&socket, auth, state).await.map(drop)
 }
 
 /// Verifies the socket's credentials (handshake `auth.token`, then the request's
 /// Bearer header or `?token=`) and stores its [`User`].
-fn identify(socket: &SocketRef, TryData(auth): TryData<Value>, State(wire): State<Wire>) -> Result<Session, Unauthorized> {
+async fn identify(socket: &SocketRef, TryData(auth): TryData<Value>, State(wire): State<Wire>) -> Result<Session, Unauthorized> {
     let auth = auth.ok();
     let verified = if wire.auth.is_open() {
         // Each anonymous connection is a user of its own: testers share nothing.
@@ -159,7 +159,7 @@ fn identify(socket: &SocketRef, TryData(auth): TryData<Value>, State(wire): Stat
             tracing::info!(sid = %socket.id, reason = %AuthError::Missing, "connection refused");
             Unauthorized
         })?;
-        wire.auth.verify_session(&token).map_err(|reason| {
+        wire.auth.verify_session(&token).await.map_err(|reason| {
             tracing::info!(sid = %socket.id, %reason, "connection refused");
             Unauthorized
         })?

@@ -77,7 +77,7 @@ pub(super) async fn chat_auth(socket: SocketRef, State(wire): State<Wire>, Paylo
     };
     let Session { user, expires_at } = match wire.auth.is_open() {
         true => return ack_logged(&socket, ack, &json!({ "ok": true, "expiresAt": null })),
-        false => match wire.auth.verify_session(&token) {
+        false => match wire.auth.verify_session(&token).await {
             Ok(s) => s,
             Err(reason) => {
                 tracing::info!(sid = %socket.id, %reason, "chat:auth refused");

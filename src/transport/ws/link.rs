@@ -1,0 +1,166 @@
+//! One raw-WebSocket connection as its dialect sees it: its queue of outgoing frames, its
+//! user once signed in, and the readers that deliver answers into the queue.
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::Handshake;
+use crate::{
+    auth::{self, User},
+    chat::{AnswerIds, ChatError, ConnectionId, ErrorCode, StartCommand},
+    cluster::{Entry, LogReader},
+    engine::StartOutcome,
+    transport::{Wire, connections::ConnectionSlot},
+};
+
+/// What the serve loop does after a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Close the connection with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// Close codes (RFC 6455).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+}
+
+/// A frame on its way to the client.
+#[derive(Debug)]
+pub(super) enum Outgoing {
+    Text(String),
+    Ping,
+    Close(u16, &'static str),
+}
+
+/// Why a sign-in was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SignInRefused {
+    /// No token, or a bad one (the reason goes to the log).
+    Unauthorized,
+    /// A token of another user than the one this connection signed in as.
+    OtherUser,
+    /// The user holds `MAX_CONNECTIONS_PER_USER` connections already.
+    TooManyConnections,
+}
+
+/// One connection, as its dialect handles it.
+pub struct Link {
+    pub wire: Wire,
+    /// The engine's name for this connection (its claim: one answer at a time).
+    pub connection: ConnectionId,
+    /// This connection's own id (WADI's `clientId`).
+    pub id: Uuid,
+    pub handshake: Handshake,
+    out: mpsc::Sender<Outgoing>,
+    /// The user and their connection place, once signed in.
+    user: Option<(String, ConnectionSlot)>,
+}
+
+impl Link {
+    pub(super) fn new(wire: Wire, handshake: Handshake, out: mpsc::Sender<Outgoing>, user: Option<(String, ConnectionSlot)>) -> Self {
+        let id = Uuid::new_v4();
+        Self { wire, connection: ConnectionId::new("ws", id), id, handshake, out, user }
+    }
+
+    /// Sends one JSON frame, waiting for room in the queue. False when the connection is gone.
+    pub async fn send(&self, frame: Value) -> bool {
+        self.out.send(Outgoing::Text(frame.to_string())).await.is_ok()
+    }
+
+    /// Sends a dialect's error frame for a refusal, counted as `/ai` counts `chat:error`s.
+    pub async fn refuse(&self, frame: Value, code: ErrorCode) -> bool {
+        self.wire.engine.metrics().chat_error(code);
+        self.send(frame).await
+    }
+
+    /// The signed-in user.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_ref().map(|(user, _)| user.as_str())
+    }
+
+    /// Signs the connection in with `token`, else the handshake's (a Bearer header or
+    /// `?token=`). In open mode the user is the one `claimed` names (a payload's
+    /// `userId`), else `?userId=`, else an anonymous user of this connection's own.
+    /// Signing in again with the same user's token is fine; another user's is refused.
+    pub async fn sign_in(&mut self, token: Option<&str>, claimed: Option<&Value>) -> Result<&str, SignInRefused> {
+        let auth = self.wire.auth.clone();
+        let user = if auth.is_open() {
+            let query = self.handshake.query("userId").map(Value::String);
+            match auth::claimed_user(claimed).or_else(|| auth::claimed_user(query.as_ref())) {
+                Some(User(user)) => user,
+                None => self.user().map_or_else(|| format!("anonymous-{}", self.id), str::to_owned),
+            }
+        } else {
+            let handshake = auth::request_token(&self.handshake.headers, &self.handshake.uri);
+            let Some(token) = token.map(std::borrow::Cow::Borrowed).or(handshake) else {
+                tracing::debug!(connection = %self.connection, "no token");
+                return Err(SignInRefused::Unauthorized);
+            };
+            match auth.verify(&token).await {
+                Ok(User(user)) => user,
+                Err(reason) => {
+                    tracing::info!(connection = %self.connection, %reason, "token refused");
+                    return Err(SignInRefused::Unauthorized);
+                }
+            }
+        };
+        match &self.user {
+            Some((current, _)) if *current == user => {}
+            Some(_) if !auth.is_open() => return Err(SignInRefused::OtherUser),
+            _ => {
+                let slot = self.wire.connections.acquire(&user).ok_or(SignInRefused::TooManyConnections)?;
+                self.user = Some((user, slot));
+            }
+        }
+        Ok(self.user().unwrap_or_default())
+    }
+
+    /// Starts an answer for the signed-in user on this connection: its ids and its log
+    /// from the start (a repeated `clientMessageId` gets the first answer's).
+    pub async fn start(&self, command: StartCommand) -> Result<(AnswerIds, Box<dyn LogReader>), ChatError> {
+        let Some(user) = self.user() else { return Err(ChatError::code(ErrorCode::Unauthorized)) };
+        match self.wire.engine.start(&self.connection, user, command).await? {
+            StartOutcome::Started(started) => Ok((started.ids, started.reader)),
+            StartOutcome::Repeated { ids, .. } => Ok((ids, self.wire.engine.subscribe(user, ids.message_id, 0).await?.reader)),
+        }
+    }
+
+    /// Delivers an answer's log to this connection: `encode` turns each entry into the
+    /// dialect's frame (or none). The reader waits for room in the queue before each read,
+    /// so text that came meanwhile is joined into one frame. `then`, when given, closes
+    /// the connection after the final frame.
+    pub fn deliver<F>(&self, ids: AnswerIds, mut reader: Box<dyn LogReader>, mut encode: F, then: Option<(u16, &'static str)>)
+    where
+        F: FnMut(&Entry) -> Option<Value> + Send + 'static,
+    {
+        let out = self.out.clone();
+        let frame_max = self.wire.config.frame_max_bytes();
+        self.wire.deliveries.spawn(async move {
+            loop {
+                let Ok(permit) = out.reserve().await else {
+                    tracing::debug!(message_id = %ids.message_id, "connection gone; delivery ends");
+                    return;
+                };
+                let Some(entry) = reader.next(frame_max).await else { return };
+                if let Some(frame) = encode(&entry) {
+                    permit.send(Outgoing::Text(frame.to_string()));
+                } else {
+                    drop(permit);
+                }
+                if let Entry::Final(_) = entry {
+                    if let Some((code, reason)) = then {
+                        let _ = out.send(Outgoing::Close(code, reason)).await;
+                    }
+                    return;
+                }
+            }
+        });
+    }
+}
