@@ -25,6 +25,11 @@ fn bad(var: &'static str, problem: impl Into<String>) -> ConfigError {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
     /// The secret itself, for the one place that needs it.
     pub fn expose(&self) -> &str {
         &self.0
@@ -63,41 +68,13 @@ pub struct JwtConfig {
 pub enum UpstreamConfig {
     /// Nothing configured: serve the built-in mock on loopback and talk to it over HTTP.
     Mock(MockConfig),
-    /// Any OpenAI-compatible endpoint.
-    OpenAi { base_url: String, api_key: Secret },
-}
-
-/// The mock model's text and speed.
-#[derive(Clone, Debug)]
-pub struct MockConfig {
-    /// The answer, streamed a word (plus its trailing whitespace) per token.
-    pub response: String,
-    pub token_delay: Duration,
-    pub first_token_delay: Duration,
-    /// Benchmark mode: each token is its write time in microseconds, and an answer has
-    /// exactly the requested `max_tokens` tokens.
-    pub stamp: bool,
-}
-
-impl Default for MockConfig {
-    fn default() -> Self {
-        Self {
-            response: DEFAULT_MOCK_RESPONSE.to_owned(),
-            token_delay: Duration::from_millis(25),
-            first_token_delay: Duration::from_millis(0),
-            stamp: false,
-        }
-    }
+    /// OpenAI-compatible providers: `PROVIDERS_FILE` and the env shortcuts.
+    Providers(ProvidersConfig),
 }
 
 /// The largest `maxTokens` a client may ask for when `MAX_TOKENS_LIMIT` is unset: a
 /// modest bill per answer on a real upstream.
 pub const DEFAULT_MAX_TOKENS_LIMIT: u32 = 16_384;
-
-/// What the built-in mock says when `MOCK_RESPONSE` is unset.
-pub const DEFAULT_MOCK_RESPONSE: &str = "Hello! I am chatwire's built-in mock model. \
-No upstream provider is configured, so I stream this fixed answer word by word. \
-Set OPENAI_BASE_URL and OPENAI_API_KEY to talk to a real model.";
 
 /// Who may open the admin view (`/admin` namespace and page): both variables set, or the
 /// feature is off.
@@ -204,6 +181,7 @@ pub struct Config {
     pub metrics_token: Option<Secret>,
     /// The admin view's credentials; `None` turns it off (`ADMIN_USERNAME`, `ADMIN_PASSWORD`).
     pub admin: Option<AdminConfig>,
+    pub embeddings: EmbeddingConfig,
 }
 
 impl Config {
@@ -248,9 +226,23 @@ impl Config {
         if !allowed_models.is_empty() && !allowed_models.contains(&default_model) {
             return Err(bad("DEFAULT_MODEL", format!("{default_model:?} is not in ALLOWED_MODELS")));
         }
+        let upstream = providers::Defaults {
+            first_token_timeout: Duration::from_millis(env.parse("UPSTREAM_FIRST_TOKEN_TIMEOUT_MS", 60_000u64)?),
+            idle_timeout: Duration::from_millis(env.parse("UPSTREAM_IDLE_TIMEOUT_MS", 30_000u64)?),
+            retry: RetryPolicy {
+                attempts: match env.parse("UPSTREAM_ATTEMPTS", 3u32)? {
+                    0 => return Err(bad("UPSTREAM_ATTEMPTS", "must be at least 1")),
+                    n => n,
+                },
+                base_delay: Duration::from_millis(env.parse("UPSTREAM_RETRY_BASE_MS", 250u64)?),
+            },
+        };
         Ok(Self {
             // Open mode lets anyone chat on the upstream's key: loopback only, unless asked.
-            host: env.parse("HOST", if matches!(auth, AuthConfig::Open) { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from([0, 0, 0, 0]) })?,
+            host: env.parse(
+                "HOST",
+                if matches!(auth, AuthConfig::Open) { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from([0, 0, 0, 0]) },
+            )?,
             host_explicit: env.get("HOST").is_some(),
             port: env.parse("PORT", 8000)?,
             cors_origins,
@@ -276,7 +268,7 @@ impl Config {
                 },
             },
             database_schema: database_schema(&env)?,
-            upstream: upstream_config(&env, production)?,
+            upstream: upstream_config(&env, production, &upstream)?,
             default_model,
             allowed_models,
             ping_interval,
@@ -299,15 +291,9 @@ impl Config {
             default_temperature,
             system_prompt: env.get("SYSTEM_PROMPT").map(str::to_owned),
             max_history_messages: env.parse("MAX_HISTORY_MESSAGES", 50)?,
-            upstream_first_token_timeout: Duration::from_millis(env.parse("UPSTREAM_FIRST_TOKEN_TIMEOUT_MS", 60_000u64)?),
-            upstream_idle_timeout: Duration::from_millis(env.parse("UPSTREAM_IDLE_TIMEOUT_MS", 30_000u64)?),
-            upstream_retry: RetryPolicy {
-                attempts: match env.parse("UPSTREAM_ATTEMPTS", 3u32)? {
-                    0 => return Err(bad("UPSTREAM_ATTEMPTS", "must be at least 1")),
-                    n => n,
-                },
-                base_delay: Duration::from_millis(env.parse("UPSTREAM_RETRY_BASE_MS", 250u64)?),
-            },
+            upstream_first_token_timeout: upstream.first_token_timeout,
+            upstream_idle_timeout: upstream.idle_timeout,
+            upstream_retry: upstream.retry,
             rate_limit_per_minute: env.parse("RATE_LIMIT_PER_MINUTE", 60)?,
             lookups_per_minute: env.parse("LOOKUPS_PER_MINUTE", 600)?,
             socket_events_in_flight: match env.parse("SOCKET_EVENTS_IN_FLIGHT", 16usize)? {
@@ -327,7 +313,9 @@ impl Config {
             on_disconnect: match env.get("ON_DISCONNECT").unwrap_or("finish") {
                 "finish" => OnDisconnect::Finish,
                 "cancel" => OnDisconnect::Cancel,
-                other => return Err(bad("ON_DISCONNECT", format!("{other:?} is neither `finish` nor `cancel`"))),
+                other => {
+                    return Err(bad("ON_DISCONNECT", format!("{other:?} is neither `finish` nor `cancel`")));
+                }
             },
             stream_coalesce: Duration::from_millis(env.parse("STREAM_COALESCE_MS", 0u64)?),
             checkpoint_interval: Duration::from_millis(env.parse("CHECKPOINT_INTERVAL_MS", 2_000u64)?),
@@ -335,7 +323,9 @@ impl Config {
             log_format: match env.get("LOG_FORMAT").unwrap_or("pretty") {
                 "pretty" | "text" => LogFormat::Pretty,
                 "json" => LogFormat::Json,
-                other => return Err(bad("LOG_FORMAT", format!("{other:?} is neither `pretty` nor `json`"))),
+                other => {
+                    return Err(bad("LOG_FORMAT", format!("{other:?} is neither `pretty` nor `json`")));
+                }
             },
             max_connections: at_least_one(&env, "MAX_CONNECTIONS", 10_000)?,
             max_connections_per_ip: at_least_one(&env, "MAX_CONNECTIONS_PER_IP", 256)?,
@@ -343,6 +333,12 @@ impl Config {
             http_idle_timeout: Duration::from_millis(at_least_one(&env, "HTTP_IDLE_TIMEOUT_MS", 60_000)? as u64),
             metrics_token: metrics_token(&env)?,
             admin: admin_config(&env)?,
+            embeddings: EmbeddingConfig {
+                model: env.get("EMBEDDING_MODEL").unwrap_or("text-embedding-3-small").to_owned(),
+                batch_size: at_least_one(&env, "EMBEDDING_BATCH_SIZE", 5)?,
+                rate_limit: at_least_one(&env, "EMBEDDING_RATE_LIMIT", 5)?,
+                batch_wait: Duration::from_millis(env.parse("EMBEDDING_BATCH_WAIT_MS", 20u64)?),
+            },
         })
     }
 
@@ -355,7 +351,13 @@ impl Config {
     /// a live generation offers a checkpoint every interval, the writer stores it within
     /// the next one, so a live row is never older than a timeout plus two intervals.
     pub fn stale_answer_after(&self) -> Duration {
-        self.upstream_first_token_timeout.max(self.upstream_idle_timeout) + self.checkpoint_interval * 3
+        let mut longest = self.upstream_first_token_timeout.max(self.upstream_idle_timeout);
+        if let UpstreamConfig::Providers(p) = &self.upstream {
+            for provider in &p.providers {
+                longest = longest.max(provider.first_token_timeout).max(provider.idle_timeout);
+            }
+        }
+        longest + self.checkpoint_interval * 3
     }
 
     /// Most bytes of answer text in one frame to a socket: its byte budget shared by its
@@ -364,29 +366,22 @@ impl Config {
         (self.socket_buffer_bytes / self.socket_buffer_packets).max(1024)
     }
 
-    /// The upstream as stored with each answer: `mock`, or the host (and port) of
-    /// `OPENAI_BASE_URL`, which tells OpenAI, Groq, a local Ollama, ... apart.
-    pub fn provider_name(&self) -> String {
-        match &self.upstream {
-            UpstreamConfig::Mock(_) => "mock".into(),
-            UpstreamConfig::OpenAi { base_url, .. } => {
-                let rest = base_url.split_once("://").map_or(base_url.as_str(), |(_, rest)| rest);
-                let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-                authority.rsplit_once('@').map_or(authority, |(_, host)| host).to_owned()
-            }
-        }
-    }
-
     /// True when the server will accept unauthenticated sockets.
     pub fn is_open_mode(&self) -> bool {
         matches!(self.auth, AuthConfig::Open)
     }
 }
 
+#[path = "config_providers.rs"]
+mod providers;
 #[path = "config_vars.rs"]
 mod vars;
+pub use providers::{DEFAULT_MOCK_RESPONSE, EmbeddingConfig, MockConfig, ProviderSettings, ProvidersConfig, Target};
 pub use vars::redact_url;
-use vars::{Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, metrics_token, origin, redis_url, upstream_config};
+use vars::{
+    Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, metrics_token, origin,
+    redis_url, upstream_config,
+};
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

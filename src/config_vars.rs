@@ -41,8 +41,12 @@ pub(super) fn auth_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
 pub(super) fn admin_config(env: &Vars) -> Result<Option<AdminConfig>, ConfigError> {
     match (env.get("ADMIN_USERNAME"), env.get("ADMIN_PASSWORD")) {
         (None, None) => Ok(None),
-        (Some(_), None) => Err(bad("ADMIN_PASSWORD", "is unset but ADMIN_USERNAME is set; set both to turn the admin view on, or neither")),
-        (None, Some(_)) => Err(bad("ADMIN_USERNAME", "is unset but ADMIN_PASSWORD is set; set both to turn the admin view on, or neither")),
+        (Some(_), None) => {
+            Err(bad("ADMIN_PASSWORD", "is unset but ADMIN_USERNAME is set; set both to turn the admin view on, or neither"))
+        }
+        (None, Some(_)) => {
+            Err(bad("ADMIN_USERNAME", "is unset but ADMIN_PASSWORD is set; set both to turn the admin view on, or neither"))
+        }
         (Some(username), Some(hash)) => {
             if hash.parse::<bcrypt::HashParts>().is_err() {
                 return Err(bad("ADMIN_PASSWORD", "is not a bcrypt hash ($2b$...); make one with `chatwire hash-password`"));
@@ -57,12 +61,19 @@ pub(super) fn admin_config(env: &Vars) -> Result<Option<AdminConfig>, ConfigErro
 pub(super) fn origin(raw: &str) -> Result<String, ConfigError> {
     let trimmed = raw.trim_end_matches('/');
     let refuse = |why: &str| {
-        Err(bad("CORS_ORIGIN", format!("{raw:?} {why}; list each allowed origin as scheme://host[:port] (credentials are allowed, so `*` is refused)")))
+        Err(bad(
+            "CORS_ORIGIN",
+            format!(
+                "{raw:?} {why}; list each allowed origin as scheme://host[:port] (credentials are allowed, so `*` is refused)"
+            ),
+        ))
     };
     if trimmed == "*" {
         return refuse("is a wildcard");
     }
-    let Ok(uri) = trimmed.parse::<http::Uri>() else { return refuse("is not an origin") };
+    let Ok(uri) = trimmed.parse::<http::Uri>() else {
+        return refuse("is not an origin");
+    };
     match (uri.scheme_str(), uri.authority(), uri.path_and_query().map(|p| p.as_str())) {
         (Some("http" | "https"), Some(_), None | Some("" | "/")) if !trimmed.contains('@') => Ok(trimmed.to_owned()),
         (Some("http" | "https"), Some(_), _) => refuse("has a path, a query or credentials"),
@@ -77,37 +88,42 @@ pub(super) fn default_node_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-pub(super) fn upstream_config(env: &Vars, production: bool) -> Result<UpstreamConfig, ConfigError> {
-    let base_url = env.get("OPENAI_BASE_URL");
-    let api_key = env.get("OPENAI_API_KEY");
+pub(super) fn upstream_config(
+    env: &Vars,
+    production: bool,
+    defaults: &super::providers::Defaults,
+) -> Result<UpstreamConfig, ConfigError> {
     let forced_mock = match env.get("UPSTREAM") {
         None => false,
         Some("mock") => true,
-        Some(other) => return Err(bad("UPSTREAM", format!("{other:?} is not `mock`; leave it unset to use OPENAI_BASE_URL / OPENAI_API_KEY"))),
+        Some(other) => {
+            return Err(bad(
+                "UPSTREAM",
+                format!("{other:?} is not `mock`; leave it unset to use PROVIDERS_FILE or the providers' API keys"),
+            ));
+        }
     };
-    if production && !forced_mock && base_url.is_none() && api_key.is_none() {
+    let providers = if forced_mock { None } else { super::providers::providers_config(env, defaults)? };
+    if let Some(providers) = providers {
+        return Ok(UpstreamConfig::Providers(providers));
+    }
+    if production && !forced_mock {
         return Err(bad(
             "OPENAI_API_KEY",
-            "NODE_ENV=production but no upstream is set (OPENAI_API_KEY or OPENAI_BASE_URL); refusing to serve the built-in mock model (UPSTREAM=mock asks for it)",
+            "NODE_ENV=production but no upstream is set (PROVIDERS_FILE, OPENAI_API_KEY, OPENAI_BASE_URL, GEMINI_API_KEY, GROQ_API_KEY or MISTRAL_API_KEY); refusing to serve the built-in mock model (UPSTREAM=mock asks for it)",
         ));
     }
-    if forced_mock || (base_url.is_none() && api_key.is_none()) {
-        let mut mock = MockConfig::default();
-        if let Some(text) = env.get("MOCK_RESPONSE") {
-            mock.response = text.to_owned();
-        }
-        mock.token_delay = Duration::from_millis(env.parse("MOCK_TOKEN_DELAY_MS", 25u64)?);
-        mock.first_token_delay = Duration::from_millis(env.parse("MOCK_FIRST_TOKEN_DELAY_MS", 0u64)?);
-        mock.stamp = env.parse("MOCK_STAMP", false)?;
-        return Ok(UpstreamConfig::Mock(mock));
+    if let Some(id) = env.get("DEFAULT_PROVIDER").filter(|id| *id != "mock") {
+        return Err(bad("DEFAULT_PROVIDER", format!("{id:?} is not a configured provider (only the built-in mock is)")));
     }
-    let base_url = base_url.unwrap_or("https://api.openai.com/v1").trim_end_matches('/').to_owned();
-    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-        return Err(bad("OPENAI_BASE_URL", "must start with http:// or https://"));
+    let mut mock = MockConfig::default();
+    if let Some(text) = env.get("MOCK_RESPONSE") {
+        mock.response = text.to_owned();
     }
-    // Local servers (Ollama, vLLM, llama.cpp) accept any key.
-    let api_key = Secret(api_key.unwrap_or("none").to_owned());
-    Ok(UpstreamConfig::OpenAi { base_url, api_key })
+    mock.token_delay = Duration::from_millis(env.parse("MOCK_TOKEN_DELAY_MS", 25u64)?);
+    mock.first_token_delay = Duration::from_millis(env.parse("MOCK_FIRST_TOKEN_DELAY_MS", 0u64)?);
+    mock.stamp = env.parse("MOCK_STAMP", false)?;
+    Ok(UpstreamConfig::Mock(mock))
 }
 
 /// `DATABASE_URL`: a SQLite or PostgreSQL URL. Anything else is refused here, before a
@@ -117,16 +133,15 @@ pub(super) fn database_url(env: &Vars) -> Result<String, ConfigError> {
     if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(url.to_owned());
     }
-    Err(bad(
-        "DATABASE_URL",
-        format!("{:?} is neither sqlite:... nor postgres://... (postgresql://...)", redact_url(url)),
-    ))
+    Err(bad("DATABASE_URL", format!("{:?} is neither sqlite:... nor postgres://... (postgresql://...)", redact_url(url))))
 }
 
 /// `REDIS_URL`: cluster mode, which shares the answers through Redis and the rows through
 /// one PostgreSQL. A SQLite file belongs to one process, so SQLite with Redis is refused.
 pub(super) fn redis_url(env: &Vars) -> Result<Option<String>, ConfigError> {
-    let Some(url) = env.get("REDIS_URL") else { return Ok(None) };
+    let Some(url) = env.get("REDIS_URL") else {
+        return Ok(None);
+    };
     if !url.starts_with("redis://") {
         return Err(bad("REDIS_URL", format!("{:?} is not a redis://host[:port][/db] URL", redact_url(url))));
     }
@@ -142,10 +157,14 @@ pub(super) fn redis_url(env: &Vars) -> Result<Option<String>, ConfigError> {
 /// `url` with the password of its user info (`scheme://user:password@host`) as `***`,
 /// for every message that may show a database URL.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else { return url.to_owned() };
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
     match userinfo.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
         None => url.to_owned(),
@@ -163,7 +182,9 @@ pub(super) fn database_schema(env: &Vars) -> Result<String, ConfigError> {
     if !plain {
         return Err(bad(
             "DATABASE_SCHEMA",
-            format!("{name:?} is not a plain SQL identifier (lower-case letters, digits and `_`, not starting with a digit or `pg_`, at most 63 characters)"),
+            format!(
+                "{name:?} is not a plain SQL identifier (lower-case letters, digits and `_`, not starting with a digit or `pg_`, at most 63 characters)"
+            ),
         ));
     }
     Ok(name.to_owned())
@@ -192,13 +213,14 @@ impl Vars {
     }
 }
 
-
 /// `METRICS_TOKEN`: sent in an `Authorization: Bearer` header, so visible ASCII only.
 pub(super) fn metrics_token(env: &Vars) -> Result<Option<Secret>, ConfigError> {
     match env.get("METRICS_TOKEN") {
         None => Ok(None),
         Some(token) if token.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(Secret(token.to_owned()))),
-        Some(_) => Err(bad("METRICS_TOKEN", "must be visible ASCII with no spaces (it is sent in an Authorization: Bearer header)")),
+        Some(_) => {
+            Err(bad("METRICS_TOKEN", "must be visible ASCII with no spaces (it is sent in an Authorization: Bearer header)"))
+        }
     }
 }
 

@@ -19,6 +19,8 @@ pub struct StartCommand {
     /// `None` starts a new conversation.
     pub conversation_id: Option<Uuid>,
     pub model: String,
+    /// The provider the client named (`provider`); `None` routes by the model name.
+    pub provider: Option<String>,
     pub max_tokens: u32,
     pub temperature: f32,
     pub client_message_id: Option<String>,
@@ -59,20 +61,31 @@ impl StartCommand {
 
         let conversation_id = match field("conversationId") {
             None => None,
-            Some(Value::String(s)) => Some(
-                Uuid::try_parse(s)
-                    .map_err(|_| ChatError::new(ErrorCode::InvalidParams, "conversationId is not a UUID"))?,
-            ),
+            Some(Value::String(s)) => {
+                Some(Uuid::try_parse(s).map_err(|_| ChatError::new(ErrorCode::InvalidParams, "conversationId is not a UUID"))?)
+            }
             Some(_) => return Err(wrong_type("conversationId", "a string")),
         };
 
         let model = match field("model") {
             None => config.default_model.clone(),
             Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_MODEL_NAME => s.clone(),
-            Some(Value::String(_)) => return Err(ChatError::new(ErrorCode::InvalidModel, "model name is empty or too long")),
+            Some(Value::String(_)) => {
+                return Err(ChatError::new(ErrorCode::InvalidModel, "model name is empty or too long"));
+            }
             Some(_) => return Err(wrong_type("model", "a string")),
         };
-        if !config.allowed_models.is_empty() && !config.allowed_models.contains(&model) {
+        let provider = match field("provider") {
+            None => None,
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_MODEL_NAME => Some(s.clone()),
+            Some(Value::String(_)) => {
+                return Err(ChatError::new(ErrorCode::InvalidModel, "provider name is empty or too long"));
+            }
+            Some(_) => return Err(wrong_type("provider", "a string")),
+        };
+        // `{ provider, model }` is checked as the `provider/model` it stands for.
+        let asked = provider.as_ref().map_or_else(|| model.clone(), |p| format!("{p}/{model}"));
+        if !config.allowed_models.is_empty() && !config.allowed_models.contains(&asked) {
             return Err(ChatError::new(ErrorCode::InvalidModel, "model is not allowed"));
         }
 
@@ -103,7 +116,9 @@ impl StartCommand {
 
         let client_message_id = match field("clientMessageId") {
             None => None,
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_CLIENT_MESSAGE_ID => Some(super::text::storable(s).into_owned()),
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_CLIENT_MESSAGE_ID => {
+                Some(super::text::storable(s).into_owned())
+            }
             Some(Value::String(_)) => {
                 return Err(ChatError::new(
                     ErrorCode::InvalidParams,
@@ -118,9 +133,7 @@ impl StartCommand {
             Some(_) if !config.allow_client_system_prompt => {
                 return Err(ChatError::new(ErrorCode::Forbidden, "systemPrompt is not allowed on this server"));
             }
-            Some(Value::String(s)) if !too_long(s, config) => {
-                Some(s.clone()).filter(|s| !s.trim().is_empty())
-            }
+            Some(Value::String(s)) if !too_long(s, config) => Some(s.clone()).filter(|s| !s.trim().is_empty()),
             Some(Value::String(_)) => {
                 return Err(ChatError::new(ErrorCode::MessageTooLong, "systemPrompt is too long"));
             }
@@ -132,6 +145,7 @@ impl StartCommand {
             message: super::text::storable(message).into_owned(),
             conversation_id,
             model,
+            provider,
             max_tokens,
             temperature,
             client_message_id,
@@ -197,7 +211,13 @@ mod tests {
         let e = StartCommand::parse(&json!({"message": "hi", "systemPrompt": "be a pirate"}), "u1", &off).unwrap_err();
         assert_eq!(e.code, ErrorCode::Forbidden);
         assert!(StartCommand::parse(&json!({"message": "hi"}), "u1", &off).is_ok());
-        assert_eq!(StartCommand::parse(&json!({"message": "hi", "systemPrompt": "x"}), "u1", &config()).unwrap().system_prompt.as_deref(), Some("x"));
+        assert_eq!(
+            StartCommand::parse(&json!({"message": "hi", "systemPrompt": "x"}), "u1", &config())
+                .unwrap()
+                .system_prompt
+                .as_deref(),
+            Some("x")
+        );
     }
 
     #[test]
@@ -221,7 +241,6 @@ mod tests {
         let r = StartCommand::parse(&json!({"message": "hi", "temperature": 0.3}), "u1", &config()).unwrap();
         assert_eq!(serde_json::to_string(&r.temperature).unwrap(), "0.3");
     }
-
 }
 
 #[cfg(test)]
@@ -245,7 +264,8 @@ pub(crate) mod fuzz {
         leaf.prop_recursive(4, 64, 8, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
-                prop::collection::vec((field_name(), inner), 0..8).prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
+                prop::collection::vec((field_name(), inner), 0..8)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
             ]
         })
     }
@@ -254,8 +274,17 @@ pub(crate) mod fuzz {
     fn field_name() -> impl Strategy<Value = String> {
         prop_oneof![
             prop::sample::select(vec![
-                "message", "userId", "conversationId", "model", "maxTokens", "temperature", "clientMessageId",
-                "systemPrompt", "messageId", "offset",
+                "message",
+                "userId",
+                "conversationId",
+                "model",
+                "maxTokens",
+                "temperature",
+                "clientMessageId",
+                "systemPrompt",
+                "messageId",
+                "offset",
+                "provider",
             ])
             .prop_map(str::to_owned),
             ".{0,12}",

@@ -4,8 +4,8 @@
 //! stored rows and the generation task. It knows no wire: a connection is the wire's
 //! own [`ConnectionId`], and what a reader reads is a log [`Entry`].
 
-mod adopt;
 mod activity;
+mod adopt;
 mod checkpoint;
 mod generation;
 mod history;
@@ -23,19 +23,19 @@ use uuid::Uuid;
 pub use activity::{RunningAnswerInfo, Totals};
 pub use checkpoint::Checkpoints;
 pub use history::{ConversationDetail, ConversationPage, ConversationSummary, PageKey};
-pub use usage::UsageRow;
 pub use limits::StartRateLimiter;
+pub use usage::UsageRow;
 
+pub use crate::cluster::{Ending, Entry};
 use crate::{
     chat::{AnswerIds, ChatError, ConnectionId, ErrorCode, StartCommand, Status, StopReason},
     cluster::{AnswerLogs, ClaimRefused, Directory, LogReader, RunningAnswer, StopHandle},
     config::{Config, OnDisconnect},
     metrics::Metrics,
-    providers::{ChatCall, Provider},
+    providers::{ChatCall, Registry},
     store::{self, NewTurn, StoreError},
     throttle::LogThrottle,
 };
-pub use crate::cluster::{Ending, Entry};
 
 /// What a started answer gives its wire.
 pub struct Started {
@@ -55,7 +55,10 @@ const REGISTER_CHECKS: usize = 5;
 pub enum StartOutcome {
     Started(Started),
     /// A repeat of an earlier start with the same `clientMessageId`: nothing new runs.
-    Repeated { ids: AnswerIds, user_message_id: Uuid },
+    Repeated {
+        ids: AnswerIds,
+        user_message_id: Uuid,
+    },
 }
 
 /// A reader of one answer from an offset, running or stored.
@@ -84,7 +87,7 @@ pub struct Engine(Arc<Parts>);
 pub(crate) struct Parts {
     pub config: Arc<Config>,
     pub db: DatabaseConnection,
-    pub provider: Provider,
+    pub providers: Registry,
     pub directory: Arc<dyn Directory>,
     pub logs: Arc<dyn AnswerLogs>,
     pub limiter: StartRateLimiter,
@@ -104,7 +107,7 @@ impl Engine {
     pub fn new(
         config: Arc<Config>,
         db: DatabaseConnection,
-        provider: Provider,
+        providers: Registry,
         directory: Arc<dyn Directory>,
         logs: Arc<dyn AnswerLogs>,
         metrics: Metrics,
@@ -112,7 +115,19 @@ impl Engine {
         let limiter = StartRateLimiter::new(config.rate_limit_per_minute);
         let lookups = StartRateLimiter::new(config.lookups_per_minute);
         let (checkpoints, subscriptions, activity) = (Arc::default(), Default::default(), Arc::default());
-        Self(Arc::new(Parts { config, db, provider, directory, logs, limiter, lookups, checkpoints, subscriptions, metrics, activity }))
+        Self(Arc::new(Parts {
+            config,
+            db,
+            providers,
+            directory,
+            logs,
+            limiter,
+            lookups,
+            checkpoints,
+            subscriptions,
+            metrics,
+            activity,
+        }))
     }
 
     /// Runs the checkpoint writer and the rate limiter's sweeper until `shutdown`.
@@ -158,6 +173,11 @@ impl Engine {
         &self.0.metrics
     }
 
+    /// The model providers: what a model picker lists, on any wire.
+    pub fn providers(&self) -> &Registry {
+        &self.0.providers
+    }
+
     /// Starts an answer for `user` on `connection`. Everything it logs, the upstream
     /// request and the generation included, is in one `answer` span naming the answer,
     /// its conversation, the user and this node.
@@ -170,7 +190,12 @@ impl Engine {
         started
     }
 
-    async fn start_in_span(&self, connection: &ConnectionId, user: &str, command: StartCommand) -> Result<StartOutcome, ChatError> {
+    async fn start_in_span(
+        &self,
+        connection: &ConnectionId,
+        user: &str,
+        command: StartCommand,
+    ) -> Result<StartOutcome, ChatError> {
         let received = tokio::time::Instant::now();
         let parts = &self.0;
         let key = command.client_message_id.as_deref();
@@ -192,6 +217,9 @@ impl Engine {
             Err(_) => return Err(ChatError::code(ErrorCode::Unavailable)),
         }
         usage::check_quota(parts, user).await?;
+        // Before any upstream call: an unknown provider or model is INVALID_MODEL here.
+        let route = parts.providers.resolve(command.provider.as_deref(), &command.model).await?;
+        let primary = route.primary().clone();
         let claim = match parts.directory.claim(connection, user, parts.config.max_concurrent_streams_per_user).await {
             Ok(claim) => claim,
             Err(ClaimRefused::UserLimit) => {
@@ -216,7 +244,7 @@ impl Engine {
         };
         let call = ChatCall {
             messages: generation::context(&parts.config, &command, history),
-            model: command.model.clone(),
+            model: primary.model.clone(),
             max_tokens: command.max_tokens,
             temperature: command.temperature,
         };
@@ -225,12 +253,12 @@ impl Engine {
         generation::name_span(AnswerIds { message_id: new_ids.assistant_message_id, conversation_id });
         // The model starts on the answer while the turn is stored: its time to first token
         // and the database's writes overlap. A start refused below drops (aborts) the request.
-        let upstream = parts.provider.start_open(call);
+        let upstream = parts.providers.start_open(route, call);
         let turn = NewTurn {
             user_id: user,
             conversation_id: command.conversation_id,
             message: &command.message,
-            model: &command.model,
+            model: &primary.model,
             client_message_id: key,
         };
         let begun = match store::begin_chat_with(&parts.db, turn, new_ids).await {
@@ -238,7 +266,10 @@ impl Engine {
             Err(StoreError::DuplicateKey) => {
                 // Another connection stored the same key first: answer with its ids.
                 drop((claim, upstream));
-                return self.repeated(user, key.unwrap_or_default(), true).await?.ok_or_else(|| ChatError::code(ErrorCode::Internal));
+                return self
+                    .repeated(user, key.unwrap_or_default(), true)
+                    .await?
+                    .ok_or_else(|| ChatError::code(ErrorCode::Internal));
             }
             Err(e) => return Err(refused_by_store(connection, e)),
         };
@@ -248,8 +279,9 @@ impl Engine {
         let stop = Arc::new(StopHandle::default());
         let running = RunningAnswer { ids, user_id: user.to_owned(), connection: connection.clone() };
         let registration = parts.directory.register(running, stop.clone()).await;
-        let tracked = parts.activity.track(ids, user, &command.model);
-        let spec = generation::Spec { ids, user_id: user.to_owned(), model: command.model, upstream, writer, stop, received, tracked };
+        let tracked = parts.activity.track(ids, user, &primary.model);
+        let spec =
+            generation::Spec { ids, user_id: user.to_owned(), answering: primary, upstream, writer, stop, received, tracked };
         generation::spawn(self.0.clone(), spec, (claim, registration));
         Ok(StartOutcome::Started(Started { ids, user_message_id: begun.user_message_id, created: begun.created, reader }))
     }

@@ -10,13 +10,7 @@ use crate::helpers::*;
 
 /// Stores a turn directly, leaving its answer `streaming`; gives the answer's id.
 async fn streaming_answer(app: &TestApp, user: &str) -> Uuid {
-    let turn = NewTurn {
-        user_id: user,
-        conversation_id: None,
-        message: "question",
-        model: "gpt-4",
-        client_message_id: None,
-    };
+    let turn = NewTurn { user_id: user, conversation_id: None, message: "question", model: "gpt-4", client_message_id: None };
     store::begin_chat(&app.state.db, turn).await.unwrap().assistant_message_id
 }
 
@@ -29,9 +23,23 @@ async fn one_round_writes_every_offered_text_and_leaves_ended_answers_alone() {
     // A long interval: the test runs the rounds itself.
     let app = spawn_app_with(&[("CHECKPOINT_INTERVAL_MS", "600000")]).await;
     let checkpoints = &app.state.engine.checkpoints();
-    let (a, b, ended) = (streaming_answer(&app, "u1").await, streaming_answer(&app, "u2").await, streaming_answer(&app, "u3").await);
-    let ending = chatwire::chat::Final::Complete { model: "gpt-4".into(), finish_reason: "stop".into(), usage: Default::default() };
-    let end = store::AnswerEnd { user_id: "u", provider: "mock", content: "final", ending: &ending, model: "gpt-4", partial_usage: None, cut_reason: "" };
+    let (a, b, ended) =
+        (streaming_answer(&app, "u1").await, streaming_answer(&app, "u2").await, streaming_answer(&app, "u3").await);
+    let ending = chatwire::chat::Final::Complete {
+        provider: "mock".into(),
+        model: "gpt-4".into(),
+        finish_reason: "stop".into(),
+        usage: Some(Default::default()),
+    };
+    let end = store::AnswerEnd {
+        user_id: "u",
+        provider: "mock",
+        content: "final",
+        ending: &ending,
+        model: "gpt-4",
+        partial_usage: None,
+        cut_reason: "",
+    };
     store::finish_answer(&app.state.db, ended, &end).await.unwrap();
 
     checkpoints.offer(a, "a old".into());
@@ -71,7 +79,8 @@ async fn a_failed_round_keeps_its_texts_for_the_next_one() {
 async fn streaming_answers_are_checkpointed_while_they_run() {
     let words: String = (0..200).map(|i| format!("w{i} ")).collect();
     let words = words.trim_end().to_owned();
-    let app = spawn_app_with(&[("MOCK_RESPONSE", &words), ("MOCK_TOKEN_DELAY_MS", "10"), ("CHECKPOINT_INTERVAL_MS", "150")]).await;
+    let app =
+        spawn_app_with(&[("MOCK_RESPONSE", &words), ("MOCK_TOKEN_DELAY_MS", "10"), ("CHECKPOINT_INTERVAL_MS", "150")]).await;
     let mut clients = Vec::new();
     let mut ids = Vec::new();
     for n in 0..3 {
