@@ -9,6 +9,7 @@ mod client;
 mod cluster;
 mod database;
 mod delivery;
+mod discovery;
 mod fake_upstream;
 mod flood;
 mod fuzz;

@@ -43,12 +43,13 @@ pub struct QuirkyUpstream {
     /// What `GET /v1/models` lists; `None` answers 404.
     models: Option<Vec<&'static str>>,
     requests: Arc<Mutex<Vec<Value>>>,
+    model_lists: Arc<Mutex<usize>>,
 }
 
 impl QuirkyUpstream {
     pub async fn start(name: &'static str, quirks: Quirks, models: Option<Vec<&'static str>>) -> Self {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-        let fake = Self { addr: listener.local_addr().unwrap(), name, quirks, models, requests: Arc::default() };
+        let fake = Self { addr: listener.local_addr().unwrap(), name, quirks, models, requests: Arc::default(), model_lists: Arc::default() };
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/models", get(list_models))
@@ -66,6 +67,11 @@ impl QuirkyUpstream {
         self.requests.lock().unwrap().clone()
     }
 
+    /// How many times `GET /v1/models` was asked.
+    pub fn model_lists(&self) -> usize {
+        *self.model_lists.lock().unwrap()
+    }
+
     /// The answer this fake gives.
     pub fn answer(&self) -> String {
         format!("Hi from {}.", self.name)
@@ -73,6 +79,7 @@ impl QuirkyUpstream {
 }
 
 async fn list_models(State(fake): State<QuirkyUpstream>) -> Response {
+    *fake.model_lists.lock().unwrap() += 1;
     match &fake.models {
         Some(models) => {
             let data: Vec<Value> = models.iter().map(|m| json!({ "id": m, "object": "model", "owned_by": fake.name })).collect();
