@@ -181,7 +181,6 @@ pub struct Config {
     pub metrics_token: Option<Secret>,
     /// The admin view's credentials; `None` turns it off (`ADMIN_USERNAME`, `ADMIN_PASSWORD`).
     pub admin: Option<AdminConfig>,
-    pub embeddings: EmbeddingConfig,
 }
 
 impl Config {
@@ -333,12 +332,6 @@ impl Config {
             http_idle_timeout: Duration::from_millis(at_least_one(&env, "HTTP_IDLE_TIMEOUT_MS", 60_000)? as u64),
             metrics_token: metrics_token(&env)?,
             admin: admin_config(&env)?,
-            embeddings: EmbeddingConfig {
-                model: env.get("EMBEDDING_MODEL").unwrap_or("text-embedding-3-small").to_owned(),
-                batch_size: at_least_one(&env, "EMBEDDING_BATCH_SIZE", 5)?,
-                rate_limit: at_least_one(&env, "EMBEDDING_RATE_LIMIT", 5)?,
-                batch_wait: Duration::from_millis(env.parse("EMBEDDING_BATCH_WAIT_MS", 20u64)?),
-            },
         })
     }
 
@@ -376,7 +369,7 @@ impl Config {
 mod providers;
 #[path = "config_vars.rs"]
 mod vars;
-pub use providers::{DEFAULT_MOCK_RESPONSE, EmbeddingConfig, MockConfig, ProviderSettings, ProvidersConfig, Target};
+pub use providers::{DEFAULT_MOCK_RESPONSE, MockConfig, ProviderSettings, ProvidersConfig, Target};
 pub use vars::redact_url;
 use vars::{
     Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, metrics_token, origin,

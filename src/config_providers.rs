@@ -306,17 +306,3 @@ impl Default for MockConfig {
 pub const DEFAULT_MOCK_RESPONSE: &str = "Hello! I am chatwire's built-in mock model. \
 No upstream provider is configured, so I stream this fixed answer word by word. \
 Set OPENAI_BASE_URL and OPENAI_API_KEY to talk to a real model.";
-
-/// How embeddings are asked for: one model, inputs gathered into batches, calls rate-limited.
-#[derive(Clone, Debug)]
-pub struct EmbeddingConfig {
-    /// `EMBEDDING_MODEL`: bare (the provider that lists it, else the default) or `provider/model`.
-    pub model: String,
-    /// Most inputs per upstream call (`EMBEDDING_BATCH_SIZE`).
-    pub batch_size: usize,
-    /// Most upstream calls started in any sliding second (`EMBEDDING_RATE_LIMIT`).
-    pub rate_limit: usize,
-    /// How long a batch waits for more inputs after its first (`EMBEDDING_BATCH_WAIT_MS`).
-    pub batch_wait: Duration,
-}
-
