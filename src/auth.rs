@@ -52,7 +52,10 @@ enum Mode {
     Open,
     /// A key and its own validation per algorithm: a `Validation` listing several
     /// algorithms refuses every key that does not fit them all.
-    Jwt { keys: Vec<(Algorithm, DecodingKey, Validation)>, user_claim: String },
+    Jwt {
+        keys: Vec<(Algorithm, DecodingKey, Validation)>,
+        user_claim: String,
+    },
 }
 
 impl Authenticator {
@@ -93,8 +96,7 @@ impl Authenticator {
         };
         let header = decode_header(token)?;
         // The header only picks the key; that key's validation allows its algorithm alone.
-        let (_, key, validation) =
-            keys.iter().find(|(alg, _, _)| *alg == header.alg).ok_or(AuthError::NoKeyFor(header.alg))?;
+        let (_, key, validation) = keys.iter().find(|(alg, _, _)| *alg == header.alg).ok_or(AuthError::NoKeyFor(header.alg))?;
         let claims = decode::<Map<String, Value>>(token, key, validation)?.claims;
         let user = match claims.get(user_claim) {
             Some(Value::String(s)) if !s.is_empty() => User(s.clone()),

@@ -195,10 +195,7 @@ impl Config {
         let auth = auth_config(&env)?;
         let production = env.get("NODE_ENV").is_some_and(|v| v.eq_ignore_ascii_case("production"));
         if production && matches!(auth, AuthConfig::Open) {
-            return Err(bad(
-                "JWT_SECRET",
-                "NODE_ENV=production but no JWT_SECRET or JWT_PUBLIC_KEY is set; refusing to run in open mode",
-            ));
+            return Err(bad("JWT_SECRET", "NODE_ENV=production but no JWT_SECRET or JWT_PUBLIC_KEY is set; refusing to run in open mode"));
         }
         let cors_origins = env
             .list("CORS_ORIGIN")
@@ -238,10 +235,8 @@ impl Config {
         };
         Ok(Self {
             // Open mode lets anyone chat on the upstream's key: loopback only, unless asked.
-            host: env.parse(
-                "HOST",
-                if matches!(auth, AuthConfig::Open) { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from([0, 0, 0, 0]) },
-            )?,
+            host: env
+                .parse("HOST", if matches!(auth, AuthConfig::Open) { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from([0, 0, 0, 0]) })?,
             host_explicit: env.get("HOST").is_some(),
             port: env.parse("PORT", 8000)?,
             cors_origins,
@@ -372,8 +367,8 @@ mod vars;
 pub use providers::{DEFAULT_MOCK_RESPONSE, MockConfig, ProviderSettings, ProvidersConfig, Target};
 pub use vars::redact_url;
 use vars::{
-    Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, metrics_token, origin,
-    redis_url, upstream_config,
+    Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, metrics_token, origin, redis_url,
+    upstream_config,
 };
 
 #[cfg(test)]

@@ -120,8 +120,8 @@ pub(super) fn providers_config(env: &Vars, defaults: &Defaults) -> Result<Option
     let (mut default, mut fallbacks, mut aliases) = (None, HashMap::new(), HashMap::new());
     if let Some((_, parsed)) = &file {
         for (i, entry) in parsed.providers.iter().enumerate() {
-            let settings = entry_settings(env, entry, defaults)
-                .map_err(|e| at(format!("[[providers]] #{} ({:?}): {e}", i + 1, entry.name)))?;
+            let settings =
+                entry_settings(env, entry, defaults).map_err(|e| at(format!("[[providers]] #{} ({:?}): {e}", i + 1, entry.name)))?;
             if providers.iter().any(|p: &ProviderSettings| p.id == settings.id) {
                 return Err(at(format!("[[providers]] #{}: name: {:?} is used twice", i + 1, settings.id)));
             }

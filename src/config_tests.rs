@@ -66,10 +66,7 @@ fn client_system_prompts_are_off_in_production_by_default() {
     assert!(!prod.allow_client_system_prompt);
     let off = Config::from_vars(vars(&[("ALLOW_CLIENT_SYSTEM_PROMPT", "false")])).unwrap();
     assert!(!off.allow_client_system_prompt);
-    assert_eq!(
-        Config::from_vars(vars(&[("ALLOW_CLIENT_SYSTEM_PROMPT", "maybe")])).unwrap_err().var,
-        "ALLOW_CLIENT_SYSTEM_PROMPT"
-    );
+    assert_eq!(Config::from_vars(vars(&[("ALLOW_CLIENT_SYSTEM_PROMPT", "maybe")])).unwrap_err().var, "ALLOW_CLIENT_SYSTEM_PROMPT");
 }
 
 #[test]
@@ -173,10 +170,7 @@ fn each_key_of_the_env_shortcuts_enables_its_provider() {
     assert_eq!(providers(&[("GROQ_API_KEY", "g"), ("OPENAI_API_KEY", "o"), ("DEFAULT_PROVIDER", "groq")]).default, "groq");
     let local = providers(&[("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1/")]);
     assert_eq!((local.providers[0].id.as_str(), local.providers[0].base_url.as_str()), ("openai", "http://127.0.0.1:11434/v1"));
-    assert_eq!(
-        Config::from_vars(vars(&[("GROQ_API_KEY", "g"), ("DEFAULT_PROVIDER", "openai")])).unwrap_err().var,
-        "DEFAULT_PROVIDER"
-    );
+    assert_eq!(Config::from_vars(vars(&[("GROQ_API_KEY", "g"), ("DEFAULT_PROVIDER", "openai")])).unwrap_err().var, "DEFAULT_PROVIDER");
     assert_eq!(Config::from_vars(vars(&[("DEFAULT_PROVIDER", "groq")])).unwrap_err().var, "DEFAULT_PROVIDER");
 }
 
@@ -218,10 +212,7 @@ fallbacks = ["local/llama3.1", "groq/llama-3.1-8b-instant"]
     assert_eq!(ids, ["local", "groq", "mistral"], "the file's groq wins over the shortcut");
     assert_eq!(p.default, "local");
     let (local, groq) = (&p.providers[0], &p.providers[1]);
-    assert_eq!(
-        (local.cooldown, local.models_ttl, local.stream_options),
-        (Duration::from_secs(5), Duration::from_secs(300), false)
-    );
+    assert_eq!((local.cooldown, local.models_ttl, local.stream_options), (Duration::from_secs(5), Duration::from_secs(300), false));
     assert_eq!(
         (groq.cooldown, groq.name.as_str(), groq.api_key.expose(), groq.models.as_ref()),
         (Duration::from_secs(30), "Groq", "k", None)
@@ -234,10 +225,7 @@ fallbacks = ["local/llama3.1", "groq/llama-3.1-8b-instant"]
 #[test]
 fn a_mistake_in_the_providers_file_names_its_table_and_key() {
     let cases = [
-        (
-            "[[providers]]\nname = \"a\"\nbase_url = \"http://x/v1\"\nbogus = 1\n",
-            "[[providers]] #1 (line 4): unknown field `bogus`",
-        ),
+        ("[[providers]]\nname = \"a\"\nbase_url = \"http://x/v1\"\nbogus = 1\n", "[[providers]] #1 (line 4): unknown field `bogus`"),
         ("[[providers]]\nname = \"a\"\n", "[[providers]] #1"),
         ("[[providers]]\nname = \"a\"\nbase_url = \"ftp://x\"\n", "[[providers]] #1 (\"a\"): base_url"),
         (

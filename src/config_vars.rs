@@ -28,25 +28,15 @@ pub(super) fn auth_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
             return Err(bad("JWT_PUBLIC_KEY", "is not an RSA or EC public key in PEM form"));
         }
     }
-    Ok(AuthConfig::Jwt(JwtConfig {
-        secret,
-        public_key_pem,
-        issuer,
-        audience,
-        user_claim: user_claim.unwrap_or_else(|| "sub".into()),
-    }))
+    Ok(AuthConfig::Jwt(JwtConfig { secret, public_key_pem, issuer, audience, user_claim: user_claim.unwrap_or_else(|| "sub".into()) }))
 }
 
 /// `ADMIN_USERNAME` and `ADMIN_PASSWORD` (a bcrypt hash): both or neither.
 pub(super) fn admin_config(env: &Vars) -> Result<Option<AdminConfig>, ConfigError> {
     match (env.get("ADMIN_USERNAME"), env.get("ADMIN_PASSWORD")) {
         (None, None) => Ok(None),
-        (Some(_), None) => {
-            Err(bad("ADMIN_PASSWORD", "is unset but ADMIN_USERNAME is set; set both to turn the admin view on, or neither"))
-        }
-        (None, Some(_)) => {
-            Err(bad("ADMIN_USERNAME", "is unset but ADMIN_PASSWORD is set; set both to turn the admin view on, or neither"))
-        }
+        (Some(_), None) => Err(bad("ADMIN_PASSWORD", "is unset but ADMIN_USERNAME is set; set both to turn the admin view on, or neither")),
+        (None, Some(_)) => Err(bad("ADMIN_USERNAME", "is unset but ADMIN_PASSWORD is set; set both to turn the admin view on, or neither")),
         (Some(username), Some(hash)) => {
             if hash.parse::<bcrypt::HashParts>().is_err() {
                 return Err(bad("ADMIN_PASSWORD", "is not a bcrypt hash ($2b$...); make one with `chatwire hash-password`"));
@@ -63,9 +53,7 @@ pub(super) fn origin(raw: &str) -> Result<String, ConfigError> {
     let refuse = |why: &str| {
         Err(bad(
             "CORS_ORIGIN",
-            format!(
-                "{raw:?} {why}; list each allowed origin as scheme://host[:port] (credentials are allowed, so `*` is refused)"
-            ),
+            format!("{raw:?} {why}; list each allowed origin as scheme://host[:port] (credentials are allowed, so `*` is refused)"),
         ))
     };
     if trimmed == "*" {
@@ -88,11 +76,7 @@ pub(super) fn default_node_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-pub(super) fn upstream_config(
-    env: &Vars,
-    production: bool,
-    defaults: &super::providers::Defaults,
-) -> Result<UpstreamConfig, ConfigError> {
+pub(super) fn upstream_config(env: &Vars, production: bool, defaults: &super::providers::Defaults) -> Result<UpstreamConfig, ConfigError> {
     let forced_mock = match env.get("UPSTREAM") {
         None => false,
         Some("mock") => true,
@@ -218,9 +202,7 @@ pub(super) fn metrics_token(env: &Vars) -> Result<Option<Secret>, ConfigError> {
     match env.get("METRICS_TOKEN") {
         None => Ok(None),
         Some(token) if token.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(Secret(token.to_owned()))),
-        Some(_) => {
-            Err(bad("METRICS_TOKEN", "must be visible ASCII with no spaces (it is sent in an Authorization: Bearer header)"))
-        }
+        Some(_) => Err(bad("METRICS_TOKEN", "must be visible ASCII with no spaces (it is sent in an Authorization: Bearer header)")),
     }
 }
 

@@ -137,12 +137,7 @@ pub async fn import(
     for (line, reason) in &bad {
         writeln!(report, "line {line}: {reason}").map_err(ImportError::Report)?;
     }
-    Ok(Summary {
-        imported: result.imported,
-        already_present: result.already_present,
-        skipped: bad.len(),
-        written: result.written,
-    })
+    Ok(Summary { imported: result.imported, already_present: result.already_present, skipped: bad.len(), written: result.written })
 }
 
 /// A checked line: the message to store, and its ids as the file spelled them (for reports).

@@ -63,12 +63,10 @@ async fn main() -> ExitCode {
         Command::MockUpstream { port, host } => mock(config, host, port).await,
         Command::Import { jsonl, strict } => chatwire::import::run_cli(&config, &jsonl, strict).await,
         Command::HashPassword { .. } => Ok(()),
-        Command::Migrate => {
-            chatwire::store::connect(&config.database_url, config.database_max_connections, &config.database_schema)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        }
+        Command::Migrate => chatwire::store::connect(&config.database_url, config.database_max_connections, &config.database_schema)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,8 +121,7 @@ async fn mock(config: Config, host: std::net::IpAddr, port: u16) -> Result<(), S
         chatwire::config::UpstreamConfig::Mock(m) => m,
         chatwire::config::UpstreamConfig::Providers(_) => MockConfig::default(),
     };
-    let listener =
-        tokio::net::TcpListener::bind((host, port)).await.map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind((host, port)).await.map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
     let mock = MockUpstream::spawn(listener, mock_config).map_err(|e| e.to_string())?;
     tracing::info!(base_url = %mock.base_url(), "mock upstream listening");
     shutdown_signal().await;

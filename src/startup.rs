@@ -76,9 +76,8 @@ impl Application {
         let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let shutdown = CancellationToken::new();
         let db_error = |e: sea_orm::DbErr| StartError::Database(redacted(&config.database_url, &e.to_string()));
-        let mut db = store::connect(&config.database_url, config.database_max_connections, &config.database_schema)
-            .await
-            .map_err(db_error)?;
+        let mut db =
+            store::connect(&config.database_url, config.database_max_connections, &config.database_schema).await.map_err(db_error)?;
         let metrics = Metrics::new();
         let timed = metrics.clone();
         store::time_statements(&mut db, move |elapsed| timed.db_query(elapsed));
@@ -132,8 +131,7 @@ impl Application {
         if let Some(admin) = admin {
             router = router.merge(admin.start(&io, engine.clone(), shutdown.clone()));
         }
-        let router =
-            router.layer(layer).layer(http::cors(&config)).layer(axum::middleware::map_request(http::detach_from_read_buffer));
+        let router = router.layer(layer).layer(http::cors(&config)).layer(axum::middleware::map_request(http::detach_from_read_buffer));
         let state = AppState { config, db, engine };
         Ok(Self { listener, router, io, state, mock, shutdown, draining, deliveries })
     }

@@ -9,15 +9,11 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(Table::alter().table(Messages::Table).add_column(string_null(Messages::ErrorCode)).to_owned())
-            .await
+        manager.alter_table(Table::alter().table(Messages::Table).add_column(string_null(Messages::ErrorCode)).to_owned()).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(Table::alter().table(Messages::Table).drop_column(Messages::ErrorCode).to_owned())
-            .await
+        manager.alter_table(Table::alter().table(Messages::Table).drop_column(Messages::ErrorCode).to_owned()).await
     }
 }
 

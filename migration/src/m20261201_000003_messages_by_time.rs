@@ -24,9 +24,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_index(Index::drop().name("idx_messages_conversation_time").table(Messages::Table).to_owned())
-            .await
+        manager.drop_index(Index::drop().name("idx_messages_conversation_time").table(Messages::Table).to_owned()).await
     }
 }
 

@@ -50,7 +50,10 @@ impl Aggregated {
     }
 
     fn take(&mut self) -> Vec<Value> {
-        self.0.drain().map(|((timestamp, kind, sub), count)| json!({ "timestamp": timestamp, "type": kind, "subType": sub, "count": count })).collect()
+        self.0
+            .drain()
+            .map(|((timestamp, kind, sub), count)| json!({ "timestamp": timestamp, "type": kind, "subType": sub, "count": count }))
+            .collect()
     }
 }
 
@@ -142,7 +145,11 @@ fn upgrades(shared: &Shared, known: &mut HashMap<Sid, &'static str>) {
     for socket in &sockets {
         let transport = serialize::transport(socket);
         if known.get(&socket.id).is_some_and(|was| *was != transport) {
-            to_admins(shared, "socket_updated", &json!({ "id": socket.id.to_string(), "nsp": socketio::NAMESPACE, "transport": transport }));
+            to_admins(
+                shared,
+                "socket_updated",
+                &json!({ "id": socket.id.to_string(), "nsp": socketio::NAMESPACE, "transport": transport }),
+            );
         }
         now.insert(socket.id, transport);
     }

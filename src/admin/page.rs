@@ -65,7 +65,9 @@ fn refusal(status: StatusCode, code: &str) -> Response {
     let body = json!({ "ok": false, "error": { "code": code, "message": code.to_lowercase().replace('_', " ") } });
     let mut response = (status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();
     if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"chatwire admin\", charset=\"UTF-8\""));
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"chatwire admin\", charset=\"UTF-8\""));
     }
     response
 }
@@ -101,7 +103,8 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
         tracing::warn!(origin = ?headers.get(header::ORIGIN), "cross-site admin request refused");
         return refusal(StatusCode::FORBIDDEN, "FORBIDDEN");
     }
-    let ip = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip().to_canonical());
+    let ip =
+        request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip().to_canonical());
     let Some((username, password)) = basic(headers) else { return refusal(StatusCode::UNAUTHORIZED, "UNAUTHORIZED") };
     match shared.login.check(ip, &username, &password).await {
         Ok(()) => {}
@@ -230,7 +233,11 @@ mod tests {
     #[test]
     fn only_requests_from_this_host_pass() {
         assert!(same_origin(&headers(&[("host", "ops.example:8000")])));
-        assert!(same_origin(&headers(&[("host", "ops.example:8000"), ("origin", "http://ops.example:8000"), ("sec-fetch-site", "same-origin")])));
+        assert!(same_origin(&headers(&[
+            ("host", "ops.example:8000"),
+            ("origin", "http://ops.example:8000"),
+            ("sec-fetch-site", "same-origin")
+        ])));
         assert!(!same_origin(&headers(&[("host", "ops.example:8000"), ("origin", "http://chat.example")])));
         assert!(!same_origin(&headers(&[("host", "ops.example:8000"), ("sec-fetch-site", "cross-site")])));
         assert!(!same_origin(&headers(&[("origin", "null")])));

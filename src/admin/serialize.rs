@@ -58,7 +58,8 @@ pub fn socket(socket: &SocketRef) -> Value {
     let connected_at = socket.extensions.get::<ConnectedAt>().map_or_else(SystemTime::now, |c| c.0);
     let mut headers = Map::new();
     for (name, value) in &parts.headers {
-        let value = if SECRET_HEADERS.contains(&name.as_str()) { REDACTED.into() } else { String::from_utf8_lossy(value.as_bytes()).into_owned() };
+        let value =
+            if SECRET_HEADERS.contains(&name.as_str()) { REDACTED.into() } else { String::from_utf8_lossy(value.as_bytes()).into_owned() };
         headers.insert(name.as_str().to_owned(), Value::String(value));
     }
     // The query as sent, but for the token.
@@ -79,7 +80,8 @@ pub fn socket(socket: &SocketRef) -> Value {
     };
     // Every socket is in a room of its own id, as in Node.js.
     let id = socket.id.to_string();
-    let rooms: Vec<String> = std::iter::once(id.clone()).chain(socket.rooms().into_iter().map(|r| r.into_owned()).filter(|r| *r != id)).collect();
+    let rooms: Vec<String> =
+        std::iter::once(id.clone()).chain(socket.rooms().into_iter().map(|r| r.into_owned()).filter(|r| *r != id)).collect();
     json!({
         "id": id,
         "clientId": id,

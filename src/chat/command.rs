@@ -96,10 +96,7 @@ impl StartCommand {
                 .filter(|&t| t >= 1 && t <= u64::from(config.max_tokens_limit))
                 .and_then(|t| u32::try_from(t).ok())
                 .ok_or_else(|| {
-                    ChatError::new(
-                        ErrorCode::InvalidParams,
-                        format!("maxTokens must be an integer from 1 to {}", config.max_tokens_limit),
-                    )
+                    ChatError::new(ErrorCode::InvalidParams, format!("maxTokens must be an integer from 1 to {}", config.max_tokens_limit))
                 })?,
             Some(_) => return Err(wrong_type("maxTokens", "a number")),
         };
@@ -116,9 +113,7 @@ impl StartCommand {
 
         let client_message_id = match field("clientMessageId") {
             None => None,
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_CLIENT_MESSAGE_ID => {
-                Some(super::text::storable(s).into_owned())
-            }
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_CLIENT_MESSAGE_ID => Some(super::text::storable(s).into_owned()),
             Some(Value::String(_)) => {
                 return Err(ChatError::new(
                     ErrorCode::InvalidParams,
@@ -212,10 +207,7 @@ mod tests {
         assert_eq!(e.code, ErrorCode::Forbidden);
         assert!(StartCommand::parse(&json!({"message": "hi"}), "u1", &off).is_ok());
         assert_eq!(
-            StartCommand::parse(&json!({"message": "hi", "systemPrompt": "x"}), "u1", &config())
-                .unwrap()
-                .system_prompt
-                .as_deref(),
+            StartCommand::parse(&json!({"message": "hi", "systemPrompt": "x"}), "u1", &config()).unwrap().system_prompt.as_deref(),
             Some("x")
         );
     }
@@ -264,8 +256,7 @@ pub(crate) mod fuzz {
         leaf.prop_recursive(4, 64, 8, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
-                prop::collection::vec((field_name(), inner), 0..8)
-                    .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
+                prop::collection::vec((field_name(), inner), 0..8).prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
             ]
         })
     }

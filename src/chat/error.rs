@@ -50,9 +50,21 @@ impl ErrorCode {
 
     /// Every code, in PROTOCOL.md's order.
     pub const ALL: [Self; 15] = [
-        Self::InvalidPayload, Self::MessageTooLong, Self::InvalidParams, Self::InvalidModel, Self::Forbidden,
-        Self::Unauthorized, Self::TokenExpired, Self::NotFound, Self::Busy, Self::RateLimit, Self::QuotaExceeded, Self::UpstreamError, Self::UpstreamTimeout,
-        Self::Unavailable, Self::Internal,
+        Self::InvalidPayload,
+        Self::MessageTooLong,
+        Self::InvalidParams,
+        Self::InvalidModel,
+        Self::Forbidden,
+        Self::Unauthorized,
+        Self::TokenExpired,
+        Self::NotFound,
+        Self::Busy,
+        Self::RateLimit,
+        Self::QuotaExceeded,
+        Self::UpstreamError,
+        Self::UpstreamTimeout,
+        Self::Unavailable,
+        Self::Internal,
     ];
 
     /// Reads a stored code back.

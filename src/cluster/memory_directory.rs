@@ -112,8 +112,7 @@ impl Directory for MemoryDirectory {
     }
 
     async fn of_user(&self, user: &str) -> Vec<RunningAnswer> {
-        let mut found: Vec<_> =
-            lock(&self.inner).answers.values().map(|(a, _)| a).filter(|a| a.user_id == user).cloned().collect();
+        let mut found: Vec<_> = lock(&self.inner).answers.values().map(|(a, _)| a).filter(|a| a.user_id == user).cloned().collect();
         found.sort_by_key(|a| a.ids.message_id);
         found
     }

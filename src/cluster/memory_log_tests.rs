@@ -149,8 +149,8 @@ mod contract {
     //! The behaviours every log implementation shares, on one node.
     use std::sync::Arc;
 
-    use crate::cluster::log_contract_tests as contract;
     use super::MemoryLogs;
+    use crate::cluster::log_contract_tests as contract;
 
     #[tokio::test(start_paused = true)]
     async fn every_reader_reads_its_rest_then_the_final_entry() {

@@ -353,14 +353,13 @@ impl Directory for RedisDirectory {
     }
 
     async fn node_summaries(&self, fresh: std::time::Duration) -> Vec<String> {
-        let all: std::collections::HashMap<String, String> =
-            match self.redis.query(redis::cmd("HGETALL").arg(keys::NODE_SUMMARIES)).await {
-                Ok(all) => all,
-                Err(e) => {
-                    tracing::debug!(error = %e, "reading the nodes' summaries failed");
-                    return Vec::new();
-                }
-            };
+        let all: std::collections::HashMap<String, String> = match self.redis.query(redis::cmd("HGETALL").arg(keys::NODE_SUMMARIES)).await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the nodes' summaries failed");
+                return Vec::new();
+            }
+        };
         let oldest = chrono::Utc::now().timestamp_millis() - i64::try_from(fresh.as_millis()).unwrap_or(i64::MAX);
         let mut summaries = Vec::new();
         let mut gone = Vec::new();

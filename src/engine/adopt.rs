@@ -48,7 +48,8 @@ async fn close(parts: &Parts, orphan: Orphan) {
             }
         }
     }
-    let outcome = Final::Failed(ChatError::new(ErrorCode::Unavailable, "the node running this answer stopped; the partial answer is stored"));
+    let outcome =
+        Final::Failed(ChatError::new(ErrorCode::Unavailable, "the node running this answer stopped; the partial answer is stored"));
     let length = text::utf16_len(&content);
     tracing::warn!(message_id = %id, length, "an answer of a dead node was closed");
     writer.finish(Ending { outcome, content, length });

@@ -8,12 +8,12 @@ use entity::{conversation, message};
 use uuid::Uuid;
 
 use super::{Engine, unavailable};
+pub use crate::store::{ConversationPage, ConversationSummary, PageKey};
 use crate::{
     chat::{ChatError, ErrorCode, StopReason},
     cluster::Entry,
     store,
 };
-pub use crate::store::{ConversationPage, ConversationSummary, PageKey};
 
 /// How long a delete waits for a stopped answer to be stored and ended before it
 /// deletes anyway (a stopped generation stores its row within moments).

@@ -115,19 +115,7 @@ impl Engine {
         let limiter = StartRateLimiter::new(config.rate_limit_per_minute);
         let lookups = StartRateLimiter::new(config.lookups_per_minute);
         let (checkpoints, subscriptions, activity) = (Arc::default(), Default::default(), Arc::default());
-        Self(Arc::new(Parts {
-            config,
-            db,
-            providers,
-            directory,
-            logs,
-            limiter,
-            lookups,
-            checkpoints,
-            subscriptions,
-            metrics,
-            activity,
-        }))
+        Self(Arc::new(Parts { config, db, providers, directory, logs, limiter, lookups, checkpoints, subscriptions, metrics, activity }))
     }
 
     /// Runs the checkpoint writer and the rate limiter's sweeper until `shutdown`.
@@ -190,12 +178,7 @@ impl Engine {
         started
     }
 
-    async fn start_in_span(
-        &self,
-        connection: &ConnectionId,
-        user: &str,
-        command: StartCommand,
-    ) -> Result<StartOutcome, ChatError> {
+    async fn start_in_span(&self, connection: &ConnectionId, user: &str, command: StartCommand) -> Result<StartOutcome, ChatError> {
         let received = tokio::time::Instant::now();
         let parts = &self.0;
         let key = command.client_message_id.as_deref();
@@ -266,10 +249,7 @@ impl Engine {
             Err(StoreError::DuplicateKey) => {
                 // Another connection stored the same key first: answer with its ids.
                 drop((claim, upstream));
-                return self
-                    .repeated(user, key.unwrap_or_default(), true)
-                    .await?
-                    .ok_or_else(|| ChatError::code(ErrorCode::Internal));
+                return self.repeated(user, key.unwrap_or_default(), true).await?.ok_or_else(|| ChatError::code(ErrorCode::Internal));
             }
             Err(e) => return Err(refused_by_store(connection, e)),
         };
@@ -280,8 +260,7 @@ impl Engine {
         let running = RunningAnswer { ids, user_id: user.to_owned(), connection: connection.clone() };
         let registration = parts.directory.register(running, stop.clone()).await;
         let tracked = parts.activity.track(ids, user, &primary.model);
-        let spec =
-            generation::Spec { ids, user_id: user.to_owned(), answering: primary, upstream, writer, stop, received, tracked };
+        let spec = generation::Spec { ids, user_id: user.to_owned(), answering: primary, upstream, writer, stop, received, tracked };
         generation::spawn(self.0.clone(), spec, (claim, registration));
         Ok(StartOutcome::Started(Started { ids, user_message_id: begun.user_message_id, created: begun.created, reader }))
     }

@@ -15,7 +15,11 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, body::Body, extract::{ConnectInfo, Request}};
+use axum::{
+    Router,
+    body::Body,
+    extract::{ConnectInfo, Request},
+};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -298,8 +302,7 @@ impl Tracked {
         router: Router,
         activity: Arc<watch::Sender<Activity>>,
         peer: SocketAddr,
-    ) -> impl hyper::service::Service<Request<Incoming>, Response = http::Response<Tracked>, Error = Infallible, Future: Send> + Clone
-    {
+    ) -> impl hyper::service::Service<Request<Incoming>, Response = http::Response<Tracked>, Error = Infallible, Future: Send> + Clone {
         hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             let in_flight = InFlight::start(activity.clone());
@@ -353,7 +356,12 @@ mod tests {
     use super::*;
 
     fn limits(total: usize, per_ip: usize) -> Limits {
-        Limits { max_connections: total, max_connections_per_ip: per_ip, header_read_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(1) }
+        Limits {
+            max_connections: total,
+            max_connections_per_ip: per_ip,
+            header_read_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        }
     }
 
     #[test]

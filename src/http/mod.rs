@@ -6,16 +6,16 @@
 pub mod api;
 pub mod limits;
 pub mod models;
-pub mod ready;
-pub mod scrape;
 pub mod openapi;
+pub mod ready;
 pub mod rest;
+pub mod scrape;
 
 use std::sync::Arc;
 
-use axum::{Json, Router, extract::State, routing::get};
 use axum::extract::{OriginalUri, Request};
 use axum::http::{HeaderMap, Uri};
+use axum::{Json, Router, extract::State, routing::get};
 use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};

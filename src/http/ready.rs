@@ -138,7 +138,12 @@ struct Parts {
 impl Readiness {
     /// The checks of a node on `db` and `upstream`; `draining` is cancelled at shutdown.
     /// With `cluster` (the engine of a node in cluster mode), Redis is checked too.
-    pub fn new(db: DatabaseConnection, upstream: UpstreamProbe, draining: CancellationToken, cluster: Option<crate::engine::Engine>) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        upstream: UpstreamProbe,
+        draining: CancellationToken,
+        cluster: Option<crate::engine::Engine>,
+    ) -> Self {
         let mut checks = vec![Cached::new(DatabaseCheck(db), DATABASE_TTL), Cached::new(UpstreamCheck(upstream), UPSTREAM_TTL)];
         if let Some(engine) = cluster {
             checks.push(Cached::new(RedisCheck(engine), DATABASE_TTL));
@@ -155,7 +160,13 @@ impl Readiness {
         }
         let draining = self.0.draining.is_cancelled();
         let ready = !draining && results.iter().all(|ok| *ok);
-        let status = if draining { "draining" } else if ready { "ready" } else { "unready" };
+        let status = if draining {
+            "draining"
+        } else if ready {
+            "ready"
+        } else {
+            "unready"
+        };
         (ready, json!({ "status": status, "checks": checks }))
     }
 }

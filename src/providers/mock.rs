@@ -14,11 +14,11 @@ use std::{
 
 use axum::{
     Json, Router,
-    serve::ListenerExt,
     extract::State,
     http::StatusCode,
     response::{IntoResponse, Response, Sse, sse::Event},
     routing::{get, post},
+    serve::ListenerExt,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -135,11 +135,7 @@ async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value
         let error = json!({"error": {"message": format!("The model `{model}` does not exist"), "type": "invalid_request_error", "param": null, "code": "model_not_found"}});
         return (StatusCode::NOT_FOUND, Json(error)).into_response();
     }
-    let max_tokens = body
-        .get("max_completion_tokens")
-        .or_else(|| body.get("max_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(u64::MAX);
+    let max_tokens = body.get("max_completion_tokens").or_else(|| body.get("max_tokens")).and_then(Value::as_u64).unwrap_or(u64::MAX);
     let prompt_tokens: usize = body
         .get("messages")
         .and_then(Value::as_array)

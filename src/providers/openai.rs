@@ -213,9 +213,7 @@ impl Provider {
         let opened = tokio::time::timeout_at(deadline, self.client.chat().create_stream_byot::<_, Chunk>(request))
             .await
             .map_err(|_| Refusal::Other(UpstreamError::Silent))?
-            .map_err(|e| {
-                if stream_options && refuses_stream_options(&e) { Refusal::StreamOptions(e) } else { Refusal::Other(e.into()) }
-            })?;
+            .map_err(|e| if stream_options && refuses_stream_options(&e) { Refusal::StreamOptions(e) } else { Refusal::Other(e.into()) })?;
         let mut stream = UpstreamStream {
             inner: opened,
             buffered: VecDeque::new(),

@@ -35,13 +35,8 @@ impl UpstreamProbe {
     /// Up when the server answers with anything but a 5xx or a refused key (401, 403): a
     /// server without a models route (404) still serves chat completions.
     pub async fn check(&self) -> Result<(), ProbeError> {
-        let response = self
-            .http
-            .get(&self.url)
-            .bearer_auth(&self.api_key)
-            .send()
-            .await
-            .map_err(|e| ProbeError::Unreachable(e.to_string()))?;
+        let response =
+            self.http.get(&self.url).bearer_auth(&self.api_key).send().await.map_err(|e| ProbeError::Unreachable(e.to_string()))?;
         let status = response.status();
         if status.is_server_error() || status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(ProbeError::Refused(status.as_u16()));

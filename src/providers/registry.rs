@@ -185,8 +185,7 @@ impl Registry {
 
     async fn open(&self, route: Route, call: ChatCall) -> Result<Opened, OpenFailed> {
         let now = Instant::now();
-        let usable: Vec<&Target> =
-            route.targets.iter().filter(|t| self.upstream(&t.provider).is_some_and(|u| !u.benched(now))).collect();
+        let usable: Vec<&Target> = route.targets.iter().filter(|t| self.upstream(&t.provider).is_some_and(|u| !u.benched(now))).collect();
         let tried = if usable.is_empty() { route.targets.iter().collect() } else { usable };
         let mut last = None;
         for target in tried {
@@ -212,10 +211,8 @@ impl Registry {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| OpenFailed {
-            error: UpstreamError::Failed("no provider to try".into()),
-            target: route.primary().clone(),
-        }))
+        Err(last
+            .unwrap_or_else(|| OpenFailed { error: UpstreamError::Failed("no provider to try".into()), target: route.primary().clone() }))
     }
 
     /// Counts a failed request of `provider`.
@@ -228,8 +225,8 @@ impl Registry {
 
 fn upstream(settings: &ProviderSettings, metrics: &Metrics) -> Upstream {
     let timeouts = (settings.first_token_timeout, settings.idle_timeout);
-    let mut provider = Provider::new(&settings.base_url, settings.api_key.expose(), timeouts, settings.retry)
-        .with_metrics(&settings.id, metrics);
+    let mut provider =
+        Provider::new(&settings.base_url, settings.api_key.expose(), timeouts, settings.retry).with_metrics(&settings.id, metrics);
     if !settings.stream_options {
         provider = provider.without_stream_options();
     }
@@ -251,10 +248,7 @@ impl OpeningRoute {
     pub async fn opened(&mut self, primary: &Target) -> Result<Opened, OpenFailed> {
         match (&mut self.0).await {
             Ok(opened) => opened,
-            Err(e) => Err(OpenFailed {
-                error: UpstreamError::Failed(format!("opening the stream stopped: {e}")),
-                target: primary.clone(),
-            }),
+            Err(e) => Err(OpenFailed { error: UpstreamError::Failed(format!("opening the stream stopped: {e}")), target: primary.clone() }),
         }
     }
 }

@@ -167,8 +167,7 @@ mod tests {
         let v: Value = serde_json::from_str(&openai_error_body(mistral)).unwrap();
         assert!(v["error"]["message"].as_str().unwrap().contains("stream_options"));
         assert_eq!(v["error"]["type"], "invalid_request_error");
-        let numeric: Value =
-            serde_json::from_str(&openai_error_body(br#"{"error":{"message":"slow down","code":429}}"#)).unwrap();
+        let numeric: Value = serde_json::from_str(&openai_error_body(br#"{"error":{"message":"slow down","code":429}}"#)).unwrap();
         assert_eq!(numeric["error"], json!({"message": "slow down", "type": null, "param": null, "code": "429"}));
         let plain: Value = serde_json::from_str(&openai_error_body(b"Too Many Requests")).unwrap();
         assert_eq!(plain["error"]["message"], "Too Many Requests");

@@ -119,12 +119,7 @@ fn stored_answer(row: message::Model) -> StoredAnswer {
             Some(Final::Failed(ChatError::code(code)))
         }
     };
-    StoredAnswer {
-        ids: AnswerIds { message_id: row.id, conversation_id: row.conversation_id },
-        status,
-        content: row.content,
-        ending,
-    }
+    StoredAnswer { ids: AnswerIds { message_id: row.id, conversation_id: row.conversation_id }, status, content: row.content, ending }
 }
 
 /// Answers still `streaming` whose row has not moved for `stale_after`: their process

@@ -47,18 +47,14 @@ pub async fn list_conversations(
     let mut query = conversation::Entity::find().filter(conversation::Column::UserId.eq(user_id));
     if let Some(key) = after {
         query = query.filter(
-            Condition::any().add(conversation::Column::UpdatedAt.lt(key.updated_at)).add(
-                Condition::all().add(conversation::Column::UpdatedAt.eq(key.updated_at)).add(conversation::Column::Id.lt(key.id)),
-            ),
+            Condition::any()
+                .add(conversation::Column::UpdatedAt.lt(key.updated_at))
+                .add(Condition::all().add(conversation::Column::UpdatedAt.eq(key.updated_at)).add(conversation::Column::Id.lt(key.id))),
         );
     }
     // One more than asked: whether it exists says whether a next page does.
-    let mut rows = query
-        .order_by_desc(conversation::Column::UpdatedAt)
-        .order_by_desc(conversation::Column::Id)
-        .limit(limit + 1)
-        .all(db)
-        .await?;
+    let mut rows =
+        query.order_by_desc(conversation::Column::UpdatedAt).order_by_desc(conversation::Column::Id).limit(limit + 1).all(db).await?;
     let more = rows.len() as u64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     let next = rows.last().filter(|_| more).map(|c| PageKey { updated_at: c.updated_at, id: c.id });

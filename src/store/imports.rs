@@ -73,19 +73,14 @@ pub struct ImportResult {
 /// a second run of the same batch writes nothing. New conversations get the first 80
 /// characters of their earliest user message as title, and the earliest and latest
 /// message times; a stored conversation's times widen to include the new messages.
-pub async fn import_messages(
-    db: &DatabaseConnection,
-    messages: &[ImportedMessage],
-    mode: ImportMode,
-) -> Result<ImportResult, DbErr> {
+pub async fn import_messages(db: &DatabaseConnection, messages: &[ImportedMessage], mode: ImportMode) -> Result<ImportResult, DbErr> {
     let txn = db.begin().await?;
     let conversation_ids: Vec<Uuid> = unique(messages.iter().map(|m| m.conversation_id));
     let stored_conversations = conversations_by_id(&txn, &conversation_ids).await?;
     let stored_messages = message_conversations(&txn, &unique(messages.iter().map(|m| m.id))).await?;
 
     let mut result = ImportResult::default();
-    let mut owners: HashMap<Uuid, &str> =
-        stored_conversations.iter().map(|(id, c)| (*id, c.user_id.as_str())).collect();
+    let mut owners: HashMap<Uuid, &str> = stored_conversations.iter().map(|(id, c)| (*id, c.user_id.as_str())).collect();
     let mut seen: HashMap<Uuid, Uuid> = HashMap::new();
     let mut new: Vec<&ImportedMessage> = Vec::new();
     for (index, m) in messages.iter().enumerate() {

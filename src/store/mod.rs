@@ -7,8 +7,8 @@ mod imports;
 mod turns;
 mod usage;
 
-pub use answers::{AnswerEnd, StoredAnswer, checkpoint_answers, fail_interrupted, fail_stale_answers, find_answer, finish_answer};
 pub use crate::chat::HistoryMessage;
+pub use answers::{AnswerEnd, StoredAnswer, checkpoint_answers, fail_interrupted, fail_stale_answers, find_answer, finish_answer};
 pub use history::{
     ConversationPage, ConversationSummary, PageKey, conversation_messages, delete_conversation, find_conversation, find_message,
     list_conversations, rename_conversation,
@@ -96,9 +96,7 @@ fn sqlite_transient(code: &str) -> bool {
 pub async fn connect(url: &str, max_connections: Option<u32>, schema: &str) -> Result<DatabaseConnection, DbErr> {
     let sqlite = url.starts_with("sqlite:");
     let mut options = base_options(url);
-    options
-        .idle_timeout(Duration::from_secs(60))
-        .max_connections(max_connections.unwrap_or(if sqlite { 1 } else { 16 }));
+    options.idle_timeout(Duration::from_secs(60)).max_connections(max_connections.unwrap_or(if sqlite { 1 } else { 16 }));
     // WAL lets readers run beside the writer; with it, `synchronous=NORMAL` is still
     // crash-safe (a power cut may lose the last commits, never corrupt) and spares an
     // fsync per commit, which is most of a chat:start's cost.
@@ -160,9 +158,7 @@ pub async fn migrate(db: &DatabaseConnection, schema: &str) -> Result<(), DbErr>
     if !exists {
         // Checked first, so a role without CREATE on the database can use a schema an
         // administrator made for it. The name is a plain identifier (see the config).
-        txn.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-            .await
-            .map_err(|e| named("creating the schema", e))?;
+        txn.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).await.map_err(|e| named("creating the schema", e))?;
         warn_about_tables_in_public(&txn, schema).await;
     }
     Migrator::up(&txn, None).await.map_err(|e| named("running the migrations", e))?;
@@ -187,10 +183,7 @@ async fn warn_about_tables_in_public<C: ConnectionTrait>(db: &C, schema: &str) {
 /// What every pool opened here shares: no statement logging, bounded waits.
 fn base_options(url: &str) -> ConnectOptions {
     let mut options = ConnectOptions::new(url.to_owned());
-    options
-        .sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(5));
+    options.sqlx_logging(false).connect_timeout(Duration::from_secs(5)).acquire_timeout(Duration::from_secs(5));
     options
 }
 
@@ -233,7 +226,6 @@ pub async fn spawn_wal_checkpointer(url: &str, shutdown: tokio_util::sync::Cance
     });
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {

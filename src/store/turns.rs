@@ -4,8 +4,7 @@
 use chrono::Utc;
 use entity::{conversation, message};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -184,19 +183,10 @@ pub async fn find_turn(db: &DatabaseConnection, user_id: &str, client_message_id
         .order_by_asc(message::Column::Id)
         .one(db)
         .await?;
-    Ok(answer.map(|a| TurnIds {
-        conversation_id: question.conversation_id,
-        user_message_id: question.id,
-        assistant_message_id: a.id,
-    }))
+    Ok(answer.map(|a| TurnIds { conversation_id: question.conversation_id, user_message_id: question.id, assistant_message_id: a.id }))
 }
 
 /// True when the conversation exists and belongs to `user`.
 pub async fn owns_conversation(db: &DatabaseConnection, user_id: &str, id: Uuid) -> Result<bool, DbErr> {
-    Ok(conversation::Entity::find_by_id(id)
-        .filter(conversation::Column::UserId.eq(user_id))
-        .one(db)
-        .await?
-        .is_some())
+    Ok(conversation::Entity::find_by_id(id).filter(conversation::Column::UserId.eq(user_id)).one(db).await?.is_some())
 }
-

@@ -38,11 +38,7 @@ pub async fn add_usage<C: ConnectionTrait>(db: &C, user_id: &str, model: &str, d
 
 /// `user`'s prompt plus completion tokens of `day`, all models together.
 pub async fn day_total<C: ConnectionTrait>(db: &C, user_id: &str, day: &str) -> Result<u64, DbErr> {
-    let rows = usage::Entity::find()
-        .filter(usage::Column::UserId.eq(user_id))
-        .filter(usage::Column::Day.eq(day))
-        .all(db)
-        .await?;
+    let rows = usage::Entity::find().filter(usage::Column::UserId.eq(user_id)).filter(usage::Column::Day.eq(day)).all(db).await?;
     let tokens = |n: i64| u64::try_from(n).unwrap_or(0);
     Ok(rows.iter().map(|r| tokens(r.prompt_tokens) + tokens(r.completion_tokens)).sum())
 }

@@ -31,10 +31,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    http::api::{self, ApiError, WireErrors},
     chat::{AnswerIds, ChatError, ConnectionId, ErrorCode, StartCommand},
     cluster::{Entry, LogReader},
     engine::{Engine, StartOutcome},
+    http::api::{self, ApiError, WireErrors},
     metrics::OpenConnection,
     transport::{
         Wire,
@@ -88,8 +88,8 @@ fn authenticate(wire: &Wire, headers: &HeaderMap, uri: &Uri, claimed: Option<&Va
 fn answer_of(wire: &Wire, headers: &HeaderMap, uri: &Uri, id: &str) -> Result<(String, Uuid), Box<Response>> {
     let claimed = api::query_value(uri, "userId").map(Value::String);
     let user = authenticate(wire, headers, uri, claimed.as_ref())?;
-    let message_id = Uuid::try_parse(id)
-        .map_err(|_| Box::new(refusal(ChatError::new(ErrorCode::InvalidParams, "messageId is not a UUID"))))?;
+    let message_id =
+        Uuid::try_parse(id).map_err(|_| Box::new(refusal(ChatError::new(ErrorCode::InvalidParams, "messageId is not a UUID"))))?;
     Ok((user, message_id))
 }
 
@@ -153,12 +153,7 @@ pub(crate) async fn chat(State(wire): State<Wire>, headers: HeaderMap, uri: Uri,
     responses((status = 200, content_type = "text/event-stream", body = crate::http::openapi::SseEvent, description = "The answer's events"), WireErrors),
     security(("bearer" = []))
 )]
-pub(crate) async fn events(
-    State(wire): State<Wire>,
-    Path(message_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
+pub(crate) async fn events(State(wire): State<Wire>, Path(message_id): Path<String>, headers: HeaderMap, uri: Uri) -> Response {
     let (user, message_id) = match answer_of(&wire, &headers, &uri, &message_id) {
         Ok(found) => found,
         Err(refused) => return *refused,
@@ -187,12 +182,7 @@ pub(crate) async fn events(
     responses((status = 200, body = StopAck, description = "`stopped` is false when it had already ended"), WireErrors),
     security(("bearer" = []))
 )]
-pub(crate) async fn stop(
-    State(wire): State<Wire>,
-    Path(message_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
+pub(crate) async fn stop(State(wire): State<Wire>, Path(message_id): Path<String>, headers: HeaderMap, uri: Uri) -> Response {
     let (user, message_id) = match answer_of(&wire, &headers, &uri, &message_id) {
         Ok(found) => found,
         Err(refused) => return *refused,
@@ -227,7 +217,13 @@ fn too_many_connections() -> ChatError {
 type Held = (ConnectionSlot, Option<ClosedGuard>, OpenConnection);
 
 /// The event stream: `preamble`, then the answer's log until its final event.
-fn respond(wire: &Wire, preamble: Vec<Event>, ids: AnswerIds, reader: Box<dyn LogReader>, held: (ConnectionSlot, Option<ClosedGuard>)) -> Response {
+fn respond(
+    wire: &Wire,
+    preamble: Vec<Event>,
+    ids: AnswerIds,
+    reader: Box<dyn LogReader>,
+    held: (ConnectionSlot, Option<ClosedGuard>),
+) -> Response {
     let keep_alive = KeepAlive::new().interval(wire.config.sse_keepalive).text("keep-alive");
     let held = (held.0, held.1, wire.engine.metrics().sse_connection());
     Sse::new(answer_events(preamble, ids, reader, held)).keep_alive(keep_alive).into_response()

@@ -80,7 +80,10 @@ async fn the_page_asks_for_basic_credentials_and_counts_failed_logins_per_addres
     let response = get(&app, "/admin").send().await.unwrap();
     assert_eq!(response.status(), 401);
     assert_eq!(response.headers()["www-authenticate"], "Basic realm=\"chatwire admin\", charset=\"UTF-8\"");
-    assert_eq!(response.json::<Value>().await.unwrap(), json!({ "ok": false, "error": { "code": "UNAUTHORIZED", "message": "unauthorized" } }));
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({ "ok": false, "error": { "code": "UNAUTHORIZED", "message": "unauthorized" } })
+    );
 
     let page = get(&app, "/admin").basic_auth(ADMIN, Some(PASSWORD)).send().await.unwrap();
     assert_eq!(page.status(), 200);
@@ -161,7 +164,12 @@ async fn the_api_lists_running_answers_and_counters_and_the_stop_button_stops_as
 #[tokio::test]
 async fn the_admin_namespace_wants_the_right_credentials_then_sends_config_and_a_session() {
     let app = admin_app(&[]).await;
-    for auth in [json!({ "username": ADMIN, "password": "wrong" }), json!({ "username": "root", "password": PASSWORD }), json!({}), json!({ "sessionId": "made-up" })] {
+    for auth in [
+        json!({ "username": ADMIN, "password": "wrong" }),
+        json!({ "username": "root", "password": PASSWORD }),
+        json!({}),
+        json!({ "sessionId": "made-up" }),
+    ] {
         let refused = admin_socket(&app, auth.clone()).await.err().map(|Refused(m)| m);
         assert_eq!(refused.as_deref(), Some("unauthorized"), "{auth}");
     }
@@ -174,7 +182,10 @@ async fn the_admin_namespace_wants_the_right_credentials_then_sends_config_and_a
     assert!(session.len() == 32 && session.chars().all(|c| c.is_ascii_hexdigit()), "{session}");
     let (stats, _) = admin.until("server_stats").await;
     assert_eq!((&stats["serverId"], &stats["pid"]), (&json!("node-test"), &json!(std::process::id())));
-    assert_eq!(stats["namespaces"], json!([{ "name": "/", "socketsCount": 0 }, { "name": "/ai", "socketsCount": 0 }, { "name": "/admin", "socketsCount": 1 }]));
+    assert_eq!(
+        stats["namespaces"],
+        json!([{ "name": "/", "socketsCount": 0 }, { "name": "/ai", "socketsCount": 0 }, { "name": "/admin", "socketsCount": 1 }])
+    );
 
     // The UI comes back after a reload with its session alone.
     let mut again = admin_socket(&app, json!({ "sessionId": session })).await.expect("the session");
@@ -197,7 +208,10 @@ async fn all_sockets_lists_the_ai_sockets_with_their_users_and_no_credentials() 
     assert_eq!(socket["rooms"], json!([sid]));
     let handshake = &socket["handshake"];
     assert_eq!((&handshake["address"], &handshake["headers"]["authorization"]), (&json!("127.0.0.1"), &json!("[redacted]")));
-    assert_eq!((&handshake["url"], &handshake["query"]["transport"]), (&json!("/socket.io/?EIO=4&transport=websocket"), &json!("websocket")));
+    assert_eq!(
+        (&handshake["url"], &handshake["query"]["transport"]),
+        (&json!("/socket.io/?EIO=4&transport=websocket"), &json!("websocket"))
+    );
     assert!(handshake["issued"].is_u64() && handshake["time"].is_string());
     assert_eq!(sockets.iter().filter(|s| s["nsp"] == "/admin").count(), 1, "the admin's own socket is listed too");
 }
@@ -218,8 +232,12 @@ async fn a_new_socket_and_its_chat_arrive_on_the_feed() {
     let feed = feed_until(&mut admin, &sid, |name, data| name == "event_sent" && data[2][0] == "chat:end").await;
     let received: Vec<&Value> = feed.iter().filter(|(n, _)| n == "event_received").map(|(_, d)| d).collect();
     assert_eq!(received.len(), 1);
-    assert_eq!((&received[0][0], &received[0][1], &received[0][2]), (&json!("/ai"), &json!(sid), &json!(["chat:start", { "message": "hello admin" }])));
-    let sent: Vec<&str> = feed.iter().filter(|(n, _)| n == "event_sent").map(|(_, d)| d[2][0].as_str().unwrap()).filter(|e| *e != "chat:active").collect();
+    assert_eq!(
+        (&received[0][0], &received[0][1], &received[0][2]),
+        (&json!("/ai"), &json!(sid), &json!(["chat:start", { "message": "hello admin" }]))
+    );
+    let sent: Vec<&str> =
+        feed.iter().filter(|(n, _)| n == "event_sent").map(|(_, d)| d[2][0].as_str().unwrap()).filter(|e| *e != "chat:active").collect();
     let chunks = sent.iter().filter(|e| **e == "chat:message").count();
     assert!(chunks >= 1);
     let mut expected = vec!["chat:conversation", "chat:user-message"];
@@ -261,7 +279,10 @@ async fn the_ui_actions_join_leave_and_disconnect_an_ai_socket() {
 
 #[tokio::test]
 async fn the_binary_makes_the_hash_and_says_where_the_admin_view_is() {
-    use std::{io::Write, process::{Command, Stdio}};
+    use std::{
+        io::Write,
+        process::{Command, Stdio},
+    };
     let mut hashing = Command::new(env!("CARGO_BIN_EXE_chatwire"))
         .args(["hash-password", "--cost", "4"])
         .stdin(Stdio::piped())
@@ -275,7 +296,8 @@ async fn the_binary_makes_the_hash_and_says_where_the_admin_view_is() {
     assert!(hash.starts_with("$2b$04$") && bcrypt::verify(PASSWORD, &hash).unwrap(), "{hash}");
 
     let dir = tempfile::tempdir().unwrap();
-    let child = spawn_binary(&format!("sqlite://{}/c.db?mode=rwc", dir.path().display()), &[("ADMIN_USERNAME", ADMIN), ("ADMIN_PASSWORD", &hash)]);
+    let child =
+        spawn_binary(&format!("sqlite://{}/c.db?mode=rwc", dir.path().display()), &[("ADMIN_USERNAME", ADMIN), ("ADMIN_PASSWORD", &hash)]);
     let said = format!("admin: http://127.0.0.1:{}/admin and the /admin namespace, as {ADMIN}", child.addr.port());
     assert!(child.startup.iter().filter_map(|l| l["message"].as_str()).any(|m| m.trim_start() == said), "{:?}", child.startup);
     let (code, stderr) = refused_start(&[("ADMIN_USERNAME", ADMIN)]);

@@ -26,8 +26,12 @@ async fn every_bad_credential_is_refused_as_unauthorized() {
     let app = spawn_app_with(&[("JWT_ISSUER", "auth.example"), ("JWT_AUDIENCE", "chat")]).await;
     let good = json!({ "sub": "u1", "iss": "auth.example", "aud": "chat" });
     let now = chrono::Utc::now().timestamp();
-    let wrong_secret =
-        encode(&Header::default(), &json!({ "sub": "u1", "iss": "auth.example", "aud": "chat", "exp": now + 60 }), &EncodingKey::from_secret(b"other")).unwrap();
+    let wrong_secret = encode(
+        &Header::default(),
+        &json!({ "sub": "u1", "iss": "auth.example", "aud": "chat", "exp": now + 60 }),
+        &EncodingKey::from_secret(b"other"),
+    )
+    .unwrap();
     let mut expired = good.clone();
     expired["exp"] = json!(now - 10);
     let mut not_yet = good.clone();

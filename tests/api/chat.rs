@@ -14,7 +14,10 @@ async fn a_new_chat_streams_every_event_in_order_and_stores_both_messages() {
     let mut client = app.client(&user).await;
 
     let ack = client
-        .emit_with_ack("chat:start", json!({ "userId": user, "message": "Explain quantum computing", "temperature": 0.3, "maxTokens": 500 }))
+        .emit_with_ack(
+            "chat:start",
+            json!({ "userId": user, "message": "Explain quantum computing", "temperature": 0.3, "maxTokens": 500 }),
+        )
         .await;
     assert_eq!(ack["ok"], json!(true));
     let (conversation_id, message_id) = (ack["conversationId"].clone(), ack["messageId"].clone());
@@ -47,7 +50,10 @@ async fn a_new_chat_streams_every_event_in_order_and_stores_both_messages() {
 
     let rows = app.messages(conversation_id.as_str().unwrap()).await;
     assert_eq!(rows.len(), 2);
-    assert_eq!((rows[0].role.as_str(), rows[0].content.as_str(), rows[0].status.as_str()), ("user", "Explain quantum computing", "complete"));
+    assert_eq!(
+        (rows[0].role.as_str(), rows[0].content.as_str(), rows[0].status.as_str()),
+        ("user", "Explain quantum computing", "complete")
+    );
     assert_eq!(rows[0].user_id, user);
     let answer_row = &rows[1];
     assert_eq!(answer_row.id.to_string(), message_id.as_str().unwrap());
@@ -88,9 +94,7 @@ async fn continuing_a_conversation_sends_its_history_after_the_system_prompt() {
     read_answer(&mut client).await;
     let conversation_id = first["conversationId"].clone();
 
-    let second = client
-        .emit_with_ack("chat:start", json!({ "message": "second question", "conversationId": conversation_id }))
-        .await;
+    let second = client.emit_with_ack("chat:start", json!({ "message": "second question", "conversationId": conversation_id })).await;
     assert_eq!(second["conversationId"], conversation_id);
     let answer = read_answer(&mut client).await;
     assert_eq!(answer.order[0], "chat:user-message", "no chat:conversation when continuing");
@@ -277,4 +281,3 @@ async fn a_repeated_client_message_id_starts_nothing_and_gets_the_first_ack() {
     assert_eq!(theirs["ok"], json!(true));
     assert_ne!(theirs["conversationId"], first["conversationId"]);
 }
-

@@ -23,8 +23,7 @@ async fn one_round_writes_every_offered_text_and_leaves_ended_answers_alone() {
     // A long interval: the test runs the rounds itself.
     let app = spawn_app_with(&[("CHECKPOINT_INTERVAL_MS", "600000")]).await;
     let checkpoints = &app.state.engine.checkpoints();
-    let (a, b, ended) =
-        (streaming_answer(&app, "u1").await, streaming_answer(&app, "u2").await, streaming_answer(&app, "u3").await);
+    let (a, b, ended) = (streaming_answer(&app, "u1").await, streaming_answer(&app, "u2").await, streaming_answer(&app, "u3").await);
     let ending = chatwire::chat::Final::Complete {
         provider: "mock".into(),
         model: "gpt-4".into(),
@@ -79,8 +78,7 @@ async fn a_failed_round_keeps_its_texts_for_the_next_one() {
 async fn streaming_answers_are_checkpointed_while_they_run() {
     let words: String = (0..200).map(|i| format!("w{i} ")).collect();
     let words = words.trim_end().to_owned();
-    let app =
-        spawn_app_with(&[("MOCK_RESPONSE", &words), ("MOCK_TOKEN_DELAY_MS", "10"), ("CHECKPOINT_INTERVAL_MS", "150")]).await;
+    let app = spawn_app_with(&[("MOCK_RESPONSE", &words), ("MOCK_TOKEN_DELAY_MS", "10"), ("CHECKPOINT_INTERVAL_MS", "150")]).await;
     let mut clients = Vec::new();
     let mut ids = Vec::new();
     for n in 0..3 {

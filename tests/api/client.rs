@@ -246,11 +246,7 @@ impl Client {
     /// the Socket.IO DISCONNECT packet) within `wait`; everything read before is dropped.
     pub async fn wait_disconnected(&mut self, wait: Duration) -> bool {
         let disconnect = format!("1{NS},");
-        tokio::time::timeout(wait, async {
-            while self.recv_raw_inner().await != disconnect {}
-        })
-        .await
-        .is_ok()
+        tokio::time::timeout(wait, async { while self.recv_raw_inner().await != disconnect {} }).await.is_ok()
     }
 
     /// Closes the transport abruptly.

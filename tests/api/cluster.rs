@@ -182,10 +182,8 @@ async fn a_node_killed_mid_answer_loses_nothing_a_client_saw_and_another_node_cl
     let Some(db) = cluster_env().await else { return };
     let redis = redis_db(9);
     let lease = "1000";
-    let doomed = spawn_binary(
-        &db,
-        &[("REDIS_URL", &redis), ("NODE_LEASE_MS", lease), ("MOCK_TOKEN_DELAY_MS", "25"), ("MOCK_RESPONSE", LONG)],
-    );
+    let doomed =
+        spawn_binary(&db, &[("REDIS_URL", &redis), ("NODE_LEASE_MS", lease), ("MOCK_TOKEN_DELAY_MS", "25"), ("MOCK_RESPONSE", LONG)]);
     let survivor = &nodes(&db, 9, 1, &[("NODE_LEASE_MS", lease)]).await[0];
     let user = user();
     let mut client = Client::websocket(doomed.addr, Credentials::token(&token(&user))).await.unwrap();
@@ -280,7 +278,15 @@ async fn each_nodes_admin_page_lists_every_node_of_the_cluster() {
     let admin = reqwest::Client::new();
     let mut listed = Value::Null;
     for _ in 0..100 {
-        let body: Value = admin.get(format!("http://{}/admin/api/answers", nodes[0].addr)).basic_auth("ops", Some("pw")).send().await.unwrap().json().await.unwrap();
+        let body: Value = admin
+            .get(format!("http://{}/admin/api/answers", nodes[0].addr))
+            .basic_auth("ops", Some("pw"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if let Some(a) = body["answers"].as_array().and_then(|a| a.iter().find(|a| a["messageId"] == ack["messageId"])) {
             listed = a.clone();
             break;
@@ -362,7 +368,8 @@ async fn while_redis_is_down_running_answers_finish_and_starts_are_unavailable_t
     let mut nodes = Vec::new();
     for i in 0..2 {
         let id = format!("restart-node-{i}");
-        let vars = [("DATABASE_URL", db.as_str()), ("REDIS_URL", &url), ("NODE_ID", &id), ("MOCK_TOKEN_DELAY_MS", "40"), ("MOCK_RESPONSE", LONG)];
+        let vars =
+            [("DATABASE_URL", db.as_str()), ("REDIS_URL", &url), ("NODE_ID", &id), ("MOCK_TOKEN_DELAY_MS", "40"), ("MOCK_RESPONSE", LONG)];
         nodes.push(spawn_app_with(&vars).await);
     }
     let user = user();
@@ -393,7 +400,11 @@ async fn while_redis_is_down_running_answers_finish_and_starts_are_unavailable_t
     redis.restart();
     let back = Instant::now();
     let watched = read_answer(&mut on_b).await;
-    assert_eq!((watched.final_name.as_str(), watched.final_data["content"].clone()), ("chat:end", json!(LONG)), "the watcher on B ends too");
+    assert_eq!(
+        (watched.final_name.as_str(), watched.final_data["content"].clone()),
+        ("chat:end", json!(LONG)),
+        "the watcher on B ends too"
+    );
     // The nodes reconnect by themselves: cross-node starts, lists and stops work again.
     let second = loop {
         let ack = other.emit_with_ack("chat:start", json!({ "message": "again" })).await;
@@ -434,7 +445,14 @@ async fn a_redis_that_lost_its_data_gets_every_running_answer_listed_again() {
     let mut nodes = Vec::new();
     for i in 0..2 {
         let id = format!("relist-node-{i}");
-        let vars = [("DATABASE_URL", db.as_str()), ("REDIS_URL", &url), ("NODE_ID", &id), ("MOCK_TOKEN_DELAY_MS", "150"), ("MOCK_RESPONSE", LONG), ("NODE_LEASE_MS", "600")];
+        let vars = [
+            ("DATABASE_URL", db.as_str()),
+            ("REDIS_URL", &url),
+            ("NODE_ID", &id),
+            ("MOCK_TOKEN_DELAY_MS", "150"),
+            ("MOCK_RESPONSE", LONG),
+            ("NODE_LEASE_MS", "600"),
+        ];
         nodes.push(spawn_app_with(&vars).await);
     }
     let user = user();

@@ -24,11 +24,14 @@ async fn chat_providers_lists_every_provider_with_its_bare_models_and_the_defaul
     let mut client = t.app.client(&user()).await;
     let ack = client.emit_with_ack("chat:providers", json!({})).await;
     let ids = |models: &[&str]| models.iter().map(|m| json!({ "id": m })).collect::<Vec<_>>();
-    assert_eq!(ack, json!({ "ok": true, "providers": [
-        { "id": "gem", "name": "Gemini-like", "default": false, "models": ids(&["gem-pro", "fail-503"]) },
-        { "id": "mis", "name": "mis", "default": false, "models": ids(&["mis-large", "fail-503", "cut-after-2"]) },
-        { "id": "orr", "name": "orr", "default": true, "models": ids(&["orr-1", "error-mid", "no-finish", "plain"]) },
-    ]}));
+    assert_eq!(
+        ack,
+        json!({ "ok": true, "providers": [
+            { "id": "gem", "name": "Gemini-like", "default": false, "models": ids(&["gem-pro", "fail-503"]) },
+            { "id": "mis", "name": "mis", "default": false, "models": ids(&["mis-large", "fail-503", "cut-after-2"]) },
+            { "id": "orr", "name": "orr", "default": true, "models": ids(&["orr-1", "error-mid", "no-finish", "plain"]) },
+        ]})
+    );
     // Asked again within models_ttl_secs: the discovered list comes from the cache.
     client.emit_with_ack("chat:providers", json!({})).await;
     assert_eq!(t.gem.model_lists(), 1, "one discovery request");
@@ -60,7 +63,20 @@ async fn get_v1_models_is_the_openai_list_with_provider_prefixed_ids_behind_the_
     assert_eq!(status, 200);
     assert_eq!(body["object"], json!("list"));
     let ids: Vec<&str> = body["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["gem/gem-pro", "gem/fail-503", "mis/mis-large", "mis/fail-503", "mis/cut-after-2", "orr/orr-1", "orr/error-mid", "orr/no-finish", "orr/plain"]);
+    assert_eq!(
+        ids,
+        [
+            "gem/gem-pro",
+            "gem/fail-503",
+            "mis/mis-large",
+            "mis/fail-503",
+            "mis/cut-after-2",
+            "orr/orr-1",
+            "orr/error-mid",
+            "orr/no-finish",
+            "orr/plain"
+        ]
+    );
     assert_eq!(body["data"][0], json!({ "id": "gem/gem-pro", "object": "model", "created": 0, "owned_by": "gem" }));
 }
 

@@ -46,11 +46,7 @@ pub struct FakeUpstream {
 impl FakeUpstream {
     pub async fn start(script: Vec<Reply>) -> Self {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-        let fake = Self {
-            addr: listener.local_addr().unwrap(),
-            script: Arc::new(Mutex::new(script.into())),
-            hits: Arc::default(),
-        };
+        let fake = Self { addr: listener.local_addr().unwrap(), script: Arc::new(Mutex::new(script.into())), hits: Arc::default() };
         let app = Router::new().route("/v1/chat/completions", post(reply)).with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         fake
@@ -98,10 +94,7 @@ async fn reply(State(fake): State<FakeUpstream>, Json(_body): Json<Value>) -> Re
                 Tail::End => {}
             }
         };
-        Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(Body::from_stream(stream))
-            .unwrap()
+        Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
     };
     let tokens = |t: &[&str]| t.iter().map(|t| Ok(chunk(Some(t), None))).collect::<Vec<_>>();
     let answer = |t: &[&str]| {

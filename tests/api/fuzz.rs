@@ -18,8 +18,16 @@ const EVENTS: [&str; 6] = ["chat:start", "chat:stop", "chat:resume", "chat:join"
 
 /// The codes a refusal may carry.
 const CODES: [&str; 10] = [
-    "INVALID_PAYLOAD", "MESSAGE_TOO_LONG", "INVALID_PARAMS", "INVALID_MODEL", "FORBIDDEN", "UNAUTHORIZED",
-    "NOT_FOUND", "BUSY", "RATE_LIMIT", "UPSTREAM_ERROR",
+    "INVALID_PAYLOAD",
+    "MESSAGE_TOO_LONG",
+    "INVALID_PARAMS",
+    "INVALID_MODEL",
+    "FORBIDDEN",
+    "UNAUTHORIZED",
+    "NOT_FOUND",
+    "BUSY",
+    "RATE_LIMIT",
+    "UPSTREAM_ERROR",
 ];
 
 /// JSON made mostly of the protocol's own field names and edge values.
@@ -36,8 +44,17 @@ fn json_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(4, 48, 6, |inner| {
         let names = prop_oneof![
             prop::sample::select(vec![
-                "message", "userId", "conversationId", "model", "maxTokens", "temperature", "clientMessageId",
-                "systemPrompt", "messageId", "offset", "token",
+                "message",
+                "userId",
+                "conversationId",
+                "model",
+                "maxTokens",
+                "temperature",
+                "clientMessageId",
+                "systemPrompt",
+                "messageId",
+                "offset",
+                "token",
             ])
             .prop_map(str::to_owned),
             "\\PC{0,8}",
@@ -96,4 +113,3 @@ async fn every_generated_packet_gets_an_ack_or_a_close_and_the_server_keeps_serv
     fresh.emit("chat:start", json!({ "message": "after the fuzz" })).await;
     assert_eq!(read_answer(&mut fresh).await.text(), ANSWER);
 }
-

@@ -44,7 +44,12 @@ async fn with_a_secret_and_a_public_key_each_token_is_checked_with_the_key_of_it
         let (_, hs_rest) = hs.split_once('.').unwrap();
         format!("{rs_head}.{hs_rest}")
     };
-    for (what, t) in [("wrong secret", wrong_secret), ("ES256 without its key", other_alg), ("public key as secret", confused), ("RS256 header on an HS256 signature", rs_header_hs_body)] {
+    for (what, t) in [
+        ("wrong secret", wrong_secret),
+        ("ES256 without its key", other_alg),
+        ("public key as secret", confused),
+        ("RS256 header on an HS256 signature", rs_header_hs_body),
+    ] {
         assert_eq!(connect_message(&app, &t).await, Err("unauthorized".to_owned()), "{what}");
     }
 }
@@ -88,7 +93,13 @@ async fn the_bearer_scheme_is_case_insensitive_on_ai_and_sse() {
     let body = sse.text().await.unwrap();
     assert!(body.starts_with("event: chat:ack\n"), "{body}");
     assert!(body.contains("event: chat:end\n"), "{body}");
-    let refused = http.post(format!("http://{}/v1/chat", app.addr)).header("authorization", "BEARER junk").json(&json!({ "message": "hi" })).send().await.unwrap();
+    let refused = http
+        .post(format!("http://{}/v1/chat", app.addr))
+        .header("authorization", "BEARER junk")
+        .json(&json!({ "message": "hi" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(refused.status(), 401);
 }
 

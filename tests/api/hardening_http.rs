@@ -183,8 +183,10 @@ async fn sigterm_finishes_within_grace_and_close_timeout_while_clients_stop_read
     let dir = tempfile::tempdir().unwrap();
     let db_url = format!("sqlite://{}/chatwire.db?mode=rwc", dir.path().display());
     // Stamp mode: an answer of exactly `maxTokens` tokens of 17 bytes, 2 MB, as fast as it goes.
-    let mut child =
-        spawn_binary(&db_url, &[("MOCK_STAMP", "true"), ("MOCK_TOKEN_DELAY_MS", "0"), ("SHUTDOWN_GRACE_SECONDS", "1"), ("MAX_TOKENS_LIMIT", "128000")]);
+    let mut child = spawn_binary(
+        &db_url,
+        &[("MOCK_STAMP", "true"), ("MOCK_TOKEN_DELAY_MS", "0"), ("SHUTDOWN_GRACE_SECONDS", "1"), ("MAX_TOKENS_LIMIT", "128000")],
+    );
     let addr = child.addr;
     // A WebSocket whose client asks for a long answer and then never reads again.
     let mut ws = Client::websocket(addr, Credentials::token(&token(&user()))).await.expect("connect");

@@ -182,7 +182,8 @@ async fn checkpoints_reach_the_row_within_the_bound_the_readme_states() {
     // one-second interval, every check below allows 1.5 s: text offered only on the
     // generation's own tick, then stored on the writer's, can be 2 intervals late.
     let words: String = (0..100).map(|i| format!("w{i} ")).collect();
-    let app = spawn_app_with(&[("MOCK_RESPONSE", words.trim_end()), ("MOCK_TOKEN_DELAY_MS", "40"), ("CHECKPOINT_INTERVAL_MS", "1000")]).await;
+    let app =
+        spawn_app_with(&[("MOCK_RESPONSE", words.trim_end()), ("MOCK_TOKEN_DELAY_MS", "40"), ("CHECKPOINT_INTERVAL_MS", "1000")]).await;
     let app = &app;
     // Answers started 200 ms apart: their ticks fall at different points of the writer's.
     let runs = (0..5u64).map(|n| async move {

@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use chatwire::{AppState, Application, Config, providers::mock::MockUpstream};
 use jsonwebtoken::{EncodingKey, Header, encode};
-use sea_orm::{ConnectionTrait, Database, EntityTrait, QueryFilter, QueryOrder, ColumnTrait};
+use sea_orm::{ColumnTrait, ConnectionTrait, Database, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use uuid::Uuid;

@@ -30,11 +30,7 @@ fn import(url: &str, file: &Path, strict: bool) -> Output {
     if strict {
         command.arg("--strict");
     }
-    command
-        .env_clear()
-        .envs([("DATABASE_URL", url), ("RUST_LOG", "off")])
-        .output()
-        .expect("the chatwire binary runs")
+    command.env_clear().envs([("DATABASE_URL", url), ("RUST_LOG", "off")]).output().expect("the chatwire binary runs")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -325,10 +321,7 @@ async fn the_documented_export_of_typeorm_tables_imports_into_chatwire() {
     let public_before = (schema::dump(&nest, "public.conversations").await, schema::dump(&nest, "public.messages").await);
     let (copy, select) = documented_export();
     let rows = nest.query_all_raw(Statement::from_string(DbBackend::Postgres, select)).await.expect("the documented SELECT runs");
-    let lines: Vec<String> = rows
-        .iter()
-        .map(|r| r.try_get_by_index::<Value>(0).expect("one JSON column").to_string())
-        .collect();
+    let lines: Vec<String> = rows.iter().map(|r| r.try_get_by_index::<Value>(0).expect("one JSON column").to_string()).collect();
     assert_eq!(lines.len(), 6);
 
     let dir = tempfile::tempdir().unwrap();
@@ -371,8 +364,20 @@ async fn the_documented_export_of_typeorm_tables_imports_into_chatwire() {
     assert_eq!(
         conversations(&db).await,
         [
-            conversation("0b6f3c52-4a8e-4d2e-9a51-1f0c7e3d9b21", "alice", "What is Rust?", "2025-03-01T09:00:00Z", "2025-03-01T09:00:05.25Z"),
-            conversation("7d1e9a40-22c3-4f7b-8e6d-5a9b0c1d2e3f", "alice", "Second thoughts", "2025-03-02T10:00:00Z", "2025-03-02T10:01:00Z"),
+            conversation(
+                "0b6f3c52-4a8e-4d2e-9a51-1f0c7e3d9b21",
+                "alice",
+                "What is Rust?",
+                "2025-03-01T09:00:00Z",
+                "2025-03-01T09:00:05.25Z"
+            ),
+            conversation(
+                "7d1e9a40-22c3-4f7b-8e6d-5a9b0c1d2e3f",
+                "alice",
+                "Second thoughts",
+                "2025-03-02T10:00:00Z",
+                "2025-03-02T10:01:00Z"
+            ),
             conversation(
                 "f3a2b1c0-9d8e-4f7a-b6c5-d4e3f2a1b0c9",
                 "bob",
@@ -390,11 +395,39 @@ async fn the_documented_export_of_typeorm_tables_imports_into_chatwire() {
     assert_eq!(
         got,
         [
-            ("03c0ffee-0000-4000-8000-000000000004".to_owned(), "assistant", "Line one\nline two\ttabbed", Some("gpt-4o"), Some(26), at("2025-03-02T10:01:00Z")),
-            ("a1c0ffee-0000-4000-8000-000000000002".to_owned(), "assistant", "A systems language.", Some("gpt-4"), Some(14), at("2025-03-01T09:00:05.25Z")),
+            (
+                "03c0ffee-0000-4000-8000-000000000004".to_owned(),
+                "assistant",
+                "Line one\nline two\ttabbed",
+                Some("gpt-4o"),
+                Some(26),
+                at("2025-03-02T10:01:00Z")
+            ),
+            (
+                "a1c0ffee-0000-4000-8000-000000000002".to_owned(),
+                "assistant",
+                "A systems language.",
+                Some("gpt-4"),
+                Some(14),
+                at("2025-03-01T09:00:05.25Z")
+            ),
             ("b2c0ffee-0000-4000-8000-000000000003".to_owned(), "user", "Second thoughts", None, None, at("2025-03-02T10:00:00Z")),
-            ("c4c0ffee-0000-4000-8000-000000000005".to_owned(), "user", "Quotes \"and\" \\backslashes, emoji 😀", None, None, at("2025-03-03T11:00:00Z")),
-            ("d5c0ffee-0000-4000-8000-000000000006".to_owned(), "assistant", "Partial", Some("gpt-4"), None, at("2025-03-03T11:00:09.123456Z")),
+            (
+                "c4c0ffee-0000-4000-8000-000000000005".to_owned(),
+                "user",
+                "Quotes \"and\" \\backslashes, emoji 😀",
+                None,
+                None,
+                at("2025-03-03T11:00:00Z")
+            ),
+            (
+                "d5c0ffee-0000-4000-8000-000000000006".to_owned(),
+                "assistant",
+                "Partial",
+                Some("gpt-4"),
+                None,
+                at("2025-03-03T11:00:09.123456Z")
+            ),
             ("e1c0ffee-0000-4000-8000-000000000001".to_owned(), "user", "What is Rust?", None, None, at("2025-03-01T09:00:00Z")),
         ]
     );

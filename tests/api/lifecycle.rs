@@ -49,15 +49,11 @@ async fn with_on_disconnect_cancel_the_partial_answer_is_stored_as_stopped() {
     assert!(app.state.engine.wait_idle(Duration::from_secs(5)).await, "the answer leaves the registry after its row");
 }
 
-
 #[tokio::test]
 async fn sigterm_lets_short_answers_finish_and_cuts_long_ones_with_their_partial_text_stored() {
     let dir = tempfile::tempdir().unwrap();
     let db_url = format!("sqlite://{}/chatwire.db?mode=rwc", dir.path().display());
-    let mut child = spawn_binary(
-        &db_url,
-        &[("MOCK_RESPONSE", LONG), ("MOCK_TOKEN_DELAY_MS", "100"), ("SHUTDOWN_GRACE_SECONDS", "1")],
-    );
+    let mut child = spawn_binary(&db_url, &[("MOCK_RESPONSE", LONG), ("MOCK_TOKEN_DELAY_MS", "100"), ("SHUTDOWN_GRACE_SECONDS", "1")]);
     let connect = |user: &str| Client::websocket(child.addr, Credentials::token(&token(user)));
     let mut long = connect(&user()).await.unwrap();
     let mut short = connect(&user()).await.unwrap();
@@ -131,7 +127,10 @@ async fn a_crash_loses_at_most_the_last_checkpoint_and_the_next_start_marks_the_
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!((row.status.as_str(), row.finish_reason.as_deref(), row.content.as_str()), ("error", Some("interrupted"), checkpoint.as_str()));
+    assert_eq!(
+        (row.status.as_str(), row.finish_reason.as_deref(), row.content.as_str()),
+        ("error", Some("interrupted"), checkpoint.as_str())
+    );
 
     let mut client = Client::websocket(restarted.addr, Credentials::token(&token(&user))).await.unwrap();
     let resumed = client.emit_with_ack("chat:resume", json!({ "messageId": ack["messageId"], "offset": 0 })).await;

@@ -89,7 +89,14 @@ fn spawn_pretty(vars: &[(&str, &str)]) -> PrettyChild {
     let mut process = Command::new(env!("CARGO_BIN_EXE_chatwire"))
         .arg("serve")
         .env_clear()
-        .envs([("PORT", "0"), ("HOST", "127.0.0.1"), ("JWT_SECRET", SECRET), ("LOG_FORMAT", "pretty"), ("RUST_LOG", "info"), ("NO_COLOR", "1")])
+        .envs([
+            ("PORT", "0"),
+            ("HOST", "127.0.0.1"),
+            ("JWT_SECRET", SECRET),
+            ("LOG_FORMAT", "pretty"),
+            ("RUST_LOG", "info"),
+            ("NO_COLOR", "1"),
+        ])
         .envs(vars.iter().copied())
         .stdout(Stdio::piped())
         .spawn()

@@ -170,8 +170,7 @@ async fn a_chat_a_stop_an_error_and_refusals_move_each_metric_by_exactly_what_ha
     assert_eq!(moved("chatwire_chat_errors_total", &[("code", "INVALID_PAYLOAD")]), 2.0, "the /ai refusal and the SSE one");
     assert_eq!(after.counter("chatwire_redis_commands_total", &[]), 0.0, "no cluster mode");
 
-    let (ttft_after, duration_after) =
-        (after.histogram("chatwire_ttft_seconds"), after.histogram("chatwire_answer_duration_seconds"));
+    let (ttft_after, duration_after) = (after.histogram("chatwire_ttft_seconds"), after.histogram("chatwire_answer_duration_seconds"));
     assert_eq!(ttft_after.count - ttft.count, 2.0, "the complete and the stopped answer had a first token");
     assert_eq!(duration_after.count - duration.count, 3.0, "every answer has a duration, stopped and failed ones too");
     assert!(ttft_after.sum > ttft.sum && duration_after.sum - duration.sum >= ttft_after.sum - ttft.sum);

@@ -20,14 +20,9 @@ pub struct Three {
 }
 
 pub async fn three(extra_toml: &str, vars: &[(&str, &str)]) -> Three {
-    let gem = QuirkyUpstream::start(
-        "gem",
-        Quirks { usage_on_last_content: true, ..Quirks::default() },
-        Some(vec!["gem-pro", "fail-503"]),
-    )
-    .await;
-    let mis =
-        QuirkyUpstream::start("mis", Quirks { refuse_stream_options: true, no_usage: true, ..Quirks::default() }, None).await;
+    let gem =
+        QuirkyUpstream::start("gem", Quirks { usage_on_last_content: true, ..Quirks::default() }, Some(vec!["gem-pro", "fail-503"])).await;
+    let mis = QuirkyUpstream::start("mis", Quirks { refuse_stream_options: true, no_usage: true, ..Quirks::default() }, None).await;
     let orr = QuirkyUpstream::start("orr", Quirks { comments: true, reasoning: true, ..Quirks::default() }, None).await;
     let toml = format!(
         r#"
@@ -144,10 +139,7 @@ async fn a_503_before_the_first_token_falls_back_and_benches_the_provider() {
     assert_eq!(answer.final_name, "chat:end", "{}", answer.final_data);
     assert_eq!(answer.text(), t.mis.answer());
     assert_eq!((answer.final_data["provider"].as_str(), answer.final_data["model"].as_str()), (Some("mis"), Some("mis-large")));
-    assert_eq!(
-        (row.provider.as_deref(), row.model.as_deref(), row.status.as_str()),
-        (Some("mis"), Some("mis-large"), "complete")
-    );
+    assert_eq!((row.provider.as_deref(), row.model.as_deref(), row.status.as_str()), (Some("mis"), Some("mis-large"), "complete"));
     assert_eq!(models_asked(&t.gem), ["fail-503"]);
     // Within its cool-down gem is passed over: the next answer goes straight to mis.
     let (_, again, row) = ask(&t.app, json!({ "model": "best" })).await;
@@ -231,10 +223,7 @@ async fn an_error_inside_the_stream_is_upstream_error_with_the_partial_answer_st
     let (_, answer, row) = ask(&t.app, json!({ "model": "orr/error-mid" })).await;
     assert_eq!((answer.final_name.as_str(), answer.final_data["code"].as_str()), ("chat:error", Some("UPSTREAM_ERROR")));
     assert_eq!(answer.text(), "Hi from ");
-    assert_eq!(
-        (row.status.as_str(), row.content.as_str(), row.error_code.as_deref()),
-        ("error", "Hi from ", Some("UPSTREAM_ERROR"))
-    );
+    assert_eq!((row.status.as_str(), row.content.as_str(), row.error_code.as_deref()), ("error", "Hi from ", Some("UPSTREAM_ERROR")));
     let (_, answer, row) = ask(&t.app, json!({ "model": "orr/no-finish" })).await;
     assert_eq!((answer.final_name.as_str(), answer.final_data["code"].as_str()), ("chat:error", Some("UPSTREAM_ERROR")));
     assert_eq!((answer.text(), row.content), ("Hi from orr.".to_owned(), "Hi from orr.".to_owned()));

@@ -49,11 +49,9 @@ pub struct QuirkyUpstream {
 impl QuirkyUpstream {
     pub async fn start(name: &'static str, quirks: Quirks, models: Option<Vec<&'static str>>) -> Self {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-        let fake = Self { addr: listener.local_addr().unwrap(), name, quirks, models, requests: Arc::default(), model_lists: Arc::default() };
-        let app = Router::new()
-            .route("/v1/chat/completions", post(chat))
-            .route("/v1/models", get(list_models))
-            .with_state(fake.clone());
+        let fake =
+            Self { addr: listener.local_addr().unwrap(), name, quirks, models, requests: Arc::default(), model_lists: Arc::default() };
+        let app = Router::new().route("/v1/chat/completions", post(chat)).route("/v1/models", get(list_models)).with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         fake
     }
@@ -108,11 +106,7 @@ async fn chat(State(fake): State<QuirkyUpstream>, Json(body): Json<Value>) -> Re
     if q.refuse_stream_options && body.get("stream_options").is_some() {
         let detail = json!({ "object": "error", "message": { "detail": [{ "type": "extra_forbidden", "loc": ["body", "stream_options"],
             "msg": "Extra inputs are not permitted" }] }, "type": "invalid_request_error", "param": null, "code": null });
-        return Response::builder()
-            .status(422)
-            .header("content-type", "application/json")
-            .body(Body::from(detail.to_string()))
-            .unwrap();
+        return Response::builder().status(422).header("content-type", "application/json").body(Body::from(detail.to_string())).unwrap();
     }
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     if model == "fail-503" {
@@ -156,7 +150,9 @@ async fn chat(State(fake): State<QuirkyUpstream>, Json(body): Json<Value>) -> Re
             if !q.usage_on_last_content {
                 frames.push(event(chunk(json!({}), Some("stop"), None)));
                 if asked_usage && !q.no_usage {
-                    frames.push(event(json!({ "id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": [], "usage": usage })));
+                    frames.push(event(
+                        json!({ "id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": [], "usage": usage }),
+                    ));
                 }
             }
             frames.push(Bytes::from_static(b"data: [DONE]\n\n"));

@@ -28,7 +28,8 @@ async fn usage_rows(app: &TestApp, user: &str) -> Vec<entity::usage::Model> {
 }
 
 async fn usage_of(app: &TestApp, user: &str, query: &str) -> Value {
-    let response = reqwest::Client::new().get(format!("http://{}/v1/usage{query}", app.addr)).bearer_auth(token(user)).send().await.unwrap();
+    let response =
+        reqwest::Client::new().get(format!("http://{}/v1/usage{query}", app.addr)).bearer_auth(token(user)).send().await.unwrap();
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }

@@ -234,7 +234,11 @@ async fn a_new_title_is_validated() {
         (emoji_long.as_str(), "INVALID_PARAMS", "title is longer than 200 characters"),
     ];
     for (body, code, message) in cases {
-        assert_eq!(call(&app, Method::PATCH, &path, Some(&user), Some(body)).await, (StatusCode::BAD_REQUEST, error(code, message)), "{body}");
+        assert_eq!(
+            call(&app, Method::PATCH, &path, Some(&user), Some(body)).await,
+            (StatusCode::BAD_REQUEST, error(code, message)),
+            "{body}"
+        );
     }
     assert_eq!(get(&app, &path, &user).await.1["title"], "keep this title");
     let longest = "y".repeat(200);
@@ -355,15 +359,22 @@ async fn the_openapi_document_covers_every_route_and_docs_work_offline() {
         ("/v1/messages/{id}", "get"),
         ("/v1/usage", "get"),
     ];
-    let mut documented: Vec<(String, String)> =
-        doc["paths"].as_object().unwrap().iter().flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(|m| (p.clone(), m.clone()))).collect();
+    let mut documented: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(|m| (p.clone(), m.clone())))
+        .collect();
     documented.sort();
     let mut expected: Vec<(String, String)> = routes.iter().map(|(p, m)| (p.to_string(), m.to_string())).collect();
     expected.sort();
     assert_eq!(documented, expected);
     assert_eq!(doc["components"]["securitySchemes"]["bearer"], json!({ "type": "http", "scheme": "bearer", "bearerFormat": "JWT" }));
     assert_eq!(doc["paths"]["/v1/conversations"]["get"]["security"], json!([{ "bearer": [] }]));
-    assert_eq!(doc["paths"]["/v1/chat"]["post"]["responses"]["429"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody");
+    assert_eq!(
+        doc["paths"]["/v1/chat"]["post"]["responses"]["429"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ErrorBody"
+    );
 
     let page = http.get(format!("http://{}/docs", app.addr)).send().await.unwrap();
     assert_eq!(page.status(), 200);

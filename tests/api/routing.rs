@@ -78,7 +78,13 @@ async fn a_joiner_gets_a_bursting_answer_once_from_its_start() {
 async fn repeated_resumes_of_a_finished_answer_queue_one_catch_up_not_one_each() {
     let big: String = (0..30_000).map(|i| format!("w{i:05} ")).collect::<String>().trim_end().to_owned();
     assert!(big.len() > 150_000);
-    let app = spawn_app_with(&[("MOCK_RESPONSE", &big), ("MOCK_TOKEN_DELAY_MS", "0"), ("MAX_TOKENS_LIMIT", "40000"), ("SOCKET_EVENTS_IN_FLIGHT", "1000")]).await;
+    let app = spawn_app_with(&[
+        ("MOCK_RESPONSE", &big),
+        ("MOCK_TOKEN_DELAY_MS", "0"),
+        ("MAX_TOKENS_LIMIT", "40000"),
+        ("SOCKET_EVENTS_IN_FLIGHT", "1000"),
+    ])
+    .await;
     let user = user();
     let mut client = app.client(&user).await;
     let ack = client.emit_with_ack("chat:start", json!({ "message": "long", "maxTokens": 40_000 })).await;

@@ -159,9 +159,7 @@ async fn beside_typeorm_tables_in_public_chatwire_works_in_its_own_schema_and_to
     let first = client.emit_with_ack("chat:start", json!({ "message": "hello" })).await;
     assert_eq!(first["ok"], true, "{first}");
     assert_eq!(read_answer(&mut client).await.final_name, "chat:end");
-    let second = client
-        .emit_with_ack("chat:start", json!({ "message": "again", "conversationId": first["conversationId"] }))
-        .await;
+    let second = client.emit_with_ack("chat:start", json!({ "message": "again", "conversationId": first["conversationId"] })).await;
     assert_eq!(second["ok"], true, "{second}");
     let answer = read_answer(&mut client).await;
     assert_eq!(answer.final_name, "chat:end");
@@ -281,9 +279,7 @@ async fn three_migrate_processes_started_at_once_all_succeed() {
 
 #[test]
 fn database_schema_must_be_a_plain_identifier() {
-    let config = |schema: &str| {
-        chatwire::Config::from_vars(HashMap::from([("DATABASE_SCHEMA".to_owned(), schema.to_owned())]))
-    };
+    let config = |schema: &str| chatwire::Config::from_vars(HashMap::from([("DATABASE_SCHEMA".to_owned(), schema.to_owned())]));
     assert_eq!(config("").unwrap().database_schema, "chatwire", "unset or empty: the default");
     assert_eq!(config("tenant_7").unwrap().database_schema, "tenant_7");
     for bad in ["Chatwire", "7days", "chat-wire", "chat wire", "x\";DROP TABLE t;--", "pg_mine", &"a".repeat(64)] {

@@ -75,7 +75,10 @@ async fn a_whole_chat_streams_the_ai_events_in_the_ai_order() {
     assert_eq!(text_from(&events, 0), ANSWER);
     assert_eq!(end.event, "chat:end");
     assert_eq!(end.id, utf16(ANSWER).to_string(), "the final event's id is the whole length");
-    assert_eq!((&end.data["content"], &end.data["messageId"], &end.data["finishReason"]), (&json!(ANSWER), &ack["messageId"], &json!("stop")));
+    assert_eq!(
+        (&end.data["content"], &end.data["messageId"], &end.data["finishReason"]),
+        (&json!(ANSWER), &ack["messageId"], &json!("stop"))
+    );
     let row = app.message(ack["messageId"].as_str().unwrap()).await;
     assert_eq!((row.status.as_str(), row.content.as_str()), ("complete", ANSWER));
     assert_eq!(row.completion_tokens, end.data["completionTokens"].as_i64().map(|n| n as i32));

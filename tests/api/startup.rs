@@ -26,7 +26,8 @@ fn summary_line<'a>(child: &'a crate::binary::Child, what: &str) -> &'a str {
 async fn start_up_says_where_to_connect_how_it_authenticates_and_where_the_data_goes() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chat.db");
-    let child = spawn_binary(&format!("sqlite://{}?mode=rwc", db.display()), &[("CORS_ORIGIN", "https://app.example.com/"), ("NODE_ID", "node-a")]);
+    let child =
+        spawn_binary(&format!("sqlite://{}?mode=rwc", db.display()), &[("CORS_ORIGIN", "https://app.example.com/"), ("NODE_ID", "node-a")]);
     assert_eq!(summary_line(&child, "connect to"), format!("http://127.0.0.1:{}/ai", child.addr.port()));
     assert_eq!(summary_line(&child, "auth"), "jwt (HS256)");
     assert_eq!(summary_line(&child, "database"), format!("SQLite file {}", db.display()));
@@ -38,7 +39,10 @@ async fn start_up_says_where_to_connect_how_it_authenticates_and_where_the_data_
 #[tokio::test]
 async fn each_answer_ends_with_one_info_line_of_its_figures() {
     let dir = tempfile::tempdir().unwrap();
-    let child = spawn_binary(&format!("sqlite://{}/c.db?mode=rwc", dir.path().display()), &[("MOCK_RESPONSE", "one two three"), ("MOCK_TOKEN_DELAY_MS", "5")]);
+    let child = spawn_binary(
+        &format!("sqlite://{}/c.db?mode=rwc", dir.path().display()),
+        &[("MOCK_RESPONSE", "one two three"), ("MOCK_TOKEN_DELAY_MS", "5")],
+    );
     let user = user();
     let mut client = Client::websocket(child.addr, Credentials::token(&token(&user))).await.unwrap();
     let ack = client.emit_with_ack("chat:start", json!({ "message": "count", "model": "gpt-4o-mini" })).await;
@@ -46,7 +50,10 @@ async fn each_answer_ends_with_one_info_line_of_its_figures() {
     let line = child.logged("answer ended");
     assert_eq!(line["level"], "INFO");
     assert_eq!((&line["message_id"], &line["conversation_id"]), (&ack["messageId"], &ack["conversationId"]));
-    assert_eq!((line["user_id"].as_str(), line["model"].as_str(), line["status"].as_str()), (Some(user.as_str()), Some("gpt-4o-mini"), Some("complete")));
+    assert_eq!(
+        (line["user_id"].as_str(), line["model"].as_str(), line["status"].as_str()),
+        (Some(user.as_str()), Some("gpt-4o-mini"), Some("complete"))
+    );
     assert_eq!((&line["prompt_tokens"], &line["completion_tokens"]), (&end["promptTokens"], &json!(3)));
     let (ttft, duration) = (line["ttft_ms"].as_u64().unwrap(), line["duration_ms"].as_u64().unwrap());
     assert!(ttft <= duration, "{line}");

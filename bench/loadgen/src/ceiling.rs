@@ -43,11 +43,7 @@ pub struct CeilingConfig {
 
 /// Binds with a large listen backlog, so a connect burst loses no SYNs.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
@@ -75,10 +71,7 @@ static IDS: AtomicU64 = AtomicU64::new(1);
 
 /// A UUID-shaped id, so frames are as long as the gateway's.
 fn next_id() -> String {
-    format!(
-        "00000000-0000-4000-8000-{:012x}",
-        IDS.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("00000000-0000-4000-8000-{:012x}", IDS.fetch_add(1, Ordering::Relaxed))
 }
 
 struct Generation {
@@ -129,19 +122,12 @@ async fn next_tick(generation: &mut Option<Generation>) {
     }
 }
 
-async fn connection(
-    tcp: TcpStream,
-    cfg: CeilingConfig,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+async fn connection(tcp: TcpStream, cfg: CeilingConfig) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     let _ = tcp.set_nodelay(true);
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
+    let ws_config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
     let mut ws = accept_async_with_config(tcp, Some(ws_config)).await?;
     let sid = next_id();
-    let open = format!(
-        "0{{\"sid\":\"{sid}\",\"upgrades\":[],\"pingInterval\":25000,\"pingTimeout\":20000,\"maxPayload\":1000000}}"
-    );
+    let open = format!("0{{\"sid\":\"{sid}\",\"upgrades\":[],\"pingInterval\":25000,\"pingTimeout\":20000,\"maxPayload\":1000000}}");
     ws.send(Message::Text(open.into())).await?;
     let mut generation: Option<Generation> = None;
     loop {
@@ -193,12 +179,7 @@ async fn connection(
 }
 
 /// The frames to answer one client packet with.
-fn handle(
-    text: &str,
-    sid: &str,
-    generation: &mut Option<Generation>,
-    cfg: &CeilingConfig,
-) -> Vec<String> {
+fn handle(text: &str, sid: &str, generation: &mut Option<Generation>, cfg: &CeilingConfig) -> Vec<String> {
     let Ok(packet) = wire::parse(text) else {
         return Vec::new();
     };
@@ -211,16 +192,8 @@ fn handle(
             let Ok(mut parts) = serde_json::from_str::<Vec<Value>>(args) else {
                 return Vec::new();
             };
-            let name = parts
-                .first()
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            let data = if parts.len() > 1 {
-                parts.swap_remove(1)
-            } else {
-                Value::Null
-            };
+            let name = parts.first().and_then(Value::as_str).unwrap_or_default().to_owned();
+            let data = if parts.len() > 1 { parts.swap_remove(1) } else { Value::Null };
             match name.as_str() {
                 "chat:start" => start(nsp, ack, &data, generation, cfg),
                 "chat:stop" => {
@@ -235,11 +208,7 @@ fn handle(
                         ));
                     }
                     if let Some(id) = ack {
-                        out.push(wire::ack_frame(
-                            nsp,
-                            id,
-                            &serde_json::json!({ "ok": true, "stopped": stopped }),
-                        ));
+                        out.push(wire::ack_frame(nsp, id, &serde_json::json!({ "ok": true, "stopped": stopped })));
                     }
                     out
                 }
@@ -250,36 +219,18 @@ fn handle(
     }
 }
 
-fn start(
-    nsp: &str,
-    ack: Option<u64>,
-    data: &Value,
-    generation: &mut Option<Generation>,
-    cfg: &CeilingConfig,
-) -> Vec<String> {
+fn start(nsp: &str, ack: Option<u64>, data: &Value, generation: &mut Option<Generation>, cfg: &CeilingConfig) -> Vec<String> {
     let mut out = Vec::new();
     if generation.is_some() {
-        let error =
-            serde_json::json!({ "code": "BUSY", "message": "a generation is already running" });
+        let error = serde_json::json!({ "code": "BUSY", "message": "a generation is already running" });
         match ack {
-            Some(id) => out.push(wire::ack_frame(
-                nsp,
-                id,
-                &serde_json::json!({ "ok": false, "error": error }),
-            )),
+            Some(id) => out.push(wire::ack_frame(nsp, id, &serde_json::json!({ "ok": false, "error": error }))),
             None => out.push(wire::event_frame(nsp, None, "chat:error", &error)),
         }
         return out;
     }
-    let message = data
-        .get("message")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let tokens = data
-        .get("maxTokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(16)
-        .clamp(1, 100_000);
+    let message = data.get("message").and_then(Value::as_str).unwrap_or_default();
+    let tokens = data.get("maxTokens").and_then(Value::as_u64).unwrap_or(16).clamp(1, 100_000);
     let conversation_id = next_id();
     let user_message_id = next_id();
     let message_id = next_id();
@@ -290,12 +241,7 @@ fn start(
             &serde_json::json!({ "ok": true, "conversationId": conversation_id, "userMessageId": user_message_id, "messageId": message_id }),
         ));
     }
-    out.push(wire::event_frame(
-        nsp,
-        None,
-        "chat:conversation",
-        &serde_json::json!({ "conversationId": conversation_id }),
-    ));
+    out.push(wire::event_frame(nsp, None, "chat:conversation", &serde_json::json!({ "conversationId": conversation_id })));
     out.push(wire::event_frame(
         nsp,
         None,
@@ -305,11 +251,7 @@ fn start(
     let period = cfg.token_delay.max(Duration::from_micros(1));
     // Like the mock: the first token after the first-token delay, then one per period.
     let due_now = cfg.first_token_delay.is_zero();
-    let first = if due_now {
-        period
-    } else {
-        cfg.first_token_delay
-    };
+    let first = if due_now { period } else { cfg.first_token_delay };
     let mut pace = tokio::time::interval_at(Instant::now() + first, period);
     pace.set_missed_tick_behavior(MissedTickBehavior::Burst);
     *generation = Some(Generation {

@@ -73,16 +73,8 @@ impl Target {
             .map_err(|e| format!("bad url {url:?}: {e}"))?
             .next()
             .ok_or_else(|| format!("bad url {url:?}: no address"))?;
-        let namespace = if namespace.starts_with('/') {
-            namespace.to_owned()
-        } else {
-            format!("/{namespace}")
-        };
-        Ok(Self {
-            addr,
-            namespace,
-            path: "/socket.io/".into(),
-        })
+        let namespace = if namespace.starts_with('/') { namespace.to_owned() } else { format!("/{namespace}") };
+        Ok(Self { addr, namespace, path: "/socket.io/".into() })
     }
 
     fn ws_url(&self) -> String {
@@ -92,9 +84,7 @@ impl Target {
 
 /// WebSocket settings for a client: small buffers, so ten thousand idle sockets stay cheap.
 pub fn client_ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
+    WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0)
 }
 
 /// One Socket.IO connection to one namespace.
@@ -109,27 +99,17 @@ impl Conn {
     /// Opens the WebSocket, reads the open packet and connects to the namespace with
     /// `auth` (for example `{"token": jwt}`).
     pub async fn connect(target: &Target, auth: &impl Serialize) -> Result<Self, ClientError> {
-        let tcp = TcpStream::connect(target.addr)
-            .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let tcp = TcpStream::connect(target.addr).await.map_err(|e| ClientError::Connect(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let (ws, _) = client_async_with_config(target.ws_url(), tcp, Some(client_ws_config()))
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
-        let mut conn = Self {
-            ws,
-            namespace: target.namespace.clone(),
-            sid: String::new(),
-        };
+        let mut conn = Self { ws, namespace: target.namespace.clone(), sid: String::new() };
         let open = conn.next_text().await?;
         if !matches!(wire::parse(&open), Ok(Packet::Open(_))) {
-            return Err(ClientError::Protocol(format!(
-                "expected the open packet, got {:.80}",
-                open.as_str()
-            )));
+            return Err(ClientError::Protocol(format!("expected the open packet, got {:.80}", open.as_str())));
         }
-        conn.send_text(wire::connect_frame(&conn.namespace, auth))
-            .await?;
+        conn.send_text(wire::connect_frame(&conn.namespace, auth)).await?;
         loop {
             let text = conn.next_text().await?;
             match wire::parse(&text).map_err(|e| ClientError::Protocol(e.to_string()))? {
@@ -168,12 +148,7 @@ impl Conn {
     }
 
     /// Sends `42/ai,id["name",data]`, asking for an acknowledgement.
-    pub async fn emit_with_ack(
-        &mut self,
-        id: u64,
-        name: &str,
-        data: &impl Serialize,
-    ) -> Result<(), ClientError> {
+    pub async fn emit_with_ack(&mut self, id: u64, name: &str, data: &impl Serialize) -> Result<(), ClientError> {
         let frame = wire::event_frame(&self.namespace, Some(id), name, data);
         self.send_text(frame).await
     }
@@ -194,9 +169,7 @@ impl Conn {
 
     /// [`Conn::recv`] with a time limit.
     pub async fn recv_timeout(&mut self, limit: Duration) -> Result<Utf8Bytes, ClientError> {
-        tokio::time::timeout(limit, self.recv())
-            .await
-            .map_err(|_| ClientError::Timeout)?
+        tokio::time::timeout(limit, self.recv()).await.map_err(|_| ClientError::Timeout)?
     }
 
     /// Sends a close frame and waits briefly for the server's.
@@ -209,10 +182,7 @@ impl Conn {
     }
 
     async fn send_text(&mut self, text: String) -> Result<(), ClientError> {
-        self.ws
-            .send(Message::Text(text.into()))
-            .await
-            .map_err(|e| ClientError::Closed(e.to_string()))
+        self.ws.send(Message::Text(text.into())).await.map_err(|e| ClientError::Closed(e.to_string()))
     }
 
     async fn next_text(&mut self) -> Result<Utf8Bytes, ClientError> {
@@ -220,9 +190,7 @@ impl Conn {
             match self.ws.next().await {
                 Some(Ok(Message::Text(t))) => return Ok(t),
                 Some(Ok(Message::Close(frame))) => {
-                    return Err(ClientError::Closed(
-                        frame.map(|f| f.reason.to_string()).unwrap_or_default(),
-                    ));
+                    return Err(ClientError::Closed(frame.map(|f| f.reason.to_string()).unwrap_or_default()));
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(ClientError::Closed(e.to_string())),
@@ -240,9 +208,6 @@ impl Conn {
 
     /// Sends one binary WebSocket frame (a Socket.IO attachment).
     pub async fn send_binary(&mut self, data: Vec<u8>) -> Result<(), ClientError> {
-        self.ws
-            .send(Message::Binary(data.into()))
-            .await
-            .map_err(|e| ClientError::Closed(e.to_string()))
+        self.ws.send(Message::Binary(data.into())).await.map_err(|e| ClientError::Closed(e.to_string()))
     }
 }

@@ -58,10 +58,7 @@ pub async fn run(cfg: &CpuConfig) -> CpuResult {
             run.lost_tokens, run.errors, run.short_answers, run.unfinished_answers
         ))
     } else if run.lag.p99_ms > cfg.threshold_ms {
-        Some(format!(
-            "lag p99 {:.1} ms > {} ms",
-            run.lag.p99_ms, cfg.threshold_ms
-        ))
+        Some(format!("lag p99 {:.1} ms > {} ms", run.lag.p99_ms, cfg.threshold_ms))
     } else if run.tokens_per_s < cfg.min_delivery * run.offered_tokens_per_s {
         Some(format!(
             "delivered {:.0} of {:.0} offered tokens/s (under {:.0} %)",
@@ -72,13 +69,7 @@ pub async fn run(cfg: &CpuConfig) -> CpuResult {
     } else {
         None
     };
-    CpuResult {
-        run,
-        threshold_ms: cfg.threshold_ms,
-        min_delivery: cfg.min_delivery,
-        below_saturation: overload.is_none(),
-        overload,
-    }
+    CpuResult { run, threshold_ms: cfg.threshold_ms, min_delivery: cfg.min_delivery, below_saturation: overload.is_none(), overload }
 }
 
 impl std::fmt::Display for CpuResult {
@@ -96,10 +87,7 @@ impl std::fmt::Display for CpuResult {
                 r.server_cpu_cores.unwrap_or_default(),
                 r.tokens_per_s
             )?,
-            None => writeln!(
-                f,
-                "  CPU per token     not measured (no --pid, or no tokens)"
-            )?,
+            None => writeln!(f, "  CPU per token     not measured (no --pid, or no tokens)")?,
         }
         match &self.overload {
             None => writeln!(
@@ -109,10 +97,7 @@ impl std::fmt::Display for CpuResult {
                 self.threshold_ms,
                 pct(r.tokens_per_s, r.offered_tokens_per_s)
             )?,
-            Some(why) => writeln!(
-                f,
-                "  below saturation  NO, the figure is of an overloaded server: {why}"
-            )?,
+            Some(why) => writeln!(f, "  below saturation  NO, the figure is of an overloaded server: {why}")?,
         }
         write!(f, "{r}")
     }

@@ -70,15 +70,17 @@ impl std::fmt::Display for FloodResult {
         writeln!(
             f,
             "flood {} [{}]: {} sockets, {} sent, {} acked ({} refused), {} unanswered, {} closed by the server, {:.1} s",
-            self.kind, self.server, self.sockets, self.events_sent, self.acks, self.refused, self.unanswered, self.closed_by_server, self.seconds
+            self.kind,
+            self.server,
+            self.sockets,
+            self.events_sent,
+            self.acks,
+            self.refused,
+            self.unanswered,
+            self.closed_by_server,
+            self.seconds
         )?;
-        write!(
-            f,
-            "  server RSS: before {}, peak {}, after {}",
-            mib(self.rss_before_kib),
-            mib(self.rss_peak_kib),
-            mib(self.rss_after_kib)
-        )
+        write!(f, "  server RSS: before {}, peak {}, after {}", mib(self.rss_before_kib), mib(self.rss_peak_kib), mib(self.rss_after_kib))
     }
 }
 

@@ -86,9 +86,7 @@ pub struct IdleResult {
 /// Runs `idle`.
 pub async fn run(cfg: &IdleConfig) -> IdleResult {
     sys::raise_fd_limit();
-    let tokens: Vec<String> = (0..cfg.connections)
-        .map(|i| sys::mint_jwt(&cfg.secret, &format!("{}{i}", cfg.user_prefix)))
-        .collect();
+    let tokens: Vec<String> = (0..cfg.connections).map(|i| sys::mint_jwt(&cfg.secret, &format!("{}{i}", cfg.user_prefix))).collect();
 
     let before = sys::sample(cfg.pid);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -171,12 +169,8 @@ pub async fn run(cfg: &IdleConfig) -> IdleResult {
 
     let (rss_per_conn_kib, cpu_per_connect_us) = match (before, after) {
         (Some(b), Some(a)) if connected > 0 => (
-            Some(round3(
-                (a.rss_kib as f64 - b.rss_kib as f64) / connected as f64,
-            )),
-            Some(round3(
-                a.cpu_us.saturating_sub(b.cpu_us) as f64 / connected as f64,
-            )),
+            Some(round3((a.rss_kib as f64 - b.rss_kib as f64) / connected as f64)),
+            Some(round3(a.cpu_us.saturating_sub(b.cpu_us) as f64 / connected as f64)),
         ),
         _ => (None, None),
     };
@@ -188,11 +182,7 @@ pub async fn run(cfg: &IdleConfig) -> IdleResult {
         failed,
         errors,
         connect_seconds: round3(connect_seconds),
-        connect_rate_per_s: round3(if connect_seconds > 0.0 {
-            connected as f64 / connect_seconds
-        } else {
-            0.0
-        }),
+        connect_rate_per_s: round3(if connect_seconds > 0.0 { connected as f64 / connect_seconds } else { 0.0 }),
         connect_latency: latency.summary(),
         server_before: before,
         server_after: after,
@@ -209,23 +199,11 @@ pub(crate) fn round3(x: f64) -> f64 {
 
 impl std::fmt::Display for IdleResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "idle [{}]: {} of {} connections",
-            self.server, self.connected, self.connections_requested
-        )?;
-        writeln!(
-            f,
-            "  connect rate      {:.0} conn/s ({:.2} s)",
-            self.connect_rate_per_s, self.connect_seconds
-        )?;
+        writeln!(f, "idle [{}]: {} of {} connections", self.server, self.connected, self.connections_requested)?;
+        writeln!(f, "  connect rate      {:.0} conn/s ({:.2} s)", self.connect_rate_per_s, self.connect_seconds)?;
         writeln!(f, "  connect latency   {}", self.connect_latency)?;
         if let (Some(b), Some(a)) = (self.server_before, self.server_after) {
-            writeln!(
-                f,
-                "  server RSS        {} KiB -> {} KiB",
-                b.rss_kib, a.rss_kib
-            )?;
+            writeln!(f, "  server RSS        {} KiB -> {} KiB", b.rss_kib, a.rss_kib)?;
         }
         match self.rss_per_conn_kib {
             Some(r) => writeln!(f, "  RSS per conn      {r:.2} KiB")?,

@@ -8,10 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use loadgen::{Target, ceiling, cpu, flood, idle, report, stream, sys, ttft};
 
 #[derive(Parser)]
-#[command(
-    name = "loadgen",
-    about = "Load generator for chatwire's /ai namespace, and the raw WebSocket ceiling"
-)]
+#[command(name = "loadgen", about = "Load generator for chatwire's /ai namespace, and the raw WebSocket ceiling")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,12 +22,7 @@ struct Common {
     #[arg(long, default_value = "/ai")]
     namespace: String,
     /// HS256 secret to mint each client's JWT with.
-    #[arg(
-        long,
-        env = "JWT_SECRET",
-        default_value = "bench-secret",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "JWT_SECRET", default_value = "bench-secret", hide_env_values = true)]
     secret: String,
     /// The server's process id: RSS and CPU are read from /proc/<pid>.
     #[arg(long)]
@@ -215,9 +207,7 @@ fn emit<T: std::fmt::Display + serde::Serialize>(result: &T) {
     use std::io::Write;
     let json = serde_json::to_string(result).expect("results serialize");
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{result}")
-        .and_then(|()| writeln!(out, "{json}"))
-        .and_then(|()| out.flush());
+    let _ = writeln!(out, "{result}").and_then(|()| writeln!(out, "{json}")).and_then(|()| out.flush());
 }
 
 #[tokio::main]
@@ -225,19 +215,11 @@ async fn main() {
     let cli = Cli::parse();
     let fd_limit = sys::raise_fd_limit();
     match cli.command {
-        Command::Idle {
-            common,
-            connections,
-            settle_ms,
-            hold_ms,
-        } => {
+        Command::Idle { common, connections, settle_ms, hold_ms } => {
             if connections as u64 + 64 > fd_limit {
-                eprintln!(
-                    "warning: {connections} connections but the open-file limit is {fd_limit}"
-                );
+                eprintln!("warning: {connections} connections but the open-file limit is {fd_limit}");
             }
-            let mut cfg =
-                idle::IdleConfig::new(common.target(), common.secret.clone(), connections);
+            let mut cfg = idle::IdleConfig::new(common.target(), common.secret.clone(), connections);
             cfg.label = common.label.clone();
             cfg.pid = common.pid;
             cfg.concurrency = common.connect_concurrency;
@@ -261,14 +243,7 @@ async fn main() {
             max_clients,
             upstream_pid,
         } => {
-            let mut cfg = stream::StreamConfig::new(
-                common.target(),
-                common.secret.clone(),
-                clients,
-                tokens,
-                rate,
-                secs(duration),
-            );
+            let mut cfg = stream::StreamConfig::new(common.target(), common.secret.clone(), clients, tokens, rate, secs(duration));
             cfg.label = common.label.clone();
             cfg.pid = common.pid;
             cfg.connect_concurrency = common.connect_concurrency;
@@ -290,26 +265,8 @@ async fn main() {
                 emit(&stream::run(&cfg).await);
             }
         }
-        Command::Cpu {
-            common,
-            clients,
-            tokens,
-            rate,
-            duration,
-            warmup,
-            recv_timeout,
-            threshold_ms,
-            min_delivery,
-            upstream_pid,
-        } => {
-            let mut sc = stream::StreamConfig::new(
-                common.target(),
-                common.secret.clone(),
-                clients,
-                tokens,
-                rate,
-                secs(duration),
-            );
+        Command::Cpu { common, clients, tokens, rate, duration, warmup, recv_timeout, threshold_ms, min_delivery, upstream_pid } => {
+            let mut sc = stream::StreamConfig::new(common.target(), common.secret.clone(), clients, tokens, rate, secs(duration));
             sc.label = common.label.clone();
             sc.pid = common.pid;
             sc.connect_concurrency = common.connect_concurrency;
@@ -317,23 +274,9 @@ async fn main() {
             sc.recv_timeout = secs(recv_timeout);
             sc.upstream_pid = upstream_pid;
             sc.user_prefix = "cpu-".into();
-            emit(
-                &cpu::run(&cpu::CpuConfig {
-                    stream: sc,
-                    threshold_ms,
-                    min_delivery,
-                })
-                .await,
-            );
+            emit(&cpu::run(&cpu::CpuConfig { stream: sc, threshold_ms, min_delivery }).await);
         }
-        Command::Ttft {
-            common,
-            rate,
-            duration,
-            first_token_delay_ms,
-            tokens,
-            connections,
-        } => {
+        Command::Ttft { common, rate, duration, first_token_delay_ms, tokens, connections } => {
             let mut cfg = ttft::TtftConfig::new(
                 common.target(),
                 common.secret.clone(),
@@ -347,13 +290,7 @@ async fn main() {
             cfg.pool = connections;
             emit(&ttft::run(&cfg).await);
         }
-        Command::Ceiling {
-            host,
-            port,
-            rate,
-            token_delay_ms,
-            first_token_delay_ms,
-        } => {
+        Command::Ceiling { host, port, rate, token_delay_ms, first_token_delay_ms } => {
             let token_delay = match token_delay_ms {
                 Some(ms) => Duration::from_millis(ms),
                 None => Duration::from_secs_f64(1.0 / rate.max(0.001)),
@@ -367,13 +304,8 @@ async fn main() {
                 std::process::exit(1)
             });
             let local = listener.local_addr().expect("bound");
-            println!(
-                "ceiling listening on {local} (token delay {token_delay:?}, open-file limit {fd_limit})"
-            );
-            let cfg = ceiling::CeilingConfig {
-                token_delay,
-                first_token_delay: Duration::from_millis(first_token_delay_ms),
-            };
+            println!("ceiling listening on {local} (token delay {token_delay:?}, open-file limit {fd_limit})");
+            let cfg = ceiling::CeilingConfig { token_delay, first_token_delay: Duration::from_millis(first_token_delay_ms) };
             tokio::select! {
                 r = ceiling::serve(listener, cfg) => if let Err(e) = r { eprintln!("{e}") },
                 _ = tokio::signal::ctrl_c() => {}
@@ -398,14 +330,7 @@ async fn main() {
             println!("{}", report::cpu_line(&doc));
             println!("{}", report::ratios_line(&doc));
         }
-        Command::Flood {
-            common,
-            kind,
-            sockets,
-            events,
-            batch,
-            settle_ms,
-        } => {
+        Command::Flood { common, kind, sockets, events, batch, settle_ms } => {
             let cfg = flood::FloodConfig {
                 target: common.target(),
                 secret: common.secret.clone(),

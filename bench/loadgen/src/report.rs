@@ -14,10 +14,7 @@ pub fn collect(dir: &Path) -> std::io::Result<Value> {
     let mut results: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut meta = Value::Null;
     let mut notes = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.filter_map(Result::ok).map(|e| e.path()).collect();
     entries.sort();
     for path in entries {
         if path.extension().and_then(|e| e.to_str()) != Some("json") {
@@ -36,17 +33,9 @@ pub fn collect(dir: &Path) -> std::io::Result<Value> {
             notes.push(format!("{} has no server/scenario", path.display()));
             continue;
         };
-        results
-            .entry(server.to_owned())
-            .or_default()
-            .insert(scenario.to_owned(), v.clone());
+        results.entry(server.to_owned()).or_default().insert(scenario.to_owned(), v.clone());
     }
-    let results = Value::Object(
-        results
-            .into_iter()
-            .map(|(k, v)| (k, Value::Object(v)))
-            .collect(),
-    );
+    let results = Value::Object(results.into_iter().map(|(k, v)| (k, Value::Object(v))).collect());
     let ratios = ratios(&results);
     let goals = goals(&results);
     Ok(json!({
@@ -72,10 +61,7 @@ pub fn saturation_tokens_per_s(results: &Value, server: &str) -> Option<f64> {
         return Some(t);
     }
     if let Some(steps) = sat["steps"].as_array() {
-        let best = steps
-            .iter()
-            .filter_map(|s| num(s, "/tokens_per_s"))
-            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+        let best = steps.iter().filter_map(|s| num(s, "/tokens_per_s")).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
         if best.is_some() {
             return best;
         }
@@ -85,17 +71,13 @@ pub fn saturation_tokens_per_s(results: &Value, server: &str) -> Option<f64> {
 
 /// The most frames/s a server delivered cleanly (saturation search, else `stream`).
 fn best_frames_per_s(results: &Value, server: &str) -> Option<f64> {
-    let from_steps = results[server]["saturate"]["steps"]
-        .as_array()
-        .and_then(|steps| {
-            steps
-                .iter()
-                .filter(|s| {
-                    num(s, "/lost_tokens") == Some(0.0) && num(s, "/error_count") == Some(0.0)
-                })
-                .filter_map(|s| num(s, "/frames_per_s"))
-                .reduce(f64::max)
-        });
+    let from_steps = results[server]["saturate"]["steps"].as_array().and_then(|steps| {
+        steps
+            .iter()
+            .filter(|s| num(s, "/lost_tokens") == Some(0.0) && num(s, "/error_count") == Some(0.0))
+            .filter_map(|s| num(s, "/frames_per_s"))
+            .reduce(f64::max)
+    });
     from_steps.or_else(|| num(&results[server]["stream"], "/frames_per_s"))
 }
 
@@ -136,9 +118,7 @@ pub fn cpu_per_token(results: &Value, server: &str) -> Option<f64> {
 fn cpu_load_share(results: &Value, server: &str) -> Option<f64> {
     let cpu = &results[server]["cpu"];
     let sat = &results[server]["saturate"];
-    if num(cpu, "/tokens_per_answer")? != num(sat, "/tokens_per_answer")?
-        || sat["reached"] != Value::Bool(true)
-    {
+    if num(cpu, "/tokens_per_answer")? != num(sat, "/tokens_per_answer")? || sat["reached"] != Value::Bool(true) {
         return None;
     }
     let offered = num(cpu, "/offered_tokens_per_s")?;
@@ -148,11 +128,7 @@ fn cpu_load_share(results: &Value, server: &str) -> Option<f64> {
 
 /// The servers whose `cpu` figure was taken while they did not keep up with the load.
 fn cpu_overloaded(results: &Value) -> Vec<&'static str> {
-    SERVERS
-        .iter()
-        .copied()
-        .filter(|s| results[*s]["cpu"]["below_saturation"] == Value::Bool(false))
-        .collect()
+    SERVERS.iter().copied().filter(|s| results[*s]["cpu"]["below_saturation"] == Value::Bool(false)).collect()
 }
 
 /// The issue's goals, each with the measured values and whether it is met (null when
@@ -232,11 +208,7 @@ fn fmt(v: Option<f64>, decimals: usize) -> String {
 /// The markdown table of a report document.
 pub fn table(report: &Value) -> String {
     let results = &report["results"];
-    let servers: Vec<&str> = SERVERS
-        .iter()
-        .copied()
-        .filter(|s| results.get(*s).is_some())
-        .collect();
+    let servers: Vec<&str> = SERVERS.iter().copied().filter(|s| results.get(*s).is_some()).collect();
     let stream_desc = SERVERS
         .iter()
         .find_map(|s| {
@@ -266,10 +238,7 @@ pub fn table(report: &Value) -> String {
         (
             format!("cpu ({cpu_desc})"),
             vec![
-                (
-                    "**server CPU per token (µs)**",
-                    M::Num("/cpu/server_cpu_us_per_token", 2),
-                ),
+                ("**server CPU per token (µs)**", M::Num("/cpu/server_cpu_us_per_token", 2)),
                 ("× the ceiling's CPU per token", M::OverCeiling),
                 ("server CPU (cores)", M::Num("/cpu/server_cpu_cores", 3)),
                 ("tokens/s delivered", M::Num("/cpu/tokens_per_s", 0)),
@@ -277,37 +246,18 @@ pub fn table(report: &Value) -> String {
                 ("first token p99 (ms)", M::Num("/cpu/first_token/p99_ms", 2)),
                 ("load / this run's saturation (%)", M::LoadShare),
                 ("other load on the machine (cores)", M::OtherLoad),
-                (
-                    "kept up (below saturation)",
-                    M::Flag("/cpu/below_saturation"),
-                ),
+                ("kept up (below saturation)", M::Flag("/cpu/below_saturation")),
                 ("lost tokens", M::Num("/cpu/lost_tokens", 0)),
                 ("errors", M::Num("/cpu/error_count", 0)),
             ],
         ),
         (
-            format!(
-                "idle ({} connections)",
-                first(results, "/idle/connections_requested")
-                    .map_or("–".into(), |v| v.to_string())
-            ),
+            format!("idle ({} connections)", first(results, "/idle/connections_requested").map_or("–".into(), |v| v.to_string())),
             vec![
-                (
-                    "connect rate (conn/s)",
-                    M::Num("/idle/connect_rate_per_s", 0),
-                ),
-                (
-                    "RSS per connection (KiB)",
-                    M::Num("/idle/rss_per_conn_kib", 2),
-                ),
-                (
-                    "CPU per connect (µs)",
-                    M::Num("/idle/cpu_per_connect_us", 1),
-                ),
-                (
-                    "connect p99 (ms)",
-                    M::Num("/idle/connect_latency/p99_ms", 2),
-                ),
+                ("connect rate (conn/s)", M::Num("/idle/connect_rate_per_s", 0)),
+                ("RSS per connection (KiB)", M::Num("/idle/rss_per_conn_kib", 2)),
+                ("CPU per connect (µs)", M::Num("/idle/cpu_per_connect_us", 1)),
+                ("connect p99 (ms)", M::Num("/idle/connect_latency/p99_ms", 2)),
                 ("failed connects", M::Num("/idle/failed", 0)),
             ],
         ),
@@ -319,15 +269,9 @@ pub fn table(report: &Value) -> String {
                 ("lag p50 (ms)", M::Num("/stream/lag/p50_ms", 2)),
                 ("lag p99 (ms)", M::Num("/stream/lag/p99_ms", 2)),
                 ("lag max (ms)", M::Num("/stream/lag/max_ms", 2)),
-                (
-                    "first token p99 (ms)",
-                    M::Num("/stream/first_token/p99_ms", 2),
-                ),
+                ("first token p99 (ms)", M::Num("/stream/first_token/p99_ms", 2)),
                 ("server CPU (cores)", M::Num("/stream/server_cpu_cores", 2)),
-                (
-                    "server CPU per token (µs)",
-                    M::Num("/stream/server_cpu_us_per_token", 2),
-                ),
+                ("server CPU per token (µs)", M::Num("/stream/server_cpu_us_per_token", 2)),
                 ("lost tokens", M::Num("/stream/lost_tokens", 0)),
                 ("errors", M::Num("/stream/error_count", 0)),
             ],
@@ -336,49 +280,25 @@ pub fn table(report: &Value) -> String {
             format!(
                 "saturation (lag p99 > {} ms, or under {} % of the offered tokens/s delivered)",
                 first(results, "/saturate/threshold_ms").map_or("–".into(), |v| v.to_string()),
-                first(results, "/saturate/min_delivery")
-                    .and_then(|v| v.as_f64())
-                    .map_or("–".into(), |v| format!("{:.0}", v * 100.0))
+                first(results, "/saturate/min_delivery").and_then(|v| v.as_f64()).map_or("–".into(), |v| format!("{:.0}", v * 100.0))
             ),
             vec![
-                (
-                    "clients at saturation",
-                    M::Num("/saturate/saturation/clients", 0),
-                ),
-                (
-                    "tokens/s at saturation",
-                    M::Num("/saturate/saturation/tokens_per_s", 0),
-                ),
-                (
-                    "frames/s at saturation",
-                    M::Num("/saturate/saturation/frames_per_s", 0),
-                ),
-                (
-                    "lag p99 there (ms)",
-                    M::Num("/saturate/saturation/lag_p99_ms", 2),
-                ),
-                (
-                    "lost tokens (all steps)",
-                    M::Num("/saturate/lost_tokens", 0),
-                ),
+                ("clients at saturation", M::Num("/saturate/saturation/clients", 0)),
+                ("tokens/s at saturation", M::Num("/saturate/saturation/tokens_per_s", 0)),
+                ("frames/s at saturation", M::Num("/saturate/saturation/frames_per_s", 0)),
+                ("lag p99 there (ms)", M::Num("/saturate/saturation/lag_p99_ms", 2)),
+                ("lost tokens (all steps)", M::Num("/saturate/lost_tokens", 0)),
             ],
         ),
         (
             format!(
                 "ttft ({} starts/s, upstream first-token delay {} ms)",
                 first(results, "/ttft/rate_per_s").map_or("–".into(), |v| v.to_string()),
-                first(results, "/ttft/first_token_delay_ms")
-                    .map_or("–".into(), |v| v.to_string())
+                first(results, "/ttft/first_token_delay_ms").map_or("–".into(), |v| v.to_string())
             ),
             vec![
-                (
-                    "gateway TTFT p50 (ms)",
-                    M::Num("/ttft/ttft_gateway/p50_ms", 3),
-                ),
-                (
-                    "gateway TTFT p99 (ms)",
-                    M::Num("/ttft/ttft_gateway/p99_ms", 3),
-                ),
+                ("gateway TTFT p50 (ms)", M::Num("/ttft/ttft_gateway/p50_ms", 3)),
+                ("gateway TTFT p99 (ms)", M::Num("/ttft/ttft_gateway/p99_ms", 3)),
                 ("skipped starts", M::Num("/ttft/skipped", 0)),
                 ("errors", M::Num("/ttft/error_count", 0)),
             ],
@@ -386,32 +306,18 @@ pub fn table(report: &Value) -> String {
     ];
     let cell = |server: &str, m: &M| -> Option<String> {
         match m {
-            M::Num(pointer, decimals) => {
-                num(&results[server], pointer).map(|v| fmt(Some(v), *decimals))
-            }
-            M::OverCeiling => ratio(
-                cpu_per_token(results, server),
-                cpu_per_token(results, "ceiling"),
-            )
-            .map(|v| format!("{v:.2}")),
+            M::Num(pointer, decimals) => num(&results[server], pointer).map(|v| fmt(Some(v), *decimals)),
+            M::OverCeiling => ratio(cpu_per_token(results, server), cpu_per_token(results, "ceiling")).map(|v| format!("{v:.2}")),
             M::LoadShare => cpu_load_share(results, server).map(|v| format!("{v:.1}")),
             M::OtherLoad => {
                 let c = &results[server]["cpu"];
                 let all = num(c, "/machine_busy_cores")?;
-                let ours: f64 = [
-                    "/server_cpu_cores",
-                    "/upstream_cpu_cores",
-                    "/loadgen_cpu_cores",
-                ]
-                .iter()
-                .filter_map(|p| num(c, p))
-                .sum();
+                let ours: f64 = ["/server_cpu_cores", "/upstream_cpu_cores", "/loadgen_cpu_cores"].iter().filter_map(|p| num(c, p)).sum();
                 Some(format!("{:.2}", (all - ours).max(0.0)))
             }
-            M::Flag(pointer) => results[server]
-                .pointer(pointer)
-                .and_then(Value::as_bool)
-                .map(|b| if b { "yes" } else { "**NO**" }.to_owned()),
+            M::Flag(pointer) => {
+                results[server].pointer(pointer).and_then(Value::as_bool).map(|b| if b { "yes" } else { "**NO**" }.to_owned())
+            }
         }
     };
     let mut out = String::new();
@@ -419,21 +325,12 @@ pub fn table(report: &Value) -> String {
     out.push_str(&format!("|---|{}\n", "---:|".repeat(servers.len())));
     for (section, metrics) in rows {
         // A scenario that was not run has no section.
-        if !metrics
-            .iter()
-            .any(|(_, m)| servers.iter().any(|s| cell(s, m).is_some()))
-        {
+        if !metrics.iter().any(|(_, m)| servers.iter().any(|s| cell(s, m).is_some())) {
             continue;
         }
-        out.push_str(&format!(
-            "| **{section}** |{}\n",
-            " |".repeat(servers.len())
-        ));
+        out.push_str(&format!("| **{section}** |{}\n", " |".repeat(servers.len())));
         for (label, m) in &metrics {
-            let cells: Vec<String> = servers
-                .iter()
-                .map(|s| cell(s, m).unwrap_or_else(|| "–".into()))
-                .collect();
+            let cells: Vec<String> = servers.iter().map(|s| cell(s, m).unwrap_or_else(|| "–".into())).collect();
             out.push_str(&format!("| {label} | {} |\n", cells.join(" | ")));
         }
     }
@@ -447,18 +344,14 @@ pub fn table(report: &Value) -> String {
     // The saturation row is meaningless without knowing whether the cap was hit.
     for s in &servers {
         if results[*s]["saturate"]["reached"] == Value::Bool(false) {
-            out.push_str(&format!(
-                "\n{s}: saturation not reached before the client cap; the real point is higher.\n"
-            ));
+            out.push_str(&format!("\n{s}: saturation not reached before the client cap; the real point is higher.\n"));
         }
     }
     out
 }
 
 fn first(results: &Value, pointer: &str) -> Option<Value> {
-    SERVERS
-        .iter()
-        .find_map(|s| results[*s].pointer(pointer).cloned())
+    SERVERS.iter().find_map(|s| results[*s].pointer(pointer).cloned())
 }
 
 /// One line per goal: met, missed or not measured.
@@ -470,19 +363,10 @@ pub fn goals_text(report: &Value) -> String {
             Some(false) => "MISSED ",
             None => "n/a    ",
         };
-        let mut detail: Vec<String> = g
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(k, _)| *k != "goal" && *k != "met")
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let mut detail: Vec<String> =
+            g.as_object().into_iter().flatten().filter(|(k, _)| *k != "goal" && *k != "met").map(|(k, v)| format!("{k}={v}")).collect();
         detail.sort();
-        out.push_str(&format!(
-            "{mark} {} ({})\n",
-            g["goal"].as_str().unwrap_or_default(),
-            detail.join(", ")
-        ));
+        out.push_str(&format!("{mark} {} ({})\n", g["goal"].as_str().unwrap_or_default(), detail.join(", ")));
     }
     out
 }
@@ -494,10 +378,8 @@ pub fn cpu_line(report: &Value) -> String {
     let r = &report["ratios"];
     let us = |s: &str| cpu_per_token(results, s).map_or("n/a".into(), |x| format!("{x:.2} µs"));
     let x = |k: &str| r[k].as_f64().map_or("n/a".into(), |x| format!("{x:.2}×"));
-    let load = SERVERS
-        .iter()
-        .find_map(|s| num(&results[*s]["cpu"], "/offered_tokens_per_s"))
-        .map_or("n/a".into(), |t| format!("{t:.0} tokens/s"));
+    let load =
+        SERVERS.iter().find_map(|s| num(&results[*s]["cpu"], "/offered_tokens_per_s")).map_or("n/a".into(), |t| format!("{t:.0} tokens/s"));
     let mut line = format!(
         "CPU per token at {load}: chatwire {}, nestjs {} (peer/chatwire {}; goal ≥ 5×), \
          ceiling {} (chatwire/ceiling {}; goal ≤ 1.5×)",
@@ -509,10 +391,7 @@ pub fn cpu_line(report: &Value) -> String {
     );
     let overloaded = cpu_overloaded(results);
     if !overloaded.is_empty() {
-        line.push_str(&format!(
-            "; OVERLOADED at that load: {}",
-            overloaded.join(", ")
-        ));
+        line.push_str(&format!("; OVERLOADED at that load: {}", overloaded.join(", ")));
     }
     line
 }
@@ -567,59 +446,27 @@ mod tests {
         assert_eq!(r["cpu_per_token"], json!(6.0));
         assert_eq!(r["cpu_per_token_over_ceiling"], json!(1.25));
         let line = ratios_line(&json!({"ratios": r}));
-        assert_eq!(
-            line,
-            "ratios: tokens_per_s=10.00 rss_per_conn=1.50 lag_p99=4.00 ttft_p99=3.00 cpu_per_token=6.00"
-        );
+        assert_eq!(line, "ratios: tokens_per_s=10.00 rss_per_conn=1.50 lag_p99=4.00 ttft_p99=3.00 cpu_per_token=6.00");
         let g = goals(&results);
         let met = |goal: &str| {
-            g.as_array()
-                .unwrap()
-                .iter()
-                .find(|x| x["goal"].as_str().unwrap().starts_with(goal))
-                .map(|x| x["met"].clone())
-                .unwrap()
+            g.as_array().unwrap().iter().find(|x| x["goal"].as_str().unwrap().starts_with(goal)).map(|x| x["met"].clone()).unwrap()
         };
         assert_eq!(met("memory per idle connection"), json!(true));
         assert_eq!(met("zero lost tokens"), json!(true));
-        assert_eq!(
-            met("CPU per token at the fixed load at least 5x"),
-            json!(true)
-        );
-        assert_eq!(
-            met("CPU per token at the fixed load within 1.5x"),
-            json!(true)
-        );
+        assert_eq!(met("CPU per token at the fixed load at least 5x"), json!(true));
+        assert_eq!(met("CPU per token at the fixed load within 1.5x"), json!(true));
         let doc = json!({"results": results, "ratios": r});
         let t = table(&doc);
-        assert!(
-            t.starts_with("| metric | chatwire | nestjs | ceiling |"),
-            "{t}"
-        );
+        assert!(t.starts_with("| metric | chatwire | nestjs | ceiling |"), "{t}");
         // The fixed-load section comes first, with the ceiling ratio and the load share.
         let cpu_at = t.find("| **cpu (").expect("a cpu section");
         assert!(cpu_at < t.find("| **idle (").unwrap(), "{t}");
-        assert!(
-            t.contains("| × the ceiling's CPU per token | 1.25 | 7.50 | 1.00 |"),
-            "{t}"
-        );
-        assert!(
-            t.contains("| load / this run's saturation (%) | 5.0 | – | – |"),
-            "{t}"
-        );
-        assert!(
-            t.contains("| kept up (below saturation) | yes | yes | yes |"),
-            "{t}"
-        );
+        assert!(t.contains("| × the ceiling's CPU per token | 1.25 | 7.50 | 1.00 |"), "{t}");
+        assert!(t.contains("| load / this run's saturation (%) | 5.0 | – | – |"), "{t}");
+        assert!(t.contains("| kept up (below saturation) | yes | yes | yes |"), "{t}");
         let cpu = cpu_line(&doc);
-        assert!(
-            cpu.contains("chatwire 10.00 µs") && cpu.contains("peer/chatwire 6.00×"),
-            "{cpu}"
-        );
-        assert!(
-            cpu.contains("chatwire/ceiling 1.25×") && !cpu.contains("OVERLOADED"),
-            "{cpu}"
-        );
+        assert!(cpu.contains("chatwire 10.00 µs") && cpu.contains("peer/chatwire 6.00×"), "{cpu}");
+        assert!(cpu.contains("chatwire/ceiling 1.25×") && !cpu.contains("OVERLOADED"), "{cpu}");
     }
 
     #[test]
@@ -632,10 +479,7 @@ mod tests {
         let doc = json!({"results": results, "ratios": ratios(&results)});
         assert!(cpu_line(&doc).ends_with("OVERLOADED at that load: nestjs"));
         let t = table(&doc);
-        assert!(
-            t.contains("| kept up (below saturation) | yes | **NO** |"),
-            "{t}"
-        );
+        assert!(t.contains("| kept up (below saturation) | yes | **NO** |"), "{t}");
         assert!(t.contains("nestjs: did not keep up"), "{t}");
         assert_eq!(goals(&results)[0]["overloaded"], json!(["nestjs"]));
     }
@@ -643,9 +487,6 @@ mod tests {
     #[test]
     fn missing_peer_gives_na() {
         let line = ratios_line(&json!({"ratios": ratios(&json!({"chatwire": {}}))}));
-        assert_eq!(
-            line,
-            "ratios: tokens_per_s=n/a rss_per_conn=n/a lag_p99=n/a ttft_p99=n/a cpu_per_token=n/a"
-        );
+        assert_eq!(line, "ratios: tokens_per_s=n/a rss_per_conn=n/a lag_p99=n/a ttft_p99=n/a cpu_per_token=n/a");
     }
 }

@@ -57,14 +57,7 @@ pub struct StreamConfig {
 }
 
 impl StreamConfig {
-    pub fn new(
-        target: Target,
-        secret: impl Into<String>,
-        clients: usize,
-        tokens: u32,
-        rate: f64,
-        duration: Duration,
-    ) -> Self {
+    pub fn new(target: Target, secret: impl Into<String>, clients: usize, tokens: u32, rate: f64, duration: Duration) -> Self {
         Self {
             target,
             secret: secret.into(),
@@ -86,11 +79,7 @@ impl StreamConfig {
 
     fn warmup(&self) -> Duration {
         self.warmup.unwrap_or_else(|| {
-            let answer = if self.rate > 0.0 {
-                self.tokens as f64 / self.rate
-            } else {
-                1.0
-            };
+            let answer = if self.rate > 0.0 { self.tokens as f64 / self.rate } else { 1.0 };
             Duration::from_secs_f64(answer.clamp(0.0, 2.0))
         })
     }
@@ -252,11 +241,7 @@ struct Shared {
 /// Runs `stream` once.
 pub async fn run(cfg: &StreamConfig) -> StreamResult {
     sys::raise_fd_limit();
-    let shared = Arc::new(Shared {
-        cfg: cfg.clone(),
-        lag: Mutex::new(Latency::default()),
-        first_token: Mutex::new(Latency::default()),
-    });
+    let shared = Arc::new(Shared { cfg: cfg.clone(), lag: Mutex::new(Latency::default()), first_token: Mutex::new(Latency::default()) });
     let (sched_tx, sched_rx) = watch::channel::<Option<Schedule>>(None);
     let (connected_tx, mut connected_rx) = mpsc::unbounded_channel::<bool>();
     let permits = Arc::new(Semaphore::new(cfg.connect_concurrency.max(1)));
@@ -268,17 +253,10 @@ pub async fn run(cfg: &StreamConfig) -> StreamResult {
         let permits = permits.clone();
         tasks.push(tokio::spawn(async move {
             let mut counts = Counts::default();
-            let token = sys::mint_jwt(
-                &shared.cfg.secret,
-                &format!("{}{i}", shared.cfg.user_prefix),
-            );
+            let token = sys::mint_jwt(&shared.cfg.secret, &format!("{}{i}", shared.cfg.user_prefix));
             let auth = serde_json::json!({ "token": token });
             let permit = permits.acquire_owned().await.expect("semaphore open");
-            let conn = tokio::time::timeout(
-                Duration::from_secs(30),
-                Conn::connect(&shared.cfg.target, &auth),
-            )
-            .await;
+            let conn = tokio::time::timeout(Duration::from_secs(30), Conn::connect(&shared.cfg.target, &auth)).await;
             drop(permit);
             let conn = match conn {
                 Ok(Ok(c)) => c,
@@ -349,20 +327,13 @@ pub async fn run(cfg: &StreamConfig) -> StreamResult {
         }
     }
     let lag = shared.lag.lock().map(|h| h.summary()).unwrap_or_default();
-    let first_token = shared
-        .first_token
-        .lock()
-        .map(|h| h.summary())
-        .unwrap_or_default();
+    let first_token = shared.first_token.lock().map(|h| h.summary()).unwrap_or_default();
     let secs = cfg.duration.as_secs_f64();
     let error_count: u64 = total.errors.values().sum();
     let (server_cpu_cores, server_cpu_us_per_token) = match (cpu_start, cpu_end) {
         (Some(a), Some(b)) => {
             let used = b.cpu_us.saturating_sub(a.cpu_us) as f64;
-            (
-                Some(round3(used / 1e6 / secs)),
-                (total.tokens_window > 0).then(|| round3(used / total.tokens_window as f64)),
-            )
+            (Some(round3(used / 1e6 / secs)), (total.tokens_window > 0).then(|| round3(used / total.tokens_window as f64)))
         }
         _ => (None, None),
     };
@@ -378,11 +349,7 @@ pub async fn run(cfg: &StreamConfig) -> StreamResult {
         duration_s: round3(secs),
         tokens_per_s: round3(total.tokens_window as f64 / secs),
         frames_per_s: round3(total.frames_window as f64 / secs),
-        tokens_per_frame: if total.frames_window > 0 {
-            round3(total.tokens_window as f64 / total.frames_window as f64)
-        } else {
-            0.0
-        },
+        tokens_per_frame: if total.frames_window > 0 { round3(total.tokens_window as f64 / total.frames_window as f64) } else { 0.0 },
         lag,
         first_token,
         answers: total.answers,
@@ -399,26 +366,14 @@ pub async fn run(cfg: &StreamConfig) -> StreamResult {
         server_cpu_cores,
         server_cpu_us_per_token,
         server_rss_kib: cpu_end.map(|s| s.rss_kib),
-        upstream_cpu_cores: upstream_start
-            .zip(upstream_end)
-            .map(|(a, b)| round3(b.cpu_us.saturating_sub(a.cpu_us) as f64 / 1e6 / secs)),
-        loadgen_cpu_cores: self_start
-            .zip(self_end)
-            .map(|(a, b)| round3(b.cpu_us.saturating_sub(a.cpu_us) as f64 / 1e6 / secs)),
-        machine_busy_cores: machine_start
-            .zip(machine_end)
-            .map(|(a, b)| round3(b.saturating_sub(a) as f64 / 1e6 / secs)),
+        upstream_cpu_cores: upstream_start.zip(upstream_end).map(|(a, b)| round3(b.cpu_us.saturating_sub(a.cpu_us) as f64 / 1e6 / secs)),
+        loadgen_cpu_cores: self_start.zip(self_end).map(|(a, b)| round3(b.cpu_us.saturating_sub(a.cpu_us) as f64 / 1e6 / secs)),
+        machine_busy_cores: machine_start.zip(machine_end).map(|(a, b)| round3(b.saturating_sub(a) as f64 / 1e6 / secs)),
     }
 }
 
 /// One client: starts answers until the window closes, checking each one.
-async fn client_loop(
-    i: usize,
-    shared: &Shared,
-    mut conn: Conn,
-    sched: Schedule,
-    counts: &mut Counts,
-) {
+async fn client_loop(i: usize, shared: &Shared, mut conn: Conn, sched: Schedule, counts: &mut Counts) {
     let cfg = &shared.cfg;
     let warmup = cfg.warmup();
     let offset = warmup.mul_f64(i as f64 / cfg.clients.max(1) as f64);
@@ -473,8 +428,7 @@ async fn client_loop(
             };
             match &*name {
                 "chat:message" => {
-                    let Ok((_, msg)) = serde_json::from_str::<(IgnoredAny, ChatMessage)>(args)
-                    else {
+                    let Ok((_, msg)) = serde_json::from_str::<(IgnoredAny, ChatMessage)>(args) else {
                         counts.error("bad chat:message");
                         continue;
                     };
@@ -572,13 +526,7 @@ impl std::fmt::Display for StreamResult {
         writeln!(
             f,
             "stream [{}]: {} clients ({} connected), {} tokens/answer at {} tok/s, window {:.1} s after {:.1} s warm-up",
-            self.server,
-            self.clients,
-            self.connected,
-            self.tokens_per_answer,
-            self.rate_per_stream,
-            self.duration_s,
-            self.warmup_s
+            self.server, self.clients, self.connected, self.tokens_per_answer, self.rate_per_stream, self.duration_s, self.warmup_s
         )?;
         writeln!(
             f,
@@ -595,11 +543,7 @@ impl std::fmt::Display for StreamResult {
         writeln!(
             f,
             "  checks            short {} mismatched {} seq {} bad stamps {} unfinished {}",
-            self.short_answers,
-            self.content_mismatches,
-            self.seq_errors,
-            self.bad_stamps,
-            self.unfinished_answers
+            self.short_answers, self.content_mismatches, self.seq_errors, self.bad_stamps, self.unfinished_answers
         )?;
         if let (Some(c), Some(t)) = (self.server_cpu_cores, self.server_cpu_us_per_token) {
             writeln!(f, "  server CPU        {c:.2} cores, {t:.2} us/token")?;
@@ -613,11 +557,7 @@ impl std::fmt::Display for StreamResult {
         if let Some(m) = self.machine_busy_cores {
             writeln!(f, "  machine busy      {m:.2} cores (everything)")?;
         }
-        write!(
-            f,
-            "  errors            {} {:?}",
-            self.error_count, self.errors
-        )
+        write!(f, "  errors            {} {:?}", self.error_count, self.errors)
     }
 }
 
@@ -722,13 +662,7 @@ pub async fn saturate(cfg: &SaturateConfig) -> SaturateResult {
         let r = run(&step_cfg).await;
         eprintln!(
             "  saturate [{}] {clients} clients: {:.0} tok/s (offered {:.0}), lag p99 {:.1} ms, first token p99 {:.1} ms, lost {}, errors {}",
-            r.server,
-            r.tokens_per_s,
-            r.offered_tokens_per_s,
-            r.lag.p99_ms,
-            r.first_token.p99_ms,
-            r.lost_tokens,
-            r.error_count
+            r.server, r.tokens_per_s, r.offered_tokens_per_s, r.lag.p99_ms, r.first_token.p99_ms, r.lost_tokens, r.error_count
         );
         let mut step = Step::from(&r);
         step.clean = r.clean();
@@ -739,17 +673,11 @@ pub async fn saturate(cfg: &SaturateConfig) -> SaturateResult {
         let previous = steps.last().map(|s| s.tokens_per_s);
         steps.push(step);
         if r.lag.p99_ms > cfg.threshold_ms {
-            stopped_because = format!(
-                "lag p99 {:.1} ms > {} ms at {clients} clients",
-                r.lag.p99_ms, cfg.threshold_ms
-            );
+            stopped_because = format!("lag p99 {:.1} ms > {} ms at {clients} clients", r.lag.p99_ms, cfg.threshold_ms);
             break;
         }
         if !r.clean() {
-            stopped_because = format!(
-                "errors or losses at {clients} clients (lost {}, errors {:?})",
-                r.lost_tokens, r.errors
-            );
+            stopped_because = format!("errors or losses at {clients} clients (lost {}, errors {:?})", r.lost_tokens, r.errors);
             break;
         }
         if r.tokens_per_s < cfg.min_delivery * r.offered_tokens_per_s {
@@ -762,19 +690,13 @@ pub async fn saturate(cfg: &SaturateConfig) -> SaturateResult {
             break;
         }
         if let Some(p) = previous.filter(|p| r.tokens_per_s < *p) {
-            stopped_because = format!(
-                "throughput fell from {p:.0} to {:.0} tokens/s at {clients} clients",
-                r.tokens_per_s
-            );
+            stopped_because = format!("throughput fell from {p:.0} to {:.0} tokens/s at {clients} clients", r.tokens_per_s);
             break;
         }
         let next = ((clients as f64) * cfg.factor).ceil() as usize;
         if next > cfg.max_clients || next <= clients {
             reached = false;
-            stopped_because = format!(
-                "reached the client cap ({}) without passing {} ms",
-                cfg.max_clients, cfg.threshold_ms
-            );
+            stopped_because = format!("reached the client cap ({}) without passing {} ms", cfg.max_clients, cfg.threshold_ms);
             break;
         }
         clients = next;
@@ -782,18 +704,10 @@ pub async fn saturate(cfg: &SaturateConfig) -> SaturateResult {
     }
     let saturation = steps
         .iter()
-        .filter(|s| {
-            s.clean
-                && s.lag_p99_ms <= cfg.threshold_ms
-                && s.tokens_per_s >= cfg.min_delivery * s.offered_tokens_per_s
-        })
+        .filter(|s| s.clean && s.lag_p99_ms <= cfg.threshold_ms && s.tokens_per_s >= cfg.min_delivery * s.offered_tokens_per_s)
         .max_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s))
         .cloned();
-    let best = steps
-        .iter()
-        .filter(|s| s.clean)
-        .map(|s| s.tokens_per_s)
-        .fold(0.0, f64::max);
+    let best = steps.iter().filter(|s| s.clean).map(|s| s.tokens_per_s).fold(0.0, f64::max);
     SaturateResult {
         scenario: "saturate".into(),
         server: cfg.base.label.clone(),
@@ -814,23 +728,12 @@ pub async fn saturate(cfg: &SaturateConfig) -> SaturateResult {
 
 impl std::fmt::Display for SaturateResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "saturate [{}]: lag p99 threshold {} ms",
-            self.server, self.threshold_ms
-        )?;
+        writeln!(f, "saturate [{}]: lag p99 threshold {} ms", self.server, self.threshold_ms)?;
         for s in &self.steps {
             writeln!(
                 f,
                 "  {:>6} clients  {:>9.0} tok/s  {:>9.0} frames/s  lag p50 {:>8.2} ms  p99 {:>8.2} ms  first token p99 {:>8.2} ms  lost {}  errors {}",
-                s.clients,
-                s.tokens_per_s,
-                s.frames_per_s,
-                s.lag_p50_ms,
-                s.lag_p99_ms,
-                s.first_token_p99_ms,
-                s.lost_tokens,
-                s.error_count
+                s.clients, s.tokens_per_s, s.frames_per_s, s.lag_p50_ms, s.lag_p99_ms, s.first_token_p99_ms, s.lost_tokens, s.error_count
             )?;
         }
         match &self.saturation {
@@ -839,11 +742,7 @@ impl std::fmt::Display for SaturateResult {
                 "  saturation point  {} clients, {:.0} tokens/s{}",
                 s.clients,
                 s.tokens_per_s,
-                if self.reached {
-                    ""
-                } else {
-                    " (not reached: cap)"
-                }
+                if self.reached { "" } else { " (not reached: cap)" }
             )?,
             None => writeln!(f, "  saturation point  below the first step")?,
         }

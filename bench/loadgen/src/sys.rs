@@ -6,28 +6,19 @@ use serde::{Deserialize, Serialize};
 
 /// Microseconds since the Unix epoch: the clock the mock stamps tokens with.
 pub fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 /// Raises this process's open-file limit to its hard limit and returns the new soft limit.
 pub fn raise_fd_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 0;
         }
         if lim.rlim_cur < lim.rlim_max {
-            let wanted = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
+            let wanted = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
                 return wanted.rlim_cur;
             }
@@ -39,11 +30,7 @@ pub fn raise_fd_limit() -> u64 {
 /// A process's resident memory (`VmRSS`) in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|n| n.parse().ok())
 }
 
 /// A process's CPU time so far (user + system, all threads, exited ones included) in
@@ -64,10 +51,7 @@ pub fn cpu_clock_micros(pid: u32) -> Option<u64> {
         if libc::clock_getcpuclockid(pid, &mut clock) != 0 {
             return None;
         }
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         if libc::clock_gettime(clock, &mut ts) != 0 {
             return None;
         }
@@ -95,15 +79,9 @@ pub fn stat_cpu_micros(pid: u32) -> Option<u64> {
 pub fn machine_busy_micros() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
+    let f: Vec<u64> = line.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
     // user nice system idle iowait irq softirq steal (guest time is inside user).
-    let busy = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .map(|&i| f.get(i).copied().unwrap_or(0))
-        .sum::<u64>();
+    let busy = [0, 1, 2, 5, 6, 7].iter().map(|&i| f.get(i).copied().unwrap_or(0)).sum::<u64>();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as u64 } else { 100 };
@@ -120,10 +98,7 @@ pub struct ProcSample {
 /// Reads a process's RSS and CPU time, if it exists.
 pub fn sample(pid: Option<u32>) -> Option<ProcSample> {
     let pid = pid?;
-    Some(ProcSample {
-        rss_kib: rss_kib(pid)?,
-        cpu_us: cpu_micros(pid)?,
-    })
+    Some(ProcSample { rss_kib: rss_kib(pid)?, cpu_us: cpu_micros(pid)? })
 }
 
 #[derive(Serialize)]
@@ -136,11 +111,7 @@ struct Claims<'a> {
 /// An HS256 JWT for user `sub`, valid for a day, as a NestJS `JwtService.sign` makes one.
 pub fn mint_jwt(secret: &str, sub: &str) -> String {
     let iat = now_micros() / 1_000_000;
-    let claims = Claims {
-        sub,
-        iat,
-        exp: iat + 86_400,
-    };
+    let claims = Claims { sub, iat, exp: iat + 86_400 };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
@@ -176,10 +147,7 @@ mod tests {
             return; // no process CPU clock here: cpu_micros falls back to /proc
         };
         // /proc rounds to clock ticks (10 ms at 100 Hz); allow a few between the reads.
-        assert!(
-            clock.abs_diff(stat) <= 50_000,
-            "clock {clock} us, stat {stat} us"
-        );
+        assert!(clock.abs_diff(stat) <= 50_000, "clock {clock} us, stat {stat} us");
     }
 
     #[test]

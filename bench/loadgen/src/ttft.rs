@@ -44,13 +44,7 @@ pub struct TtftConfig {
 }
 
 impl TtftConfig {
-    pub fn new(
-        target: Target,
-        secret: impl Into<String>,
-        rate: f64,
-        duration: Duration,
-        first_token_delay: Duration,
-    ) -> Self {
+    pub fn new(target: Target, secret: impl Into<String>, rate: f64, duration: Duration, first_token_delay: Duration) -> Self {
         Self {
             target,
             secret: secret.into(),
@@ -134,8 +128,7 @@ pub async fn run(cfg: &TtftConfig) -> TtftResult {
         tasks.push(tokio::spawn(async move {
             let permit = permits.acquire_owned().await.expect("semaphore open");
             let auth = serde_json::json!({ "token": token });
-            let conn =
-                tokio::time::timeout(Duration::from_secs(30), Conn::connect(&target, &auth)).await;
+            let conn = tokio::time::timeout(Duration::from_secs(30), Conn::connect(&target, &auth)).await;
             drop(permit);
             match conn {
                 Ok(Ok(conn)) => {
@@ -202,10 +195,7 @@ pub async fn run(cfg: &TtftConfig) -> TtftResult {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
 
-    let s = shared
-        .lock()
-        .map(|mut s| std::mem::take(&mut *s))
-        .unwrap_or_default();
+    let s = shared.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
     TtftResult {
         scenario: "ttft".into(),
         server: cfg.label.clone(),
@@ -233,16 +223,7 @@ fn note(shared: &Mutex<Shared>, cat: String) {
 }
 
 fn failed(shared: &Mutex<Shared>) -> usize {
-    shared
-        .lock()
-        .map(|s| {
-            s.errors
-                .iter()
-                .filter(|(k, _)| k.starts_with("connect:"))
-                .map(|(_, v)| *v as usize)
-                .sum()
-        })
-        .unwrap_or(0)
+    shared.lock().map(|s| s.errors.iter().filter(|(k, _)| k.starts_with("connect:")).map(|(_, v)| *v as usize).sum()).unwrap_or(0)
 }
 
 /// One pooled socket: on each command, one `chat:start` timed to its first token.
@@ -333,24 +314,11 @@ impl std::fmt::Display for TtftResult {
         writeln!(
             f,
             "ttft [{}]: {} starts/s for {:.1} s, pool {} ({} connected), upstream first-token delay {} ms",
-            self.server,
-            self.rate_per_s,
-            self.duration_s,
-            self.pool,
-            self.connected,
-            self.first_token_delay_ms
+            self.server, self.rate_per_s, self.duration_s, self.pool, self.connected, self.first_token_delay_ms
         )?;
-        writeln!(
-            f,
-            "  sent {} skipped {} first tokens {} answers {}",
-            self.requests_sent, self.skipped, self.first_tokens, self.answers
-        )?;
+        writeln!(f, "  sent {} skipped {} first tokens {} answers {}", self.requests_sent, self.skipped, self.first_tokens, self.answers)?;
         writeln!(f, "  gateway TTFT      {}", self.ttft_gateway)?;
         writeln!(f, "  raw TTFT          {}", self.ttft_raw)?;
-        write!(
-            f,
-            "  errors            {} {:?}",
-            self.error_count, self.errors
-        )
+        write!(f, "  errors            {} {:?}", self.error_count, self.errors)
     }
 }

@@ -28,17 +28,9 @@ pub enum Packet<'a> {
     /// Socket.IO disconnect.
     Disconnect { nsp: &'a str },
     /// Socket.IO event: `args` is the whole JSON array, event name first.
-    Event {
-        nsp: &'a str,
-        ack: Option<u64>,
-        args: &'a str,
-    },
+    Event { nsp: &'a str, ack: Option<u64>, args: &'a str },
     /// Socket.IO acknowledgement: `args` is the JSON array of the ack's arguments.
-    Ack {
-        nsp: &'a str,
-        id: u64,
-        args: &'a str,
-    },
+    Ack { nsp: &'a str, id: u64, args: &'a str },
     /// Socket.IO connect error, with its JSON data (`{"message":..}`).
     ConnectError { nsp: &'a str, data: &'a str },
 }
@@ -86,25 +78,13 @@ pub fn parse(text: &str) -> Result<Packet<'_>, BadPacket> {
         }
     }
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    let id = if digits > 0 {
-        Some(rest[..digits].parse::<u64>().map_err(|_| bad())?)
-    } else {
-        None
-    };
+    let id = if digits > 0 { Some(rest[..digits].parse::<u64>().map_err(|_| bad())?) } else { None };
     let body = &rest[digits..];
     match kind {
         b'0' => Ok(Packet::Connect { nsp, data: body }),
         b'1' => Ok(Packet::Disconnect { nsp }),
-        b'2' => Ok(Packet::Event {
-            nsp,
-            ack: id,
-            args: body,
-        }),
-        b'3' => Ok(Packet::Ack {
-            nsp,
-            id: id.ok_or_else(bad)?,
-            args: body,
-        }),
+        b'2' => Ok(Packet::Event { nsp, ack: id, args: body }),
+        b'3' => Ok(Packet::Ack { nsp, id: id.ok_or_else(bad)?, args: body }),
         b'4' => Ok(Packet::ConnectError { nsp, data: body }),
         // 5 and 6 are binary events and acks, which this protocol never uses.
         _ => Err(bad()),
@@ -114,16 +94,11 @@ pub fn parse(text: &str) -> Result<Packet<'_>, BadPacket> {
 /// The event name at the head of an event's JSON array, without a full parse.
 /// Event names here never contain quotes or escapes; one that does is decoded properly.
 pub fn event_name(args: &str) -> Option<std::borrow::Cow<'_, str>> {
-    let rest = args
-        .trim_start()
-        .strip_prefix('[')?
-        .trim_start()
-        .strip_prefix('"')?;
+    let rest = args.trim_start().strip_prefix('[')?.trim_start().strip_prefix('"')?;
     let end = rest.find('"')?;
     let name = &rest[..end];
     if name.contains('\\') {
-        let full: (String,) =
-            serde_json::from_str(&format!("[{}]", first_json_string(args)?)).ok()?;
+        let full: (String,) = serde_json::from_str(&format!("[{}]", first_json_string(args)?)).ok()?;
         return Some(full.0.into());
     }
     Some(name.into())
@@ -194,10 +169,7 @@ mod tests {
 
     #[test]
     fn parses_engine_packets() {
-        assert_eq!(
-            parse("0{\"sid\":\"x\"}").unwrap(),
-            Packet::Open("{\"sid\":\"x\"}")
-        );
+        assert_eq!(parse("0{\"sid\":\"x\"}").unwrap(), Packet::Open("{\"sid\":\"x\"}"));
         assert_eq!(parse("2").unwrap(), Packet::Ping);
         assert_eq!(parse("3").unwrap(), Packet::Pong);
         assert_eq!(parse("1").unwrap(), Packet::Close);
@@ -208,83 +180,33 @@ mod tests {
 
     #[test]
     fn parses_socketio_packets() {
-        assert_eq!(
-            parse("40/ai,{\"sid\":\"a\"}").unwrap(),
-            Packet::Connect {
-                nsp: "/ai",
-                data: "{\"sid\":\"a\"}"
-            }
-        );
-        assert_eq!(
-            parse("40{\"sid\":\"a\"}").unwrap(),
-            Packet::Connect {
-                nsp: "/",
-                data: "{\"sid\":\"a\"}"
-            }
-        );
+        assert_eq!(parse("40/ai,{\"sid\":\"a\"}").unwrap(), Packet::Connect { nsp: "/ai", data: "{\"sid\":\"a\"}" });
+        assert_eq!(parse("40{\"sid\":\"a\"}").unwrap(), Packet::Connect { nsp: "/", data: "{\"sid\":\"a\"}" });
         assert_eq!(parse("41/ai,").unwrap(), Packet::Disconnect { nsp: "/ai" });
         assert_eq!(parse("41/ai").unwrap(), Packet::Disconnect { nsp: "/ai" });
         assert_eq!(
             parse("42/ai,[\"chat:message\",{\"content\":\"1 \"}]").unwrap(),
-            Packet::Event {
-                nsp: "/ai",
-                ack: None,
-                args: "[\"chat:message\",{\"content\":\"1 \"}]"
-            }
+            Packet::Event { nsp: "/ai", ack: None, args: "[\"chat:message\",{\"content\":\"1 \"}]" }
         );
-        assert_eq!(
-            parse("42/ai,17[\"chat:start\",{}]").unwrap(),
-            Packet::Event {
-                nsp: "/ai",
-                ack: Some(17),
-                args: "[\"chat:start\",{}]"
-            }
-        );
-        assert_eq!(
-            parse("43/ai,5[{\"ok\":true}]").unwrap(),
-            Packet::Ack {
-                nsp: "/ai",
-                id: 5,
-                args: "[{\"ok\":true}]"
-            }
-        );
+        assert_eq!(parse("42/ai,17[\"chat:start\",{}]").unwrap(), Packet::Event { nsp: "/ai", ack: Some(17), args: "[\"chat:start\",{}]" });
+        assert_eq!(parse("43/ai,5[{\"ok\":true}]").unwrap(), Packet::Ack { nsp: "/ai", id: 5, args: "[{\"ok\":true}]" });
         assert_eq!(
             parse("44/ai,{\"message\":\"unauthorized\"}").unwrap(),
-            Packet::ConnectError {
-                nsp: "/ai",
-                data: "{\"message\":\"unauthorized\"}"
-            }
+            Packet::ConnectError { nsp: "/ai", data: "{\"message\":\"unauthorized\"}" }
         );
         assert!(parse("43/ai,[1]").is_err(), "an ack needs an id");
     }
 
     #[test]
     fn builds_frames_that_parse_back() {
-        let f = event_frame(
-            "/ai",
-            None,
-            "chat:start",
-            &json!({"message": "hi", "maxTokens": 3}),
-        );
-        assert_eq!(
-            f,
-            "42/ai,[\"chat:start\",{\"maxTokens\":3,\"message\":\"hi\"}]"
-        );
+        let f = event_frame("/ai", None, "chat:start", &json!({"message": "hi", "maxTokens": 3}));
+        assert_eq!(f, "42/ai,[\"chat:start\",{\"maxTokens\":3,\"message\":\"hi\"}]");
         let f = event_frame("/ai", Some(4), "chat:start", &json!({}));
         assert_eq!(f, "42/ai,4[\"chat:start\",{}]");
-        assert_eq!(
-            connect_frame("/ai", &json!({"token": "t"})),
-            "40/ai,{\"token\":\"t\"}"
-        );
+        assert_eq!(connect_frame("/ai", &json!({"token": "t"})), "40/ai,{\"token\":\"t\"}");
         assert_eq!(connect_frame("/", &json!({})), "40{}");
-        assert_eq!(
-            ack_frame("/ai", 4, &json!({"ok": true})),
-            "43/ai,4[{\"ok\":true}]"
-        );
-        assert_eq!(
-            connect_error_frame("/ai", "unauthorized"),
-            "44/ai,{\"message\":\"unauthorized\"}"
-        );
+        assert_eq!(ack_frame("/ai", 4, &json!({"ok": true})), "43/ai,4[{\"ok\":true}]");
+        assert_eq!(connect_error_frame("/ai", "unauthorized"), "44/ai,{\"message\":\"unauthorized\"}");
     }
 
     #[test]

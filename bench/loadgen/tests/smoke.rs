@@ -26,11 +26,7 @@ fn chatwire_bin() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Kills the server when the test ends, however it ends.
@@ -52,9 +48,7 @@ fn health_ok(port: u16) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
+    if s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
         return false;
     }
     let mut response = String::new();
@@ -69,11 +63,7 @@ fn start_chatwire() -> Server {
 /// `chatwire serve` with the smoke settings changed by `vars`.
 fn start_chatwire_with(vars: &[(&str, &str)]) -> Server {
     let bin = chatwire_bin();
-    assert!(
-        bin.exists(),
-        "no chatwire binary at {} (build it with `cargo build --bin chatwire`, or set CHATWIRE_BIN)",
-        bin.display()
-    );
+    assert!(bin.exists(), "no chatwire binary at {} (build it with `cargo build --bin chatwire`, or set CHATWIRE_BIN)", bin.display());
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let child = Command::new(&bin)
@@ -91,10 +81,7 @@ fn start_chatwire_with(vars: &[(&str, &str)]) -> Server {
         .env("JWT_SECRET", SECRET)
         .env("MOCK_STAMP", "true")
         .env("MOCK_TOKEN_DELAY_MS", "5")
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}/smoke.db?mode=rwc", dir.path().display()),
-        )
+        .env("DATABASE_URL", format!("sqlite://{}/smoke.db?mode=rwc", dir.path().display()))
         .env("RATE_LIMIT_PER_MINUTE", "0")
         .env("MAX_CONCURRENT_STREAMS_PER_USER", "1000")
         .env("RUST_LOG", "warn")
@@ -103,20 +90,13 @@ fn start_chatwire_with(vars: &[(&str, &str)]) -> Server {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    let mut server = Server {
-        child,
-        port,
-        _dir: dir,
-    };
+    let mut server = Server { child, port, _dir: dir };
     let deadline = Instant::now() + Duration::from_secs(60);
     while !health_ok(port) {
         if let Ok(Some(status)) = server.child.try_wait() {
             panic!("chatwire exited during start-up: {status}");
         }
-        assert!(
-            Instant::now() < deadline,
-            "chatwire did not answer /health within 60 s"
-        );
+        assert!(Instant::now() < deadline, "chatwire did not answer /health within 60 s");
         std::thread::sleep(Duration::from_millis(100));
     }
     server
@@ -130,40 +110,22 @@ fn assert_clean_stream(r: &stream::StreamResult, clients: usize, tokens: u32) {
     assert_eq!(r.lost_tokens, 0, "{r:#?}");
     assert!(r.answers > 0, "{r:#?}");
     assert_eq!(r.tokens_sent, r.tokens_received);
-    assert_eq!(
-        r.tokens_sent,
-        r.answers * u64::from(tokens),
-        "every answer has exactly maxTokens tokens"
-    );
+    assert_eq!(r.tokens_sent, r.answers * u64::from(tokens), "every answer has exactly maxTokens tokens");
     assert_eq!(r.short_answers, 0);
     assert_eq!(r.content_mismatches, 0);
     assert_eq!(r.seq_errors, 0);
     assert_eq!(r.bad_stamps, 0);
     assert_eq!(r.unfinished_answers, 0);
     assert!(r.clean());
-    assert!(
-        r.lag.count > 0 && r.tokens_per_s > 0.0 && r.frames_per_s > 0.0,
-        "{r:#?}"
-    );
-    assert!(
-        r.lag.p50_ms <= r.lag.p99_ms && r.lag.p99_ms <= r.lag.max_ms,
-        "{:?}",
-        r.lag
-    );
+    assert!(r.lag.count > 0 && r.tokens_per_s > 0.0 && r.frames_per_s > 0.0, "{r:#?}");
+    assert!(r.lag.p50_ms <= r.lag.p99_ms && r.lag.p99_ms <= r.lag.max_ms, "{:?}", r.lag);
     // Answers started in the window, each timed to its first token.
-    assert!(
-        r.first_token.count > 0 && r.first_token.count <= r.answers + r.clients as u64,
-        "{:?}",
-        r.first_token
-    );
+    assert!(r.first_token.count > 0 && r.first_token.count <= r.answers + r.clients as u64, "{:?}", r.first_token);
     assert!(r.tokens_per_frame >= 1.0);
     // The JSON line is one object that reads back as the same result.
     let json = serde_json::to_string(r).unwrap();
     assert!(!json.contains('\n'));
-    assert_eq!(
-        &serde_json::from_str::<stream::StreamResult>(&json).unwrap(),
-        r
-    );
+    assert_eq!(&serde_json::from_str::<stream::StreamResult>(&json).unwrap(), r);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,8 +142,7 @@ async fn scenarios_run_clean_against_chatwire() {
         Ok(_) => panic!("a wrong secret was accepted"),
     }
 
-    let mut cfg =
-        stream::StreamConfig::new(target.clone(), SECRET, 5, 20, 200.0, Duration::from_secs(2));
+    let mut cfg = stream::StreamConfig::new(target.clone(), SECRET, 5, 20, 200.0, Duration::from_secs(2));
     cfg.label = "chatwire".into();
     cfg.pid = Some(pid);
     let r = stream::run(&cfg).await;
@@ -195,22 +156,14 @@ async fn scenarios_run_clean_against_chatwire() {
     let mut fixed = cfg.clone();
     fixed.user_prefix = "cpu-".into();
     fixed.duration = Duration::from_secs(1);
-    let c = cpu::run(&cpu::CpuConfig {
-        stream: fixed,
-        threshold_ms: 60_000.0,
-        min_delivery: 0.0,
-    })
-    .await;
+    let c = cpu::run(&cpu::CpuConfig { stream: fixed, threshold_ms: 60_000.0, min_delivery: 0.0 }).await;
     eprintln!("{c}");
     assert_eq!(c.run.scenario, "cpu");
     let mut as_stream = c.run.clone();
     as_stream.scenario = "stream".into();
     assert_clean_stream(&as_stream, 5, 20);
     assert!(c.below_saturation && c.overload.is_none(), "{c:#?}");
-    assert!(
-        c.run.server_cpu_us_per_token.is_some_and(|t| t > 0.0),
-        "{c:#?}"
-    );
+    assert!(c.run.server_cpu_us_per_token.is_some_and(|t| t > 0.0), "{c:#?}");
     // Its starts are spread over one whole answer (20 tokens at 200 tok/s).
     assert_eq!(c.run.warmup_s, 0.1);
     let json = serde_json::to_string(&c).unwrap();
@@ -234,22 +187,13 @@ async fn scenarios_run_clean_against_chatwire() {
     })
     .await;
     eprintln!("{sat}");
-    assert_eq!(
-        sat.steps.iter().map(|s| s.clients).collect::<Vec<_>>(),
-        vec![2, 4]
-    );
+    assert_eq!(sat.steps.iter().map(|s| s.clients).collect::<Vec<_>>(), vec![2, 4]);
     assert!(!sat.reached);
     assert_eq!(sat.lost_tokens, 0);
     assert!(sat.errors.is_empty(), "{:?}", sat.errors);
     assert_eq!(sat.saturation.as_ref().map(|s| s.clients), Some(4));
 
-    let mut t = ttft::TtftConfig::new(
-        target.clone(),
-        SECRET,
-        20.0,
-        Duration::from_secs(1),
-        Duration::ZERO,
-    );
+    let mut t = ttft::TtftConfig::new(target.clone(), SECRET, 20.0, Duration::from_secs(1), Duration::ZERO);
     t.label = "chatwire".into();
     t.tokens = 3;
     let tr = ttft::run(&t).await;
@@ -284,26 +228,15 @@ async fn the_ceiling_speaks_the_same_frames() {
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(ceiling::serve(
         listener,
-        ceiling::CeilingConfig {
-            token_delay: Duration::from_millis(5),
-            first_token_delay: Duration::ZERO,
-        },
+        ceiling::CeilingConfig { token_delay: Duration::from_millis(5), first_token_delay: Duration::ZERO },
     ));
     let target = Target::parse(&format!("http://{addr}"), "/ai").unwrap();
-    let mut cfg =
-        stream::StreamConfig::new(target.clone(), SECRET, 5, 20, 200.0, Duration::from_secs(1));
+    let mut cfg = stream::StreamConfig::new(target.clone(), SECRET, 5, 20, 200.0, Duration::from_secs(1));
     cfg.label = "ceiling".into();
     let r = stream::run(&cfg).await;
     assert_clean_stream(&r, 5, 20);
 
-    let tr = ttft::run(&ttft::TtftConfig::new(
-        target,
-        SECRET,
-        20.0,
-        Duration::from_millis(500),
-        Duration::ZERO,
-    ))
-    .await;
+    let tr = ttft::run(&ttft::TtftConfig::new(target, SECRET, 20.0, Duration::from_millis(500), Duration::ZERO)).await;
     assert_eq!(tr.error_count, 0, "{:?}", tr.errors);
     assert_eq!(tr.first_tokens, tr.requests_sent);
     server.abort();
@@ -322,9 +255,6 @@ async fn ttft_keeps_its_waiting_sockets_alive() {
     eprintln!("{tr}");
     assert_eq!(tr.connected, 16);
     assert_eq!(tr.error_count, 0, "{:?}", tr.errors);
-    assert_eq!(
-        (tr.skipped, tr.first_tokens, tr.answers),
-        (0, tr.requests_sent, tr.requests_sent)
-    );
+    assert_eq!((tr.skipped, tr.first_tokens, tr.answers), (0, tr.requests_sent, tr.requests_sent));
     assert!(tr.requests_sent >= 30, "{} starts", tr.requests_sent);
 }

@@ -85,7 +85,11 @@ fn invalid(message: &str) -> ApiError {
     ),
     security(("bearer" = []))
 )]
-pub(crate) async fn list_conversations(State(s): State<RestState>, headers: HeaderMap, uri: Uri) -> Result<Json<ConversationList>, ApiError> {
+pub(crate) async fn list_conversations(
+    State(s): State<RestState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Json<ConversationList>, ApiError> {
     let user = user(&s, &headers, &uri)?;
     let limit = match query_value(&uri, "limit") {
         None => DEFAULT_PAGE,
@@ -197,7 +201,12 @@ pub(crate) async fn delete_conversation(
     responses((status = 200, body = MessageView, description = "The message"), HistoryErrors),
     security(("bearer" = []))
 )]
-pub(crate) async fn get_message(State(s): State<RestState>, Path(id): Path<String>, headers: HeaderMap, uri: Uri) -> Result<Json<MessageView>, ApiError> {
+pub(crate) async fn get_message(
+    State(s): State<RestState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Json<MessageView>, ApiError> {
     let user = user(&s, &headers, &uri)?;
     let id = path_id(&id, "message")?;
     Ok(Json(s.engine.message(&user, id).await?.into()))

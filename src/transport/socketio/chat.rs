@@ -5,7 +5,11 @@ use socketioxide::{
     socket::DisconnectReason,
 };
 
-use super::{ack_logged, connection_id, emit_logged, event_permit, observer, payload::{Payload, StopRequest}, reader, user_of};
+use super::{
+    ack_logged, connection_id, emit_logged, event_permit, observer,
+    payload::{Payload, StopRequest},
+    reader, user_of,
+};
 use crate::{
     auth::{self, User},
     chat::{ChatError, ErrorCode, StartCommand},

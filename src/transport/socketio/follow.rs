@@ -8,8 +8,7 @@ use socketioxide::extract::{AckSender, SocketRef, State};
 use super::{
     ack_logged,
     chat::refuse,
-    event_permit,
-    observer,
+    event_permit, observer,
     payload::{ConversationRequest, Payload, ResumeRequest},
     reader::{self, Subscriptions},
     user_of,
@@ -74,14 +73,8 @@ pub(super) async fn chat_join(socket: SocketRef, State(wire): State<Wire>, Paylo
         Ok(answers) => answers,
         Err(e) => return refuse(&socket, ack, e),
     };
-    let generations: Vec<ActiveGeneration> = wire
-        .engine
-        .active(&user)
-        .await
-        .into_iter()
-        .filter(|a| a.ids.conversation_id == conversation_id)
-        .map(Into::into)
-        .collect();
+    let generations: Vec<ActiveGeneration> =
+        wire.engine.active(&user).await.into_iter().filter(|a| a.ids.conversation_id == conversation_id).map(Into::into).collect();
     ack_logged(&socket, ack, &json!({ "ok": true, "conversationId": conversation_id, "generations": generations }));
     let subscriptions = Subscriptions::of(&socket);
     let task = tokio::spawn({

@@ -21,13 +21,13 @@ use std::sync::{
 
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use socketioxide::{
     ParserConfig, SocketIo,
     extract::{AckSender, SocketRef, State, TryData},
     handler::ConnectHandler,
     layer::SocketIoLayer,
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     auth::{self, AuthError, Session, Unauthorized, User},
@@ -148,8 +148,8 @@ fn identify(socket: &SocketRef, TryData(auth): TryData<Value>, State(wire): Stat
     let auth = auth.ok();
     let verified = if wire.auth.is_open() {
         // Each anonymous connection is a user of its own: testers share nothing.
-        let user = auth::claimed_user(auth.as_ref().and_then(|a| a.get("userId")))
-            .unwrap_or_else(|| User(format!("anonymous-{}", socket.id)));
+        let user =
+            auth::claimed_user(auth.as_ref().and_then(|a| a.get("userId"))).unwrap_or_else(|| User(format!("anonymous-{}", socket.id)));
         Session { user, expires_at: None }
     } else {
         let handshake = match auth.as_ref().and_then(|a| a.get("token")) {

@@ -17,19 +17,39 @@ use std::{
 
 use serde::Serialize;
 use serde_json::Value;
-use socketioxide::{extract::SocketRef, socket::{DisconnectReason, Sid}};
+use socketioxide::{
+    extract::SocketRef,
+    socket::{DisconnectReason, Sid},
+};
 use tokio::sync::mpsc;
 
 /// Something that happened on an `/ai` socket.
 #[derive(Debug)]
 pub enum Notice {
     /// The socket passed authentication (it is connecting; its handlers are registered).
-    Connected { socket: SocketRef, at: SystemTime },
-    Disconnected { sid: Sid, reason: DisconnectReason, at: SystemTime },
+    Connected {
+        socket: SocketRef,
+        at: SystemTime,
+    },
+    Disconnected {
+        sid: Sid,
+        reason: DisconnectReason,
+        at: SystemTime,
+    },
     /// An event from the client, with its argument (`None`: none, or one that did not parse).
-    Received { sid: Sid, event: &'static str, data: Option<Value>, at: SystemTime },
+    Received {
+        sid: Sid,
+        event: &'static str,
+        data: Option<Value>,
+        at: SystemTime,
+    },
     /// An event queued for the client.
-    Sent { sid: Sid, event: &'static str, data: Value, at: SystemTime },
+    Sent {
+        sid: Sid,
+        event: &'static str,
+        data: Value,
+        at: SystemTime,
+    },
 }
 
 /// The sending side of the monitor's channel; cheap to clone.

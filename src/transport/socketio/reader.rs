@@ -27,8 +27,8 @@ use uuid::Uuid;
 use super::observer::Observer;
 use crate::{
     chat::AnswerIds,
-    transport::Wire,
     cluster::{Entry, LogReader},
+    transport::Wire,
     transport::events::{Chunk, final_event},
 };
 
