@@ -25,6 +25,11 @@ fn bad(var: &'static str, problem: impl Into<String>) -> ConfigError {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
     /// The secret itself, for the one place that needs it.
     pub fn expose(&self) -> &str {
         &self.0
@@ -65,41 +70,13 @@ pub struct JwtConfig {
 pub enum UpstreamConfig {
     /// Nothing configured: serve the built-in mock on loopback and talk to it over HTTP.
     Mock(MockConfig),
-    /// Any OpenAI-compatible endpoint.
-    OpenAi { base_url: String, api_key: Secret },
-}
-
-/// The mock model's text and speed.
-#[derive(Clone, Debug)]
-pub struct MockConfig {
-    /// The answer, streamed a word (plus its trailing whitespace) per token.
-    pub response: String,
-    pub token_delay: Duration,
-    pub first_token_delay: Duration,
-    /// Benchmark mode: each token is its write time in microseconds, and an answer has
-    /// exactly the requested `max_tokens` tokens.
-    pub stamp: bool,
-}
-
-impl Default for MockConfig {
-    fn default() -> Self {
-        Self {
-            response: DEFAULT_MOCK_RESPONSE.to_owned(),
-            token_delay: Duration::from_millis(25),
-            first_token_delay: Duration::from_millis(0),
-            stamp: false,
-        }
-    }
+    /// OpenAI-compatible providers: `PROVIDERS_FILE` and the env shortcuts.
+    Providers(ProvidersConfig),
 }
 
 /// The largest `maxTokens` a client may ask for when `MAX_TOKENS_LIMIT` is unset: a
 /// modest bill per answer on a real upstream.
 pub const DEFAULT_MAX_TOKENS_LIMIT: u32 = 16_384;
-
-/// What the built-in mock says when `MOCK_RESPONSE` is unset.
-pub const DEFAULT_MOCK_RESPONSE: &str = "Hello! I am chatwire's built-in mock model. \
-No upstream provider is configured, so I stream this fixed answer word by word. \
-Set OPENAI_BASE_URL and OPENAI_API_KEY to talk to a real model.";
 
 /// Who may open the admin view (`/admin` namespace and page): both variables set, or the
 /// feature is off.
@@ -253,6 +230,17 @@ impl Config {
         if !allowed_models.is_empty() && !allowed_models.contains(&default_model) {
             return Err(bad("DEFAULT_MODEL", format!("{default_model:?} is not in ALLOWED_MODELS")));
         }
+        let upstream = providers::Defaults {
+            first_token_timeout: Duration::from_millis(env.parse("UPSTREAM_FIRST_TOKEN_TIMEOUT_MS", 60_000u64)?),
+            idle_timeout: Duration::from_millis(env.parse("UPSTREAM_IDLE_TIMEOUT_MS", 30_000u64)?),
+            retry: RetryPolicy {
+                attempts: match env.parse("UPSTREAM_ATTEMPTS", 3u32)? {
+                    0 => return Err(bad("UPSTREAM_ATTEMPTS", "must be at least 1")),
+                    n => n,
+                },
+                base_delay: Duration::from_millis(env.parse("UPSTREAM_RETRY_BASE_MS", 250u64)?),
+            },
+        };
         Ok(Self {
             // Open mode lets anyone chat on the upstream's key: loopback only, unless asked.
             host: env.parse(
@@ -284,7 +272,7 @@ impl Config {
                 },
             },
             database_schema: database_schema(&env)?,
-            upstream: upstream_config(&env, production)?,
+            upstream: upstream_config(&env, production, &upstream)?,
             default_model,
             allowed_models,
             ping_interval,
@@ -307,15 +295,9 @@ impl Config {
             default_temperature,
             system_prompt: env.get("SYSTEM_PROMPT").map(str::to_owned),
             max_history_messages: env.parse("MAX_HISTORY_MESSAGES", 50)?,
-            upstream_first_token_timeout: Duration::from_millis(env.parse("UPSTREAM_FIRST_TOKEN_TIMEOUT_MS", 60_000u64)?),
-            upstream_idle_timeout: Duration::from_millis(env.parse("UPSTREAM_IDLE_TIMEOUT_MS", 30_000u64)?),
-            upstream_retry: RetryPolicy {
-                attempts: match env.parse("UPSTREAM_ATTEMPTS", 3u32)? {
-                    0 => return Err(bad("UPSTREAM_ATTEMPTS", "must be at least 1")),
-                    n => n,
-                },
-                base_delay: Duration::from_millis(env.parse("UPSTREAM_RETRY_BASE_MS", 250u64)?),
-            },
+            upstream_first_token_timeout: upstream.first_token_timeout,
+            upstream_idle_timeout: upstream.idle_timeout,
+            upstream_retry: upstream.retry,
             rate_limit_per_minute: env.parse("RATE_LIMIT_PER_MINUTE", 60)?,
             lookups_per_minute: env.parse("LOOKUPS_PER_MINUTE", 600)?,
             socket_events_in_flight: match env.parse("SOCKET_EVENTS_IN_FLIGHT", 16usize)? {
@@ -368,7 +350,13 @@ impl Config {
     /// a live generation offers a checkpoint every interval, the writer stores it within
     /// the next one, so a live row is never older than a timeout plus two intervals.
     pub fn stale_answer_after(&self) -> Duration {
-        self.upstream_first_token_timeout.max(self.upstream_idle_timeout) + self.checkpoint_interval * 3
+        let mut longest = self.upstream_first_token_timeout.max(self.upstream_idle_timeout);
+        if let UpstreamConfig::Providers(p) = &self.upstream {
+            for provider in &p.providers {
+                longest = longest.max(provider.first_token_timeout).max(provider.idle_timeout);
+            }
+        }
+        longest + self.checkpoint_interval * 3
     }
 
     /// Most bytes of answer text in one frame to a socket: its byte budget shared by its
@@ -383,8 +371,11 @@ impl Config {
     }
 }
 
+#[path = "config_providers.rs"]
+mod providers;
 #[path = "config_vars.rs"]
 mod vars;
+pub use providers::{DEFAULT_MOCK_RESPONSE, MockConfig, ProviderSettings, ProvidersConfig, Target};
 pub use vars::WsConfig;
 pub use vars::redact_url;
 use vars::{

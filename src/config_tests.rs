@@ -145,14 +145,119 @@ fn the_daily_token_quota_is_off_by_default_and_named_when_wrong() {
     assert_eq!(e.var, "DAILY_TOKEN_QUOTA");
 }
 
+fn providers(pairs: &[(&str, &str)]) -> ProvidersConfig {
+    match Config::from_vars(vars(pairs)).unwrap().upstream {
+        UpstreamConfig::Providers(p) => p,
+        UpstreamConfig::Mock(_) => panic!("expected providers"),
+    }
+}
+
 #[test]
-fn the_provider_is_the_mock_or_the_upstream_host() {
-    assert_eq!(Config::from_vars(vars(&[])).unwrap().provider_name(), "mock");
-    let groq = Config::from_vars(vars(&[("OPENAI_BASE_URL", "https://api.groq.com/openai/v1"), ("OPENAI_API_KEY", "k")])).unwrap();
-    assert_eq!(groq.provider_name(), "api.groq.com");
-    let local = Config::from_vars(vars(&[("OPENAI_BASE_URL", "http://user:pw@127.0.0.1:11434/v1")])).unwrap();
-    assert_eq!(local.provider_name(), "127.0.0.1:11434");
-    assert_eq!(Config::from_vars(vars(&[("OPENAI_API_KEY", "k")])).unwrap().provider_name(), "api.openai.com");
+fn each_key_of_the_env_shortcuts_enables_its_provider() {
+    let p = providers(&[("GROQ_API_KEY", "g"), ("MISTRAL_API_KEY", "m"), ("GEMINI_API_KEY", "x"), ("OPENAI_API_KEY", "o")]);
+    let found: Vec<(&str, &str)> = p.providers.iter().map(|p| (p.id.as_str(), p.base_url.as_str())).collect();
+    assert_eq!(
+        found,
+        vec![
+            ("openai", "https://api.openai.com/v1"),
+            ("gemini", "https://generativelanguage.googleapis.com/v1beta/openai"),
+            ("groq", "https://api.groq.com/openai/v1"),
+            ("mistral", "https://api.mistral.ai/v1"),
+        ]
+    );
+    assert_eq!(p.default, "openai", "the first, when nothing names one");
+    assert_eq!(p.providers[2].api_key.expose(), "g");
+    assert_eq!(providers(&[("GROQ_API_KEY", "g"), ("OPENAI_API_KEY", "o"), ("DEFAULT_PROVIDER", "groq")]).default, "groq");
+    let local = providers(&[("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1/")]);
+    assert_eq!((local.providers[0].id.as_str(), local.providers[0].base_url.as_str()), ("openai", "http://127.0.0.1:11434/v1"));
+    assert_eq!(Config::from_vars(vars(&[("GROQ_API_KEY", "g"), ("DEFAULT_PROVIDER", "openai")])).unwrap_err().var, "DEFAULT_PROVIDER");
+    assert_eq!(Config::from_vars(vars(&[("DEFAULT_PROVIDER", "groq")])).unwrap_err().var, "DEFAULT_PROVIDER");
+}
+
+fn file(text: &str) -> (tempfile::NamedTempFile, String) {
+    use std::io::Write;
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    let path = f.path().display().to_string();
+    (f, path)
+}
+
+#[test]
+fn the_providers_file_is_read_with_its_defaults() {
+    let (_f, path) = file(
+        r#"
+default = "local"
+[[providers]]
+name = "local"
+base_url = "http://127.0.0.1:11434/v1"
+models = ["llama3.1"]
+cooldown_secs = 5
+stream_options = false
+
+[[providers]]
+name = "groq"
+display_name = "Groq"
+base_url = "https://api.groq.com/openai/v1"
+api_key_env = "MY_GROQ"
+
+[models."gpt-4o"]
+fallbacks = ["local/llama3.1", "groq/llama-3.1-8b-instant"]
+
+[aliases]
+"gpt-4" = "local/llama3.1"
+"#,
+    );
+    let p = providers(&[("PROVIDERS_FILE", &path), ("MY_GROQ", "k"), ("GROQ_API_KEY", "ignored"), ("MISTRAL_API_KEY", "m")]);
+    let ids: Vec<&str> = p.providers.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["local", "groq", "mistral"], "the file's groq wins over the shortcut");
+    assert_eq!(p.default, "local");
+    let (local, groq) = (&p.providers[0], &p.providers[1]);
+    assert_eq!((local.cooldown, local.models_ttl, local.stream_options), (Duration::from_secs(5), Duration::from_secs(300), false));
+    assert_eq!(
+        (groq.cooldown, groq.name.as_str(), groq.api_key.expose(), groq.models.as_ref()),
+        (Duration::from_secs(30), "Groq", "k", None)
+    );
+    assert_eq!(p.fallbacks["gpt-4o"][1], Target { provider: "groq".into(), model: "llama-3.1-8b-instant".into() });
+    assert_eq!(p.aliases["gpt-4"], "local/llama3.1");
+    assert_eq!(providers(&[("PROVIDERS_FILE", &path), ("MY_GROQ", "k"), ("DEFAULT_PROVIDER", "groq")]).default, "groq");
+}
+
+#[test]
+fn a_mistake_in_the_providers_file_names_its_table_and_key() {
+    let cases = [
+        ("[[providers]]\nname = \"a\"\nbase_url = \"http://x/v1\"\nbogus = 1\n", "[[providers]] #1 (line 4): unknown field `bogus`"),
+        ("[[providers]]\nname = \"a\"\n", "[[providers]] #1"),
+        ("[[providers]]\nname = \"a\"\nbase_url = \"ftp://x\"\n", "[[providers]] #1 (\"a\"): base_url"),
+        (
+            "[[providers]]\nname = \"a\"\nbase_url = \"http://x\"\napi_key_env = \"NOPE_KEY\"\n",
+            "api_key_env: the variable NOPE_KEY is not set",
+        ),
+        (
+            "[[providers]]\nname = \"a\"\nbase_url = \"http://x\"\nmodels = [\"m\"]\n[models.\"g\"]\nfallbacks = [\"a/zz\"]\n",
+            "[models.\"g\"]: fallbacks: \"a/zz\": \"a\" does not list \"zz\"",
+        ),
+        (
+            "[[providers]]\nname = \"a\"\nbase_url = \"http://x\"\n[models.\"g\"]\nfallbacks = [\"b/m\"]\n",
+            "\"b\" is not a configured provider",
+        ),
+        ("default = \"b\"\n[[providers]]\nname = \"a\"\nbase_url = \"http://x\"\n", "default: \"b\""),
+        ("[[providers]]\nname = \"a/b\"\nbase_url = \"http://x\"\n", "name: must be"),
+        (
+            "[[providers]]\nname = \"a\"\nbase_url = \"http://x\"\n[[providers]]\nname = \"a\"\nbase_url = \"http://y\"\n",
+            "[[providers]] #2: name: \"a\" is used twice",
+        ),
+        ("[aliases]\nx = 3\n", "in [aliases]"),
+    ];
+    for (text, expected) in cases {
+        let (_f, path) = file(text);
+        let e = Config::from_vars(vars(&[("PROVIDERS_FILE", &path)])).unwrap_err();
+        assert_eq!(e.var, "PROVIDERS_FILE");
+        let message = e.to_string();
+        assert!(message.starts_with(&format!("PROVIDERS_FILE: {path}: ")), "{message}");
+        assert!(message.contains(expected), "{text:?}: {message}");
+    }
+    let e = Config::from_vars(vars(&[("PROVIDERS_FILE", "/nonexistent/providers.toml")])).unwrap_err();
+    assert!(e.to_string().starts_with("PROVIDERS_FILE: /nonexistent/providers.toml: cannot read it"), "{e}");
 }
 
 #[test]
@@ -193,4 +298,13 @@ fn the_websocket_dialects_settings_and_their_aliases() {
     for (var, value) in [("WS_PATH", "ws"), ("WS_MAX_MESSAGE_BYTES", "10"), ("WS_MESSAGES_PER_SECOND", "0"), ("PING_INTERVAL", "0")] {
         assert_eq!(Config::from_vars(vars(&[(var, value)])).unwrap_err().var, var);
     }
+}
+
+#[test]
+fn the_sample_providers_file_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/providers.toml");
+    let p = providers(&[("PROVIDERS_FILE", path), ("GROQ_API_KEY", "g"), ("OPENAI_API_KEY", "o")]);
+    let ids: Vec<&str> = p.providers.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!((ids, p.default.as_str()), (vec!["groq", "openai", "ollama"], "groq"));
+    assert_eq!(p.aliases["gpt-4"], "openai/gpt-4o");
 }

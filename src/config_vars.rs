@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, fmt, str::FromStr, time::Duration};
 
-use super::{AdminConfig, AuthConfig, Config, ConfigError, JwtConfig, MockConfig, Secret, UpstreamConfig, bad};
+use super::{AdminConfig, AuthConfig, ConfigError, JwtConfig, MockConfig, Secret, UpstreamConfig, bad};
 
 pub(super) fn auth_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
     // Void's switch: `AUTH_ENABLED=false` is open mode whatever else is set.
@@ -107,39 +107,38 @@ pub(super) fn default_node_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-pub(super) fn upstream_config(env: &Vars, production: bool) -> Result<UpstreamConfig, ConfigError> {
-    let base_url = env.get("OPENAI_BASE_URL");
-    let api_key = env.get("OPENAI_API_KEY");
+pub(super) fn upstream_config(env: &Vars, production: bool, defaults: &super::providers::Defaults) -> Result<UpstreamConfig, ConfigError> {
     let forced_mock = match env.get("UPSTREAM") {
         None => false,
         Some("mock") => true,
         Some(other) => {
-            return Err(bad("UPSTREAM", format!("{other:?} is not `mock`; leave it unset to use OPENAI_BASE_URL / OPENAI_API_KEY")));
+            return Err(bad(
+                "UPSTREAM",
+                format!("{other:?} is not `mock`; leave it unset to use PROVIDERS_FILE or the providers' API keys"),
+            ));
         }
     };
-    if production && !forced_mock && base_url.is_none() && api_key.is_none() {
+    let providers = if forced_mock { None } else { super::providers::providers_config(env, defaults)? };
+    if let Some(providers) = providers {
+        return Ok(UpstreamConfig::Providers(providers));
+    }
+    if production && !forced_mock {
         return Err(bad(
             "OPENAI_API_KEY",
-            "NODE_ENV=production but no upstream is set (OPENAI_API_KEY or OPENAI_BASE_URL); refusing to serve the built-in mock model (UPSTREAM=mock asks for it)",
+            "NODE_ENV=production but no upstream is set (PROVIDERS_FILE, OPENAI_API_KEY, OPENAI_BASE_URL, GEMINI_API_KEY, GROQ_API_KEY or MISTRAL_API_KEY); refusing to serve the built-in mock model (UPSTREAM=mock asks for it)",
         ));
     }
-    if forced_mock || (base_url.is_none() && api_key.is_none()) {
-        let mut mock = MockConfig::default();
-        if let Some(text) = env.get("MOCK_RESPONSE") {
-            mock.response = text.to_owned();
-        }
-        mock.token_delay = Duration::from_millis(env.parse("MOCK_TOKEN_DELAY_MS", 25u64)?);
-        mock.first_token_delay = Duration::from_millis(env.parse("MOCK_FIRST_TOKEN_DELAY_MS", 0u64)?);
-        mock.stamp = env.parse("MOCK_STAMP", false)?;
-        return Ok(UpstreamConfig::Mock(mock));
+    if let Some(id) = env.get("DEFAULT_PROVIDER").filter(|id| *id != "mock") {
+        return Err(bad("DEFAULT_PROVIDER", format!("{id:?} is not a configured provider (only the built-in mock is)")));
     }
-    let base_url = base_url.unwrap_or("https://api.openai.com/v1").trim_end_matches('/').to_owned();
-    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-        return Err(bad("OPENAI_BASE_URL", "must start with http:// or https://"));
+    let mut mock = MockConfig::default();
+    if let Some(text) = env.get("MOCK_RESPONSE") {
+        mock.response = text.to_owned();
     }
-    // Local servers (Ollama, vLLM, llama.cpp) accept any key.
-    let api_key = Secret(api_key.unwrap_or("none").to_owned());
-    Ok(UpstreamConfig::OpenAi { base_url, api_key })
+    mock.token_delay = Duration::from_millis(env.parse("MOCK_TOKEN_DELAY_MS", 25u64)?);
+    mock.first_token_delay = Duration::from_millis(env.parse("MOCK_FIRST_TOKEN_DELAY_MS", 0u64)?);
+    mock.stamp = env.parse("MOCK_STAMP", false)?;
+    Ok(UpstreamConfig::Mock(mock))
 }
 
 /// `DATABASE_URL`: a SQLite or PostgreSQL URL. Anything else is refused here, before a
@@ -246,21 +245,6 @@ pub(super) fn at_least_one(env: &Vars, name: &'static str, default: usize) -> Re
     }
 }
 
-impl Config {
-    /// The upstream as stored with each answer: `mock`, or the host (and port) of
-    /// `OPENAI_BASE_URL`, which tells OpenAI, Groq, a local Ollama, ... apart.
-    pub fn provider_name(&self) -> String {
-        match &self.upstream {
-            UpstreamConfig::Mock(_) => "mock".into(),
-            UpstreamConfig::OpenAi { base_url, .. } => {
-                let rest = base_url.split_once("://").map_or(base_url.as_str(), |(_, rest)| rest);
-                let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-                authority.rsplit_once('@').map_or(authority, |(_, host)| host).to_owned()
-            }
-        }
-    }
-}
-
 /// The raw-WebSocket dialects' settings (Void, canyon, WADI).
 #[derive(Clone, Debug)]
 pub struct WsConfig {
@@ -272,8 +256,6 @@ pub struct WsConfig {
     pub messages_per_second: u32,
     /// How often the server pings (`PING_INTERVAL`, ms, else `PING_INTERVAL_MS`).
     pub ping_interval: Duration,
-    /// The provider id Void's `provider_list` marks default and a request without one uses (`DEFAULT_PROVIDER`).
-    pub default_provider: Option<String>,
 }
 
 /// `name`, unless it is unset and `alias` is set: then `alias` (`PORT` and `WS_PORT`).
@@ -304,6 +286,5 @@ pub(super) fn ws_config(env: &Vars) -> Result<WsConfig, ConfigError> {
             n => n,
         },
         ping_interval: Duration::from_millis(ping_interval),
-        default_provider: env.get("DEFAULT_PROVIDER").map(str::to_owned),
     })
 }

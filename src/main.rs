@@ -119,7 +119,7 @@ async fn serve(config: Config) -> Result<(), String> {
 async fn mock(config: Config, host: std::net::IpAddr, port: u16) -> Result<(), String> {
     let mock_config = match config.upstream {
         chatwire::config::UpstreamConfig::Mock(m) => m,
-        chatwire::config::UpstreamConfig::OpenAi { .. } => MockConfig::default(),
+        chatwire::config::UpstreamConfig::Providers(_) => MockConfig::default(),
     };
     let listener = tokio::net::TcpListener::bind((host, port)).await.map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
     let mock = MockUpstream::spawn(listener, mock_config).map_err(|e| e.to_string())?;

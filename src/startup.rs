@@ -20,7 +20,7 @@ use crate::{
     engine::Engine,
     http::{self, ready::Readiness},
     metrics::Metrics,
-    providers::{Provider, UpstreamProbe, mock::MockUpstream},
+    providers::{Registry, UpstreamProbe, mock::MockUpstream},
     store,
     transport::{Wire, socketio, sse, ws},
 };
@@ -84,26 +84,30 @@ impl Application {
         let timed = metrics.clone();
         store::time_statements(&mut db, move |elapsed| timed.db_query(elapsed));
         store::spawn_wal_checkpointer(&config.database_url, shutdown.clone()).await.map_err(db_error)?;
-        if config.allowed_models.is_empty() && matches!(config.upstream, UpstreamConfig::OpenAi { .. }) {
+        if config.allowed_models.is_empty() && matches!(config.upstream, UpstreamConfig::Providers(_)) {
             tracing::warn!(
                 "ALLOWED_MODELS is unset: clients may ask the upstream for any model it serves, on your key; \
                  set ALLOWED_MODELS to the models you mean to pay for"
             );
         }
 
-        let (mock, base_url, api_key, name) = match &config.upstream {
+        let (mock, providers) = match &config.upstream {
             UpstreamConfig::Mock(mock_config) => {
                 let mock = MockUpstream::start(mock_config.clone()).await.map_err(StartError::Mock)?;
-                let base_url = mock.base_url();
-                (Some(mock), base_url, "mock", "mock".to_owned())
+                let providers = crate::providers::mock_providers(&config, &mock.base_url());
+                (Some(mock), providers)
             }
-            UpstreamConfig::OpenAi { base_url, api_key } => (None, base_url.clone(), api_key.expose(), provider_name(base_url)),
+            UpstreamConfig::Providers(providers) => (None, providers.clone()),
         };
-        let provider = Provider::new(&base_url, api_key, config.upstream_timeouts(), config.upstream_retry).with_metrics(&name, &metrics);
-        let probe = UpstreamProbe::new(&base_url, api_key);
+        let registry = Registry::new(&providers, &metrics);
+        // Readiness asks the default provider: the one every bare model name may reach.
+        let probe = match providers.providers.iter().find(|p| p.id == providers.default) {
+            Some(p) => UpstreamProbe::new(&p.base_url, p.api_key.expose()),
+            None => UpstreamProbe::new("http://127.0.0.1:9", "none"),
+        };
         let config = Arc::new(config);
         let (directory, logs) = cluster_parts(&config, &shutdown, metrics.redis_commands())?;
-        let engine = Engine::new(config.clone(), db.clone(), provider, directory, logs, metrics.clone());
+        let engine = Engine::new(config.clone(), db.clone(), registry, directory, logs, metrics.clone());
         engine.spawn_background(shutdown.clone());
         metrics.spawn_lag_probe(shutdown.clone());
         spawn_stale_answer_sweeper(db.clone(), config.stale_answer_after(), shutdown.clone());
@@ -273,16 +277,6 @@ fn redacted(url: &str, message: &str) -> String {
     message
 }
 
-/// The upstream's name in metrics: its host and port, never the URL's credentials.
-fn provider_name(base_url: &str) -> String {
-    let uri = base_url.parse::<::http::Uri>().ok();
-    match (uri.as_ref().and_then(|u| u.host()), uri.as_ref().and_then(|u| u.port_u16())) {
-        (Some(host), Some(port)) => format!("{host}:{port}"),
-        (Some(host), None) => host.to_owned(),
-        (None, _) => "upstream".to_owned(),
-    }
-}
-
 /// Marks answers whose process died as failed: once at start-up, then periodically.
 fn spawn_stale_answer_sweeper(db: DatabaseConnection, stale_after: Duration, shutdown: CancellationToken) {
     tokio::spawn(async move {
@@ -317,11 +311,5 @@ mod tests {
         let url = "postgres://app:s%3Dcret@db.internal:5432/chat";
         let said = super::redacted(url, &format!("cannot reach {url}: password s=cret refused, s%3Dcret"));
         assert_eq!(said, "cannot reach postgres://app:***@db.internal:5432/chat: password *** refused, ***");
-    }
-
-    #[test]
-    fn a_provider_is_named_by_its_host_and_port_without_credentials() {
-        assert_eq!(super::provider_name("https://api.openai.com/v1"), "api.openai.com");
-        assert_eq!(super::provider_name("http://user:key@127.0.0.1:11434/v1"), "127.0.0.1:11434");
     }
 }

@@ -20,8 +20,9 @@ pub fn lines(config: &Config, auth: &Authenticator, mock_url: Option<&str>) -> V
         format!("http://{host}:{}/ai", config.port)
     };
     let upstream = match (&config.upstream, mock_url) {
-        (UpstreamConfig::OpenAi { base_url, .. }, _) => {
-            format!("{base_url}, default model {}", config.default_model)
+        (UpstreamConfig::Providers(p), _) => {
+            let ids: Vec<&str> = p.providers.iter().map(|p| p.id.as_str()).collect();
+            format!("providers {} (default {}), default model {}", ids.join(", "), p.default, config.default_model)
         }
         (UpstreamConfig::Mock(_), Some(url)) => {
             format!("the built-in mock model at {url} (no OPENAI_API_KEY or OPENAI_BASE_URL)")
@@ -72,13 +73,14 @@ Environment (also read from .env; README.md has the full table):
   JWT_JWKS_URL               RS256/ES256/EdDSA keys from a JWKS (Clerk, Supabase, Auth0, Cognito)
   CLERK_JWT_KEY, SUPABASE_JWT_SECRET   aliases of JWT_PUBLIC_KEY / JWT_SECRET (Supabase: aud authenticated)
   AUTH_ENABLED=false         open mode (refused under NODE_ENV=production)
-  WS_PATH, WS_PORT, WS_HOST, CORS_ORIGINS, PING_INTERVAL, DEFAULT_PROVIDER   Void's names
+  WS_PATH, WS_PORT, WS_HOST, CORS_ORIGINS, PING_INTERVAL   Void's names
   WS_MAX_MESSAGE_BYTES, WS_MESSAGES_PER_SECOND   raw WebSocket dialects (Void, canyon, WADI)
   NODE_ENV=production        refuses open mode and the mock model
   DATABASE_URL               sqlite://FILE?mode=rwc (default sqlite://chatwire.db) or postgres://...
   DATABASE_SCHEMA            PostgreSQL schema of chatwire's tables (default chatwire)
   DATABASE_MAX_CONNECTIONS
-  OPENAI_API_KEY, OPENAI_BASE_URL, UPSTREAM=mock
+  PROVIDERS_FILE             TOML of providers, fallbacks, aliases (see deploy/providers.toml)
+  OPENAI_API_KEY, OPENAI_BASE_URL, GEMINI_API_KEY, GROQ_API_KEY, MISTRAL_API_KEY, DEFAULT_PROVIDER, UPSTREAM=mock
   DEFAULT_MODEL, ALLOWED_MODELS, DEFAULT_MAX_TOKENS, MAX_TOKENS_LIMIT, DEFAULT_TEMPERATURE
   MAX_MESSAGE_CHARS, SYSTEM_PROMPT, ALLOW_CLIENT_SYSTEM_PROMPT, MAX_HISTORY_MESSAGES
   PING_INTERVAL_MS, PING_TIMEOUT_MS, SOCKET_BUFFER_PACKETS, SOCKET_BUFFER_BYTES, SSE_KEEPALIVE_MS

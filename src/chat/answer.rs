@@ -93,7 +93,14 @@ pub enum StopReason {
 /// How an answer ended: the last entry of its log, and what its final event says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Final {
-    Complete { model: String, finish_reason: String, usage: Usage },
+    /// `model` is the bare name the answering `provider` knows; `usage` is `None` when
+    /// the provider sent no counts.
+    Complete {
+        provider: String,
+        model: String,
+        finish_reason: String,
+        usage: Option<Usage>,
+    },
     Stopped,
     Failed(ChatError),
 }

@@ -19,6 +19,8 @@ pub struct StartCommand {
     /// `None` starts a new conversation.
     pub conversation_id: Option<Uuid>,
     pub model: String,
+    /// The provider the client named (`provider`); `None` routes by the model name.
+    pub provider: Option<String>,
     pub max_tokens: u32,
     pub temperature: f32,
     pub client_message_id: Option<String>,
@@ -76,7 +78,17 @@ impl StartCommand {
             }
             Some(_) => return Err(wrong_type("model", "a string")),
         };
-        if !config.allowed_models.is_empty() && !config.allowed_models.contains(&model) {
+        let provider = match field("provider") {
+            None => None,
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_MODEL_NAME => Some(s.clone()),
+            Some(Value::String(_)) => {
+                return Err(ChatError::new(ErrorCode::InvalidModel, "provider name is empty or too long"));
+            }
+            Some(_) => return Err(wrong_type("provider", "a string")),
+        };
+        // `{ provider, model }` is checked as the `provider/model` it stands for.
+        let asked = provider.as_ref().map_or_else(|| model.clone(), |p| format!("{p}/{model}"));
+        if !config.allowed_models.is_empty() && !config.allowed_models.contains(&asked) {
             return Err(ChatError::new(ErrorCode::InvalidModel, "model is not allowed"));
         }
 
@@ -131,6 +143,7 @@ impl StartCommand {
             message: super::text::storable(message).into_owned(),
             conversation_id,
             model,
+            provider,
             max_tokens,
             temperature,
             client_message_id,
@@ -266,6 +279,7 @@ pub(crate) mod fuzz {
                 "systemPrompt",
                 "messageId",
                 "offset",
+                "provider",
             ])
             .prop_map(str::to_owned),
             ".{0,12}",

@@ -167,9 +167,9 @@ pub mod keys {
 /// The final entry's `f` field: how the answer ended (its text is the log's text).
 pub fn encode_final(outcome: &Final) -> String {
     match outcome {
-        Final::Complete { model, finish_reason, usage } => json!({
-            "kind": "complete", "model": model, "finishReason": finish_reason,
-            "usage": [usage.prompt_tokens, usage.completion_tokens, usage.total_tokens],
+        Final::Complete { provider, model, finish_reason, usage } => json!({
+            "kind": "complete", "provider": provider, "model": model, "finishReason": finish_reason,
+            "usage": usage.map(|u| [u.prompt_tokens, u.completion_tokens, u.total_tokens]),
         }),
         Final::Stopped => json!({ "kind": "stopped" }),
         Final::Failed(e) => {
@@ -186,8 +186,8 @@ pub fn decode_final(raw: &str) -> Final {
     match v["kind"].as_str() {
         Some("complete") => {
             let n = |i: usize| v["usage"][i].as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or_default();
-            let usage = Usage { prompt_tokens: n(0), completion_tokens: n(1), total_tokens: n(2) };
-            Final::Complete { model: s("model"), finish_reason: s("finishReason"), usage }
+            let usage = v["usage"].is_array().then(|| Usage { prompt_tokens: n(0), completion_tokens: n(1), total_tokens: n(2) });
+            Final::Complete { provider: s("provider"), model: s("model"), finish_reason: s("finishReason"), usage }
         }
         Some("stopped") => Final::Stopped,
         Some("failed") => match ErrorCode::parse(&s("code")) {
@@ -212,7 +212,8 @@ mod tests {
     fn final_entries_read_back_as_written() {
         let usage = Usage { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 };
         for outcome in [
-            Final::Complete { model: "gpt-4".into(), finish_reason: "stop".into(), usage },
+            Final::Complete { provider: "groq".into(), model: "gpt-4".into(), finish_reason: "stop".into(), usage: Some(usage) },
+            Final::Complete { provider: "mock".into(), model: "m".into(), finish_reason: "stop".into(), usage: None },
             Final::Stopped,
             Final::Failed(ChatError::new(ErrorCode::Unavailable, "the node running it stopped")),
         ] {

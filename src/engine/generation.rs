@@ -16,8 +16,8 @@ use super::{Parts, activity::Tracked};
 use crate::{
     chat::{AnswerIds, ChatError, ErrorCode, Final, HistoryMessage, StartCommand, StopReason, Usage, text},
     cluster::{Claim, Ending, LogWriter, Registration, StopHandle},
-    config::Config,
-    providers::{OpeningStream, Piece, UpstreamError},
+    config::{Config, Target},
+    providers::{OpenFailed, OpeningRoute, Piece, UpstreamError},
     store::{self, AnswerEnd},
 };
 
@@ -28,9 +28,11 @@ const MAX_PIECES_PER_APPEND: usize = 64;
 pub(super) struct Spec {
     pub ids: AnswerIds,
     pub user_id: String,
-    pub model: String,
+    /// Who answers: the route's first target until the stream opens, then the one that
+    /// opened it (or, when all failed, the last one tried).
+    pub answering: Target,
     /// The upstream request, started while the turn was being stored.
-    pub upstream: OpeningStream,
+    pub upstream: OpeningRoute,
     pub writer: Box<dyn LogWriter>,
     pub stop: Arc<StopHandle>,
     /// When its `chat:start` reached the engine: time to first token and duration count from here.
@@ -97,13 +99,14 @@ async fn end(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration), see
     let started = spec.received;
     let (ending, cut_reason) = match outcome {
         Outcome::Complete { finish_reason, usage } => {
-            (Final::Complete { model: spec.model.clone(), finish_reason, usage: usage.unwrap_or_default() }, "")
+            let Target { provider, model } = spec.answering.clone();
+            (Final::Complete { provider, model, finish_reason, usage }, "")
         }
         Outcome::Stopped(StopReason::User | StopReason::Disconnect) => (Final::Stopped, "stopped"),
         Outcome::Stopped(StopReason::Shutdown) => (Final::shutdown(), "shutdown"),
         Outcome::Failed(cause) => {
             tracing::warn!(message_id = %spec.ids.message_id, error = %cause, "upstream failed");
-            parts.provider.record_error(&cause);
+            parts.providers.record_error(&spec.answering.provider, &cause);
             (Final::Failed(cause.to_chat_error()), "error")
         }
     };
@@ -112,13 +115,12 @@ async fn end(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration), see
     // An answer cut by the shutdown keeps the upstream's counts, else the pieces received.
     let partial_usage = (cut_reason == "shutdown")
         .then(|| seen.usage.unwrap_or(Usage { completion_tokens: seen.pieces, total_tokens: seen.pieces, prompt_tokens: 0 }));
-    let provider = parts.config.provider_name();
     let end = AnswerEnd {
         user_id: &spec.user_id,
-        provider: &provider,
+        provider: &spec.answering.provider,
         content: &content,
         ending: &ending,
-        model: &spec.model,
+        model: &spec.answering.model,
         partial_usage,
         cut_reason,
     };
@@ -149,14 +151,15 @@ async fn end(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration), see
 /// One INFO line per answer, at its end.
 fn log_answer(spec: &Spec, ending: &Final, started: Instant, seen: &Seen) {
     let usage = match ending {
-        Final::Complete { usage, .. } => *usage,
+        Final::Complete { usage, .. } => usage.unwrap_or_default(),
         _ => seen.usage.unwrap_or_default(),
     };
     tracing::info!(
         message_id = %spec.ids.message_id,
         conversation_id = %spec.ids.conversation_id,
         user_id = %spec.user_id,
-        model = %spec.model,
+        provider = %spec.answering.provider,
+        model = %spec.answering.model,
         prompt_tokens = usage.prompt_tokens,
         completion_tokens = usage.completion_tokens,
         ttft_ms = seen.first_token.map(|t| t.duration_since(started).as_millis() as u64),
@@ -176,9 +179,16 @@ async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
     tokio::pin!(cancelled);
     let mut upstream = tokio::select! {
         _ = &mut cancelled => return stopped(),
-        opened = spec.upstream.opened() => match opened {
-            Ok(s) => s,
-            Err(e) => return Outcome::Failed(e),
+        opened = spec.upstream.opened(&spec.answering) => match opened {
+            Ok(opened) => {
+                spec.answering = opened.target;
+                opened.stream
+            }
+            Err(OpenFailed { error, target }) => {
+                spec.answering = target;
+                // Counted where it failed (each target's failures are), not again at the end.
+                return Outcome::Failed(error);
+            }
         },
     };
     // Offered four times per interval, so the writer's round, once per interval, finds a

@@ -32,7 +32,7 @@ use crate::{
     cluster::{AnswerLogs, ClaimRefused, Directory, LogReader, RunningAnswer, StopHandle},
     config::{Config, OnDisconnect},
     metrics::Metrics,
-    providers::{ChatCall, Provider},
+    providers::{ChatCall, Registry},
     store::{self, NewTurn, StoreError},
     throttle::LogThrottle,
 };
@@ -87,7 +87,7 @@ pub struct Engine(Arc<Parts>);
 pub(crate) struct Parts {
     pub config: Arc<Config>,
     pub db: DatabaseConnection,
-    pub provider: Provider,
+    pub providers: Registry,
     pub directory: Arc<dyn Directory>,
     pub logs: Arc<dyn AnswerLogs>,
     pub limiter: StartRateLimiter,
@@ -109,7 +109,7 @@ impl Engine {
     pub fn new(
         config: Arc<Config>,
         db: DatabaseConnection,
-        provider: Provider,
+        providers: Registry,
         directory: Arc<dyn Directory>,
         logs: Arc<dyn AnswerLogs>,
         metrics: Metrics,
@@ -120,7 +120,7 @@ impl Engine {
         Self(Arc::new(Parts {
             config,
             db,
-            provider,
+            providers,
             directory,
             logs,
             limiter,
@@ -182,6 +182,11 @@ impl Engine {
         &self.0.metrics
     }
 
+    /// The model providers: what a model picker lists, on any wire.
+    pub fn providers(&self) -> &Registry {
+        &self.0.providers
+    }
+
     /// Starts an answer for `user` on `connection`. Everything it logs, the upstream
     /// request and the generation included, is in one `answer` span naming the answer,
     /// its conversation, the user and this node.
@@ -219,6 +224,9 @@ impl Engine {
             Err(_) => return Err(ChatError::code(ErrorCode::Unavailable)),
         }
         usage::check_quota(parts, user).await?;
+        // Before any upstream call: an unknown provider or model is INVALID_MODEL here.
+        let route = parts.providers.resolve(command.provider.as_deref(), &command.model).await?;
+        let primary = route.primary().clone();
         let claim = match parts.directory.claim(connection, user, parts.config.max_concurrent_streams_per_user).await {
             Ok(claim) => claim,
             Err(ClaimRefused::UserLimit) => {
@@ -244,7 +252,7 @@ impl Engine {
         };
         let call = ChatCall {
             messages: generation::context(&parts.config, &command, history),
-            model: command.model.clone(),
+            model: primary.model.clone(),
             max_tokens: command.max_tokens,
             temperature: command.temperature,
         };
@@ -253,12 +261,12 @@ impl Engine {
         generation::name_span(AnswerIds { message_id: new_ids.assistant_message_id, conversation_id });
         // The model starts on the answer while the turn is stored: its time to first token
         // and the database's writes overlap. A start refused below drops (aborts) the request.
-        let upstream = parts.provider.start_open(call);
+        let upstream = parts.providers.start_open(route, call);
         let turn = NewTurn {
             user_id: user,
             conversation_id: command.conversation_id,
             message: &command.message,
-            model: &command.model,
+            model: &primary.model,
             client_message_id: key,
         };
         let begun = match store::begin_chat_with(&parts.db, turn, new_ids).await {
@@ -276,8 +284,8 @@ impl Engine {
         let stop = Arc::new(StopHandle::default());
         let running = RunningAnswer { ids, user_id: user.to_owned(), connection: connection.clone() };
         let registration = parts.directory.register(running, stop.clone()).await;
-        let tracked = parts.activity.track(ids, user, &command.model);
-        let spec = generation::Spec { ids, user_id: user.to_owned(), model: command.model, upstream, writer, stop, received, tracked };
+        let tracked = parts.activity.track(ids, user, &primary.model);
+        let spec = generation::Spec { ids, user_id: user.to_owned(), answering: primary, upstream, writer, stop, received, tracked };
         generation::spawn(self.0.clone(), spec, (claim, registration));
         Ok(StartOutcome::Started(Started { ids, user_message_id: begun.user_message_id, created: begun.created, reader }))
     }

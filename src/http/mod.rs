@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod limits;
+pub mod models;
 pub mod openapi;
 pub mod ready;
 pub mod rest;
@@ -39,6 +40,7 @@ pub fn router(engine: Engine, auth: Arc<Authenticator>, connections: ConnectionC
         .route("/health", get(health))
         .route("/v1/status", get(status))
         .with_state(HttpState { engine: engine.clone(), auth: auth.clone(), connections })
+        .merge(models::router(engine.clone(), auth.clone()))
         .merge(rest::router(engine, auth))
         .merge(openapi::router())
 }

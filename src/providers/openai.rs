@@ -1,23 +1,25 @@
 //! The one seam to the model: async-openai's streaming chat completions against
 //! any OpenAI-compatible base URL (the built-in mock included).
 
-use std::{future::Future, pin::Pin, sync::Arc, task::Poll, time::Duration};
-
-use async_openai::middleware::{ReqwestService, retry::OpenAIRetryLayer};
-use async_openai::{
-    Client,
-    config::OpenAIConfig,
-    error::OpenAIError,
-    types::chat::{
-        ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
-        ChatCompletionRequestUserMessage, ChatCompletionResponseStream, ChatCompletionStreamOptions, CreateChatCompletionRequest,
-        FinishReason,
+use std::{
+    collections::VecDeque,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
     },
+    task::Poll,
+    time::Duration,
 };
+
+use async_openai::{Client, config::OpenAIConfig, error::OpenAIError, types::stream::StreamResponse};
 use futures::StreamExt;
+use serde_json::json;
 use tokio::time::Sleep;
 use tracing::Instrument;
 
+use super::wire::{self, ChatRequest, Chunk, RequestMessage};
 use crate::{
     chat::{ChatError, ErrorCode, HistoryMessage, Usage},
     metrics::Metrics,
@@ -27,6 +29,8 @@ use crate::{
 #[derive(Clone)]
 pub struct Provider {
     client: Client<OpenAIConfig>,
+    /// Set once the provider refused `stream_options` (Mistral answers 422): never sent again.
+    no_stream_options: Arc<AtomicBool>,
     first_token_timeout: Duration,
     idle_timeout: Duration,
     retry: RetryPolicy,
@@ -67,6 +71,9 @@ pub enum UpstreamError {
     Unavailable(String),
     #[error("upstream failed: {0}")]
     Failed(String),
+    /// `data: {"error": ...}` inside the stream.
+    #[error("upstream reported an error in the stream: {0}")]
+    Reported(String),
 }
 
 impl UpstreamError {
@@ -76,8 +83,14 @@ impl UpstreamError {
             Self::InvalidModel(_) => ErrorCode::InvalidModel,
             Self::RateLimited(_) => ErrorCode::RateLimit,
             Self::Silent => ErrorCode::UpstreamTimeout,
-            Self::Unavailable(_) | Self::Failed(_) => ErrorCode::UpstreamError,
+            Self::Unavailable(_) | Self::Failed(_) | Self::Reported(_) => ErrorCode::UpstreamError,
         })
+    }
+
+    /// Whether another provider may be tried: the failure came before the first token and
+    /// is the provider's (unreachable, 5xx, 429, silent, an error in place of an answer).
+    pub fn worth_a_fallback(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::RateLimited(_) | Self::Silent | Self::Reported(_))
     }
 }
 
@@ -107,6 +120,9 @@ impl From<OpenAIError> for UpstreamError {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Piece {
     pub delta: Option<String>,
+    /// Reasoning text (`reasoning`, `reasoning_content`): not part of the answer, and not
+    /// stored; it keeps the stream alive for the idle timeout.
+    pub reasoning: Option<String>,
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
 }
@@ -118,9 +134,17 @@ impl Provider {
         crate::install_crypto_provider();
         let config = OpenAIConfig::new().with_api_base(base_url).with_api_key(api_key);
         // Retries are ours (jittered, counted per generation), so async-openai's own layer is off.
-        let http = tower::ServiceBuilder::new().layer(OpenAIRetryLayer::new(0)).service(ReqwestService::new(reqwest::Client::new()));
-        let client = Client::with_config(config).with_http_service(http);
-        Self { client, first_token_timeout: timeouts.0, idle_timeout: timeouts.1, retry, errors: None }
+        let http = reqwest::Client::new();
+        let service = tower::service_fn(move |factory| wire::send(http.clone(), factory));
+        let client = Client::with_config(config).with_http_service(service);
+        let no_stream_options = Arc::default();
+        Self { client, no_stream_options, first_token_timeout: timeouts.0, idle_timeout: timeouts.1, retry, errors: None }
+    }
+
+    /// Never sends `stream_options` (the `stream_options = false` switch).
+    pub fn without_stream_options(self) -> Self {
+        self.no_stream_options.store(true, Ordering::Relaxed);
+        self
     }
 
     /// Counts this provider's failed requests in `metrics`, as `provider`.
@@ -144,12 +168,27 @@ impl Provider {
         OpeningStream(tokio::spawn(async move { provider.open(call).await }.in_current_span()))
     }
 
-    /// Opens the stream, retrying connect errors, 429 and 5xx with jittered backoff.
+    /// Opens the stream and reads it up to its first piece of text, retrying connect
+    /// errors, 429, 5xx and an error in place of an answer, with jittered backoff. A
+    /// provider refusing `stream_options` is asked again without, and remembered.
     pub async fn open(&self, call: ChatCall) -> Result<UpstreamStream, UpstreamError> {
         let mut attempt = 1;
         loop {
-            match self.open_once(call.clone()).await {
-                Err(e @ (UpstreamError::Unavailable(_) | UpstreamError::RateLimited(_))) if attempt < self.retry.attempts => {
+            let stream_options = !self.no_stream_options.load(Ordering::Relaxed);
+            let result = match self.open_once(&call, stream_options).await {
+                Err(Refusal::StreamOptions(e)) if stream_options => {
+                    tracing::info!(error = %e, "the provider refused stream_options; asking again without, from now on");
+                    self.no_stream_options.store(true, Ordering::Relaxed);
+                    continue;
+                }
+                Err(Refusal::StreamOptions(e)) => Err(UpstreamError::from(e)),
+                Err(Refusal::Other(e)) => Err(e),
+                Ok(opened) => Ok(opened),
+            };
+            match result {
+                Err(e @ (UpstreamError::Unavailable(_) | UpstreamError::RateLimited(_) | UpstreamError::Reported(_)))
+                    if attempt < self.retry.attempts =>
+                {
                     self.record_error(&e);
                     let delay = jittered(self.retry.base_delay * 2u32.saturating_pow(attempt - 1));
                     tracing::info!(attempt, ?delay, error = %e, "upstream failed before the first token; retrying");
@@ -161,37 +200,60 @@ impl Provider {
         }
     }
 
-    async fn open_once(&self, call: ChatCall) -> Result<UpstreamStream, UpstreamError> {
-        let messages = call.messages.into_iter().map(to_request_message).collect();
-        #[allow(deprecated)] // `max_tokens` is what every OpenAI-compatible server understands.
-        let request = CreateChatCompletionRequest {
-            model: call.model,
-            messages,
-            max_tokens: Some(call.max_tokens),
-            temperature: Some(call.temperature),
-            stream: Some(true),
-            stream_options: Some(ChatCompletionStreamOptions { include_usage: Some(true), include_obfuscation: None }),
-            ..Default::default()
+    async fn open_once(&self, call: &ChatCall, stream_options: bool) -> Result<UpstreamStream, Refusal> {
+        let request = ChatRequest {
+            model: &call.model,
+            messages: call.messages.iter().map(RequestMessage::of).collect(),
+            max_tokens: call.max_tokens,
+            temperature: call.temperature,
+            stream: true,
+            stream_options: stream_options.then(|| json!({ "include_usage": true })),
         };
-        let opened = tokio::time::timeout(self.first_token_timeout, self.client.chat().create_stream(request))
-            .await
-            .map_err(|_| UpstreamError::Silent)??;
         let deadline = tokio::time::Instant::now() + self.first_token_timeout;
-        Ok(UpstreamStream { inner: opened, idle_timeout: self.idle_timeout, deadline, timer: Box::pin(tokio::time::sleep_until(deadline)) })
+        let opened = tokio::time::timeout_at(deadline, self.client.chat().create_stream_byot::<_, Chunk>(request))
+            .await
+            .map_err(|_| Refusal::Other(UpstreamError::Silent))?
+            .map_err(|e| if stream_options && refuses_stream_options(&e) { Refusal::StreamOptions(e) } else { Refusal::Other(e.into()) })?;
+        let mut stream = UpstreamStream {
+            inner: opened,
+            buffered: VecDeque::new(),
+            idle_timeout: self.idle_timeout,
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        // Up to the first piece of text, a failure is one before the first token: worth
+        // another attempt, or another provider.
+        loop {
+            let piece = stream.read().await.map_err(Refusal::Other)?;
+            let last = piece.as_ref().is_none_or(|p| p.delta.is_some() || p.finish_reason.is_some());
+            stream.buffered.push_back(piece);
+            if last {
+                return Ok(stream);
+            }
+        }
+    }
+}
+
+/// Why one attempt failed: `stream_options` refused, or anything else.
+enum Refusal {
+    StreamOptions(OpenAIError),
+    Other(UpstreamError),
+}
+
+/// A 422, or a 400 naming `stream_options`: the provider does not take the field.
+fn refuses_stream_options(e: &OpenAIError) -> bool {
+    match e {
+        OpenAIError::ApiError(api) => {
+            let status = api.status_code.as_u16();
+            status == 422 || (status == 400 && api.api_error.message.contains("stream_options"))
+        }
+        _ => false,
     }
 }
 
 /// `delay` scaled by a random factor in 0.5..1.5, so failing clients do not retry in step.
 fn jittered(delay: Duration) -> Duration {
     delay.mul_f64(rand::random_range(0.5..1.5))
-}
-
-fn to_request_message(m: HistoryMessage) -> ChatCompletionRequestMessage {
-    match m.role.as_str() {
-        "system" => ChatCompletionRequestSystemMessage::from(m.content).into(),
-        "assistant" => ChatCompletionRequestAssistantMessage::from(m.content).into(),
-        _ => ChatCompletionRequestUserMessage::from(m.content).into(),
-    }
 }
 
 /// A stream being opened by [`Provider::start_open`]. Dropped, it aborts the request
@@ -216,7 +278,9 @@ impl Drop for OpeningStream {
 
 /// An open answer stream with its silence timeouts.
 pub struct UpstreamStream {
-    inner: ChatCompletionResponseStream,
+    inner: StreamResponse<Chunk>,
+    /// Pieces read while opening (up to the first text), given out first.
+    buffered: VecDeque<Option<Piece>>,
     idle_timeout: Duration,
     /// When silence becomes a timeout: the first-token limit, then the idle limit after each
     /// piece of text. Kept here so a caller may drop and re-call [`Self::next`] freely.
@@ -229,6 +293,13 @@ pub struct UpstreamStream {
 impl UpstreamStream {
     /// The next piece, `None` at the end of the stream. Cancel-safe.
     pub async fn next(&mut self) -> Result<Option<Piece>, UpstreamError> {
+        match self.buffered.pop_front() {
+            Some(piece) => Ok(piece),
+            None => self.read().await,
+        }
+    }
+
+    async fn read(&mut self) -> Result<Option<Piece>, UpstreamError> {
         let Self { inner, deadline, timer, .. } = self;
         let item = std::future::poll_fn(|cx| {
             if let Poll::Ready(item) = inner.poll_next_unpin(cx) {
@@ -246,32 +317,23 @@ impl UpstreamStream {
         let Some(chunk) = item.transpose()? else {
             return Ok(None);
         };
-        let mut piece = Piece {
-            usage: chunk.usage.map(|u| Usage {
-                prompt_tokens: u.prompt_tokens,
-                completion_tokens: u.completion_tokens,
-                total_tokens: u.total_tokens,
-            }),
-            ..Piece::default()
-        };
-        if let Some(choice) = chunk.choices.into_iter().next() {
-            piece.delta = choice.delta.content.filter(|c| !c.is_empty());
-            piece.finish_reason = choice.finish_reason.map(finish_reason_name);
+        if let Some(message) = chunk.error_message() {
+            return Err(UpstreamError::Reported(message));
         }
-        if piece.delta.is_some() {
+        let usage = chunk.usage.or(chunk.x_groq.and_then(|x| x.usage)).map(wire::UsageChunk::usage);
+        let mut piece = Piece { usage, ..Piece::default() };
+        if let Some(choice) = chunk.choices.into_iter().next() {
+            let delta = choice.delta;
+            piece.delta = delta.content.filter(|c| !c.is_empty());
+            piece.reasoning = delta.reasoning.or(delta.reasoning_content).filter(|r| !r.is_empty());
+            piece.finish_reason = choice.finish_reason.filter(|r| !r.is_empty());
+        }
+        if piece.finish_reason.as_deref() == Some("error") {
+            return Err(UpstreamError::Reported("the stream finished with `error`".into()));
+        }
+        if piece.delta.is_some() || piece.reasoning.is_some() {
             self.deadline = tokio::time::Instant::now() + self.idle_timeout;
         }
         Ok(Some(piece))
     }
-}
-
-fn finish_reason_name(r: FinishReason) -> String {
-    match r {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        FinishReason::ToolCalls => "tool_calls",
-        FinishReason::ContentFilter => "content_filter",
-        FinishReason::FunctionCall => "function_call",
-    }
-    .to_owned()
 }

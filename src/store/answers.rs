@@ -15,11 +15,11 @@ use crate::chat::{AnswerIds, ChatError, ErrorCode, Final, Status, Usage};
 pub struct AnswerEnd<'a> {
     /// Whose answer it is: its tokens count into this user's usage.
     pub user_id: &'a str,
-    /// The upstream that answered (`mock`, or the host of `OPENAI_BASE_URL`).
+    /// The provider that answered, or was tried last (its id: `mock`, `openai`, `groq`, ...).
     pub provider: &'a str,
     pub content: &'a str,
     pub ending: &'a Final,
-    /// The model asked for (a completed answer stores the one the upstream named).
+    /// The bare model name of the provider tried last (a completed answer stores its ending's).
     pub model: &'a str,
     /// The token counts of an answer that did not complete, where known.
     pub partial_usage: Option<Usage>,
@@ -33,7 +33,7 @@ pub struct AnswerEnd<'a> {
 pub async fn finish_answer(db: &DatabaseConnection, id: Uuid, end: &AnswerEnd<'_>) -> Result<(), DbErr> {
     let as_i32 = |n: u32| Some(i32::try_from(n).unwrap_or(i32::MAX));
     let (model, finish_reason, usage, error_code) = match end.ending {
-        Final::Complete { model, finish_reason, usage } => (model.as_str(), finish_reason.as_str(), Some(*usage), None),
+        Final::Complete { model, finish_reason, usage, .. } => (model.as_str(), finish_reason.as_str(), *usage, None),
         Final::Stopped => (end.model, end.cut_reason, end.partial_usage, None),
         Final::Failed(error) => (end.model, end.cut_reason, end.partial_usage, Some(error.code)),
     };
@@ -107,17 +107,19 @@ pub async fn find_answer_by_id(db: &DatabaseConnection, id: Uuid) -> Result<Opti
 
 fn stored_answer(row: message::Model) -> StoredAnswer {
     let count = |n: Option<i32>| n.and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+    let counted = row.prompt_tokens.is_some() || row.completion_tokens.is_some() || row.total_tokens.is_some();
     let status = Status::parse(&row.status);
     let ending = match status {
         Status::Streaming => None,
         Status::Complete => Some(Final::Complete {
+            provider: row.provider.clone().unwrap_or_default(),
             model: row.model.clone().unwrap_or_default(),
             finish_reason: row.finish_reason.clone().unwrap_or_else(|| "stop".into()),
-            usage: Usage {
+            usage: counted.then(|| Usage {
                 prompt_tokens: count(row.prompt_tokens),
                 completion_tokens: count(row.completion_tokens),
                 total_tokens: count(row.total_tokens),
-            },
+            }),
         }),
         Status::Stopped => Some(Final::Stopped),
         Status::Error => {

@@ -80,11 +80,15 @@ impl<'a> Chunk<'a> {
 struct End<'a> {
     message_id: Uuid,
     conversation_id: Uuid,
-    total_tokens: u32,
+    /// `null` (with the two others) when the provider sent no usage.
+    total_tokens: Option<u32>,
+    /// The bare model name of who answered.
     model: &'a str,
+    /// Who answered: the provider's id.
+    provider: &'a str,
     finish_reason: &'a str,
-    prompt_tokens: u32,
-    completion_tokens: u32,
+    prompt_tokens: Option<u32>,
+    completion_tokens: Option<u32>,
     content: &'a str,
 }
 
@@ -144,14 +148,15 @@ pub fn final_event(ids: AnswerIds, ending: &Ending) -> (&'static str, Value) {
     let (message_id, conversation_id) = (ids.message_id, ids.conversation_id);
     let content = ending.content.as_str();
     let payload = match &ending.outcome {
-        Final::Complete { model, finish_reason, usage } => serde_json::to_value(End {
+        Final::Complete { provider, model, finish_reason, usage } => serde_json::to_value(End {
             message_id,
             conversation_id,
-            total_tokens: usage.total_tokens,
+            total_tokens: usage.map(|u| u.total_tokens),
             model,
+            provider,
             finish_reason,
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
+            prompt_tokens: usage.map(|u| u.prompt_tokens),
+            completion_tokens: usage.map(|u| u.completion_tokens),
             content,
         }),
         Final::Stopped => serde_json::to_value(Stopped { message_id, conversation_id, content }),

@@ -24,7 +24,12 @@ async fn one_round_writes_every_offered_text_and_leaves_ended_answers_alone() {
     let app = spawn_app_with(&[("CHECKPOINT_INTERVAL_MS", "600000")]).await;
     let checkpoints = &app.state.engine.checkpoints();
     let (a, b, ended) = (streaming_answer(&app, "u1").await, streaming_answer(&app, "u2").await, streaming_answer(&app, "u3").await);
-    let ending = chatwire::chat::Final::Complete { model: "gpt-4".into(), finish_reason: "stop".into(), usage: Default::default() };
+    let ending = chatwire::chat::Final::Complete {
+        provider: "mock".into(),
+        model: "gpt-4".into(),
+        finish_reason: "stop".into(),
+        usage: Some(Default::default()),
+    };
     let end = store::AnswerEnd {
         user_id: "u",
         provider: "mock",

@@ -114,8 +114,8 @@ async fn a_chat_a_stop_an_error_and_refusals_move_each_metric_by_exactly_what_ha
         ("UPSTREAM_RETRY_BASE_MS", "1"),
     ])
     .await;
-    let provider = fake.addr.to_string();
-    let upstream_errors = [("provider", provider.as_str()), ("code", "UPSTREAM_ERROR")];
+    // Counted by the provider's id: OPENAI_BASE_URL is the `openai` shortcut.
+    let upstream_errors = [("provider", "openai"), ("code", "UPSTREAM_ERROR")];
     let mut client = app.client(&user()).await;
     let before = scrape(&app).await;
     let (ttft, duration, queries) = (

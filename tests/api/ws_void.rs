@@ -48,33 +48,53 @@ async fn before_authenticate_only_ping_is_served_and_a_bad_token_is_auth_failure
     ws.send(msg("provider_list", json!({ "requestId": "r1" }))).await;
     assert_eq!(
         ws.next().await,
-        msg(
-            "provider_list",
-            json!({ "providers": [{ "id": "mock", "name": "chatwire's built-in mock model", "default": true }], "requestId": "r1" })
-        )
+        msg("provider_list", json!({ "providers": [{ "id": "mock", "name": "Mock", "default": true }], "requestId": "r1" }))
     );
 }
 
 #[tokio::test]
-async fn providers_and_models_follow_the_configuration() {
-    let app = spawn_app_with(&[
-        ("DEFAULT_PROVIDER", "gemini"),
-        ("DEFAULT_MODEL", "gemini-1.5-pro"),
-        ("ALLOWED_MODELS", "gemini-1.5-pro,gemini-1.5-flash"),
-    ])
-    .await;
-    let mut ws = void(&app, &user()).await;
+async fn providers_and_models_come_from_the_registry_with_two_fake_providers_and_one_answers() {
+    let t = crate::providers::three("", &[]).await;
+    let mut ws = void(&t.app, &user()).await;
     ws.send(msg("provider_list", json!({}))).await;
-    assert_eq!(ws.next().await["payload"]["providers"][0]["id"], "gemini");
-    ws.send(msg("provider_models", json!({ "provider": "gemini" }))).await;
     assert_eq!(
         ws.next().await,
-        msg("provider_models", json!({ "provider": "gemini", "models": [{ "id": "gemini-1.5-pro" }, { "id": "gemini-1.5-flash" }] }))
+        msg(
+            "provider_list",
+            json!({ "providers": [
+                { "id": "gem", "name": "Gemini-like", "default": false },
+                { "id": "mis", "name": "mis", "default": false },
+                { "id": "orr", "name": "orr", "default": true },
+            ]})
+        )
+    );
+    // A discovered list (gem's GET /models) and a listed one (mis, from the file).
+    ws.send(msg("provider_models", json!({ "provider": "gem" }))).await;
+    assert_eq!(
+        ws.next().await,
+        msg("provider_models", json!({ "provider": "gem", "models": [{ "id": "gem-pro" }, { "id": "fail-503" }] }))
+    );
+    ws.send(msg("provider_models", json!({ "provider": "mis" }))).await;
+    assert_eq!(
+        ws.next().await,
+        msg(
+            "provider_models",
+            json!({ "provider": "mis", "models": [{ "id": "mis-large" }, { "id": "fail-503" }, { "id": "cut-after-2" }] })
+        )
     );
     ws.send(msg("provider_models", json!({ "provider": "openai" }))).await;
-    assert_eq!(ws.next().await, msg("provider_error", json!({ "code": "INVALID_PARAMS", "message": "unknown provider" })));
-    ws.send(msg("provider_request", json!({ "provider": "gemini", "model": "gpt-4", "prompt": "hi" }))).await;
+    assert_eq!(ws.next().await, msg("provider_error", json!({ "code": "INVALID_MODEL", "message": "unknown provider" })));
+    ws.send(msg("provider_request", json!({ "provider": "mis", "model": "gpt-4", "prompt": "hi" }))).await;
     assert_eq!(ws.next().await["payload"]["code"], "INVALID_MODEL");
+    assert_eq!(t.mis.requests().len(), 0, "refused before any upstream call");
+    // A streamed request to one of them: who answered is in the start and the end.
+    ws.send(msg("provider_request", json!({ "provider": "gem", "model": "gem-pro", "prompt": "hi", "stream": true }))).await;
+    let (start, text, end) = streamed(&mut ws).await;
+    assert_eq!((&start["payload"]["provider"], &start["payload"]["model"]), (&json!("gem"), &json!("gem-pro")));
+    assert_eq!((&end["payload"]["provider"], &end["payload"]["model"]), (&json!("gem"), &json!("gem-pro")));
+    assert_eq!(end["payload"]["content"].as_str(), Some(text.as_str()));
+    let row = t.app.message(end["payload"]["messageId"].as_str().unwrap()).await;
+    assert_eq!((row.provider.as_deref(), row.model.as_deref(), row.content.as_str()), (Some("gem"), Some("gem-pro"), text.as_str()));
 }
 
 #[tokio::test]

@@ -106,6 +106,25 @@ pub(super) async fn chat_stop(socket: SocketRef, State(wire): State<Wire>, Paylo
     ack_logged(&socket, ack, &StopAck { ok: true, stopped });
 }
 
+/// `chat:providers`: every provider with its bare model ids, for a model picker.
+pub(super) async fn chat_providers(socket: SocketRef, State(wire): State<Wire>, ack: AckSender) {
+    let Some(_permit) = event_permit(&socket) else {
+        return refuse(&socket, ack, ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"));
+    };
+    let providers: Vec<serde_json::Value> = wire
+        .engine
+        .providers()
+        .catalog()
+        .await
+        .into_iter()
+        .map(|(p, models)| {
+            let models: Vec<serde_json::Value> = models.into_iter().map(|id| serde_json::json!({ "id": id })).collect();
+            serde_json::json!({ "id": p.id, "name": p.name, "default": p.default, "models": models })
+        })
+        .collect();
+    ack_logged(&socket, ack, &serde_json::json!({ "ok": true, "providers": providers }));
+}
+
 pub(super) async fn on_disconnect(socket: SocketRef, State(wire): State<Wire>, reason: DisconnectReason) {
     observer::disconnected(&socket, reason);
     super::session::close(&socket);

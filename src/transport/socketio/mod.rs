@@ -130,6 +130,7 @@ async fn authenticate(
     socket.on("chat:join", follow::chat_join);
     socket.on("chat:leave", follow::chat_leave);
     socket.on("chat:auth", session::chat_auth);
+    socket.on("chat:providers", chat::chat_providers);
     socket.on_disconnect(chat::on_disconnect);
     observer::connected(&socket, &watch);
     Ok(())

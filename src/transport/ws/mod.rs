@@ -21,7 +21,6 @@ mod decoder_tests;
 
 pub use link::{Flow, Link};
 pub use serve::Dialect;
-pub use void::{ProviderInfo, providers};
 
 use axum::{
     Router,

@@ -25,7 +25,6 @@ use super::{Dialect, Flow, Handshake, Link, link::SignInRefused, wadi::short};
 use crate::{
     chat::{AnswerIds, ChatError, ErrorCode, Final, StartCommand, Usage},
     cluster::Entry,
-    config::{Config, UpstreamConfig},
     transport::Wire,
 };
 
@@ -36,28 +35,6 @@ const MAX_REQUEST_ID: usize = 128;
 
 pub(super) async fn handler(State(wire): State<Wire>, ws: WebSocketUpgrade, headers: HeaderMap, uri: Uri) -> Response {
     super::upgrade(wire, ws, Handshake { headers, uri }, None, Void)
-}
-
-/// A provider as `provider_list` and `provider_models` show it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProviderInfo {
-    pub id: String,
-    pub name: String,
-    pub default: bool,
-    pub models: Vec<String>,
-}
-
-/// The providers this server offers Void's clients. The seam for the provider registry:
-/// today the one configured upstream (or the built-in mock), named by `DEFAULT_PROVIDER`
-/// when set, with `ALLOWED_MODELS` (else `DEFAULT_MODEL`) as its models.
-pub fn providers(config: &Config) -> Vec<ProviderInfo> {
-    let (id, name) = match &config.upstream {
-        UpstreamConfig::Mock(_) => ("mock", "chatwire's built-in mock model".to_owned()),
-        UpstreamConfig::OpenAi { .. } => ("openai", format!("OpenAI-compatible ({})", config.provider_name())),
-    };
-    let models = if config.allowed_models.is_empty() { vec![config.default_model.clone()] } else { config.allowed_models.clone() };
-    let id = config.ws.default_provider.clone().unwrap_or_else(|| id.to_owned());
-    vec![ProviderInfo { id, name, default: true, models }]
 }
 
 /// One Void connection.
@@ -101,18 +78,17 @@ impl Dialect for Void {
                 return Flow::Continue;
             }
             "provider_list" => {
-                let list: Vec<Value> =
-                    providers(&link.wire.config).iter().map(|p| json!({ "id": p.id, "name": p.name, "default": p.default })).collect();
+                let list = link.wire.engine.providers().providers();
                 frame("provider_list", json!({ "providers": list }), &id)
             }
             "provider_models" => match request.payload.get("provider").and_then(Value::as_str) {
                 None => error_frame("error", &ChatError::new(ErrorCode::InvalidPayload, "provider must be a string"), &id),
-                Some(name) => match provider(&link.wire.config, Some(name)) {
-                    Ok(p) => {
-                        let models: Vec<Value> = p.models.iter().map(|m| json!({ "id": m })).collect();
-                        frame("provider_models", json!({ "provider": p.id, "models": models }), &id)
+                Some(name) => match link.wire.engine.providers().models(name).await {
+                    Some(models) => {
+                        let models: Vec<Value> = models.iter().map(|m| json!({ "id": m })).collect();
+                        frame("provider_models", json!({ "provider": name, "models": models }), &id)
                     }
-                    Err(e) => error_frame("provider_error", &e, &id),
+                    None => error_frame("provider_error", &ChatError::new(ErrorCode::InvalidModel, "unknown provider"), &id),
                 },
             },
             "provider_request" => match start(link, &request).await {
@@ -184,15 +160,6 @@ async fn authenticate(link: &mut Link, request: &Request<'_>) -> Value {
 }
 
 /// The provider a request names, or the default one.
-fn provider(config: &Config, name: Option<&str>) -> Result<ProviderInfo, ChatError> {
-    let all = providers(config);
-    let found = match name {
-        None => all.iter().find(|p| p.default).or(all.first()),
-        Some(name) => all.iter().find(|p| p.id == name),
-    };
-    found.cloned().ok_or_else(|| ChatError::new(ErrorCode::InvalidParams, "unknown provider"))
-}
-
 /// `provider_request`: an answer, streamed or in one `provider_response`.
 async fn start(link: &mut Link, request: &Request<'_>) -> Result<(), ChatError> {
     let payload = &request.payload;
@@ -201,7 +168,6 @@ async fn start(link: &mut Link, request: &Request<'_>) -> Result<(), ChatError> 
         Some(Value::String(s)) => Some(s.as_str()),
         Some(_) => return Err(ChatError::new(ErrorCode::InvalidPayload, "provider must be a string")),
     };
-    let provider = provider(&link.wire.config, named)?;
     let stream = match payload.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -216,15 +182,19 @@ async fn start(link: &mut Link, request: &Request<'_>) -> Result<(), ChatError> 
             start.insert(name.into(), v.clone());
         }
     }
+    if let Some(named) = named {
+        start.insert("provider".into(), Value::String(named.to_owned()));
+    }
     let user = link.user().unwrap_or_default().to_owned();
     let command = StartCommand::parse(&Value::Object(start), &user, &link.wire.config)
         .map_err(|e| if e.message == "message is required" { ChatError::new(e.code, "prompt is required") } else { e })?;
-    let model = command.model.clone();
+    // Who is asked first (a fallback may answer instead: `provider_stream_end` says who did).
+    let route = link.wire.engine.providers().resolve(command.provider.as_deref(), &command.model).await?;
+    let (provider, model) = (route.primary().provider.clone(), route.primary().model.clone());
     let (ids, reader) = link.start(command).await?;
     let id = request.request_id.clone();
     if stream {
-        let started =
-            json!({ "provider": provider.id, "model": model, "messageId": ids.message_id, "conversationId": ids.conversation_id });
+        let started = json!({ "provider": provider, "model": model, "messageId": ids.message_id, "conversationId": ids.conversation_id });
         link.send(frame("provider_stream_start", started, &id)).await;
     }
     link.deliver(ids, reader, move |entry| encode(entry, ids, stream, &id), None);
@@ -259,7 +229,10 @@ fn encode(entry: &Entry, ids: AnswerIds, stream: bool, id: &Option<Value>) -> Op
             let mut end =
                 json!({ "content": ending.content, "usage": Value::Null, "messageId": message_id, "conversationId": conversation_id });
             match &ending.outcome {
-                Final::Complete { usage, .. } => end["usage"] = usage_of(usage),
+                Final::Complete { usage, provider, model, .. } => {
+                    end["usage"] = usage.as_ref().map_or(Value::Null, usage_of);
+                    (end["provider"], end["model"]) = (json!(provider), json!(model));
+                }
                 Final::Stopped => end["stopped"] = json!(true),
                 Final::Failed(e) => {
                     let failed =
@@ -272,11 +245,8 @@ fn encode(entry: &Entry, ids: AnswerIds, stream: bool, id: &Option<Value>) -> Op
     }
 }
 
-/// `{ promptTokens, completionTokens, totalTokens }`, or null when the upstream sent none.
+/// `{ promptTokens, completionTokens, totalTokens }` (null when the upstream sent none).
 fn usage_of(usage: &Usage) -> Value {
-    if *usage == Usage::default() {
-        return Value::Null;
-    }
     json!({ "promptTokens": usage.prompt_tokens, "completionTokens": usage.completion_tokens, "totalTokens": usage.total_tokens })
 }
 
