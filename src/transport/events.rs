@@ -82,10 +82,8 @@ struct End<'a> {
     conversation_id: Uuid,
     /// `null` (with the two others) when the provider sent no usage.
     total_tokens: Option<u32>,
-    /// The bare model name of who answered.
+    /// The bare model name of who answered (its provider is in the stored row).
     model: &'a str,
-    /// Who answered: the provider's id.
-    provider: &'a str,
     finish_reason: &'a str,
     prompt_tokens: Option<u32>,
     completion_tokens: Option<u32>,
@@ -148,12 +146,11 @@ pub fn final_event(ids: AnswerIds, ending: &Ending) -> (&'static str, Value) {
     let (message_id, conversation_id) = (ids.message_id, ids.conversation_id);
     let content = ending.content.as_str();
     let payload = match &ending.outcome {
-        Final::Complete { provider, model, finish_reason, usage } => serde_json::to_value(End {
+        Final::Complete { model, finish_reason, usage, .. } => serde_json::to_value(End {
             message_id,
             conversation_id,
             total_tokens: usage.map(|u| u.total_tokens),
             model,
-            provider,
             finish_reason,
             prompt_tokens: usage.map(|u| u.prompt_tokens),
             completion_tokens: usage.map(|u| u.completion_tokens),
