@@ -221,3 +221,23 @@ async fn an_origin_outside_the_allowlist_is_refused_and_an_allowed_one_served() 
     assert_eq!(Ws::connect_with(app.addr, &path, &[("origin", "https://evil.test")]).await.err(), Some(403));
     assert!(Ws::connect_with(app.addr, &path, &[("origin", "http://localhost:5173")]).await.is_ok());
 }
+
+#[tokio::test]
+async fn a_run_stream_watches_an_answer_started_on_ai_live_to_the_same_end() {
+    let app = spawn_app_with(&[("MOCK_TOKEN_DELAY_MS", "30")]).await;
+    let user = user();
+    let mut ai = app.client(&user).await;
+    let ack = ai.emit_with_ack("chat:start", json!({ "message": "Hello" })).await;
+    let (first, _) = ai.until("chat:message").await;
+    let run = ack["messageId"].as_str().unwrap();
+    let mut watch = Ws::connect(app.addr, &format!("/ws/runs/{run}/stream?token={}", token(&user))).await;
+    assert_eq!(watch.next().await["type"], "connected");
+    let (complete, chunks) = watch.until("complete").await;
+    let watched: String = chunks.iter().map(|c| c["content"].as_str().unwrap()).collect();
+    let ai_answer = read_answer(&mut ai).await;
+    let ai_text = format!("{}{}", first["content"].as_str().unwrap(), ai_answer.text());
+    assert_eq!((ai_answer.final_name.as_str(), ai_answer.final_data["content"].as_str()), ("chat:end", Some(ANSWER)));
+    assert_eq!((watched.as_str(), complete["fullOutput"].as_str(), ai_text.as_str()), (ANSWER, Some(ANSWER), ANSWER));
+    assert_eq!(watch.closed().await, Ended::Closed(1000));
+    assert_eq!(app.message(run).await.content, ANSWER);
+}
