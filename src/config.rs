@@ -185,6 +185,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// The raw-WebSocket dialects' settings.
     pub ws: WsConfig,
+    /// How embedding requests are batched and paced.
+    pub embeddings: EmbeddingConfig,
 }
 
 impl Config {
@@ -338,6 +340,7 @@ impl Config {
             metrics_token: metrics_token(&env)?,
             admin: admin_config(&env)?,
             ws: ws_config(&env)?,
+            embeddings: embedding_config(&env)?,
         })
     }
 
@@ -376,11 +379,11 @@ mod providers;
 #[path = "config_vars.rs"]
 mod vars;
 pub use providers::{DEFAULT_MOCK_RESPONSE, MockConfig, ProviderSettings, ProvidersConfig, Target};
-pub use vars::WsConfig;
 pub use vars::redact_url;
+pub use vars::{EmbeddingConfig, WsConfig};
 use vars::{
-    Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, either, metrics_token, origin,
-    redis_url, upstream_config, ws_config,
+    Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, either, embedding_config, metrics_token,
+    origin, redis_url, upstream_config, ws_config,
 };
 
 #[cfg(test)]

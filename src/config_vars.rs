@@ -288,3 +288,37 @@ pub(super) fn ws_config(env: &Vars) -> Result<WsConfig, ConfigError> {
         ping_interval: Duration::from_millis(ping_interval),
     })
 }
+
+/// How embedding requests are gathered and paced (the multi-provider server's settings).
+#[derive(Clone, Debug)]
+pub struct EmbeddingConfig {
+    /// The model asked for (`EMBEDDING_MODEL`), routed like a chat model.
+    pub model: String,
+    /// Most inputs in one upstream call (`EMBEDDING_BATCH_SIZE`).
+    pub batch_size: usize,
+    /// How long a batch waits for more inputs after its first (`EMBEDDING_BATCH_WAIT_MS`).
+    pub batch_wait: Duration,
+    /// Most upstream calls started in any sliding second (`EMBEDDING_RATE_LIMIT`).
+    pub calls_per_second: usize,
+    /// Most inputs waiting for a call (`EMBEDDING_QUEUE_LIMIT`, at least 1000); past it, `RATE_LIMIT`.
+    pub queue_limit: usize,
+}
+
+pub(super) fn embedding_config(env: &Vars) -> Result<EmbeddingConfig, ConfigError> {
+    Ok(EmbeddingConfig {
+        model: env.get("EMBEDDING_MODEL").unwrap_or("text-embedding-3-small").to_owned(),
+        batch_size: match env.parse("EMBEDDING_BATCH_SIZE", 5usize)? {
+            n if !(1..=2048).contains(&n) => return Err(bad("EMBEDDING_BATCH_SIZE", "must be from 1 to 2048")),
+            n => n,
+        },
+        batch_wait: Duration::from_millis(match env.parse("EMBEDDING_BATCH_WAIT_MS", 20u64)? {
+            n if n > 10_000 => return Err(bad("EMBEDDING_BATCH_WAIT_MS", "must be at most 10000")),
+            n => n,
+        }),
+        calls_per_second: at_least_one(env, "EMBEDDING_RATE_LIMIT", 5)?,
+        queue_limit: match env.parse("EMBEDDING_QUEUE_LIMIT", 1000usize)? {
+            n if n < 1000 => return Err(bad("EMBEDDING_QUEUE_LIMIT", "must be at least 1000")),
+            n => n,
+        },
+    })
+}

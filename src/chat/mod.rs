@@ -3,6 +3,7 @@
 
 pub mod answer;
 pub mod command;
+pub mod embed;
 pub mod error;
 pub mod json;
 pub mod text;

@@ -7,6 +7,7 @@
 mod activity;
 mod adopt;
 mod checkpoint;
+mod embed;
 mod generation;
 mod history;
 mod limits;
@@ -102,6 +103,8 @@ pub(crate) struct Parts {
     pub activity: Arc<activity::Activity>,
     /// Set when shutdown begins: new starts are refused, running answers finish.
     pub draining: std::sync::atomic::AtomicBool,
+    /// The embedding requests' shared queue.
+    pub embedder: crate::providers::Embedder,
 }
 
 impl Engine {
@@ -118,6 +121,7 @@ impl Engine {
         let limiter = StartRateLimiter::new(config.rate_limit_per_minute);
         let lookups = StartRateLimiter::new(config.lookups_per_minute);
         let (checkpoints, subscriptions, activity) = (Arc::default(), Default::default(), Arc::default());
+        let embedder = crate::providers::Embedder::spawn(config.embeddings.clone(), providers.clone());
         Self(Arc::new(Parts {
             config,
             db,
@@ -131,6 +135,7 @@ impl Engine {
             metrics,
             activity,
             draining: Default::default(),
+            embedder,
         }))
     }
 

@@ -4,6 +4,7 @@
 //! page, and the CORS allowlist.
 
 pub mod api;
+pub mod embeddings;
 pub mod limits;
 pub mod models;
 pub mod openapi;
@@ -41,6 +42,7 @@ pub fn router(engine: Engine, auth: Arc<Authenticator>, connections: ConnectionC
         .route("/v1/status", get(status))
         .with_state(HttpState { engine: engine.clone(), auth: auth.clone(), connections })
         .merge(models::router(engine.clone(), auth.clone()))
+        .merge(embeddings::router(engine.clone(), auth.clone()))
         .merge(rest::router(engine, auth))
         .merge(openapi::router())
 }

@@ -10,27 +10,30 @@ use axum::{
     routing::get,
 };
 use serde::Serialize;
+use utoipa::{IntoResponses, ToSchema};
 
-use super::api::{ApiError, caller};
+use super::api::{ApiError, ErrorBody, caller};
 use crate::{auth::Authenticator, engine::Engine};
 
 #[derive(Clone)]
-struct ModelsState {
+pub(crate) struct ModelsState {
     engine: Engine,
     auth: Arc<Authenticator>,
 }
 
 /// The OpenAI `list` object.
-#[derive(Serialize)]
-struct ModelList {
+#[derive(Serialize, ToSchema)]
+pub struct ModelList {
+    #[schema(example = "list")]
     object: &'static str,
     data: Vec<ModelItem>,
 }
 
-#[derive(Serialize)]
-struct ModelItem {
+#[derive(Serialize, ToSchema)]
+pub struct ModelItem {
     /// `provider/model`, as `chat:start` takes it.
     id: String,
+    #[schema(example = "model")]
     object: &'static str,
     created: u64,
     owned_by: String,
@@ -40,7 +43,22 @@ pub fn router(engine: Engine, auth: Arc<Authenticator>) -> Router {
     Router::new().route("/v1/models", get(list)).with_state(ModelsState { engine, auth })
 }
 
-async fn list(State(s): State<ModelsState>, headers: HeaderMap, uri: Uri) -> Result<Json<ModelList>, ApiError> {
+/// The error responses of `GET /v1/models`.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum ModelErrors {
+    /// `UNAUTHORIZED`: no token, or a bad one.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+}
+
+/// Every provider's models, as `provider/model` ids.
+#[utoipa::path(
+    get, path = "/v1/models", tag = "models",
+    responses((status = 200, body = ModelList, description = "Every provider's models"), ModelErrors),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list(State(s): State<ModelsState>, headers: HeaderMap, uri: Uri) -> Result<Json<ModelList>, ApiError> {
     caller(&s.auth, &headers, &uri, None).await?;
     let data = s
         .engine

@@ -1,6 +1,7 @@
 //! A built-in OpenAI-compatible model over real HTTP and SSE.
 //!
-//! It serves `POST /v1/chat/completions` (streaming) and `GET /v1/models`. With no
+//! It serves `POST /v1/chat/completions` (streaming), `POST /v1/embeddings` (the same
+//! vector for the same text, always) and `GET /v1/models`. With no
 //! upstream configured, chatwire starts one on loopback and points its ordinary
 //! client at it, so demos, tests and benchmarks run async-openai's real code path.
 //! `chatwire mock-upstream --port N` runs it alone.
@@ -77,12 +78,46 @@ fn router(state: MockState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .with_state(state)
 }
 
 async fn models() -> Json<Value> {
     Json(json!({"object": "list", "data": [{"id": "gpt-4", "object": "model", "owned_by": "chatwire-mock"}]}))
+}
+
+/// Dimensions of the mock's embeddings.
+pub const EMBEDDING_DIMENSIONS: usize = 8;
+
+/// The mock's vector for `text`: each dimension in -1..=1, from a hash of the text
+/// (FNV-1a, seeded per dimension), so a test can tell whose vector it got.
+pub fn embedding_of(text: &str) -> Vec<f32> {
+    (0..EMBEDDING_DIMENSIONS as u64)
+        .map(|dim| {
+            let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ dim, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+            (hash % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+async fn embeddings(Json(body): Json<Value>) -> Response {
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        _ => Vec::new(),
+    };
+    if inputs.is_empty() {
+        let error = json!({"error": {"message": "input must be a string or an array of strings", "type": "invalid_request_error", "param": "input", "code": null}});
+        return (StatusCode::BAD_REQUEST, Json(error)).into_response();
+    }
+    let tokens: usize = inputs.iter().map(|i| tokenize(i).len()).sum();
+    let data: Vec<Value> =
+        inputs.iter().enumerate().map(|(i, text)| json!({"object": "embedding", "index": i, "embedding": embedding_of(text)})).collect();
+    let model = body.get("model").cloned().unwrap_or_else(|| json!("mock-embedding"));
+    Json(json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+        .into_response()
 }
 
 /// Splits text into tokens: each is a word plus the whitespace after it.
@@ -189,7 +224,16 @@ async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value
 mod tests {
     use serde_json::{Value, json};
 
-    use super::{content_chunk, tokenize};
+    use super::{EMBEDDING_DIMENSIONS, content_chunk, embedding_of, tokenize};
+
+    #[test]
+    fn the_mock_embedding_is_the_same_for_the_same_text_and_differs_between_texts() {
+        let one = embedding_of("one");
+        assert_eq!(one, embedding_of("one"));
+        assert_ne!(one, embedding_of("two"));
+        assert_eq!(one.len(), EMBEDDING_DIMENSIONS);
+        assert!(one.iter().all(|v| (-1.0..=1.0).contains(v)));
+    }
 
     #[test]
     fn a_content_chunk_is_the_json_a_provider_sends() {

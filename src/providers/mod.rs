@@ -4,12 +4,14 @@
 //! readiness probe.
 
 mod catalog;
+mod embeddings;
 pub mod mock;
 mod openai;
 mod probe;
 mod registry;
 mod wire;
 
+pub use embeddings::{Embedded, Embedder};
 pub use openai::{ChatCall, OpeningStream, Piece, Provider, RetryPolicy, UpstreamError, UpstreamStream};
 pub use probe::{ProbeError, UpstreamProbe};
 pub use registry::{OpenFailed, Opened, OpeningRoute, ProviderInfo, Registry, Route};

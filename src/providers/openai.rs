@@ -28,10 +28,10 @@ use crate::{
 /// A client for one upstream, cloned cheaply into every generation.
 #[derive(Clone)]
 pub struct Provider {
-    client: Client<OpenAIConfig>,
+    pub(super) client: Client<OpenAIConfig>,
     /// Set once the provider refused `stream_options` (Mistral answers 422): never sent again.
     no_stream_options: Arc<AtomicBool>,
-    first_token_timeout: Duration,
+    pub(super) first_token_timeout: Duration,
     idle_timeout: Duration,
     retry: RetryPolicy,
     /// Where failed requests are counted, and the provider's name there.

@@ -10,6 +10,7 @@ mod cluster;
 mod database;
 mod delivery;
 mod discovery;
+mod embeddings;
 mod fake_upstream;
 mod faults;
 mod flood;

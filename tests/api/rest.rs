@@ -358,6 +358,8 @@ async fn the_openapi_document_covers_every_route_and_docs_work_offline() {
         ("/v1/conversations/{id}", "delete"),
         ("/v1/messages/{id}", "get"),
         ("/v1/usage", "get"),
+        ("/v1/models", "get"),
+        ("/v1/embeddings", "post"),
     ];
     let mut documented: Vec<(String, String)> = doc["paths"]
         .as_object()

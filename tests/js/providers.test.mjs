@@ -92,3 +92,39 @@ describe('providers', () => {
     assert.equal(refused.error.code, 'INVALID_MODEL');
   });
 });
+
+describe('embeddings', () => {
+  let server;
+  before(async () => {
+    server = await startServer();
+  });
+  after(async () => {
+    closeAllSockets();
+    await server?.stop();
+  });
+
+  test('embed acks one vector per input in order, the same as POST /v1/embeddings gives', async () => {
+    const user = uniqueUser();
+    const socket = await connect(server, server.token(user));
+    const ack = await socket.timeout(10_000).emitWithAck('embed', { input: ['north', 'south', 'north'] });
+    assert.deepEqual(Object.keys(ack).sort(), ['embeddings', 'model', 'ok']);
+    assert.equal(ack.ok, true);
+    assert.equal(ack.model, 'text-embedding-3-small');
+    assert.equal(ack.embeddings.length, 3);
+    for (const v of ack.embeddings) assert.equal(v.length, 8);
+    // The mock's vector is a function of the text: the same text, the same vector.
+    assert.deepEqual(ack.embeddings[0], ack.embeddings[2]);
+    assert.notDeepEqual(ack.embeddings[0], ack.embeddings[1]);
+    const res = await fetch(`${server.url}/v1/embeddings`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${server.token(user)}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ input: 'south', model: 'text-embedding-3-small' }),
+    });
+    assert.equal(res.status, 200);
+    const body = await res.json();
+    assert.deepEqual(body.data, [{ object: 'embedding', index: 0, embedding: ack.embeddings[1] }]);
+    const refused = await socket.timeout(10_000).emitWithAck('embed', { input: [] });
+    assert.deepEqual(Object.keys(refused).sort(), ['error', 'ok']);
+    assert.equal(refused.error.code, 'INVALID_PARAMS');
+  });
+});

@@ -125,6 +125,35 @@ pub(super) async fn chat_providers(socket: SocketRef, State(wire): State<Wire>, 
     ack_logged(&socket, ack, &serde_json::json!({ "ok": true, "providers": providers }));
 }
 
+/// `embed { input }`: the vectors, through the shared batching queue. A refusal is told
+/// in the ack only: `chat:error` is about chats.
+pub(super) async fn embed(socket: SocketRef, State(wire): State<Wire>, Payload(payload): Payload, ack: AckSender) {
+    observer::received(&socket, "embed", payload.as_ref().ok().and_then(Option::as_ref));
+    let embedded = async {
+        let _permit = event_permit(&socket)
+            .ok_or_else(|| ChatError::new(ErrorCode::RateLimit, "too many requests in progress on this connection"))?;
+        let User(user) = user_of(&socket).ok_or_else(|| ChatError::code(ErrorCode::Internal))?;
+        if super::session::expired(&socket) {
+            return Err(super::session::expired_error());
+        }
+        let payload = payload
+            .ok()
+            .flatten()
+            .filter(serde_json::Value::is_object)
+            .ok_or_else(|| ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"))?;
+        wire.engine.embed(&user, payload.get("input")).await
+    };
+    match embedded.await {
+        Ok(done) => ack_logged(&socket, ack, &serde_json::json!({ "ok": true, "embeddings": done.vectors, "model": done.model })),
+        Err(error) => {
+            if let Some(metrics) = socket.extensions.get::<Metrics>() {
+                metrics.chat_error(error.code);
+            }
+            ack_logged(&socket, ack, &StartAck::err(error));
+        }
+    }
+}
+
 pub(super) async fn on_disconnect(socket: SocketRef, State(wire): State<Wire>, reason: DisconnectReason) {
     observer::disconnected(&socket, reason);
     super::session::close(&socket);

@@ -131,6 +131,7 @@ async fn authenticate(
     socket.on("chat:leave", follow::chat_leave);
     socket.on("chat:auth", session::chat_auth);
     socket.on("chat:providers", chat::chat_providers);
+    socket.on("embed", chat::embed);
     socket.on_disconnect(chat::on_disconnect);
     observer::connected(&socket, &watch);
     Ok(())
