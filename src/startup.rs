@@ -235,12 +235,15 @@ impl Application {
     }
 }
 
+/// Where running answers are found, and their logs.
+type ClusterParts = (Arc<dyn Directory>, Arc<dyn AnswerLogs>);
+
 /// The directory and logs: in memory on one node, in Redis with `REDIS_URL`.
 fn cluster_parts(
     config: &Config,
     shutdown: &CancellationToken,
     commands: prometheus_client::metrics::counter::Counter,
-) -> Result<(Arc<dyn Directory>, Arc<dyn AnswerLogs>), StartError> {
+) -> Result<ClusterParts, StartError> {
     let Some(url) = &config.redis_url else {
         return Ok((Arc::new(MemoryDirectory::default()), Arc::new(MemoryLogs::default())));
     };

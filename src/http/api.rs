@@ -72,14 +72,25 @@ impl IntoResponse for ApiError {
 /// mode, the one it names (`claimed`: the payload's or the query's `userId`), else a
 /// fresh anonymous user of its own, as each anonymous socket is.
 pub async fn caller(auth: &Authenticator, headers: &HeaderMap, uri: &Uri, claimed: Option<&Value>) -> Result<String, ApiError> {
+    caller_session(auth, headers, uri, claimed).await.map(|(user, _)| user)
+}
+
+/// [`caller`], with the token's `exp` (Unix seconds; `None` in open mode or without one),
+/// for connections that outlive the request.
+pub async fn caller_session(
+    auth: &Authenticator,
+    headers: &HeaderMap,
+    uri: &Uri,
+    claimed: Option<&Value>,
+) -> Result<(String, Option<i64>), ApiError> {
     if auth.is_open() {
-        return Ok(auth::claimed_user(claimed).map_or_else(|| format!("anonymous-{}", Uuid::new_v4()), |User(u)| u));
+        return Ok((auth::claimed_user(claimed).map_or_else(|| format!("anonymous-{}", Uuid::new_v4()), |User(u)| u), None));
     }
     let verified = match auth::request_token(headers, uri) {
         None => Err(auth::AuthError::Missing),
-        Some(token) => auth.verify(&token).await,
+        Some(token) => auth.verify_session(&token).await,
     };
-    verified.map(|User(u)| u).map_err(|reason| {
+    verified.map(|auth::Session { user: User(u), expires_at }| (u, expires_at)).map_err(|reason| {
         tracing::info!(%reason, path = uri.path(), "request refused");
         ApiError::Unauthorized
     })

@@ -31,7 +31,7 @@ const CODES: [&str; 10] = [
 ];
 
 /// JSON made mostly of the protocol's own field names and edge values.
-fn json_value() -> impl Strategy<Value = Value> {
+pub fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
@@ -68,7 +68,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 
 /// The text of an event's argument: well-formed JSON, JSON as JavaScript writes it
 /// (lone surrogates, numbers past a double), or anything at all.
-fn payload_text() -> impl Strategy<Value = String> {
+pub fn payload_text() -> impl Strategy<Value = String> {
     prop_oneof![
         4 => json_value().prop_map(|v| v.to_string()),
         1 => prop::sample::select(vec![

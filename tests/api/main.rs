@@ -43,5 +43,7 @@ mod startup;
 mod transport;
 mod ws_canyon;
 mod ws_client;
+mod ws_fuzz;
+mod ws_session;
 mod ws_void;
 mod ws_wadi;

@@ -113,7 +113,7 @@ async fn chat(State(fake): State<QuirkyUpstream>, Json(body): Json<Value>) -> Re
         return Response::builder().status(503).body(Body::from("upstream overloaded")).unwrap();
     }
     let name = fake.name.to_owned();
-    let tokens = vec!["Hi ".to_owned(), "from ".to_owned(), name, ".".to_owned()];
+    let tokens = ["Hi ".to_owned(), "from ".to_owned(), name, ".".to_owned()];
     let usage = json!({ "prompt_tokens": 11, "completion_tokens": tokens.len(), "total_tokens": 11 + tokens.len() });
     let asked_usage = body.pointer("/stream_options/include_usage") == Some(&json!(true));
     let mut frames: Vec<Bytes> = Vec::new();

@@ -38,15 +38,15 @@ pub(super) async fn handler(
     uri: Uri,
 ) -> Response {
     let claimed = api::query_value(&uri, "userId").map(Value::String);
-    let user = match api::caller(&wire.auth, &headers, &uri, claimed.as_ref()).await {
-        Ok(user) => user,
+    let (user, expires_at) = match api::caller_session(&wire.auth, &headers, &uri, claimed.as_ref()).await {
+        Ok(signed_in) => signed_in,
         Err(refused) => return refused.into_response(),
     };
     let Some(slot) = wire.connections.acquire(&user) else {
         return ApiError::new(ErrorCode::RateLimit, "too many open connections for this user").into_response();
     };
     let conversation = Uuid::new_v5(&CONVERSATIONS, format!("{user}\u{0}{client_id}").as_bytes());
-    super::upgrade(wire, ws, Handshake { headers, uri }, Some((user, slot)), Canyon { conversation })
+    super::upgrade(wire, ws, Handshake { headers, uri }, Some((user, slot, expires_at)), Canyon { conversation })
 }
 
 /// One canyon connection.

@@ -61,12 +61,36 @@ pub struct Link {
     out: mpsc::Sender<Outgoing>,
     /// The user and their connection place, once signed in.
     user: Option<(String, ConnectionSlot)>,
+    /// When the signed-in token expires (its `exp`, Unix seconds), if it does.
+    expires_at: Option<i64>,
+    /// Whether the client was told its token expired (the close comes a grace later).
+    pub(super) told_expired: bool,
 }
 
+/// A user signed in at the upgrade: who, their connection place, their token's `exp`.
+pub type SignedIn = (String, ConnectionSlot, Option<i64>);
+
 impl Link {
-    pub(super) fn new(wire: Wire, handshake: Handshake, out: mpsc::Sender<Outgoing>, user: Option<(String, ConnectionSlot)>) -> Self {
+    pub(super) fn new(wire: Wire, handshake: Handshake, out: mpsc::Sender<Outgoing>, user: Option<SignedIn>) -> Self {
         let id = Uuid::new_v4();
-        Self { wire, connection: ConnectionId::new("ws", id), id, handshake, out, user }
+        let (user, expires_at) = match user {
+            Some((user, slot, expires_at)) => (Some((user, slot)), expires_at),
+            None => (None, None),
+        };
+        Self { wire, connection: ConnectionId::new("ws", id), id, handshake, out, user, expires_at, told_expired: false }
+    }
+
+    /// True once the signed-in token has expired (and no fresh one came).
+    pub fn expired(&self) -> bool {
+        self.expires_at.is_some_and(|exp| exp <= chrono::Utc::now().timestamp())
+    }
+
+    /// When the serve loop acts on the token's expiry next: at `exp` it tells the client,
+    /// `grace` later it closes. `None` when the token does not expire.
+    pub(super) fn expiry_deadline(&self, grace: std::time::Duration) -> Option<tokio::time::Instant> {
+        let exp_ms = self.expires_at? * 1000 + if self.told_expired { grace.as_millis() as i64 } else { 0 };
+        let wait = u64::try_from(exp_ms - chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+        Some(tokio::time::Instant::now() + std::time::Duration::from_millis(wait))
     }
 
     /// Sends one JSON frame, waiting for room in the queue. False when the connection is gone.
@@ -103,8 +127,15 @@ impl Link {
                 tracing::debug!(connection = %self.connection, "no token");
                 return Err(SignInRefused::Unauthorized);
             };
-            match auth.verify(&token).await {
-                Ok(User(user)) => user,
+            match auth.verify_session(&token).await {
+                Ok(auth::Session { user: User(user), expires_at }) => {
+                    // A fresh token of the same user extends the connection (checked below).
+                    if self.user.as_ref().is_none_or(|(current, _)| *current == user) {
+                        self.expires_at = expires_at;
+                        self.told_expired = false;
+                    }
+                    user
+                }
                 Err(reason) => {
                     tracing::info!(connection = %self.connection, %reason, "token refused");
                     return Err(SignInRefused::Unauthorized);
@@ -126,6 +157,9 @@ impl Link {
     /// from the start (a repeated `clientMessageId` gets the first answer's).
     pub async fn start(&self, command: StartCommand) -> Result<(AnswerIds, Box<dyn LogReader>), ChatError> {
         let Some(user) = self.user() else { return Err(ChatError::code(ErrorCode::Unauthorized)) };
+        if self.expired() {
+            return Err(ChatError::code(ErrorCode::TokenExpired));
+        }
         match self.wire.engine.start(&self.connection, user, command).await? {
             StartOutcome::Started(started) => Ok((started.ids, started.reader)),
             StartOutcome::Repeated { ids, .. } => Ok((ids, self.wire.engine.subscribe(user, ids.message_id, 0).await?.reader)),

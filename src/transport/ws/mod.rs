@@ -19,7 +19,7 @@ mod wadi;
 #[cfg(test)]
 mod decoder_tests;
 
-pub use link::{Flow, Link};
+pub use link::{Flow, Link, SignedIn};
 pub use serve::Dialect;
 
 use axum::{
@@ -33,7 +33,7 @@ use axum::{
 use crate::{
     chat::{ChatError, ErrorCode},
     http::api::ApiError,
-    transport::{Wire, connections::ConnectionSlot},
+    transport::Wire,
 };
 
 /// The dialects' routes.
@@ -62,13 +62,7 @@ impl Handshake {
 
 /// Accepts the upgrade for `dialect` once the origin is allowed. `user` is set when the
 /// dialect authenticated the handshake itself (canyon).
-fn upgrade<D: Dialect>(
-    wire: Wire,
-    ws: WebSocketUpgrade,
-    handshake: Handshake,
-    user: Option<(String, ConnectionSlot)>,
-    dialect: D,
-) -> Response {
+fn upgrade<D: Dialect>(wire: Wire, ws: WebSocketUpgrade, handshake: Handshake, user: Option<SignedIn>, dialect: D) -> Response {
     if !origin_allowed(&wire, &handshake.headers) {
         return ApiError::from(ChatError::new(ErrorCode::Forbidden, "origin not allowed")).into_response();
     }

@@ -14,11 +14,11 @@ use tokio::{sync::mpsc, time::Instant};
 
 use super::{
     Handshake,
-    link::{Flow, Link, Outgoing, close},
+    link::{Flow, Link, Outgoing, SignedIn, close},
 };
 use crate::{
     chat::{ChatError, ErrorCode},
-    transport::{Wire, connections::ConnectionSlot},
+    transport::Wire,
 };
 
 /// Frames a connection may have queued (replies and answer frames) before its readers wait.
@@ -39,13 +39,7 @@ pub trait Dialect: Send + 'static {
 }
 
 /// Serves one upgraded connection until it closes.
-pub(super) async fn serve<D: Dialect>(
-    socket: WebSocket,
-    wire: Wire,
-    handshake: Handshake,
-    user: Option<(String, ConnectionSlot)>,
-    mut dialect: D,
-) {
+pub(super) async fn serve<D: Dialect>(socket: WebSocket, wire: Wire, handshake: Handshake, user: Option<SignedIn>, mut dialect: D) {
     let (sink, mut stream) = socket.split();
     let (out, queue) = mpsc::channel(QUEUE_FRAMES);
     let mut writer = tokio::spawn(write(sink, queue));
@@ -60,7 +54,10 @@ pub(super) async fn serve<D: Dialect>(
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let mut heard = Instant::now();
     let mut client_closed = false;
+    let grace = link.wire.config.token_expiry_grace;
     while flow == Flow::Continue && !client_closed {
+        // Re-read each turn: a fresh token (the dialect's auth message) moves it.
+        let expiry = link.expiry_deadline(grace);
         tokio::select! {
             received = stream.next() => {
                 heard = Instant::now();
@@ -86,6 +83,7 @@ pub(super) async fn serve<D: Dialect>(
                 }
             }
             () = closing.cancelled() => flow = Flow::Close(close::GOING_AWAY, "server shutting down"),
+            () = until(expiry) => flow = expire(&mut dialect, &mut link).await,
         }
     }
     if let Flow::Close(code, reason) = flow {
@@ -100,6 +98,28 @@ pub(super) async fn serve<D: Dialect>(
     // and goes as the stream is read to its end.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async { while stream.next().await.is_some() {} }).await;
     link.wire.engine.connection_closed(&link.connection).await;
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The token's expiry: at `exp` the client is told `TOKEN_EXPIRED` (new answers are
+/// refused so; a fresh token of the same user through the dialect's auth message
+/// extends the connection); `TOKEN_EXPIRY_GRACE_SECONDS` later it is closed with 1008.
+async fn expire<D: Dialect>(dialect: &mut D, link: &mut Link) -> Flow {
+    if link.told_expired {
+        tracing::info!(connection = %link.connection, "closing a connection whose token expired");
+        return Flow::Close(close::POLICY, "token expired");
+    }
+    link.told_expired = true;
+    let expired = ChatError::code(ErrorCode::TokenExpired);
+    link.refuse(dialect.error(&expired), expired.code).await;
+    Flow::Continue
 }
 
 /// One message: counted against the connection's rate, read as JSON, then the dialect's.

@@ -203,6 +203,9 @@ async fn start(link: &mut Link, request: &Request<'_>) -> Result<(), ChatError> 
 
 /// `provider_resume { messageId, offset? }`: an answer of the user's from `offset`, as a stream.
 async fn resume(link: &mut Link, request: &Request<'_>) -> Result<(), ChatError> {
+    if link.expired() {
+        return Err(ChatError::code(ErrorCode::TokenExpired));
+    }
     let message_id = request.payload.get("messageId").and_then(Value::as_str).and_then(|s| Uuid::try_parse(s).ok());
     let Some(message_id) = message_id else { return Err(ChatError::new(ErrorCode::InvalidParams, "messageId must be a UUID")) };
     let offset = match request.payload.get("offset") {

@@ -94,18 +94,21 @@ impl Dialect for Wadi {
             }
             "message" => self.chat(link, fields).await,
             "stop" => {
-                match (&self.kind, link.user()) {
-                    (Kind::Chat { .. }, Some(_)) => {
-                        link.wire.engine.stop_connection(&link.connection).await;
-                    }
-                    (Kind::Run { .. }, Some(user)) => {
-                        if let Some(run) = run_id(&self.kind) {
-                            let _ = link.wire.engine.stop(user, run).await;
-                        }
-                    }
+                // A stop ends the answer with `complete { stopped: true }`; with nothing
+                // running it is told so, so that every message gets an answer.
+                let stopped = match (&self.kind, link.user()) {
+                    (Kind::Chat { .. }, Some(_)) => link.wire.engine.stop_connection(&link.connection).await,
+                    (Kind::Run { .. }, Some(user)) => match run_id(&self.kind) {
+                        Some(run) => link.wire.engine.stop(user, run).await.unwrap_or(false),
+                        None => false,
+                    },
                     (_, None) => return self.refuse(link, ChatError::new(ErrorCode::Unauthorized, "send auth first")).await,
+                };
+                if stopped {
+                    Flow::Continue
+                } else {
+                    self.refuse(link, ChatError::new(ErrorCode::NotFound, "nothing is running to stop")).await
                 }
-                Flow::Continue
             }
             _ => self.refuse(link, ChatError::new(ErrorCode::InvalidPayload, format!("unknown message type {:?}", short(kind)))).await,
         }
