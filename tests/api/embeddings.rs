@@ -118,6 +118,7 @@ async fn forty_concurrent_single_inputs_reach_the_upstream_in_eight_calls_or_few
         assert_eq!(body["usage"], json!({ "prompt_tokens": 2, "total_tokens": 2 }));
     }
     let calls = fake.calls();
+    println!("embeddings: 40 concurrent inputs reached the upstream in {} calls", calls.len());
     assert!(calls.len() <= 8, "{} upstream calls for 40 inputs in batches of 5", calls.len());
     assert!(calls.iter().all(|c| c.inputs.len() <= 5), "a batch over EMBEDDING_BATCH_SIZE: {calls:?}");
     let mut sent: Vec<String> = calls.iter().flat_map(|c| c.inputs.clone()).collect();
@@ -144,6 +145,8 @@ async fn no_sliding_second_holds_more_upstream_calls_than_the_rate_limit() {
     at.sort();
     // The server counts a call when it starts it; the fake when it reads it, a loopback
     // hop later: the slack covers that hop, not a second call in the window.
+    let tightest = at.windows(4).map(|w| w[3] - w[0]).min();
+    println!("embeddings: the tightest 4 consecutive calls spanned {tightest:?} (limit 3 a second)");
     for window in at.windows(4) {
         let held = window[3] - window[0];
         assert!(held >= Duration::from_millis(800), "4 calls within {held:?}: more than 3 in a sliding second");
