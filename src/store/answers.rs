@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use entity::message;
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, Set, TransactionTrait};
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, TransactionTrait};
 use uuid::Uuid;
 
 use crate::chat::{AnswerIds, ChatError, ErrorCode, Final, Status, Usage};
@@ -29,9 +29,13 @@ pub struct AnswerEnd<'a> {
 
 /// Finishes an assistant row: content, usage, model, provider, finish reason, error code
 /// and status in one update, and adds the answer to its user's usage of the day, in one
-/// transaction: an answer is counted exactly when it is stored.
+/// transaction: an answer is counted exactly when it is stored. Only a row still
+/// `streaming` is finished: one another node ended meanwhile (it took this node for dead
+/// and told every reader so) keeps the ending its readers were told, and a retried write
+/// whose first attempt did commit counts nothing twice.
 pub async fn finish_answer(db: &DatabaseConnection, id: Uuid, end: &AnswerEnd<'_>) -> Result<(), DbErr> {
-    let as_i32 = |n: u32| Some(i32::try_from(n).unwrap_or(i32::MAX));
+    use sea_orm::sea_query::Expr;
+    let as_i32 = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     let (model, finish_reason, usage, error_code) = match end.ending {
         Final::Complete { model, finish_reason, usage, .. } => (model.as_str(), finish_reason.as_str(), *usage, None),
         Final::Stopped => (end.model, end.cut_reason, end.partial_usage, None),
@@ -39,22 +43,25 @@ pub async fn finish_answer(db: &DatabaseConnection, id: Uuid, end: &AnswerEnd<'_
     };
     let now = Utc::now();
     let txn = db.begin().await?;
-    message::ActiveModel {
-        id: Set(id),
-        content: Set(end.content.to_owned()),
-        status: Set(end.ending.status().as_str().to_owned()),
-        finish_reason: Set(Some(finish_reason.to_owned())),
-        model: Set(Some(model.to_owned())),
-        provider: Set(Some(end.provider.to_owned())),
-        prompt_tokens: Set(usage.and_then(|u| as_i32(u.prompt_tokens))),
-        completion_tokens: Set(usage.and_then(|u| as_i32(u.completion_tokens))),
-        total_tokens: Set(usage.and_then(|u| as_i32(u.total_tokens))),
-        error_code: Set(error_code.map(|c| c.as_str().to_owned())),
-        updated_at: Set(now),
-        ..Default::default()
+    let finished = message::Entity::update_many()
+        .col_expr(message::Column::Content, Expr::value(end.content))
+        .col_expr(message::Column::Status, Expr::value(end.ending.status().as_str()))
+        .col_expr(message::Column::FinishReason, Expr::value(finish_reason))
+        .col_expr(message::Column::Model, Expr::value(model))
+        .col_expr(message::Column::Provider, Expr::value(end.provider))
+        .col_expr(message::Column::PromptTokens, Expr::value(usage.map(|u| as_i32(u.prompt_tokens))))
+        .col_expr(message::Column::CompletionTokens, Expr::value(usage.map(|u| as_i32(u.completion_tokens))))
+        .col_expr(message::Column::TotalTokens, Expr::value(usage.map(|u| as_i32(u.total_tokens))))
+        .col_expr(message::Column::ErrorCode, Expr::value(error_code.map(|c| c.as_str())))
+        .col_expr(message::Column::UpdatedAt, Expr::value(now))
+        .filter(message::Column::Id.eq(id))
+        .filter(message::Column::Status.eq(Status::Streaming.as_str()))
+        .exec(&txn)
+        .await?;
+    if finished.rows_affected == 0 {
+        tracing::warn!(message_id = %id, "the answer's row had already ended (another node took it over, or a retried write had landed); it keeps that ending");
+        return txn.commit().await;
     }
-    .update(&txn)
-    .await?;
     super::usage::add_usage(&txn, end.user_id, model, &super::usage::utc_day(now), usage.unwrap_or_default()).await?;
     txn.commit().await
 }

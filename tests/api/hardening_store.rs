@@ -8,6 +8,7 @@ use std::time::Duration;
 use chatwire::store::{self, NewTurn};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -250,4 +251,29 @@ async fn an_imported_message_with_a_nul_is_stored_with_the_replacement() {
     let rows = app.messages(&conversation_id.to_string()).await;
     let rows: Vec<(Uuid, &str, &str)> = rows.iter().map(|m| (m.id, m.role.as_str(), m.content.as_str())).collect();
     assert_eq!(rows, [(id, "user", "old\u{FFFD}text")]);
+}
+
+#[tokio::test]
+async fn an_answer_another_node_ended_keeps_that_ending_when_its_generation_finishes_later() {
+    // As in a cluster where this node was cut off from Redis and taken for dead: another
+    // node stored the log's text as interrupted and told every reader so.
+    let app = spawn_app_with(&[("MOCK_TOKEN_DELAY_MS", "30")]).await;
+    let user = user();
+    let mut client = app.client(&user).await;
+    let ack = client.emit_with_ack("chat:start", json!({ "message": "Hello" })).await;
+    let id: Uuid = ack["messageId"].as_str().unwrap().parse().unwrap();
+    client.until("chat:message").await;
+    assert_eq!(store::fail_interrupted(&app.state.db, id, "what the log held").await.unwrap(), 1);
+    // This node's generation runs to its end; its own reader hears it end.
+    let (end, _) = client.until("chat:end").await;
+    assert_eq!(end["content"], ANSWER);
+    let row = app.message(&id.to_string()).await;
+    assert_eq!(
+        (row.status.as_str(), row.content.as_str(), row.finish_reason.as_deref(), row.error_code.as_deref()),
+        ("error", "what the log held", Some("interrupted"), Some("UNAVAILABLE")),
+        "the later finish overwrote the ending other readers were told"
+    );
+    assert_eq!((row.total_tokens, row.provider), (None, None));
+    let usage = entity::Usage::find().filter(entity::usage::Column::UserId.eq(user.as_str())).all(&app.state.db).await.unwrap();
+    assert!(usage.is_empty(), "an answer that was not stored was counted: {usage:?}");
 }
