@@ -185,6 +185,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// The raw-WebSocket dialects' settings.
     pub ws: WsConfig,
+    /// The voice proxy's settings.
+    pub realtime: RealtimeConfig,
 }
 
 impl Config {
@@ -338,6 +340,7 @@ impl Config {
             metrics_token: metrics_token(&env)?,
             admin: admin_config(&env)?,
             ws: ws_config(&env)?,
+            realtime: realtime::realtime_config(&env)?,
         })
     }
 
@@ -373,9 +376,12 @@ impl Config {
 
 #[path = "config_providers.rs"]
 mod providers;
+#[path = "config_realtime.rs"]
+mod realtime;
 #[path = "config_vars.rs"]
 mod vars;
 pub use providers::{DEFAULT_MOCK_RESPONSE, MockConfig, ProviderSettings, ProvidersConfig, Target};
+pub use realtime::RealtimeConfig;
 pub use vars::WsConfig;
 pub use vars::redact_url;
 use vars::{

@@ -14,6 +14,7 @@ mod node;
 mod readers;
 mod stored;
 mod usage;
+mod voice;
 
 use std::{sync::Arc, time::Duration};
 
