@@ -109,6 +109,8 @@ impl FakeRealtime {
     }
 }
 
+/// One upstream connection, as the mode at its accept says.
+#[allow(clippy::result_large_err)] // the handshake callback's type is tungstenite's
 async fn serve(
     stream: tokio::net::TcpStream,
     seen: mpsc::UnboundedSender<Seen>,

@@ -324,3 +324,25 @@ async fn realtime_pcm16_tone_reaches_the_upstream_byte_for_byte() {
     assert_eq!(stored[0], ("user".into(), HEARD.into(), "complete".into()));
     assert_eq!(stored[1], ("assistant".into(), SPOKEN.concat(), "complete".into()));
 }
+
+#[tokio::test]
+async fn realtime_at_the_root_path_serves_old_clients_and_plain_get_still_answers_the_service_info() {
+    let mut fake = FakeRealtime::start().await;
+    let app = voice_app(&fake, &[("REALTIME_PATH", "/")]).await;
+    let info = reqwest::get(format!("http://{}/", app.addr)).await.unwrap();
+    assert_eq!(info.status(), 200);
+    let info: Value = info.json().await.unwrap();
+    assert!(info.is_object(), "{info}");
+    let mut ws = Ws::connect(app.addr, &format!("/?token={}", token(&user()))).await;
+    assert_eq!(ws.next().await["type"], "welcome");
+    assert!(matches!(fake.next().await, Seen::Connected { .. }));
+    // The old path is no voice endpoint now.
+    assert_eq!(Ws::connect_with(app.addr, "/realtime", &[]).await.err(), Some(404));
+}
+
+#[test]
+fn realtime_open_mode_is_refused_under_production() {
+    let vars = [("NODE_ENV", "production"), ("OPENAI_API_KEY", "sk-x"), ("DATABASE_URL", "sqlite::memory:")];
+    let error = chatwire::Config::from_vars(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()).unwrap_err();
+    assert!(error.to_string().contains("refusing to run in open mode"), "{error}");
+}

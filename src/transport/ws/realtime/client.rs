@@ -142,7 +142,7 @@ fn session_update(event: &Map<String, Value>, fields: &[String]) -> ClientMessag
 fn keep_allowed(value: &Map<String, Value>, prefix: &str, fields: &[String], kept: &mut Map<String, Value>, dropped: &mut Vec<String>) {
     for (key, child) in value {
         let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
-        if fields.iter().any(|f| *f == path) {
+        if fields.contains(&path) {
             kept.insert(key.clone(), child.clone());
         } else if let (Value::Object(inner), true) = (child, fields.iter().any(|f| f.starts_with(&format!("{path}.")))) {
             let mut sub = Map::new();

@@ -25,10 +25,10 @@ pub async fn connect(config: &RealtimeConfig) -> Result<Upstream, Problem> {
         tracing::error!(error = %e, "OPENAI_REALTIME_URL cannot be requested");
         Problem::new(Code::UpstreamError, "the voice upstream cannot be reached")
     })?;
-    if let Some(key) = &config.api_key {
-        if let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", key.expose())) {
-            request.headers_mut().insert(http::header::AUTHORIZATION, value);
-        }
+    if let Some(key) = &config.api_key
+        && let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+    {
+        request.headers_mut().insert(http::header::AUTHORIZATION, value);
     }
     let limits = tungstenite::protocol::WebSocketConfig::default().max_message_size(Some(MAX_UPSTREAM_MESSAGE));
     match tokio_tungstenite::connect_async_with_config(request, Some(limits), false).await {
