@@ -130,6 +130,10 @@ function onEvent(event) {
     case 'response.output_text.delta':
       answer(event.response_id).textContent += event.delta;
       break;
+    case 'response.done':
+      // The answer is complete (and stored by the server).
+      if (answers.has(event.response?.id)) answers.get(event.response.id).dataset.done = 'true';
+      break;
     case 'conversation.item.input_audio_transcription.completed':
       line('user', event.transcript);
       break;

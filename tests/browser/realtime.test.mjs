@@ -119,7 +119,8 @@ describe('the voice example in Chromium', () => {
     // A second of the tone reaches the upstream as PCM16 at 24 kHz.
     await fake.until(() => fake.audioBytes >= 48_000);
     await page.click('#send-audio');
-    await page.waitForFunction((text) => document.querySelector('#transcript li.assistant .text')?.textContent === text, SPOKEN.join(''));
+    await page.waitForSelector('#transcript li.assistant[data-done="true"]');
+    assert.equal(await page.textContent('#transcript li.assistant .text'), SPOKEN.join(''));
     assert.equal(await page.textContent('#transcript li.user .text'), HEARD);
     assert.deepEqual(errors, []);
 

@@ -107,6 +107,9 @@ impl Session {
                             tracing::warn!(session = %self.id, "the upstream sent an event that is not JSON; dropped");
                             continue;
                         };
+                        // Stored before it is forwarded: a client that sees `response.done`
+                        // finds the answer's row.
+                        let finished = self.transcript.upstream_event(&event).await.is_some();
                         if !self.outbox.send_text(frames::openai_event(&text, &self.id)).await {
                             break End::ClientGone;
                         }
@@ -115,7 +118,7 @@ impl Session {
                             Some("response.created" | "input_audio_buffer.committed") => Some(Instant::now() + silence),
                             _ => due.map(|_| Instant::now() + silence),
                         };
-                        if self.transcript.upstream_event(&event).await.is_some() && self.engine.check_voice_quota(&self.user).await.is_err() {
+                        if finished && self.engine.check_voice_quota(&self.user).await.is_err() {
                             break End::Quota;
                         }
                     }
