@@ -56,6 +56,9 @@ pub(super) fn realtime_config(env: &Vars) -> Result<RealtimeConfig, ConfigError>
     if !path.starts_with('/') || path.contains(['{', '}', '*', '?', '#']) {
         return Err(bad("REALTIME_PATH", format!("{path:?} is not a plain path like /realtime")));
     }
+    if path == env.get("WS_PATH").unwrap_or("/ws") {
+        return Err(bad("REALTIME_PATH", format!("{path:?} is WS_PATH too; the two wires need their own paths")));
+    }
     let url = env.get("OPENAI_REALTIME_URL").unwrap_or("wss://api.openai.com/v1/realtime").to_owned();
     if !(url.starts_with("ws://") || url.starts_with("wss://")) || url.contains('?') {
         return Err(bad("OPENAI_REALTIME_URL", format!("{url:?} is not a ws:// or wss:// URL without a query")));
