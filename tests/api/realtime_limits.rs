@@ -75,3 +75,17 @@ async fn realtime_daily_tokens_end_the_session_and_refuse_the_next() {
     assert_eq!(error["payload"]["details"]["code"], "QUOTA_EXCEEDED");
     assert_eq!(next.closed().await, Ended::Closed(1008));
 }
+
+#[tokio::test]
+async fn realtime_sessions_end_when_the_token_expires() {
+    let mut fake = FakeRealtime::start().await;
+    let app = voice_app(&fake, &[]).await;
+    let exp = chrono::Utc::now().timestamp() + 2;
+    let token = crate::helpers::token_with(json!({ "sub": user(), "exp": exp }));
+    let mut ws = Ws::connect(app.addr, &format!("/realtime?token={token}")).await;
+    assert_eq!(ws.next().await["type"], "welcome");
+    let error = ws.until("error").await.0;
+    assert_eq!(error["payload"]["details"]["code"], "TOKEN_EXPIRED", "{error}");
+    assert_eq!(ws.closed().await, Ended::Closed(1008));
+    assert!(matches!(fake.next().await, Seen::Connected { .. }));
+}

@@ -23,6 +23,8 @@ pub enum Code {
     SessionLimit,
     /// `REALTIME_IDLE_TIMEOUT_SECONDS`.
     IdleTimeout,
+    /// The client's token expired during the session.
+    TokenExpired,
     /// The upstream refused the key (401, 403).
     UpstreamUnauthorized,
     /// The upstream refused for its own rate limit (429).
@@ -48,6 +50,7 @@ impl Code {
             Self::QuotaExceeded => "QUOTA_EXCEEDED",
             Self::SessionLimit => "SESSION_LIMIT",
             Self::IdleTimeout => "IDLE_TIMEOUT",
+            Self::TokenExpired => "TOKEN_EXPIRED",
             Self::UpstreamUnauthorized => "UPSTREAM_UNAUTHORIZED",
             Self::UpstreamRateLimit => "UPSTREAM_RATE_LIMIT",
             Self::UpstreamError => "UPSTREAM_ERROR",

@@ -71,27 +71,28 @@ pub async fn intercept(State(realtime): State<Realtime>, request: Request, next:
         Err(rejection) => return rejection.into_response(),
     };
     let handshake = Handshake { headers: parts.headers, uri: parts.uri };
-    let Some((user, authenticated)) = authenticate(&realtime.wire, &handshake).await else {
+    let Some((user, authenticated, expires_at)) = authenticate(&realtime.wire, &handshake).await else {
         return ApiError::from(ChatError::code(ErrorCode::Unauthorized)).into_response();
     };
     let Some(slot) = realtime.wire.connections.acquire(&user) else {
         return ApiError::from(ChatError::new(ErrorCode::RateLimit, "too many connections for this user")).into_response();
     };
-    let voice = Voice { realtime: realtime.clone(), authenticated, commands: None, task: None, session: None };
+    let voice = Voice { realtime: realtime.clone(), authenticated, expires_at, commands: None, task: None, session: None };
     super::upgrade(realtime.wire, ws, handshake, Some((user, slot)), voice)
 }
 
-/// The user of a handshake and whether a token proved it; `None` refuses it (401). In
-/// open mode the user is `?userId=`, else an anonymous one of this connection.
-async fn authenticate(wire: &Wire, handshake: &Handshake) -> Option<(String, bool)> {
+/// The user of a handshake, whether a token proved it and until when (`exp`, Unix
+/// seconds); `None` refuses it (401). In open mode the user is `?userId=`, else an
+/// anonymous one of this connection.
+async fn authenticate(wire: &Wire, handshake: &Handshake) -> Option<(String, bool, Option<i64>)> {
     if wire.auth.is_open() {
         let claimed = handshake.query("userId").map(Value::String);
         let user = auth::claimed_user(claimed.as_ref()).map_or_else(|| format!("anonymous-{}", uuid::Uuid::new_v4()), |User(u)| u);
-        return Some((user, false));
+        return Some((user, false, None));
     }
     let token = auth::request_token(&handshake.headers, &handshake.uri)?;
-    match wire.auth.verify(&token).await {
-        Ok(User(user)) => Some((user, true)),
+    match wire.auth.verify_session(&token).await {
+        Ok(auth::Session { user: User(user), expires_at }) => Some((user, true, expires_at)),
         Err(reason) => {
             tracing::info!(%reason, "voice token refused");
             None
@@ -103,6 +104,8 @@ async fn authenticate(wire: &Wire, handshake: &Handshake) -> Option<(String, boo
 struct Voice {
     realtime: Realtime,
     authenticated: bool,
+    /// When the token expires (Unix seconds): the session ends then.
+    expires_at: Option<i64>,
     /// To the session's task, once it runs.
     commands: Option<mpsc::Sender<Command>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -153,6 +156,10 @@ impl Dialect for Voice {
             outbox: link.outbox(),
             transcript: transcript::Transcript::new(engine, user, conversation, config.model.clone()),
             slot: Some(slot),
+            token_expires: self.expires_at.map(|exp| {
+                let left = exp.saturating_sub(chrono::Utc::now().timestamp());
+                tokio::time::Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
+            }),
         };
         self.task = Some(tokio::spawn(session.run(queue)));
         self.commands = Some(commands);

@@ -51,6 +51,8 @@ pub struct Session {
     pub transcript: Transcript,
     /// The user's place among `REALTIME_MAX_SESSIONS_PER_USER`, given back as the session ends.
     pub slot: Option<ConnectionSlot>,
+    /// When the client's token expires.
+    pub token_expires: Option<Instant>,
 }
 
 /// Why a session ended.
@@ -59,6 +61,7 @@ enum End {
     Shutdown(oneshot::Sender<()>),
     Idle,
     SessionLimit,
+    TokenExpired,
     Quota,
     UpstreamGone,
     UpstreamSilent,
@@ -133,6 +136,7 @@ impl Session {
                     }
                 }
                 () = sleep_until(end_at) => break End::SessionLimit,
+                () = sleep_until(self.token_expires.unwrap_or(end_at)), if self.token_expires.is_some() => break End::TokenExpired,
                 () = sleep_until(due.unwrap_or(end_at)), if due.is_some() => break End::UpstreamSilent,
             }
         };
@@ -158,6 +162,9 @@ impl Session {
                 ),
                 close::NORMAL,
             ),
+            End::TokenExpired => {
+                (Status::Stopped, "token_expired", Some(Problem::new(Code::TokenExpired, "the token expired")), close::POLICY)
+            }
             End::Quota => {
                 (Status::Stopped, "quota", Some(Problem::new(Code::QuotaExceeded, "the daily voice token quota is used up")), close::NORMAL)
             }
