@@ -187,6 +187,8 @@ pub struct Config {
     pub ws: WsConfig,
     /// How embedding requests are batched and paced.
     pub embeddings: EmbeddingConfig,
+    /// The voice proxy's settings.
+    pub realtime: RealtimeConfig,
 }
 
 impl Config {
@@ -341,6 +343,7 @@ impl Config {
             admin: admin_config(&env)?,
             ws: ws_config(&env)?,
             embeddings: embedding_config(&env)?,
+            realtime: realtime::realtime_config(&env)?,
         })
     }
 
@@ -376,9 +379,12 @@ impl Config {
 
 #[path = "config_providers.rs"]
 mod providers;
+#[path = "config_realtime.rs"]
+mod realtime;
 #[path = "config_vars.rs"]
 mod vars;
 pub use providers::{DEFAULT_MOCK_RESPONSE, MockConfig, ProviderSettings, ProvidersConfig, Target};
+pub use realtime::RealtimeConfig;
 pub use vars::redact_url;
 pub use vars::{EmbeddingConfig, WsConfig};
 use vars::{

@@ -308,3 +308,27 @@ fn the_sample_providers_file_is_valid() {
     assert_eq!((ids, p.default.as_str()), (vec!["groq", "openai", "ollama"], "groq"));
     assert_eq!(p.aliases["gpt-4"], "openai/gpt-4o");
 }
+
+#[test]
+fn realtime_settings_have_smritis_defaults_and_name_their_variable_when_wrong() {
+    let c = Config::from_vars(vars(&[])).unwrap().realtime;
+    assert_eq!((c.path.as_str(), c.url.as_str()), ("/realtime", "wss://api.openai.com/v1/realtime"));
+    assert_eq!((c.model.as_str(), c.voice.as_str(), c.vad_silence_ms, c.max_output_tokens), ("gpt-realtime", "alloy", 500, 4096));
+    assert_eq!(c.presets.keys().map(String::as_str).collect::<Vec<_>>(), ["brief", "default", "philosophical"]);
+    for (var, value) in [
+        ("REALTIME_PATH", "/ws"),
+        ("REALTIME_PATH", "realtime"),
+        ("OPENAI_REALTIME_URL", "https://api.openai.com/v1/realtime"),
+        ("REALTIME_MAX_SESSION_SECONDS", "3601"),
+        ("REALTIME_TURN_DETECTION", "push_to_talk"),
+        ("REALTIME_PRESETS_FILE", "/nonexistent/presets.json"),
+        ("REALTIME_MAX_SESSIONS_PER_USER", "0"),
+    ] {
+        assert_eq!(Config::from_vars(vars(&[(var, value)])).unwrap_err().var, var, "{var}={value}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.json");
+    std::fs::write(&file, r#"{ "brief": "Be brief." }"#).unwrap();
+    let e = Config::from_vars(vars(&[("REALTIME_PRESETS_FILE", file.to_str().unwrap())])).unwrap_err();
+    assert!(e.problem.contains("no \"default\" preset"), "{e}");
+}

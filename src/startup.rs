@@ -139,10 +139,12 @@ impl Application {
             )))
             .merge(http::scrape::router(engine.clone(), connections, config.metrics_token.as_ref()))
             .merge(sse::router(wire.clone()))
-            .merge(ws::router(wire));
+            .merge(ws::router(wire.clone()));
         if let Some(admin) = admin {
             router = router.merge(admin.start(&io, engine.clone(), shutdown.clone()));
         }
+        // Outside the routes, so REALTIME_PATH may be any path, `/` included.
+        let router = router.layer(axum::middleware::from_fn_with_state(ws::realtime::Realtime::new(wire.clone()), ws::realtime::intercept));
         let router = router.layer(layer).layer(http::cors(&config)).layer(axum::middleware::map_request(http::detach_from_read_buffer));
         let state = AppState { config, db, engine };
         Ok(Self { listener, router, io, state, mock, shutdown, draining, deliveries, closing })

@@ -75,6 +75,11 @@ Environment (also read from .env; README.md has the full table):
   AUTH_ENABLED=false         open mode (refused under NODE_ENV=production)
   WS_PATH, WS_PORT, WS_HOST, CORS_ORIGINS, PING_INTERVAL   Void's names
   WS_MAX_MESSAGE_BYTES, WS_MESSAGES_PER_SECOND   raw WebSocket dialects (Void, canyon, WADI)
+  REALTIME_PATH, OPENAI_REALTIME_URL, REALTIME_API_KEY   the voice proxy (default /realtime)
+  REALTIME_MODEL, REALTIME_VOICE, REALTIME_TURN_DETECTION, REALTIME_VAD_SILENCE_MS, REALTIME_TRANSCRIPTION_MODEL
+  REALTIME_TEMPERATURE, REALTIME_MAX_OUTPUT_TOKENS, REALTIME_PRESETS_FILE, REALTIME_CLIENT_SESSION_FIELDS
+  REALTIME_MAX_SESSION_SECONDS, REALTIME_MAX_SESSIONS_PER_USER, REALTIME_IDLE_TIMEOUT_SECONDS
+  REALTIME_DAILY_TOKENS, REALTIME_UPSTREAM_IDLE_TIMEOUT_MS   voice limits
   NODE_ENV=production        refuses open mode and the mock model
   DATABASE_URL               sqlite://FILE?mode=rwc (default sqlite://chatwire.db) or postgres://...
   DATABASE_SCHEMA            PostgreSQL schema of chatwire's tables (default chatwire)

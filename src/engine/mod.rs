@@ -15,6 +15,7 @@ mod node;
 mod readers;
 mod stored;
 mod usage;
+mod voice;
 
 use std::{sync::Arc, time::Duration};
 

@@ -6,6 +6,7 @@ mod history;
 mod imports;
 mod turns;
 mod usage;
+mod voice;
 
 pub use crate::chat::HistoryMessage;
 pub use answers::{
@@ -21,6 +22,7 @@ pub use turns::{
     find_turn, owns_conversation,
 };
 pub use usage::{add_usage, day_total, list_usage, utc_day};
+pub use voice::{VoiceMessage, add_voice_message, begin_voice_session, model_day_total};
 
 use std::time::Duration;
 

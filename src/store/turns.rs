@@ -120,7 +120,7 @@ pub async fn begin_chat_with(db: &DatabaseConnection, turn: NewTurn<'_>, ids: Ne
     Ok(ChatBegun { conversation_id, created, user_message_id, assistant_message_id })
 }
 
-fn new_message(conversation_id: Uuid, id: Uuid, user_id: &str, role: &str, now: chrono::DateTime<Utc>) -> message::ActiveModel {
+pub(super) fn new_message(conversation_id: Uuid, id: Uuid, user_id: &str, role: &str, now: chrono::DateTime<Utc>) -> message::ActiveModel {
     message::ActiveModel {
         id: Set(id),
         conversation_id: Set(conversation_id),

@@ -53,6 +53,15 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Starts the server's shutdown, as SIGTERM does; the database stays readable.
+    pub fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

@@ -27,7 +27,8 @@ async fn call(app: &TestApp, method: Method, path: &str, user: Option<&str>, bod
     (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).expect("a JSON body") })
 }
 
-async fn get(app: &TestApp, path: &str, user: &str) -> (StatusCode, Value) {
+/// A GET of `path` as `user`.
+pub async fn get(app: &TestApp, path: &str, user: &str) -> (StatusCode, Value) {
     call(app, Method::GET, path, Some(user), None).await
 }
 

@@ -66,6 +66,18 @@ impl Ws {
         }
     }
 
+    /// The next text frame exactly as sent; panics on a close.
+    pub async fn next_text(&mut self) -> String {
+        loop {
+            let received = tokio::time::timeout(RECV_TIMEOUT, self.socket.next()).await.expect("a frame in time");
+            match received {
+                Some(Ok(Message::Text(text))) => return text.to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
     /// The next JSON message, or how the connection ended.
     pub async fn next_or_end(&mut self) -> Result<Value, Ended> {
         loop {

@@ -12,7 +12,7 @@
 # Needs: the chatwire binary (cargo build; CHATWIRE_BIN to use another), Node.js
 # >= 20.19 with npm, and Chromium at /usr/bin/chromium (installed with apt-get when
 # missing; CHROMIUM_PATH to use another). UPDATE_SCREENSHOTS=1 rewrites
-# docs/screenshots/{react,vue,admin-ui,admin-page}.png.
+# docs/screenshots/{react,vue,admin-ui,admin-page,realtime}.png.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -50,5 +50,5 @@ npm_ci "$here"
 
 step "browser tests and compatibility matrix (node --test)"
 cd "$here"
-if [ "$#" -gt 0 ]; then files=("$@"); else files=(package.test.mjs react.test.mjs vue.test.mjs admin.test.mjs compat.test.mjs); fi
+if [ "$#" -gt 0 ]; then files=("$@"); else files=(package.test.mjs react.test.mjs vue.test.mjs admin.test.mjs realtime.test.mjs compat.test.mjs); fi
 node --test --test-concurrency=1 --test-reporter=spec "${files[@]}"

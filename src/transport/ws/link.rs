@@ -39,6 +39,23 @@ pub(super) enum Outgoing {
     Close(u16, &'static str),
 }
 
+/// A connection's queue, held by a task of its dialect: frames go out in order with the
+/// serve loop's own.
+#[derive(Clone, Debug)]
+pub struct Outbox(mpsc::Sender<Outgoing>);
+
+impl Outbox {
+    /// Sends one text frame as it is, waiting for room. False when the connection is gone.
+    pub async fn send_text(&self, text: String) -> bool {
+        self.0.send(Outgoing::Text(text)).await.is_ok()
+    }
+
+    /// Closes the connection after what is queued.
+    pub async fn close(&self, code: u16, reason: &'static str) {
+        let _ = self.0.send(Outgoing::Close(code, reason)).await;
+    }
+}
+
 /// Why a sign-in was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SignInRefused {
@@ -96,6 +113,12 @@ impl Link {
     /// Sends one JSON frame, waiting for room in the queue. False when the connection is gone.
     pub async fn send(&self, frame: Value) -> bool {
         self.out.send(Outgoing::Text(frame.to_string())).await.is_ok()
+    }
+
+    /// A handle on this connection's queue for a task of the dialect's own (the voice
+    /// proxy's upstream reader).
+    pub fn outbox(&self) -> Outbox {
+        Outbox(self.out.clone())
     }
 
     /// Sends a dialect's error frame for a refusal, counted as `/ai` counts `chat:error`s.

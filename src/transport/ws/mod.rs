@@ -12,6 +12,7 @@
 
 mod canyon;
 mod link;
+pub mod realtime;
 mod serve;
 mod void;
 mod wadi;

@@ -36,6 +36,23 @@ pub trait Dialect: Send + 'static {
     async fn message(&mut self, link: &mut Link, message: Value) -> Flow;
     /// The dialect's error frame for a refusal (malformed JSON, the rate limit, ...).
     fn error(&self, error: &ChatError) -> Value;
+    /// One text or binary message as it came: read as JSON, then [`Dialect::message`]. A
+    /// dialect that forwards what clients send unchanged reads the bytes itself.
+    async fn frame(&mut self, link: &mut Link, bytes: &[u8]) -> Flow {
+        match crate::chat::json::parse_lenient_bytes(bytes) {
+            Ok(message) => self.message(link, message).await,
+            Err(_) => {
+                let refused = ChatError::new(ErrorCode::InvalidPayload, "the message is not JSON");
+                link.refuse(self.error(&refused), refused.code).await;
+                Flow::Continue
+            }
+        }
+    }
+    /// The server is about to close the connection with `code` (1001: shutdown): the last
+    /// frames the dialect owes go out before the close frame.
+    async fn closing(&mut self, _link: &mut Link, _code: u16) {}
+    /// The connection is gone.
+    async fn closed(&mut self, _link: &mut Link) {}
 }
 
 /// Serves one upgraded connection until it closes.
@@ -87,6 +104,7 @@ pub(super) async fn serve<D: Dialect>(socket: WebSocket, wire: Wire, handshake: 
         }
     }
     if let Flow::Close(code, reason) = flow {
+        dialect.closing(&mut link, code).await;
         // The queue goes out first, then the close frame.
         if out.send(Outgoing::Close(code, reason)).await.is_ok() {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await;
@@ -97,6 +115,7 @@ pub(super) async fn serve<D: Dialect>(socket: WebSocket, wire: Wire, handshake: 
     // The client's answer to our close frame, or tungstenite's to the client's, comes
     // and goes as the stream is read to its end.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async { while stream.next().await.is_some() {} }).await;
+    dialect.closed(&mut link).await;
     link.wire.engine.connection_closed(&link.connection).await;
 }
 
@@ -122,21 +141,14 @@ async fn expire<D: Dialect>(dialect: &mut D, link: &mut Link) -> Flow {
     Flow::Continue
 }
 
-/// One message: counted against the connection's rate, read as JSON, then the dialect's.
+/// One message: counted against the connection's rate, then the dialect's.
 async fn handle<D: Dialect>(dialect: &mut D, link: &mut Link, limiter: &governor::DefaultDirectRateLimiter, bytes: &[u8]) -> Flow {
     if limiter.check().is_err() {
         let refused = ChatError::new(ErrorCode::RateLimit, "too many messages on this connection; slow down");
         link.refuse(dialect.error(&refused), refused.code).await;
         return Flow::Continue;
     }
-    match crate::chat::json::parse_lenient_bytes(bytes) {
-        Ok(message) => dialect.message(link, message).await,
-        Err(_) => {
-            let refused = ChatError::new(ErrorCode::InvalidPayload, "the message is not JSON");
-            link.refuse(dialect.error(&refused), refused.code).await;
-            Flow::Continue
-        }
-    }
+    dialect.frame(link, bytes).await
 }
 
 /// A frame the socket refused to read: over `WS_MAX_MESSAGE_BYTES` closes with 1009;
