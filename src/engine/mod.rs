@@ -6,7 +6,9 @@
 
 mod activity;
 mod adopt;
+mod branches;
 mod checkpoint;
+mod context;
 mod generation;
 mod history;
 mod limits;
@@ -22,6 +24,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 pub use activity::{RunningAnswerInfo, Totals};
+pub use branches::Deleted;
 pub use checkpoint::Checkpoints;
 pub use history::{ConversationDetail, ConversationPage, ConversationSummary, PageKey};
 pub use limits::StartRateLimiter;
@@ -42,6 +45,10 @@ use crate::{
 pub struct Started {
     pub ids: AnswerIds,
     pub user_message_id: Uuid,
+    /// The new question's parent; for a regenerate, the question answered again.
+    pub parent_message_id: Option<Uuid>,
+    /// False for a regenerate: no new question was stored (`user_message_id` is the old one).
+    pub new_question: bool,
     /// True when this start created the conversation.
     pub created: bool,
     /// The answer's log from its first delta, attached before the generation began.
@@ -59,6 +66,7 @@ pub enum StartOutcome {
     Repeated {
         ids: AnswerIds,
         user_message_id: Uuid,
+        parent_message_id: Option<Uuid>,
     },
 }
 
@@ -177,7 +185,8 @@ impl Engine {
     async fn start_in_span(&self, connection: &ConnectionId, user: &str, mut command: StartCommand) -> Result<StartOutcome, ChatError> {
         let received = tokio::time::Instant::now();
         let parts = &self.0;
-        let key = command.client_message_id.as_deref();
+        let key = command.client_message_id.clone();
+        let key = key.as_deref();
         if let Some(key) = key {
             // The repeat lookup comes before the start's own limit, so it counts as a lookup.
             self.allow_lookup(user)?;
@@ -218,15 +227,11 @@ impl Engine {
                 return Err(ChatError::code(ErrorCode::Busy));
             }
         };
-        let history = match (command.history.take(), command.conversation_id) {
-            (Some(sent), _) => sent,
-            (None, Some(id)) => store::conversation_history(&parts.db, user, id, parts.config.max_history_messages)
-                .await
-                .map_err(|e| refused_by_store(connection, e))?,
-            (None, None) => Vec::new(),
-        };
+        let mut placed = branches::place(parts, user, &mut command).await?;
+        let fitted = context::prompt(parts, &primary, &command, std::mem::take(&mut placed.history))?;
+        let context_messages = fitted.context_messages;
         let call = ChatCall {
-            messages: generation::context(&parts.config, &command, history),
+            messages: fitted.messages,
             model: primary.model.clone(),
             max_tokens: command.max_tokens,
             temperature: command.temperature,
@@ -243,8 +248,11 @@ impl Engine {
             message: &command.message,
             model: &primary.model,
             client_message_id: key,
+            parent_id: placed.parent_id,
+            context_messages,
+            preset: command.preset.as_deref(),
         };
-        let begun = match store::begin_chat_with(&parts.db, turn, new_ids).await {
+        let begun = match branches::store(parts, turn, new_ids, &placed).await {
             Ok(b) => b,
             Err(StoreError::DuplicateKey) => {
                 // Another connection stored the same key first: answer with its ids.
@@ -262,7 +270,14 @@ impl Engine {
         let tracked = parts.activity.track(ids, user, &primary.model);
         let spec = generation::Spec { ids, user_id: user.to_owned(), answering: primary, upstream, writer, stop, received, tracked };
         generation::spawn(self.0.clone(), spec, (claim, registration));
-        Ok(StartOutcome::Started(Started { ids, user_message_id: begun.user_message_id, created: begun.created, reader }))
+        Ok(StartOutcome::Started(Started {
+            ids,
+            user_message_id: begun.user_message_id,
+            parent_message_id: placed.parent_id,
+            new_question: !placed.regenerate,
+            created: begun.created,
+            reader,
+        }))
     }
 
     /// Makes sure `user` may talk in the conversation `id`, creating it for them when it
@@ -297,7 +312,8 @@ impl Engine {
             match store::find_turn(&self.0.db, user, key).await {
                 Ok(Some(t)) => {
                     let ids = AnswerIds { message_id: t.assistant_message_id, conversation_id: t.conversation_id };
-                    return Ok(Some(StartOutcome::Repeated { ids, user_message_id: t.user_message_id }));
+                    let (user_message_id, parent_message_id) = (t.user_message_id, t.parent_id);
+                    return Ok(Some(StartOutcome::Repeated { ids, user_message_id, parent_message_id }));
                 }
                 Ok(None) => {}
                 Err(e) => return Err(unavailable(e)),

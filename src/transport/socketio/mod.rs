@@ -6,6 +6,7 @@
 //! answers CONNECT: an event sent right after `connect` is never lost.
 
 mod chat;
+mod edit;
 mod follow;
 mod observer;
 mod payload;
@@ -131,6 +132,10 @@ async fn authenticate(
     socket.on("chat:leave", follow::chat_leave);
     socket.on("chat:auth", session::chat_auth);
     socket.on("chat:providers", chat::chat_providers);
+    socket.on("chat:edit", edit::chat_edit);
+    socket.on("chat:regenerate", edit::chat_regenerate);
+    socket.on("chat:history", edit::chat_history);
+    socket.on("chat:delete", edit::chat_delete);
     socket.on_disconnect(chat::on_disconnect);
     observer::connected(&socket, &watch);
     Ok(())
