@@ -52,6 +52,8 @@ impl MigrationTrait for Migration {
     }
 }
 
+// `Messages::ContextMessages` is the column `context_messages` of table `messages`.
+#[allow(clippy::enum_variant_names)]
 #[derive(DeriveIden)]
 enum Messages {
     Table,

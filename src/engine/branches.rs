@@ -141,6 +141,15 @@ pub struct Deleted {
 }
 
 impl Engine {
+    /// `NOT_FOUND` unless the conversation is `user`'s.
+    pub async fn check_conversation(&self, user: &str, id: Uuid) -> Result<(), ChatError> {
+        match store::owns_conversation(&self.0.db, user, id).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ChatError::new(ErrorCode::NotFound, "conversation not found")),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     /// Deletes `user`'s message and everything below it. Answers running in that subtree
     /// are stopped first and waited for until stored and ended; the active leaf moves to
     /// the message's parent.

@@ -68,8 +68,8 @@ async fn history_from_before_branches_becomes_one_branch_per_conversation() {
     Migrator::up(&db, None).await.unwrap();
 
     let messages = entity::Message::find().order_by_asc(entity::message::Column::Id).all(&db).await.unwrap();
-    let links: Vec<(Uuid, Option<Uuid>, Option<i32>, Option<String>)> =
-        messages.iter().map(|m| (m.id, m.parent_id, m.context_messages, m.attachments.clone())).collect();
+    type Link = (Uuid, Option<Uuid>, Option<i32>, Option<String>);
+    let links: Vec<Link> = messages.iter().map(|m| (m.id, m.parent_id, m.context_messages, m.attachments.clone())).collect();
     assert_eq!(
         links,
         vec![

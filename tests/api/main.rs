@@ -44,6 +44,7 @@ mod sqlite;
 mod sse;
 mod startup;
 mod transport;
+mod typing;
 mod ws_canyon;
 mod ws_client;
 mod ws_void;

@@ -78,6 +78,7 @@ pub(super) async fn start(socket: &SocketRef, wire: &Wire, ack: AckSender, user:
         Err(e) => return refuse(socket, ack, e),
     };
     let ids = started.ids;
+    super::typing::follow(socket, user, ids.conversation_id);
     ack_logged(socket, ack, &StartAck::ok(ids, started.user_message_id, started.parent_message_id));
     if started.created {
         emit_logged(socket, "chat:conversation", &ConversationCreated { conversation_id: ids.conversation_id });

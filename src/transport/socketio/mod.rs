@@ -12,6 +12,7 @@ mod observer;
 mod payload;
 mod reader;
 mod session;
+mod typing;
 
 pub use observer::{ConnectedAt, Notice, Observer, Watching};
 
@@ -123,6 +124,7 @@ async fn authenticate(
     socket.extensions.insert(reader::Subscriptions::default());
     socket.extensions.insert(InFlight(Arc::new(Semaphore::new(wire.config.socket_events_in_flight))));
     socket.extensions.insert(DropLogged::default());
+    socket.extensions.insert(typing::TypingThrottle::default());
     // `refuse` counts each error it sends, from wherever it is called.
     socket.extensions.insert(metrics);
     socket.on("chat:start", chat::chat_start);
@@ -136,6 +138,7 @@ async fn authenticate(
     socket.on("chat:regenerate", edit::chat_regenerate);
     socket.on("chat:history", edit::chat_history);
     socket.on("chat:delete", edit::chat_delete);
+    socket.on("chat:typing", typing::chat_typing);
     socket.on_disconnect(chat::on_disconnect);
     observer::connected(&socket, &watch);
     Ok(())
