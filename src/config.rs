@@ -144,8 +144,13 @@ pub struct Config {
     pub default_temperature: f32,
     /// Sent to the model before the conversation, when set.
     pub system_prompt: Option<String>,
+    /// Named system prompts a `chat:start { preset }` picks (`SYSTEM_PROMPT_PRESETS`).
+    pub system_prompt_presets: HashMap<String, String>,
     /// How many earlier messages go upstream as context.
     pub max_history_messages: u64,
+    /// A model's context length in tokens when `PROVIDERS_FILE` gives none for it
+    /// (`MODEL_CONTEXT_TOKENS`): the prompt plus `maxTokens` must fit in it.
+    pub model_context_tokens: u32,
     pub upstream_first_token_timeout: Duration,
     pub upstream_idle_timeout: Duration,
     pub upstream_retry: RetryPolicy,
@@ -298,7 +303,12 @@ impl Config {
             max_tokens_limit,
             default_temperature,
             system_prompt: env.get("SYSTEM_PROMPT").map(str::to_owned),
+            system_prompt_presets: vars::presets(&env)?,
             max_history_messages: env.parse("MAX_HISTORY_MESSAGES", 50)?,
+            model_context_tokens: match env.parse("MODEL_CONTEXT_TOKENS", 8192u32)? {
+                0 => return Err(bad("MODEL_CONTEXT_TOKENS", "must be at least 1")),
+                n => n,
+            },
             upstream_first_token_timeout: upstream.first_token_timeout,
             upstream_idle_timeout: upstream.idle_timeout,
             upstream_retry: upstream.retry,

@@ -21,6 +21,8 @@ pub struct ProvidersConfig {
     pub fallbacks: HashMap<String, Vec<Target>>,
     /// Model names clients hard-code, and what they stand for (`provider/model` or a bare name).
     pub aliases: HashMap<String, String>,
+    /// Per model name (bare, or `provider/model`): its context length in tokens.
+    pub context_tokens: HashMap<String, u32>,
 }
 
 /// One OpenAI-compatible provider.
@@ -95,6 +97,7 @@ struct Entry {
 struct ModelEntry {
     #[serde(default)]
     fallbacks: Vec<String>,
+    context_tokens: Option<u32>,
 }
 
 /// The env shortcuts: id, display name, key variable, public OpenAI-compatible base URL.
@@ -117,7 +120,7 @@ pub(super) fn providers_config(env: &Vars, defaults: &Defaults) -> Result<Option
     };
     let at = |what: String| file_error(file.as_ref().map_or("", |(p, _)| p), what);
     let mut providers = Vec::new();
-    let (mut default, mut fallbacks, mut aliases) = (None, HashMap::new(), HashMap::new());
+    let (mut default, mut fallbacks, mut aliases, mut context_tokens) = (None, HashMap::new(), HashMap::new(), HashMap::new());
     if let Some((_, parsed)) = &file {
         for (i, entry) in parsed.providers.iter().enumerate() {
             let settings =
@@ -177,6 +180,11 @@ pub(super) fn providers_config(env: &Vars, defaults: &Defaults) -> Result<Option
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| at(format!("[models.{model:?}]: fallbacks: {e}")))?;
             fallbacks.insert(model.clone(), targets);
+            match entry.context_tokens {
+                Some(0) => return Err(at(format!("[models.{model:?}]: context_tokens: must be at least 1"))),
+                Some(n) => drop(context_tokens.insert(model.clone(), n)),
+                None => {}
+            }
         }
         for (alias, to) in &parsed.aliases {
             if to.is_empty() {
@@ -190,7 +198,7 @@ pub(super) fn providers_config(env: &Vars, defaults: &Defaults) -> Result<Option
             aliases.insert(alias.clone(), to.clone());
         }
     }
-    Ok(Some(ProvidersConfig { providers, default, fallbacks, aliases }))
+    Ok(Some(ProvidersConfig { providers, default, fallbacks, aliases, context_tokens }))
 }
 
 fn read_file(path: &str) -> Result<File, ConfigError> {

@@ -247,6 +247,10 @@ fn a_mistake_in_the_providers_file_names_its_table_and_key() {
             "[[providers]] #2: name: \"a\" is used twice",
         ),
         ("[aliases]\nx = 3\n", "in [aliases]"),
+        (
+            "[[providers]]\nname = \"a\"\nbase_url = \"http://x\"\n[models.\"g\"]\ncontext_tokens = 0\n",
+            "[models.\"g\"]: context_tokens: must be at least 1",
+        ),
     ];
     for (text, expected) in cases {
         let (_f, path) = file(text);
@@ -331,4 +335,34 @@ fn realtime_settings_have_smritis_defaults_and_name_their_variable_when_wrong() 
     std::fs::write(&file, r#"{ "brief": "Be brief." }"#).unwrap();
     let e = Config::from_vars(vars(&[("REALTIME_PRESETS_FILE", file.to_str().unwrap())])).unwrap_err();
     assert!(e.problem.contains("no \"default\" preset"), "{e}");
+}
+
+#[test]
+fn context_lengths_come_from_the_providers_file_else_model_context_tokens() {
+    assert_eq!(Config::from_vars(vars(&[])).unwrap().model_context_tokens, 8192);
+    assert_eq!(Config::from_vars(vars(&[("MODEL_CONTEXT_TOKENS", "32768")])).unwrap().model_context_tokens, 32768);
+    assert_eq!(Config::from_vars(vars(&[("MODEL_CONTEXT_TOKENS", "0")])).unwrap_err().var, "MODEL_CONTEXT_TOKENS");
+    let (_f, path) = file(
+        "[[providers]]\nname = \"a\"\nbase_url = \"http://x/v1\"\n[models.\"big\"]\ncontext_tokens = 128000\n[models.\"a/small\"]\ncontext_tokens = 2048\n",
+    );
+    let p = providers(&[("PROVIDERS_FILE", &path)]);
+    assert_eq!(p.context_tokens, HashMap::from([("big".to_owned(), 128_000), ("a/small".to_owned(), 2048)]));
+    let registry = crate::providers::Registry::new(&p, &crate::metrics::Metrics::new());
+    let target = |m: &str| Target { provider: "a".into(), model: m.into() };
+    assert_eq!(registry.context_tokens(&target("big")), Some(128_000));
+    assert_eq!(registry.context_tokens(&target("small")), Some(2048), "as provider/model");
+    assert_eq!(registry.context_tokens(&target("other")), None);
+}
+
+#[test]
+fn presets_are_read_from_the_json_file_system_prompt_presets_names() {
+    assert!(Config::from_vars(vars(&[])).unwrap().system_prompt_presets.is_empty());
+    let (_f, path) = file(r#"{ "pirate": "Talk like a pirate." }"#);
+    let c = Config::from_vars(vars(&[("SYSTEM_PROMPT_PRESETS", &path)])).unwrap();
+    assert_eq!(c.system_prompt_presets, HashMap::from([("pirate".to_owned(), "Talk like a pirate.".to_owned())]));
+    for bad in [r#"["x"]"#, r#"{ "a": 1 }"#, r#"{ "": "x" }"#, r#"{ "a": " " }"#] {
+        let (_f, path) = file(bad);
+        assert_eq!(Config::from_vars(vars(&[("SYSTEM_PROMPT_PRESETS", &path)])).unwrap_err().var, "SYSTEM_PROMPT_PRESETS", "{bad}");
+    }
+    assert_eq!(Config::from_vars(vars(&[("SYSTEM_PROMPT_PRESETS", "/nonexistent.json")])).unwrap_err().var, "SYSTEM_PROMPT_PRESETS");
 }

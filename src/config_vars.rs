@@ -228,6 +228,21 @@ impl Vars {
     }
 }
 
+/// `SYSTEM_PROMPT_PRESETS`: a JSON file of named system prompts, `{ "name": "prompt" }`.
+pub(super) fn presets(env: &Vars) -> Result<HashMap<String, String>, ConfigError> {
+    const VAR: &str = "SYSTEM_PROMPT_PRESETS";
+    let Some(path) = env.get(VAR) else {
+        return Ok(HashMap::new());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(VAR, format!("{path}: cannot read it: {e}")))?;
+    let presets: HashMap<String, String> =
+        serde_json::from_str(&text).map_err(|e| bad(VAR, format!("{path}: must be a JSON object of names and prompts: {e}")))?;
+    match presets.iter().find(|(name, prompt)| name.is_empty() || prompt.trim().is_empty()) {
+        Some((name, _)) => Err(bad(VAR, format!("{path}: preset {name:?}: a name and its prompt must not be empty"))),
+        None => Ok(presets),
+    }
+}
+
 /// `METRICS_TOKEN`: sent in an `Authorization: Bearer` header, so visible ASCII only.
 pub(super) fn metrics_token(env: &Vars) -> Result<Option<Secret>, ConfigError> {
     match env.get("METRICS_TOKEN") {

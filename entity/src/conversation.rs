@@ -16,6 +16,10 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// Bumped on every new message, so lists can sort by recent activity.
     pub updated_at: DateTimeUtc,
+    /// The last message of the branch the user sees and continues.
+    pub active_leaf_id: Option<Uuid>,
+    /// The system-prompt preset (`SYSTEM_PROMPT_PRESETS`) it was started with.
+    pub preset: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -2,7 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
-/// One row of `messages`. Rows of a conversation are ordered by `id` (UUIDv7).
+/// One row of `messages`. Rows of a conversation are ordered by `id` (UUIDv7) and form
+/// a tree through `parent_id`.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "messages")]
 pub struct Model {
@@ -33,6 +34,14 @@ pub struct Model {
     pub error_code: Option<String>,
     /// The client's idempotency key, on the user row of a `chat:start`.
     pub client_message_id: Option<String>,
+    /// The message this one follows: a question's previous answer, an answer's question.
+    /// `None` for a conversation's first messages (the roots of its tree).
+    pub parent_id: Option<Uuid>,
+    /// A question's images, as the JSON array the client sent (`[{ "type": "image", "url" }]`).
+    #[sea_orm(column_type = "Text", nullable)]
+    pub attachments: Option<String>,
+    /// An answer's count of earlier messages sent to the model with its question.
+    pub context_messages: Option<i32>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -7,6 +7,7 @@ mod m20261122_000002_add_error_code;
 mod m20261201_000003_messages_by_time;
 mod m20261210_000004_message_provider;
 mod m20261210_000005_usage;
+mod m20261220_000006_branches;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000003_messages_by_time::Migration),
             Box::new(m20261210_000004_message_provider::Migration),
             Box::new(m20261210_000005_usage::Migration),
+            Box::new(m20261220_000006_branches::Migration),
         ]
     }
 }

@@ -25,9 +25,25 @@ pub struct StartCommand {
     pub temperature: f32,
     pub client_message_id: Option<String>,
     pub system_prompt: Option<String>,
+    /// A named system prompt of `SYSTEM_PROMPT_PRESETS`; for a conversation started with
+    /// one, the stored one when the start names none.
+    pub preset: Option<String>,
     /// The context the client sent itself (canyon's `history`), used instead of the
     /// stored conversation's; `None` on wires that send none.
     pub history: Option<Vec<super::HistoryMessage>>,
+    /// Where in the conversation's tree the new messages go.
+    pub branch: Branch,
+}
+
+/// Where a start puts its messages in the conversation's tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Branch {
+    /// A new question after this message (`parentMessageId`), or after the active leaf.
+    Continue(Option<Uuid>),
+    /// A new question beside this stored one (`chat:edit`).
+    Edit(Uuid),
+    /// A new answer beside this stored one, to the same question (`chat:regenerate`).
+    Regenerate(Uuid),
 }
 
 impl StartCommand {
@@ -69,6 +85,17 @@ impl StartCommand {
             }
             Some(_) => return Err(wrong_type("conversationId", "a string")),
         };
+
+        let parent = match field("parentMessageId") {
+            None => None,
+            Some(Value::String(s)) => {
+                Some(Uuid::try_parse(s).map_err(|_| ChatError::new(ErrorCode::InvalidParams, "parentMessageId is not a UUID"))?)
+            }
+            Some(_) => return Err(wrong_type("parentMessageId", "a string")),
+        };
+        if parent.is_some() && conversation_id.is_none() {
+            return Err(ChatError::new(ErrorCode::InvalidParams, "parentMessageId needs a conversationId"));
+        }
 
         let model = match field("model") {
             None => config.default_model.clone(),
@@ -138,6 +165,13 @@ impl StartCommand {
             Some(_) => return Err(wrong_type("systemPrompt", "a string")),
         };
 
+        let preset = match field("preset") {
+            None => None,
+            Some(Value::String(s)) if config.system_prompt_presets.contains_key(s) => Some(s.clone()),
+            Some(Value::String(_)) => return Err(ChatError::new(ErrorCode::InvalidParams, "unknown preset")),
+            Some(_) => return Err(wrong_type("preset", "a string")),
+        };
+
         Ok(Self {
             // Stored, echoed in `chat:user-message` and sent upstream as stored.
             message: super::text::storable(message).into_owned(),
@@ -148,7 +182,9 @@ impl StartCommand {
             temperature,
             client_message_id,
             system_prompt,
+            preset,
             history: None,
+            branch: Branch::Continue(parent),
         })
     }
 }
@@ -280,6 +316,8 @@ pub(crate) mod fuzz {
                 "messageId",
                 "offset",
                 "provider",
+                "parentMessageId",
+                "preset",
             ])
             .prop_map(str::to_owned),
             ".{0,12}",

@@ -9,5 +9,5 @@ pub mod json;
 pub mod text;
 
 pub use answer::{AnswerIds, ConnectionId, Final, HistoryMessage, Status, StopReason, Usage};
-pub use command::StartCommand;
+pub use command::{Branch, StartCommand};
 pub use error::{ChatError, ErrorCode};

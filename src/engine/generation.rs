@@ -14,9 +14,9 @@ use tracing::{Instrument, Span, field};
 
 use super::{Parts, activity::Tracked};
 use crate::{
-    chat::{AnswerIds, ChatError, ErrorCode, Final, HistoryMessage, StartCommand, StopReason, Usage, text},
+    chat::{AnswerIds, ChatError, ErrorCode, Final, StopReason, Usage, text},
     cluster::{Claim, Ending, LogWriter, Registration, StopHandle},
-    config::{Config, Target},
+    config::Target,
     providers::{OpenFailed, OpeningRoute, Piece, UpstreamError},
     store::{self, AnswerEnd},
 };
@@ -295,17 +295,4 @@ async fn store_end(parts: &Parts, ids: AnswerIds, end: &AnswerEnd<'_>) -> Result
         }
     }
     Err(ChatError::code(ErrorCode::Internal))
-}
-
-/// The messages sent upstream: system prompt(s), the conversation so far, the new message.
-pub(super) fn context(config: &Config, command: &StartCommand, history: Vec<HistoryMessage>) -> Vec<HistoryMessage> {
-    let system = |content: &String| HistoryMessage { role: "system".into(), content: content.clone() };
-    config
-        .system_prompt
-        .iter()
-        .chain(command.system_prompt.iter())
-        .map(system)
-        .chain(history)
-        .chain(std::iter::once(HistoryMessage { role: "user".into(), content: command.message.clone() }))
-        .collect()
 }

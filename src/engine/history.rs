@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{Engine, unavailable};
 pub use crate::store::{ConversationPage, ConversationSummary, PageKey};
 use crate::{
-    chat::{ChatError, ErrorCode, StopReason},
+    chat::{AnswerIds, ChatError, ErrorCode, StopReason},
     cluster::Entry,
     store,
 };
@@ -58,28 +58,34 @@ impl Engine {
         }
         let running = self.0.directory.of_user(user).await.into_iter().filter(|a| a.ids.conversation_id == id);
         for answer in running {
-            let message_id = answer.ids.message_id;
-            // Attached before the stop, at the end of the text: the next entry that
-            // matters is the final one, appended once the row is stored.
-            let reader = self.0.logs.open(message_id, u64::MAX).await;
-            self.0.directory.stop(message_id, StopReason::User).await;
-            if let Some(mut reader) = reader {
-                let ended = async {
-                    while let Some(entry) = reader.next(usize::MAX).await {
-                        if matches!(entry, Entry::Final(_)) {
-                            break;
-                        }
-                    }
-                };
-                if tokio::time::timeout(STOPPED_ANSWER_WAIT, ended).await.is_err() {
-                    tracing::warn!(%message_id, conversation_id = %id, "a stopped answer did not end in time; deleting its conversation anyway");
-                }
-            }
+            self.stop_and_wait(answer.ids).await;
         }
         match store::delete_conversation(&self.0.db, user, id).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(not_found("conversation")),
             Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Stops a running answer and waits until its row is stored and its final event is
+    /// out (`chat:stopped` to whoever reads it), so nothing writes to the row afterwards.
+    pub(super) async fn stop_and_wait(&self, ids: AnswerIds) {
+        let message_id = ids.message_id;
+        // Attached before the stop, at the end of the text: the next entry that
+        // matters is the final one, appended once the row is stored.
+        let reader = self.0.logs.open(message_id, u64::MAX).await;
+        self.0.directory.stop(message_id, StopReason::User).await;
+        if let Some(mut reader) = reader {
+            let ended = async {
+                while let Some(entry) = reader.next(usize::MAX).await {
+                    if matches!(entry, Entry::Final(_)) {
+                        break;
+                    }
+                }
+            };
+            if tokio::time::timeout(STOPPED_ANSWER_WAIT, ended).await.is_err() {
+                tracing::warn!(%message_id, conversation_id = %ids.conversation_id, "a stopped answer did not end in time; deleting anyway");
+            }
         }
     }
 

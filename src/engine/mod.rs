@@ -6,11 +6,14 @@
 
 mod activity;
 mod adopt;
+mod branches;
 mod checkpoint;
+mod context;
 mod embed;
 mod generation;
 mod history;
 mod limits;
+mod lookups;
 mod node;
 mod readers;
 mod stored;
@@ -24,6 +27,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 pub use activity::{RunningAnswerInfo, Totals};
+pub use branches::Deleted;
 pub use checkpoint::Checkpoints;
 pub use history::{ConversationDetail, ConversationPage, ConversationSummary, PageKey};
 pub use limits::StartRateLimiter;
@@ -44,6 +48,10 @@ use crate::{
 pub struct Started {
     pub ids: AnswerIds,
     pub user_message_id: Uuid,
+    /// The new question's parent; for a regenerate, the question answered again.
+    pub parent_message_id: Option<Uuid>,
+    /// False for a regenerate: no new question was stored (`user_message_id` is the old one).
+    pub new_question: bool,
     /// True when this start created the conversation.
     pub created: bool,
     /// The answer's log from its first delta, attached before the generation began.
@@ -61,6 +69,7 @@ pub enum StartOutcome {
     Repeated {
         ids: AnswerIds,
         user_message_id: Uuid,
+        parent_message_id: Option<Uuid>,
     },
 }
 
@@ -183,7 +192,8 @@ impl Engine {
     async fn start_in_span(&self, connection: &ConnectionId, user: &str, mut command: StartCommand) -> Result<StartOutcome, ChatError> {
         let received = tokio::time::Instant::now();
         let parts = &self.0;
-        let key = command.client_message_id.as_deref();
+        let key = command.client_message_id.clone();
+        let key = key.as_deref();
         if let Some(key) = key {
             // The repeat lookup comes before the start's own limit, so it counts as a lookup.
             self.allow_lookup(user)?;
@@ -224,15 +234,11 @@ impl Engine {
                 return Err(ChatError::code(ErrorCode::Busy));
             }
         };
-        let history = match (command.history.take(), command.conversation_id) {
-            (Some(sent), _) => sent,
-            (None, Some(id)) => store::conversation_history(&parts.db, user, id, parts.config.max_history_messages)
-                .await
-                .map_err(|e| refused_by_store(connection, e))?,
-            (None, None) => Vec::new(),
-        };
+        let mut placed = branches::place(parts, user, &mut command).await?;
+        let fitted = context::prompt(parts, &primary, &command, std::mem::take(&mut placed.history))?;
+        let context_messages = fitted.context_messages;
         let call = ChatCall {
-            messages: generation::context(&parts.config, &command, history),
+            messages: fitted.messages,
             model: primary.model.clone(),
             max_tokens: command.max_tokens,
             temperature: command.temperature,
@@ -249,8 +255,11 @@ impl Engine {
             message: &command.message,
             model: &primary.model,
             client_message_id: key,
+            parent_id: placed.parent_id,
+            context_messages,
+            preset: command.preset.as_deref(),
         };
-        let begun = match store::begin_chat_with(&parts.db, turn, new_ids).await {
+        let begun = match branches::store(parts, turn, new_ids, &placed).await {
             Ok(b) => b,
             Err(StoreError::DuplicateKey) => {
                 // Another connection stored the same key first: answer with its ids.
@@ -268,7 +277,14 @@ impl Engine {
         let tracked = parts.activity.track(ids, user, &primary.model);
         let spec = generation::Spec { ids, user_id: user.to_owned(), answering: primary, upstream, writer, stop, received, tracked };
         generation::spawn(self.0.clone(), spec, (claim, registration));
-        Ok(StartOutcome::Started(Started { ids, user_message_id: begun.user_message_id, created: begun.created, reader }))
+        Ok(StartOutcome::Started(Started {
+            ids,
+            user_message_id: begun.user_message_id,
+            parent_message_id: placed.parent_id,
+            new_question: !placed.regenerate,
+            created: begun.created,
+            reader,
+        }))
     }
 
     /// Makes sure `user` may talk in the conversation `id`, creating it for them when it
@@ -281,35 +297,6 @@ impl Engine {
             Ok(store::ConversationClaim::Foreign) => Err(ChatError::new(ErrorCode::Forbidden, "this conversation is another user's")),
             Err(e) => Err(unavailable(e)),
         }
-    }
-
-    /// Takes one lookup from `user`'s bucket: a flood of resumes or joins costs the
-    /// flooder, not the database every other user waits on.
-    fn allow_lookup(&self, user: &str) -> Result<(), ChatError> {
-        if self.0.lookups.allow(user) {
-            return Ok(());
-        }
-        Err(ChatError::new(ErrorCode::RateLimit, "too many lookups; try again shortly"))
-    }
-
-    /// The ids of an earlier start with this key, if stored. With `wait`, gives an
-    /// in-flight first attempt a moment to commit.
-    async fn repeated(&self, user: &str, key: &str, wait: bool) -> Result<Option<StartOutcome>, ChatError> {
-        let attempts = if wait { 20 } else { 1 };
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            match store::find_turn(&self.0.db, user, key).await {
-                Ok(Some(t)) => {
-                    let ids = AnswerIds { message_id: t.assistant_message_id, conversation_id: t.conversation_id };
-                    return Ok(Some(StartOutcome::Repeated { ids, user_message_id: t.user_message_id }));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(unavailable(e)),
-            }
-        }
-        Ok(None)
     }
 
     /// Stops `user`'s answer. `Ok(false)` when it is theirs but no longer runs;

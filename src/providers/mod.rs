@@ -33,5 +33,11 @@ pub fn mock_providers(config: &Config, base_url: &str) -> ProvidersConfig {
         cooldown: std::time::Duration::from_secs(30),
         stream_options: true,
     };
-    ProvidersConfig { providers: vec![mock], default: "mock".into(), fallbacks: Default::default(), aliases: Default::default() }
+    ProvidersConfig {
+        providers: vec![mock],
+        default: "mock".into(),
+        fallbacks: Default::default(),
+        aliases: Default::default(),
+        context_tokens: Default::default(),
+    }
 }

@@ -49,6 +49,7 @@ struct Inner {
     default: usize,
     fallbacks: HashMap<String, Vec<Target>>,
     aliases: HashMap<String, String>,
+    context_tokens: HashMap<String, u32>,
 }
 
 /// One provider: its client, its models, and its bench.
@@ -94,7 +95,15 @@ impl Registry {
         if let Some(u) = upstreams.get_mut(default) {
             u.info.default = true;
         }
-        Self(Arc::new(Inner { upstreams, default, fallbacks: config.fallbacks.clone(), aliases: config.aliases.clone() }))
+        let (fallbacks, aliases, context_tokens) = (config.fallbacks.clone(), config.aliases.clone(), config.context_tokens.clone());
+        Self(Arc::new(Inner { upstreams, default, fallbacks, aliases, context_tokens }))
+    }
+
+    /// The context length configured for a target's model (as `provider/model`, else
+    /// bare), if any.
+    pub fn context_tokens(&self, target: &Target) -> Option<u32> {
+        let qualified = format!("{}/{}", target.provider, target.model);
+        self.0.context_tokens.get(&qualified).or_else(|| self.0.context_tokens.get(&target.model)).copied()
     }
 
     /// Every provider, in configuration order.

@@ -109,10 +109,11 @@ pub async fn import_messages(db: &DatabaseConnection, messages: &[ImportedMessag
         return Ok(result);
     }
 
-    write_conversations(&txn, &new, &stored_conversations).await?;
+    let links = chain(&new, &stored_conversations);
+    write_conversations(&txn, &new, &stored_conversations, &links.leaves).await?;
     let mut inserted = 0;
     for chunk in new.chunks(CHUNK) {
-        inserted += message::Entity::insert_many(chunk.iter().map(|m| message_row(m)))
+        inserted += message::Entity::insert_many(chunk.iter().map(|m| message_row(m, links.parents.get(&m.id).copied().flatten())))
             .on_conflict(OnConflict::column(message::Column::Id).do_nothing().to_owned())
             .exec_without_returning(&txn)
             .await?;
@@ -126,11 +127,37 @@ pub async fn import_messages(db: &DatabaseConnection, messages: &[ImportedMessag
     Ok(result)
 }
 
+/// Where imported messages go in their conversations' trees.
+struct Links {
+    /// Each new message's parent.
+    parents: HashMap<Uuid, Option<Uuid>>,
+    /// Each conversation's new active leaf: its last imported message.
+    leaves: HashMap<Uuid, Uuid>,
+}
+
+/// Imported messages form one branch per conversation, in time order (then by id), after
+/// a stored conversation's active leaf.
+fn chain(new: &[&ImportedMessage], stored: &HashMap<Uuid, conversation::Model>) -> Links {
+    let mut ordered: Vec<&ImportedMessage> = new.to_vec();
+    ordered.sort_by_key(|m| (m.conversation_id, m.created_at, m.id));
+    let mut links = Links { parents: HashMap::new(), leaves: HashMap::new() };
+    for m in ordered {
+        let parent = match links.leaves.get(&m.conversation_id) {
+            Some(previous) => Some(*previous),
+            None => stored.get(&m.conversation_id).and_then(|c| c.active_leaf_id),
+        };
+        links.parents.insert(m.id, parent);
+        links.leaves.insert(m.conversation_id, m.id);
+    }
+    links
+}
+
 /// Creates the conversations the new messages open, and widens the times of stored ones.
 async fn write_conversations(
     txn: &DatabaseTransaction,
     new: &[&ImportedMessage],
     stored: &HashMap<Uuid, conversation::Model>,
+    leaves: &HashMap<Uuid, Uuid>,
 ) -> Result<(), DbErr> {
     struct Span<'a> {
         user_id: &'a str,
@@ -163,6 +190,8 @@ async fn write_conversations(
                 title: Set(title(span).unwrap_or_default()),
                 created_at: Set(span.first),
                 updated_at: Set(span.last),
+                active_leaf_id: Set(leaves.get(id).copied()),
+                preset: Set(None),
             }),
             Some(row) => {
                 let title = match title(span) {
@@ -170,12 +199,14 @@ async fn write_conversations(
                     _ => row.title.clone(),
                 };
                 let widened = (row.created_at.min(span.first), row.updated_at.max(span.last), title);
-                if widened != (row.created_at, row.updated_at, row.title.clone()) {
+                let leaf = leaves.get(id).copied().or(row.active_leaf_id);
+                if widened != (row.created_at, row.updated_at, row.title.clone()) || leaf != row.active_leaf_id {
                     conversation::ActiveModel {
                         id: Set(*id),
                         created_at: Set(widened.0),
                         updated_at: Set(widened.1),
                         title: Set(widened.2),
+                        active_leaf_id: Set(leaf),
                         ..Default::default()
                     }
                     .update(txn)
@@ -193,7 +224,7 @@ async fn write_conversations(
     Ok(())
 }
 
-fn message_row(m: &ImportedMessage) -> message::ActiveModel {
+fn message_row(m: &ImportedMessage, parent_id: Option<Uuid>) -> message::ActiveModel {
     message::ActiveModel {
         id: Set(m.id),
         conversation_id: Set(m.conversation_id),
@@ -213,6 +244,9 @@ fn message_row(m: &ImportedMessage) -> message::ActiveModel {
         client_message_id: Set(None),
         created_at: Set(m.created_at),
         updated_at: Set(m.created_at),
+        parent_id: Set(parent_id),
+        attachments: Set(None),
+        context_messages: Set(None),
     }
 }
 

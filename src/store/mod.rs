@@ -4,6 +4,7 @@
 mod answers;
 mod history;
 mod imports;
+mod tree;
 mod turns;
 mod usage;
 mod voice;
@@ -17,9 +18,9 @@ pub use history::{
     list_conversations, rename_conversation,
 };
 pub use imports::{ImportMode, ImportResult, ImportedMessage, Refusal, import_messages};
+pub use tree::{NewAnswer, active_leaf, begin_answer, branch_to, delete_messages, subtree};
 pub use turns::{
-    ChatBegun, ConversationClaim, NewIds, NewTurn, TurnIds, begin_chat, begin_chat_with, claim_conversation, conversation_history,
-    find_turn, owns_conversation,
+    ChatBegun, ConversationClaim, NewIds, NewTurn, TurnIds, begin_chat, begin_chat_with, claim_conversation, find_turn, owns_conversation,
 };
 pub use usage::{add_usage, day_total, list_usage, utc_day};
 pub use voice::{VoiceMessage, add_voice_message, begin_voice_session, model_day_total};

@@ -1,15 +1,13 @@
-//! A chat turn: the conversation's history for the model, the user message and the
-//! answer's `streaming` row stored together, and the turn a repeated key refers to.
+//! A chat turn: the user message and the answer's `streaming` row stored together, and
+//! the turn a repeated key refers to.
 
 use chrono::Utc;
 use entity::{conversation, message};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait};
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::chat::{HistoryMessage, Status};
+use crate::chat::Status;
 
 /// What [`begin_chat`] stored.
 #[derive(Clone, Copy, Debug)]
@@ -47,20 +45,13 @@ pub struct NewTurn<'a> {
     pub message: &'a str,
     pub model: &'a str,
     pub client_message_id: Option<&'a str>,
-}
-
-/// The last `limit` messages of `user`'s conversation, oldest first: what the model sees
-/// before the new message. `NotFound` when the conversation is not `user`'s.
-pub async fn conversation_history(
-    db: &DatabaseConnection,
-    user_id: &str,
-    conversation_id: Uuid,
-    limit: u64,
-) -> Result<Vec<HistoryMessage>, StoreError> {
-    if !owns_conversation(db, user_id, conversation_id).await? {
-        return Err(StoreError::NotFound);
-    }
-    Ok(load_history(db, conversation_id, limit).await?)
+    /// The message the question follows (the branch's leaf, or the edited message's
+    /// parent); `None` for a conversation's first question.
+    pub parent_id: Option<Uuid>,
+    /// How many earlier messages go to the model with the question.
+    pub context_messages: usize,
+    /// The system-prompt preset used, stored on the conversation.
+    pub preset: Option<&'a str>,
 }
 
 /// Stores the user message and the assistant's `streaming` row in one transaction,
@@ -77,12 +68,14 @@ pub async fn begin_chat_with(db: &DatabaseConnection, turn: NewTurn<'_>, ids: Ne
     let now = Utc::now();
     let (conversation_id, created) = match turn.conversation_id {
         Some(id) => {
-            let touched = conversation::Entity::update_many()
+            let mut update = conversation::Entity::update_many()
                 .col_expr(conversation::Column::UpdatedAt, sea_orm::sea_query::Expr::value(now))
-                .filter(conversation::Column::Id.eq(id))
-                .filter(conversation::Column::UserId.eq(turn.user_id))
-                .exec(&txn)
-                .await?;
+                .col_expr(conversation::Column::ActiveLeafId, sea_orm::sea_query::Expr::value(assistant_message_id));
+            if let Some(preset) = turn.preset {
+                update = update.col_expr(conversation::Column::Preset, sea_orm::sea_query::Expr::value(preset));
+            }
+            let touched =
+                update.filter(conversation::Column::Id.eq(id)).filter(conversation::Column::UserId.eq(turn.user_id)).exec(&txn).await?;
             if touched.rows_affected == 0 {
                 return Err(StoreError::NotFound);
             }
@@ -96,6 +89,8 @@ pub async fn begin_chat_with(db: &DatabaseConnection, turn: NewTurn<'_>, ids: Ne
                 title: Set(turn.message.chars().take(80).collect()),
                 created_at: Set(now),
                 updated_at: Set(now),
+                active_leaf_id: Set(Some(assistant_message_id)),
+                preset: Set(turn.preset.map(str::to_owned)),
             };
             conversation::Entity::insert(conversation).exec_without_returning(&txn).await?;
             (id, true)
@@ -105,10 +100,13 @@ pub async fn begin_chat_with(db: &DatabaseConnection, turn: NewTurn<'_>, ids: Ne
     question.content = Set(turn.message.to_owned());
     question.status = Set(Status::Complete.as_str().to_owned());
     question.client_message_id = Set(turn.client_message_id.map(str::to_owned));
+    question.parent_id = Set(turn.parent_id);
     let mut answer = new_message(conversation_id, assistant_message_id, turn.user_id, "assistant", now);
     answer.content = Set(String::new());
     answer.status = Set(Status::Streaming.as_str().to_owned());
     answer.model = Set(Some(turn.model.to_owned()));
+    answer.parent_id = Set(Some(user_message_id));
+    answer.context_messages = Set(Some(i32::try_from(turn.context_messages).unwrap_or(i32::MAX)));
     if let Err(e) = message::Entity::insert_many([question, answer]).exec_without_returning(&txn).await {
         return Err(match e.sql_err() {
             // Only the question carries a unique key (`clientMessageId`).
@@ -138,23 +136,10 @@ pub(super) fn new_message(conversation_id: Uuid, id: Uuid, user_id: &str, role: 
         error_code: Set(None),
         content: Set(String::new()),
         status: Set(String::new()),
+        parent_id: Set(None),
+        attachments: Set(None),
+        context_messages: Set(None),
     }
-}
-
-/// The last `limit` messages with text, oldest first. Failed answers with no text are skipped.
-/// Ordered by `createdAt`, then id: the two rows of a turn share their time and are told
-/// apart by their UUIDv7s, and imported rows keep ids that carry no time.
-async fn load_history<C: ConnectionTrait>(db: &C, conversation_id: Uuid, limit: u64) -> Result<Vec<HistoryMessage>, DbErr> {
-    let mut rows = message::Entity::find()
-        .filter(message::Column::ConversationId.eq(conversation_id))
-        .filter(message::Column::Content.ne(""))
-        .order_by_desc(message::Column::CreatedAt)
-        .order_by_desc(message::Column::Id)
-        .limit(limit)
-        .all(db)
-        .await?;
-    rows.reverse();
-    Ok(rows.into_iter().map(|m| HistoryMessage { role: m.role, content: m.content }).collect())
 }
 
 /// The ids of an earlier `chat:start` of `user` with this `clientMessageId`.
@@ -163,6 +148,8 @@ pub struct TurnIds {
     pub conversation_id: Uuid,
     pub user_message_id: Uuid,
     pub assistant_message_id: Uuid,
+    /// The question's parent.
+    pub parent_id: Option<Uuid>,
 }
 
 /// Finds the turn a repeated `clientMessageId` refers to, if it was stored.
@@ -183,7 +170,12 @@ pub async fn find_turn(db: &DatabaseConnection, user_id: &str, client_message_id
         .order_by_asc(message::Column::Id)
         .one(db)
         .await?;
-    Ok(answer.map(|a| TurnIds { conversation_id: question.conversation_id, user_message_id: question.id, assistant_message_id: a.id }))
+    Ok(answer.map(|a| TurnIds {
+        conversation_id: question.conversation_id,
+        user_message_id: question.id,
+        assistant_message_id: a.id,
+        parent_id: question.parent_id,
+    }))
 }
 
 /// True when the conversation exists and belongs to `user`.
@@ -212,6 +204,8 @@ pub async fn claim_conversation(db: &DatabaseConnection, user_id: &str, id: Uuid
         title: Set(title.chars().take(80).collect()),
         created_at: Set(now),
         updated_at: Set(now),
+        active_leaf_id: Set(None),
+        preset: Set(None),
     };
     // Two connections may claim the same new id at once: the first insert wins.
     let inserted =

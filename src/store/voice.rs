@@ -39,13 +39,17 @@ pub async fn begin_voice_session<C: ConnectionTrait>(db: &C, user_id: &str, titl
         title: Set(title.to_owned()),
         created_at: Set(now),
         updated_at: Set(now),
+        active_leaf_id: Set(None),
+        // The voice preset is the session's, not one of the chat presets later turns reuse.
+        preset: Set(None),
     };
     conversation::Entity::insert(row).exec_without_returning(db).await?;
     Ok(id)
 }
 
-/// Stores one message of a voice session, bumps the conversation, and adds the usage to
-/// the user's day, in one transaction.
+/// Stores one message of a voice session after the one before it, bumps the conversation
+/// (its active leaf is this message), and adds the usage to the user's day, in one
+/// transaction.
 pub async fn add_voice_message(db: &DatabaseConnection, m: &VoiceMessage<'_>) -> Result<Uuid, DbErr> {
     let id = Uuid::now_v7();
     let now = Utc::now();
@@ -63,9 +67,14 @@ pub async fn add_voice_message(db: &DatabaseConnection, m: &VoiceMessage<'_>) ->
         row.total_tokens = Set(count(u.total_tokens));
     }
     let txn = db.begin().await?;
+    // A session is one branch: each message follows the conversation's active leaf, and
+    // becomes it.
+    let leaf = conversation::Entity::find_by_id(m.conversation_id).one(&txn).await?.and_then(|c| c.active_leaf_id);
+    row.parent_id = Set(leaf);
     message::Entity::insert(row).exec_without_returning(&txn).await?;
     conversation::Entity::update_many()
         .col_expr(conversation::Column::UpdatedAt, sea_orm::sea_query::Expr::value(now))
+        .col_expr(conversation::Column::ActiveLeafId, sea_orm::sea_query::Expr::value(id))
         .filter(conversation::Column::Id.eq(m.conversation_id))
         .exec(&txn)
         .await?;

@@ -22,6 +22,9 @@ pub enum StartAck {
         conversation_id: Uuid,
         user_message_id: Uuid,
         message_id: Uuid,
+        /// The new question's parent (for a regenerate, the question answered again);
+        /// `null` for a conversation's first question.
+        parent_message_id: Option<Uuid>,
     },
     Err {
         ok: bool,
@@ -30,8 +33,8 @@ pub enum StartAck {
 }
 
 impl StartAck {
-    pub fn ok(ids: AnswerIds, user_message_id: Uuid) -> Self {
-        Self::Ok { ok: true, conversation_id: ids.conversation_id, user_message_id, message_id: ids.message_id }
+    pub fn ok(ids: AnswerIds, user_message_id: Uuid, parent_message_id: Option<Uuid>) -> Self {
+        Self::Ok { ok: true, conversation_id: ids.conversation_id, user_message_id, message_id: ids.message_id, parent_message_id }
     }
     pub fn err(error: ChatError) -> Self {
         Self::Err { ok: false, error }
@@ -52,6 +55,8 @@ pub struct UserMessageStored<'a> {
     pub message_id: Uuid,
     pub content: &'a str,
     pub conversation_id: Uuid,
+    /// The message it follows; `null` for a conversation's first question.
+    pub parent_message_id: Option<Uuid>,
 }
 
 /// `chat:message`: a chunk of the answer.

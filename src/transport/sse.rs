@@ -120,24 +120,31 @@ pub(crate) async fn chat(State(wire): State<Wire>, headers: HeaderMap, uri: Uri,
     };
     let message = command.message.clone();
     let connection = ConnectionId::new("sse", Uuid::new_v4());
-    let (ids, user_message_id, mut preamble, reader) = match wire.engine.start(&connection, &user, command).await {
+    let (ids, user_message_id, parent_message_id, mut preamble, reader) = match wire.engine.start(&connection, &user, command).await {
         Ok(StartOutcome::Started(s)) => {
             let mut preamble = Vec::new();
             if s.created {
                 preamble.push(event("chat:conversation", &ConversationCreated { conversation_id: s.ids.conversation_id }));
             }
-            let stored = UserMessageStored { message_id: s.user_message_id, content: &message, conversation_id: s.ids.conversation_id };
+            let stored = UserMessageStored {
+                message_id: s.user_message_id,
+                content: &message,
+                conversation_id: s.ids.conversation_id,
+                parent_message_id: s.parent_message_id,
+            };
             preamble.push(event("chat:user-message", &stored));
-            (s.ids, s.user_message_id, preamble, s.reader)
+            (s.ids, s.user_message_id, s.parent_message_id, preamble, s.reader)
         }
         // A repeat of an earlier start: its ack, then its answer from the start.
-        Ok(StartOutcome::Repeated { ids, user_message_id }) => match wire.engine.subscribe(&user, ids.message_id, 0).await {
-            Ok(s) => (ids, user_message_id, Vec::new(), s.reader),
-            Err(e) => return refusal(e),
-        },
+        Ok(StartOutcome::Repeated { ids, user_message_id, parent_message_id }) => {
+            match wire.engine.subscribe(&user, ids.message_id, 0).await {
+                Ok(s) => (ids, user_message_id, parent_message_id, Vec::new(), s.reader),
+                Err(e) => return refusal(e),
+            }
+        }
         Err(e) => return refusal(e),
     };
-    preamble.insert(0, event("chat:ack", &StartAck::ok(ids, user_message_id)));
+    preamble.insert(0, event("chat:ack", &StartAck::ok(ids, user_message_id, parent_message_id)));
     let closed = ClosedGuard { engine: wire.engine.clone(), connection };
     respond(&wire, preamble, ids, reader, (slot, Some(closed)))
 }

@@ -28,7 +28,10 @@ async fn a_new_chat_streams_every_event_in_order_and_stores_both_messages() {
     assert_eq!(name, "chat:user-message");
     assert_eq!(
         stored,
-        json!({ "messageId": ack["userMessageId"], "content": "Explain quantum computing", "conversationId": conversation_id })
+        json!({
+            "messageId": ack["userMessageId"], "content": "Explain quantum computing", "conversationId": conversation_id,
+            "parentMessageId": null,
+        })
     );
 
     let answer = read_answer(&mut client).await;

@@ -176,7 +176,8 @@ async fn a_chat_stop_that_does_not_parse_is_refused_and_stops_nothing() {
 
 #[tokio::test]
 async fn message_too_long_counts_utf16_units() {
-    let app = spawn_app_with(&[("MAX_MESSAGE_CHARS", "32000")]).await;
+    // A context large enough for the longest message: only the character limit refuses here.
+    let app = spawn_app_with(&[("MAX_MESSAGE_CHARS", "32000"), ("MODEL_CONTEXT_TOKENS", "100000")]).await;
     let mut client = app.client(&user()).await;
     let over = "😀".repeat(16_001);
     let refused = client.emit_with_ack("chat:start", json!({ "message": over })).await;

@@ -185,7 +185,13 @@ async fn sigterm_finishes_within_grace_and_close_timeout_while_clients_stop_read
     // Stamp mode: an answer of exactly `maxTokens` tokens of 17 bytes, 2 MB, as fast as it goes.
     let mut child = spawn_binary(
         &db_url,
-        &[("MOCK_STAMP", "true"), ("MOCK_TOKEN_DELAY_MS", "0"), ("SHUTDOWN_GRACE_SECONDS", "1"), ("MAX_TOKENS_LIMIT", "128000")],
+        &[
+            ("MOCK_STAMP", "true"),
+            ("MOCK_TOKEN_DELAY_MS", "0"),
+            ("SHUTDOWN_GRACE_SECONDS", "1"),
+            ("MAX_TOKENS_LIMIT", "128000"),
+            ("MODEL_CONTEXT_TOKENS", "200000"),
+        ],
     );
     let addr = child.addr;
     // A WebSocket whose client asks for a long answer and then never reads again.

@@ -29,7 +29,16 @@ async fn app_for(fake: &FakeUpstream, vars: &[(&str, &str)]) -> TestApp {
 /// Stores a turn directly, leaving its answer `streaming` (as a process killed mid-answer
 /// leaves it); gives the answer's id.
 async fn streaming_answer(app: &TestApp, user: &str) -> Uuid {
-    let turn = NewTurn { user_id: user, conversation_id: None, message: "question", model: "gpt-4", client_message_id: None };
+    let turn = NewTurn {
+        user_id: user,
+        conversation_id: None,
+        message: "question",
+        model: "gpt-4",
+        client_message_id: None,
+        parent_id: None,
+        context_messages: 0,
+        preset: None,
+    };
     store::begin_chat(&app.state.db, turn).await.unwrap().assistant_message_id
 }
 
@@ -220,7 +229,16 @@ async fn checkpoints_reach_the_row_within_the_bound_the_readme_states() {
 async fn a_statement_the_database_refuses_is_internal_not_unavailable() {
     let app = spawn_app().await;
     // Past the command's replacement, straight to the store: PostgreSQL refuses U+0000.
-    let turn = NewTurn { user_id: "u1", conversation_id: None, message: "a\u{0}b", model: "gpt-4", client_message_id: None };
+    let turn = NewTurn {
+        user_id: "u1",
+        conversation_id: None,
+        message: "a\u{0}b",
+        model: "gpt-4",
+        client_message_id: None,
+        parent_id: None,
+        context_messages: 0,
+        preset: None,
+    };
     let stored = store::begin_chat(&app.state.db, turn).await;
     if is_postgres(&app) {
         let error = stored.expect_err("PostgreSQL refuses NUL");

@@ -42,8 +42,18 @@ async fn open(url: &str) -> DatabaseConnection {
     chatwire::store::connect(url, Some(2), "chatwire").await.expect("the database")
 }
 
+/// Every conversation, oldest first, after checking that each holds one branch: each
+/// message's parent is the message before it in time, and the active leaf is the last.
 async fn conversations(db: &DatabaseConnection) -> Vec<conversation::Model> {
-    conversation::Entity::find().order_by_asc(conversation::Column::CreatedAt).all(db).await.unwrap()
+    let rows = conversation::Entity::find().order_by_asc(conversation::Column::CreatedAt).all(db).await.unwrap();
+    for c in &rows {
+        let messages = messages_of(db, c.id).await;
+        let parents: Vec<Option<Uuid>> = messages.iter().map(|m| m.parent_id).collect();
+        let previous: Vec<Option<Uuid>> = std::iter::once(None).chain(messages.iter().map(|m| Some(m.id))).take(messages.len()).collect();
+        assert_eq!(parents, previous, "conversation {} is one branch in time order", c.id);
+        assert_eq!(c.active_leaf_id, messages.last().map(|m| m.id), "the active leaf of {} is its last message", c.id);
+    }
+    rows.into_iter().map(|c| conversation::Model { active_leaf_id: None, ..c }).collect()
 }
 
 /// A conversation's messages in time order.
@@ -135,6 +145,8 @@ async fn a_jsonl_history_is_imported_once_with_bad_lines_reported_and_skipped() 
         title: title.into(),
         created_at: at(created),
         updated_at: at(updated),
+        active_leaf_id: None,
+        preset: None,
     };
     assert_eq!(
         conversations(&db).await,
@@ -360,6 +372,8 @@ async fn the_documented_export_of_typeorm_tables_imports_into_chatwire() {
         title: title.into(),
         created_at: at(created),
         updated_at: at(updated),
+        active_leaf_id: None,
+        preset: None,
     };
     assert_eq!(
         conversations(&db).await,

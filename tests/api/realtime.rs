@@ -3,6 +3,7 @@
 //! `session.update` filter, presets, PCM16 audio and the stored transcript.
 
 use base64::Engine as _;
+use sea_orm::EntityTrait;
 use serde_json::{Value, json};
 
 use crate::{
@@ -205,7 +206,14 @@ async fn realtime_maps_each_legacy_message_to_ga_events_and_stores_the_turn() {
     let expected = [("user", "Hello, how are you?"), ("assistant", spoken.as_str()), ("user", HEARD), ("assistant", spoken.as_str())];
     let stored = transcript(&app, session).await;
     assert_eq!(stored, expected.map(|(r, c)| (r.to_owned(), c.to_owned(), "complete".to_owned())));
-    let answers: Vec<_> = app.messages(session).await.into_iter().filter(|m| m.role == "assistant").collect();
+    // One branch: each row follows the one before, and the last is the active leaf.
+    let rows = app.messages(session).await;
+    let parents: Vec<_> = rows.iter().map(|m| m.parent_id).collect();
+    let expected_parents: Vec<_> = std::iter::once(None).chain(rows.iter().take(rows.len() - 1).map(|m| Some(m.id))).collect();
+    assert_eq!(parents, expected_parents);
+    let conversation = entity::Conversation::find_by_id(uuid::Uuid::parse_str(session).unwrap()).one(&app.state.db).await.unwrap().unwrap();
+    assert_eq!(conversation.active_leaf_id, rows.last().map(|m| m.id));
+    let answers: Vec<_> = rows.into_iter().filter(|m| m.role == "assistant").collect();
     for answer in &answers {
         assert_eq!(answer.prompt_tokens, Some(INPUT_TOKENS as i32));
         assert_eq!(answer.completion_tokens, Some(OUTPUT_TOKENS as i32));

@@ -50,7 +50,7 @@ fn time(row: DateTime<Utc>) -> Value {
 /// A stored message as the REST routes show it.
 fn view(m: &entity::message::Model) -> Value {
     json!({
-        "id": m.id, "conversationId": m.conversation_id, "role": m.role, "content": m.content, "model": m.model,
+        "id": m.id, "conversationId": m.conversation_id, "parentId": m.parent_id, "role": m.role, "content": m.content, "model": m.model,
         "provider": m.provider, "status": m.status, "finishReason": m.finish_reason, "promptTokens": m.prompt_tokens,
         "completionTokens": m.completion_tokens, "totalTokens": m.total_tokens, "errorCode": m.error_code,
         "createdAt": time(m.created_at),
@@ -87,10 +87,23 @@ async fn every_route_reads_and_changes_the_callers_history() {
 
     let (status, detail) = get(&app, &format!("/v1/conversations/{conversation_id}"), &user).await;
     assert_eq!(status, 200);
-    let messages: Vec<Value> = rows.iter().map(view).collect();
+    // One branch, all of it active, each message after the one before.
+    let messages: Vec<Value> = rows
+        .iter()
+        .map(|m| {
+            let mut v = view(m);
+            v["active"] = json!(true);
+            v
+        })
+        .collect();
+    let parents: Vec<Value> = rows.iter().map(|m| json!(m.parent_id)).collect();
+    assert_eq!(parents, [Value::Null, json!(rows[0].id), json!(rows[1].id), json!(rows[2].id)]);
     assert_eq!(
         detail,
-        json!({ "id": conversation_id, "title": "first question", "createdAt": item["createdAt"], "updatedAt": item["updatedAt"], "messages": messages })
+        json!({
+            "id": conversation_id, "title": "first question", "createdAt": item["createdAt"], "updatedAt": item["updatedAt"],
+            "activeLeafId": second["messageId"], "messages": messages,
+        })
     );
     assert_eq!(detail["messages"][2]["content"], "second question");
     assert_eq!(detail["messages"][3]["finishReason"], "stop");
@@ -127,6 +140,8 @@ async fn stored_conversation(app: &TestApp, user: &str, updated_at: DateTime<Utc
         title: Set(format!("conversation {id}")),
         created_at: Set(updated_at),
         updated_at: Set(updated_at),
+        active_leaf_id: Set(None),
+        preset: Set(None),
     };
     row.insert(&app.state.db).await.unwrap();
     id

@@ -82,6 +82,7 @@ async fn repeated_resumes_of_a_finished_answer_queue_one_catch_up_not_one_each()
         ("MOCK_RESPONSE", &big),
         ("MOCK_TOKEN_DELAY_MS", "0"),
         ("MAX_TOKENS_LIMIT", "40000"),
+        ("MODEL_CONTEXT_TOKENS", "50000"),
         ("SOCKET_EVENTS_IN_FLIGHT", "1000"),
     ])
     .await;

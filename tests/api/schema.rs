@@ -105,7 +105,7 @@ fn chatwire_tables() -> HashMap<String, Vec<String>> {
         c
     };
     HashMap::from([
-        ("conversations".to_owned(), cols(&["id", "user_id", "title", "created_at", "updated_at"])),
+        ("conversations".to_owned(), cols(&["id", "user_id", "title", "created_at", "updated_at", "active_leaf_id", "preset"])),
         (
             "messages".to_owned(),
             cols(&[
@@ -123,6 +123,9 @@ fn chatwire_tables() -> HashMap<String, Vec<String>> {
                 "status",
                 "client_message_id",
                 "error_code",
+                "parent_id",
+                "attachments",
+                "context_messages",
                 "created_at",
                 "updated_at",
             ]),
@@ -268,6 +271,7 @@ async fn three_migrate_processes_started_at_once_all_succeed() {
                 "idx_messages_client_key",
                 "idx_messages_conversation",
                 "idx_messages_conversation_time",
+                "idx_messages_parent",
                 "messages_pkey",
                 "seaql_migrations_pkey",
                 "usage_pkey",

@@ -71,7 +71,10 @@ async fn a_whole_chat_streams_the_ai_events_in_the_ai_order() {
     let (ack, end) = (&events[0].data, &events[events.len() - 1]);
     assert_eq!(ack["ok"], json!(true));
     assert_eq!(events[1].data, json!({ "conversationId": ack["conversationId"] }));
-    assert_eq!(events[2].data, json!({ "messageId": ack["userMessageId"], "content": "Hello", "conversationId": ack["conversationId"] }));
+    assert_eq!(
+        events[2].data,
+        json!({ "messageId": ack["userMessageId"], "content": "Hello", "conversationId": ack["conversationId"], "parentMessageId": null })
+    );
     assert_eq!(text_from(&events, 0), ANSWER);
     assert_eq!(end.event, "chat:end");
     assert_eq!(end.id, utf16(ANSWER).to_string(), "the final event's id is the whole length");

@@ -177,7 +177,8 @@ describe('chat flow', () => {
       !seenAtAck.includes('chat:message'),
       `ack must come before any chat:message; seen first: ${JSON.stringify(seenAtAck)}`,
     );
-    assert.deepEqual(Object.keys(ack).sort(), ['conversationId', 'messageId', 'ok', 'userMessageId']);
+    assert.deepEqual(Object.keys(ack).sort(), ['conversationId', 'messageId', 'ok', 'parentMessageId', 'userMessageId']);
+    assert.equal(ack.parentMessageId, null, 'a new conversation\'s first question has no parent');
     assert.equal(ack.ok, true);
     await rec.waitFinal();
     const r = assertCompleteStream(rec.events, {

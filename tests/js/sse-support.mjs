@@ -332,7 +332,7 @@ export function assertStream(res, label = '') {
 /** The chat:ack event: exactly { ok: true, conversationId, userMessageId, messageId }. */
 export function assertAck(ev) {
   assert.equal(ev?.event, 'chat:ack', `the first event must be chat:ack, got ${JSON.stringify(ev)}`);
-  assertKeys(ev.data, ['ok', 'conversationId', 'userMessageId', 'messageId'], [], 'chat:ack');
+  assertKeys(ev.data, ['ok', 'conversationId', 'userMessageId', 'messageId', 'parentMessageId'], [], 'chat:ack');
   assert.equal(ev.data.ok, true);
   assert.match(ev.data.conversationId, UUID_RE);
   assert.equal(typeof ev.data.userMessageId, 'string');
@@ -410,7 +410,13 @@ export function assertSseChat(sse, expect) {
     i++;
   }
   assert.equal(events[i]?.event, 'chat:user-message', `chat:user-message; ${trail}`);
-  assert.deepEqual(events[i].data, { messageId: ack.userMessageId, content: userMessage, conversationId: ack.conversationId });
+  assert.deepEqual(events[i].data, {
+    messageId: ack.userMessageId,
+    content: userMessage,
+    conversationId: ack.conversationId,
+    parentMessageId: ack.parentMessageId,
+  });
+  if (newConversation) assert.equal(ack.parentMessageId, null, 'a first question has no parent');
   i++;
   const answer = assertAnswerEvents(events.slice(i), {
     messageId: ack.messageId,

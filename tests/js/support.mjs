@@ -400,7 +400,7 @@ export function assertCompleteStream(events, expect) {
 
   assert.equal(names[i], 'chat:user-message', `expected chat:user-message at ${i}; ${trail}`);
   const um = events[i].data;
-  assertKeys(um, ['messageId', 'content', 'conversationId'], [], 'chat:user-message');
+  assertKeys(um, ['messageId', 'content', 'conversationId', 'parentMessageId'], [], 'chat:user-message');
   assert.equal(typeof um.messageId, 'string');
   assert.ok(um.messageId.length > 0);
   assert.equal(um.content, userMessage);

@@ -57,6 +57,9 @@ pub struct ConversationView {
     pub title: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The end of the active branch: the conversation is a tree through `parentId`.
+    pub active_leaf_id: Option<Uuid>,
+    /// Every message of the tree, oldest first.
     pub messages: Vec<MessageView>,
 }
 
@@ -66,6 +69,11 @@ pub struct ConversationView {
 pub struct MessageView {
     pub id: Uuid,
     pub conversation_id: Uuid,
+    /// The message it follows in the conversation's tree; `null` for a first question.
+    pub parent_id: Option<Uuid>,
+    /// In a conversation's messages: whether it is on the active branch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
     /// `user` or `assistant`.
     pub role: String,
     /// The whole text; for an answer still streaming, its last checkpoint.
@@ -133,9 +141,17 @@ impl From<conversation::Model> for ConversationItem {
 
 impl From<ConversationDetail> for ConversationView {
     fn from(d: ConversationDetail) -> Self {
+        let (active, active_leaf_id) = (d.active_branch(), d.active_leaf());
         let c = d.conversation;
-        let messages = d.messages.into_iter().map(MessageView::from).collect();
-        Self { id: c.id, title: c.title, created_at: c.created_at, updated_at: c.updated_at, messages }
+        let messages = d
+            .messages
+            .into_iter()
+            .map(|m| {
+                let on_branch = active.contains(&m.id);
+                MessageView { active: Some(on_branch), ..MessageView::from(m) }
+            })
+            .collect();
+        Self { id: c.id, title: c.title, created_at: c.created_at, updated_at: c.updated_at, active_leaf_id, messages }
     }
 }
 
@@ -144,6 +160,8 @@ impl From<message::Model> for MessageView {
         Self {
             id: m.id,
             conversation_id: m.conversation_id,
+            parent_id: m.parent_id,
+            active: None,
             role: m.role,
             content: m.content,
             model: m.model,
@@ -209,6 +227,9 @@ mod tests {
             status: "complete".into(),
             error_code: None,
             client_message_id: None,
+            parent_id: None,
+            attachments: None,
+            context_messages: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         };
@@ -218,6 +239,8 @@ mod tests {
             title: "t".into(),
             created_at: Utc::now(),
             updated_at: Utc::now(),
+            active_leaf_id: None,
+            preset: None,
         };
         let preview = |m: &message::Model| {
             let summary = ConversationSummary { conversation: conversation.clone(), last_message: Some(m.clone()) };

@@ -1,5 +1,7 @@
-//! `chat:start`, `chat:stop` and disconnects on `/ai`.
+//! `chat:start`, `chat:stop` and disconnects on `/ai`, and the start shared with
+//! `chat:edit` and `chat:regenerate`.
 
+use serde_json::Value;
 use socketioxide::{
     extract::{AckSender, SocketRef, State},
     socket::DisconnectReason,
@@ -42,38 +44,57 @@ pub(super) async fn chat_start(socket: SocketRef, State(wire): State<Wire>, Payl
     {
         socket.extensions.insert(named);
     }
-    let Some(User(user)) = user_of(&socket) else {
-        return refuse(&socket, ack, ChatError::code(ErrorCode::Internal));
+    let parsed = admitted(&socket, payload).and_then(|(user, p)| StartCommand::parse(&p, &user, &wire.config).map(|c| (user, c)));
+    let (user, command) = match parsed {
+        Ok(admitted) => admitted,
+        Err(e) => return refuse(&socket, ack, e),
     };
-    if super::session::expired(&socket) {
-        return refuse(&socket, ack, super::session::expired_error());
+    start(&socket, &wire, ack, &user, command).await;
+}
+
+/// The user of a request that starts an answer, and its payload object; refused when the
+/// socket's session has expired.
+pub(super) fn admitted(socket: &SocketRef, payload: Result<Option<Value>, ()>) -> Result<(String, Value), ChatError> {
+    let Some(User(user)) = user_of(socket) else {
+        return Err(ChatError::code(ErrorCode::Internal));
+    };
+    if super::session::expired(socket) {
+        return Err(super::session::expired_error());
     }
-    let command = match payload
-        .ok()
-        .flatten()
-        .ok_or_else(|| ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"))
-        .and_then(|p| StartCommand::parse(&p, &user, &wire.config))
-    {
-        Ok(c) => c,
-        Err(e) => return refuse(&socket, ack, e),
-    };
+    let payload = payload.ok().flatten().ok_or_else(|| ChatError::new(ErrorCode::InvalidPayload, "payload must be an object"))?;
+    Ok((user, payload))
+}
+
+/// Starts the answer of a `chat:start`, `chat:edit` or `chat:regenerate`: the ack, then
+/// `chat:conversation` (a new one), `chat:user-message` (a new question) and the answer.
+pub(super) async fn start(socket: &SocketRef, wire: &Wire, ack: AckSender, user: &str, command: StartCommand) {
     let message = command.message.clone();
-    let connection = connection_id(&socket);
-    let started = match wire.engine.start(&connection, &user, command).await {
+    let connection = connection_id(socket);
+    let started = match wire.engine.start(&connection, user, command).await {
         Ok(StartOutcome::Started(started)) => started,
-        Ok(StartOutcome::Repeated { ids, user_message_id }) => return ack_logged(&socket, ack, &StartAck::ok(ids, user_message_id)),
-        Err(e) => return refuse(&socket, ack, e),
+        Ok(StartOutcome::Repeated { ids, user_message_id, parent_message_id }) => {
+            return ack_logged(socket, ack, &StartAck::ok(ids, user_message_id, parent_message_id));
+        }
+        Err(e) => return refuse(socket, ack, e),
     };
     let ids = started.ids;
-    ack_logged(&socket, ack, &StartAck::ok(ids, started.user_message_id));
+    super::typing::follow(socket, user, ids.conversation_id);
+    ack_logged(socket, ack, &StartAck::ok(ids, started.user_message_id, started.parent_message_id));
     if started.created {
-        emit_logged(&socket, "chat:conversation", &ConversationCreated { conversation_id: ids.conversation_id });
+        emit_logged(socket, "chat:conversation", &ConversationCreated { conversation_id: ids.conversation_id });
     }
-    let stored = UserMessageStored { message_id: started.user_message_id, content: &message, conversation_id: ids.conversation_id };
-    emit_logged(&socket, "chat:user-message", &stored);
+    if started.new_question {
+        let stored = UserMessageStored {
+            message_id: started.user_message_id,
+            content: &message,
+            conversation_id: ids.conversation_id,
+            parent_message_id: started.parent_message_id,
+        };
+        emit_logged(socket, "chat:user-message", &stored);
+    }
     // The answer goes to this socket (and to those that ask for it), not to every
     // socket that once talked in the conversation.
-    reader::deliver(&wire, &socket, ids, started.reader, None);
+    reader::deliver(wire, socket, ids, started.reader, None);
     // A socket that left while its turn was being stored was not seen by `on_disconnect`.
     if !socket.connected() {
         wire.engine.connection_closed(&connection).await;

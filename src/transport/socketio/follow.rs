@@ -79,6 +79,7 @@ pub(super) async fn chat_join(socket: SocketRef, State(wire): State<Wire>, Paylo
     };
     let generations: Vec<ActiveGeneration> =
         wire.engine.active(&user).await.into_iter().filter(|a| a.ids.conversation_id == conversation_id).map(Into::into).collect();
+    super::typing::follow(&socket, &user, conversation_id);
     ack_logged(&socket, ack, &json!({ "ok": true, "conversationId": conversation_id, "generations": generations }));
     let subscriptions = Subscriptions::of(&socket);
     let task = tokio::spawn({
@@ -107,6 +108,9 @@ pub(super) async fn chat_leave(socket: SocketRef, Payload(payload): Payload, ack
     match ConversationRequest::parse(payload.ok().flatten().as_ref()) {
         Ok(r) => {
             Subscriptions::of(&socket).leave(r.conversation_id);
+            if let Some(User(user)) = user_of(&socket) {
+                super::typing::unfollow(&socket, &user, r.conversation_id);
+            }
             ack_logged(&socket, ack, &json!({ "ok": true, "conversationId": r.conversation_id }));
         }
         Err(e) => refuse(&socket, ack, e),

@@ -6,11 +6,13 @@
 //! answers CONNECT: an event sent right after `connect` is never lost.
 
 mod chat;
+mod edit;
 mod follow;
 mod observer;
 mod payload;
 mod reader;
 mod session;
+mod typing;
 
 pub use observer::{ConnectedAt, Notice, Observer, Watching};
 
@@ -122,6 +124,7 @@ async fn authenticate(
     socket.extensions.insert(reader::Subscriptions::default());
     socket.extensions.insert(InFlight(Arc::new(Semaphore::new(wire.config.socket_events_in_flight))));
     socket.extensions.insert(DropLogged::default());
+    socket.extensions.insert(typing::TypingThrottle::default());
     // `refuse` counts each error it sends, from wherever it is called.
     socket.extensions.insert(metrics);
     socket.on("chat:start", chat::chat_start);
@@ -132,6 +135,11 @@ async fn authenticate(
     socket.on("chat:auth", session::chat_auth);
     socket.on("chat:providers", chat::chat_providers);
     socket.on("embed", chat::embed);
+    socket.on("chat:edit", edit::chat_edit);
+    socket.on("chat:regenerate", edit::chat_regenerate);
+    socket.on("chat:history", edit::chat_history);
+    socket.on("chat:delete", edit::chat_delete);
+    socket.on("chat:typing", typing::chat_typing);
     socket.on_disconnect(chat::on_disconnect);
     observer::connected(&socket, &watch);
     Ok(())

@@ -97,7 +97,7 @@ impl ConversationRequest {
     }
 }
 
-fn required_uuid(value: Option<&Value>, field: &str) -> Result<Uuid, ChatError> {
+pub(super) fn required_uuid(value: Option<&Value>, field: &str) -> Result<Uuid, ChatError> {
     match value {
         Some(Value::String(s)) => {
             Uuid::try_parse(s).map_err(|_| ChatError::new(ErrorCode::InvalidParams, format!("{field} is not a UUID")))
