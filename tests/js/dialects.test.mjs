@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import WebSocket from 'ws';
 
-import { startServer, uniqueUser, mockTokens } from './support.mjs';
+import { startServer, uniqueUser, assertWholeTokens } from './support.mjs';
 
 const TEXT = 'Hello from the dialect tests';
 
@@ -68,7 +68,7 @@ describe('raw WebSocket dialects through node ws', () => {
     const types = c.received.map((m) => m.type);
     assert.deepEqual(types.slice(0, 4), ['connect_success', 'auth_success', 'provider_list', 'provider_stream_start']);
     const chunks = c.received.filter((m) => m.type === 'provider_stream_chunk').map((m) => m.payload.chunk);
-    assert.deepEqual(chunks, mockTokens(TEXT));
+    assertWholeTokens(chunks, TEXT);
     assert.equal(end.payload.content, TEXT);
     assert.equal(end.payload.requestId, 'r1');
     const row = await storedMessage(server, token, end.payload.messageId);

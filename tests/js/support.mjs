@@ -51,6 +51,23 @@ export function mockTokens(text) {
   return text.match(/\S+\s*/g) ?? [];
 }
 
+/**
+ * Asserts that streamed `chunks` are `text`'s mock tokens in order, each chunk one or
+ * more whole tokens: a reader that fell behind gets the deltas that waited joined into
+ * one frame, which is the protocol's own behaviour under load, never a split token.
+ */
+export function assertWholeTokens(chunks, text) {
+  assert.equal(chunks.join(''), text);
+  const tokens = mockTokens(text);
+  let i = 0;
+  for (const chunk of chunks) {
+    let joined = '';
+    while (joined.length < chunk.length && i < tokens.length) joined += tokens[i++];
+    assert.equal(joined, chunk, `a chunk that is not whole tokens: ${JSON.stringify(chunk)}`);
+  }
+  assert.equal(i, tokens.length);
+}
+
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 export { sleep };
 
