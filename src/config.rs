@@ -185,6 +185,7 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// The raw-WebSocket dialects' settings.
     pub ws: WsConfig,
+    pub overload: OverloadConfig,
 }
 
 impl Config {
@@ -338,6 +339,7 @@ impl Config {
             metrics_token: metrics_token(&env)?,
             admin: admin_config(&env)?,
             ws: ws_config(&env)?,
+            overload: overload_config(&env)?,
         })
     }
 
@@ -376,11 +378,11 @@ mod providers;
 #[path = "config_vars.rs"]
 mod vars;
 pub use providers::{DEFAULT_MOCK_RESPONSE, MockConfig, ProviderSettings, ProvidersConfig, Target};
-pub use vars::WsConfig;
 pub use vars::redact_url;
+pub use vars::{OverloadConfig, WsConfig};
 use vars::{
     Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, either, metrics_token, origin,
-    redis_url, upstream_config, ws_config,
+    overload_config, redis_url, upstream_config, ws_config,
 };
 
 #[cfg(test)]

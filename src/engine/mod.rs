@@ -8,6 +8,7 @@ mod activity;
 mod adopt;
 mod checkpoint;
 mod generation;
+mod headroom;
 mod history;
 mod limits;
 mod node;
@@ -23,6 +24,7 @@ use uuid::Uuid;
 
 pub use activity::{RunningAnswerInfo, Totals};
 pub use checkpoint::Checkpoints;
+pub use headroom::Pressure;
 pub use history::{ConversationDetail, ConversationPage, ConversationSummary, PageKey};
 pub use limits::StartRateLimiter;
 pub use usage::UsageRow;
@@ -102,6 +104,7 @@ pub(crate) struct Parts {
     pub activity: Arc<activity::Activity>,
     /// Set when shutdown begins: new starts are refused, running answers finish.
     pub draining: std::sync::atomic::AtomicBool,
+    pub headroom: Arc<headroom::Headroom>,
 }
 
 impl Engine {
@@ -118,6 +121,8 @@ impl Engine {
         let limiter = StartRateLimiter::new(config.rate_limit_per_minute);
         let lookups = StartRateLimiter::new(config.lookups_per_minute);
         let (checkpoints, subscriptions, activity) = (Arc::default(), Default::default(), Arc::default());
+        let writers = store::pool_size(&config.database_url, config.database_max_connections) as usize;
+        let headroom = Arc::new(headroom::Headroom::new(config.overload.clone(), writers));
         Self(Arc::new(Parts {
             config,
             db,
@@ -131,6 +136,7 @@ impl Engine {
             metrics,
             activity,
             draining: Default::default(),
+            headroom,
         }))
     }
 
@@ -139,6 +145,7 @@ impl Engine {
         self.0.checkpoints.spawn_writer(self.0.db.clone(), self.0.config.checkpoint_interval, shutdown.clone());
         self.0.limiter.spawn_sweeper(Duration::from_secs(60), shutdown.clone());
         self.0.lookups.spawn_sweeper(Duration::from_secs(60), shutdown.clone());
+        self.0.headroom.spawn_ticker(shutdown.clone());
         adopt::spawn(self.0.clone(), shutdown);
     }
 
@@ -177,6 +184,8 @@ impl Engine {
     async fn start_in_span(&self, connection: &ConnectionId, user: &str, mut command: StartCommand) -> Result<StartOutcome, ChatError> {
         let received = tokio::time::Instant::now();
         let parts = &self.0;
+        // Past a headroom limit, refused before anything costs the database.
+        self.headroom_left()?;
         let key = command.client_message_id.as_deref();
         if let Some(key) = key {
             // The repeat lookup comes before the start's own limit, so it counts as a lookup.
@@ -244,7 +253,10 @@ impl Engine {
             model: &primary.model,
             client_message_id: key,
         };
-        let begun = match store::begin_chat_with(&parts.db, turn, new_ids).await {
+        let slot = parts.headroom.write_slot().await?;
+        let begun = store::begin_chat_with(&parts.db, turn, new_ids).await;
+        drop(slot);
+        let begun = match begun {
             Ok(b) => b,
             Err(StoreError::DuplicateKey) => {
                 // Another connection stored the same key first: answer with its ids.

@@ -28,6 +28,7 @@ mod limits;
 mod logs;
 mod malformed;
 mod metrics;
+mod overload;
 mod providers;
 mod quirky_upstream;
 mod quota;
