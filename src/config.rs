@@ -166,6 +166,8 @@ pub struct Config {
     pub on_disconnect: OnDisconnect,
     /// How long deltas are joined before they go out (0: each delta at once).
     pub stream_coalesce: Duration,
+    /// The window deltas are joined in while the node is busy (0: never adaptively).
+    pub stream_coalesce_max: Duration,
     /// How often a streaming answer's partial text is written to the database.
     pub checkpoint_interval: Duration,
     /// How long running answers may finish after SIGTERM before they are cut.
@@ -323,6 +325,7 @@ impl Config {
                 }
             },
             stream_coalesce: Duration::from_millis(env.parse("STREAM_COALESCE_MS", 0u64)?),
+            stream_coalesce_max: Duration::from_millis(env.parse("STREAM_COALESCE_MAX_MS", 30u64)?),
             checkpoint_interval: Duration::from_millis(env.parse("CHECKPOINT_INTERVAL_MS", 2_000u64)?),
             shutdown_grace: Duration::from_secs(env.parse("SHUTDOWN_GRACE_SECONDS", 10u64)?),
             log_format: match env.get("LOG_FORMAT").unwrap_or("pretty") {

@@ -21,6 +21,8 @@ use crate::{chat::ChatError, config::OverloadConfig};
 
 /// How often the ticking task wakes to measure the scheduling lag.
 const TICK: Duration = Duration::from_millis(50);
+/// The scheduling lag from which the node counts as busy (its readers' deltas are joined).
+const BUSY_LAG: Duration = Duration::from_millis(10);
 
 /// Which limit the node is past.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +108,18 @@ impl Headroom {
         None
     }
 
+    /// Busy, short of overloaded: the runtime lags `BUSY_LAG` or more, or half of
+    /// `OVERLOAD_MAX_RUNNING` answers run.
+    pub fn busy(&self, running: usize) -> bool {
+        self.lag() >= BUSY_LAG || (self.limits.max_running > 0 && running >= self.limits.max_running.div_ceil(2))
+    }
+
+    /// How long an answer's deltas are joined before they go out: `max` while the node
+    /// is busy (fewer frames for the same tokens), none while it is idle.
+    pub fn coalesce_window(&self, running: usize, max: Duration) -> Duration {
+        if self.busy(running) { max } else { Duration::ZERO }
+    }
+
     /// The refusal of a start while the node is past a limit.
     pub fn refusal(&self) -> ChatError {
         ChatError::overloaded(u64::try_from(self.limits.retry_after.as_millis()).unwrap_or(u64::MAX))
@@ -186,6 +200,19 @@ mod tests {
         let off = Headroom::new(limits(0, 0, 0, 1000), 1);
         off.record_lag(Duration::from_secs(10));
         assert_eq!(off.pressure(1_000_000), None);
+    }
+
+    #[test]
+    fn deltas_are_joined_only_while_the_node_is_busy_and_within_the_bound() {
+        let max = Duration::from_millis(30);
+        let h = Headroom::new(limits(250, 4, 0, 1000), 1);
+        assert_eq!(h.coalesce_window(1, max), Duration::ZERO, "idle: each delta at once");
+        assert_eq!(h.coalesce_window(2, max), max, "half the running limit is busy");
+        h.record_lag(Duration::from_millis(12));
+        assert_eq!(h.coalesce_window(0, max), max, "a lagging runtime is busy");
+        assert_eq!(h.coalesce_window(0, Duration::ZERO), Duration::ZERO, "a bound of 0 turns it off");
+        h.record_lag(Duration::ZERO);
+        assert_eq!(h.coalesce_window(0, max), Duration::ZERO, "6 ms of lag is idle again");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod chat;
 mod checkpoints;
 mod client;
 mod cluster;
+mod coalesce;
 mod database;
 mod delivery;
 mod discovery;
