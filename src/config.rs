@@ -171,6 +171,8 @@ pub struct Config {
     pub on_disconnect: OnDisconnect,
     /// How long deltas are joined before they go out (0: each delta at once).
     pub stream_coalesce: Duration,
+    /// The window deltas are joined in while the node is busy (0: never adaptively).
+    pub stream_coalesce_max: Duration,
     /// How often a streaming answer's partial text is written to the database.
     pub checkpoint_interval: Duration,
     /// How long running answers may finish after SIGTERM before they are cut.
@@ -194,6 +196,8 @@ pub struct Config {
     pub embeddings: EmbeddingConfig,
     /// The voice proxy's settings.
     pub realtime: RealtimeConfig,
+    /// When new starts are refused to keep running answers at pace.
+    pub overload: OverloadConfig,
 }
 
 impl Config {
@@ -336,6 +340,7 @@ impl Config {
                 }
             },
             stream_coalesce: Duration::from_millis(env.parse("STREAM_COALESCE_MS", 0u64)?),
+            stream_coalesce_max: Duration::from_millis(env.parse("STREAM_COALESCE_MAX_MS", 30u64)?),
             checkpoint_interval: Duration::from_millis(env.parse("CHECKPOINT_INTERVAL_MS", 2_000u64)?),
             shutdown_grace: Duration::from_secs(env.parse("SHUTDOWN_GRACE_SECONDS", 10u64)?),
             log_format: match env.get("LOG_FORMAT").unwrap_or("pretty") {
@@ -354,6 +359,7 @@ impl Config {
             ws: ws_config(&env)?,
             embeddings: embedding_config(&env)?,
             realtime: realtime::realtime_config(&env)?,
+            overload: overload_config(&env)?,
         })
     }
 
@@ -396,10 +402,10 @@ mod vars;
 pub use providers::{DEFAULT_MOCK_RESPONSE, MockConfig, ProviderSettings, ProvidersConfig, Target};
 pub use realtime::RealtimeConfig;
 pub use vars::redact_url;
-pub use vars::{EmbeddingConfig, WsConfig};
+pub use vars::{EmbeddingConfig, OverloadConfig, WsConfig};
 use vars::{
     Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, either, embedding_config, metrics_token,
-    origin, redis_url, upstream_config, ws_config,
+    origin, overload_config, redis_url, upstream_config, ws_config,
 };
 
 #[cfg(test)]

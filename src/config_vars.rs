@@ -337,3 +337,33 @@ pub(super) fn embedding_config(env: &Vars) -> Result<EmbeddingConfig, ConfigErro
         },
     })
 }
+
+/// When the node refuses new starts to keep its running answers at pace (`OVERLOAD_*`).
+/// A limit of 0 is off.
+#[derive(Clone, Debug)]
+pub struct OverloadConfig {
+    /// The runtime's scheduling lag past which starts are refused (`OVERLOAD_LAG_MS`).
+    pub lag: Duration,
+    /// Answers running on this node past which starts are refused (`OVERLOAD_MAX_RUNNING`).
+    pub max_running: usize,
+    /// Starts waiting for the database past which new ones are refused at once (`OVERLOAD_DB_QUEUE`).
+    pub db_queue: usize,
+    /// The longest a start waits for a database connection before it is refused (`OVERLOAD_DB_WAIT_MS`).
+    pub db_wait: Duration,
+    /// The `retryAfterMs` a refusal carries (`OVERLOAD_RETRY_AFTER_MS`).
+    pub retry_after: Duration,
+}
+
+pub(super) fn overload_config(env: &Vars) -> Result<OverloadConfig, ConfigError> {
+    let ms = |name, default| env.parse(name, default).map(Duration::from_millis);
+    Ok(OverloadConfig {
+        lag: ms("OVERLOAD_LAG_MS", 250)?,
+        max_running: env.parse("OVERLOAD_MAX_RUNNING", 5_000)?,
+        db_queue: env.parse("OVERLOAD_DB_QUEUE", 256)?,
+        db_wait: match ms("OVERLOAD_DB_WAIT_MS", 1_000)? {
+            d if d.is_zero() => return Err(bad("OVERLOAD_DB_WAIT_MS", "must be at least 1")),
+            d => d,
+        },
+        retry_after: ms("OVERLOAD_RETRY_AFTER_MS", 1_000)?,
+    })
+}

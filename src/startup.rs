@@ -131,12 +131,7 @@ impl Application {
         let connections: http::ConnectionCount = Arc::new(move || socketio::connections(&counted));
         let draining = CancellationToken::new();
         let mut router = http::router(engine.clone(), wire.auth.clone(), connections.clone())
-            .merge(http::ready::router(Readiness::new(
-                db.clone(),
-                probe,
-                draining.clone(),
-                config.redis_url.is_some().then(|| engine.clone()),
-            )))
+            .merge(http::ready::router(Readiness::new(engine.clone(), probe, draining.clone(), config.redis_url.is_some())))
             .merge(http::scrape::router(engine.clone(), connections, config.metrics_token.as_ref()))
             .merge(sse::router(wire.clone()))
             .merge(ws::router(wire.clone()));

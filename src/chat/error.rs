@@ -121,12 +121,34 @@ impl Serialize for ErrorCode {
 pub struct ChatError {
     pub code: ErrorCode,
     pub message: String,
+    /// When to try again (`retryAfterMs`): set on a start refused because the node is
+    /// overloaded, absent otherwise.
+    #[serde(rename = "retryAfterMs", skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ChatError {
     /// An error with a specific, client-safe message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), retry_after_ms: None }
+    }
+
+    /// `UNAVAILABLE` for a start refused while the node has no headroom: try again
+    /// after `retry_after_ms` (here or, behind a load balancer, on another node).
+    pub fn overloaded(retry_after_ms: u64) -> Self {
+        Self { retry_after_ms: Some(retry_after_ms), ..Self::new(ErrorCode::Unavailable, "the server is busy; try again shortly") }
+    }
+
+    /// The error as one JSON object (`code`, `message`, `retryAfterMs` when set), for
+    /// the wires whose error frames are built by hand.
+    pub fn fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut fields = serde_json::Map::new();
+        fields.insert("code".into(), self.code.as_str().into());
+        fields.insert("message".into(), self.message.as_str().into());
+        if let Some(ms) = self.retry_after_ms {
+            fields.insert("retryAfterMs".into(), ms.into());
+        }
+        fields
     }
 
     /// An error with the code's default message.

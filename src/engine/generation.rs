@@ -1,7 +1,8 @@
 //! A generation: one model answer, from the upstream's stream into the answer's log.
 //!
-//! It appends deltas (pieces already waiting upstream are joined into one append, and
-//! `STREAM_COALESCE_MS` joins a window's worth) and never waits for a reader. The
+//! It appends deltas (pieces already waiting upstream are joined into one append;
+//! while the node is busy a window of up to `STREAM_COALESCE_MAX_MS` is joined, and
+//! `STREAM_COALESCE_MS` forces a fixed one) and never waits for a reader. The
 //! database is written at the start (by the engine), at periodic checkpoints, and once
 //! at the end, before the final entry is appended: whoever reads the final entry, live
 //! or later from the row, reads the same stored text.
@@ -198,7 +199,8 @@ async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
     checkpoint.tick().await;
     let mut checkpointed = 0;
     let mut end = StreamEnd::default();
-    let window = parts.config.stream_coalesce;
+    // STREAM_COALESCE_MS forces a window; else it adapts: joined while the node is busy.
+    let (fixed, bound) = (parts.config.stream_coalesce, parts.config.stream_coalesce_max);
     // Text held back for the coalescing window, and when it goes out.
     let mut held = String::new();
     let mut flush_at: Option<Instant> = None;
@@ -249,6 +251,10 @@ async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
                 parts.metrics.tokens_streamed(u64::from(seen.pieces - pieces_before));
                 if !held.is_empty() {
                     seen.first_token.get_or_insert_with(Instant::now);
+                    let window = match fixed.is_zero() {
+                        false => fixed,
+                        true => parts.headroom.coalesce_window(parts.directory.local_count(), bound),
+                    };
                     if window.is_zero() || end.done {
                         spec.writer.append(&std::mem::take(&mut held));
                         flush_at = None;

@@ -11,6 +11,7 @@ mod checkpoint;
 mod context;
 mod embed;
 mod generation;
+mod headroom;
 mod history;
 mod limits;
 mod lookups;
@@ -29,6 +30,7 @@ use uuid::Uuid;
 pub use activity::{RunningAnswerInfo, Totals};
 pub use branches::Deleted;
 pub use checkpoint::Checkpoints;
+pub use headroom::Pressure;
 pub use history::{ConversationDetail, ConversationPage, ConversationSummary, PageKey};
 pub use limits::StartRateLimiter;
 pub use usage::UsageRow;
@@ -115,6 +117,8 @@ pub(crate) struct Parts {
     pub draining: std::sync::atomic::AtomicBool,
     /// The embedding requests' shared queue.
     pub embedder: crate::providers::Embedder,
+    /// What this node has left: past a limit, new starts are refused at once.
+    pub headroom: Arc<headroom::Headroom>,
 }
 
 impl Engine {
@@ -132,6 +136,8 @@ impl Engine {
         let lookups = StartRateLimiter::new(config.lookups_per_minute);
         let (checkpoints, subscriptions, activity) = (Arc::default(), Default::default(), Arc::default());
         let embedder = crate::providers::Embedder::spawn(config.embeddings.clone(), providers.clone());
+        let writers = store::pool_size(&config.database_url, config.database_max_connections) as usize;
+        let headroom = Arc::new(headroom::Headroom::new(config.overload.clone(), writers));
         Self(Arc::new(Parts {
             config,
             db,
@@ -146,6 +152,7 @@ impl Engine {
             activity,
             draining: Default::default(),
             embedder,
+            headroom,
         }))
     }
 
@@ -154,6 +161,7 @@ impl Engine {
         self.0.checkpoints.spawn_writer(self.0.db.clone(), self.0.config.checkpoint_interval, shutdown.clone());
         self.0.limiter.spawn_sweeper(Duration::from_secs(60), shutdown.clone());
         self.0.lookups.spawn_sweeper(Duration::from_secs(60), shutdown.clone());
+        self.0.headroom.spawn_ticker(shutdown.clone());
         adopt::spawn(self.0.clone(), shutdown);
     }
 
@@ -192,6 +200,8 @@ impl Engine {
     async fn start_in_span(&self, connection: &ConnectionId, user: &str, mut command: StartCommand) -> Result<StartOutcome, ChatError> {
         let received = tokio::time::Instant::now();
         let parts = &self.0;
+        // Past a headroom limit, refused before anything costs the database.
+        self.headroom_left()?;
         let key = command.client_message_id.clone();
         let key = key.as_deref();
         if let Some(key) = key {
@@ -259,7 +269,10 @@ impl Engine {
             context_messages,
             preset: command.preset.as_deref(),
         };
-        let begun = match branches::store(parts, turn, new_ids, &placed).await {
+        let slot = parts.headroom.write_slot().await?;
+        let begun = branches::store(parts, turn, new_ids, &placed).await;
+        drop(slot);
+        let begun = match begun {
             Ok(b) => b,
             Err(StoreError::DuplicateKey) => {
                 // Another connection stored the same key first: answer with its ids.

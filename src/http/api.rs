@@ -53,18 +53,27 @@ pub struct ErrorDetail {
     #[schema(example = "NOT_FOUND")]
     pub code: String,
     pub message: String,
+    /// When to try again: a start refused because the node is overloaded.
+    #[serde(rename = "retryAfterMs", skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code, message) = match self {
-            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "unauthorized".to_owned()),
+        let (status, code, message, retry_after_ms) = match self {
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "unauthorized".to_owned(), None),
             Self::Chat(e) => {
                 let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                (status, e.code.as_str(), e.message)
+                (status, e.code.as_str(), e.message, e.retry_after_ms)
             }
         };
-        (status, Json(ErrorBody { ok: false, error: ErrorDetail { code: code.to_owned(), message } })).into_response()
+        let body = Json(ErrorBody { ok: false, error: ErrorDetail { code: code.to_owned(), message, retry_after_ms } });
+        let mut response = (status, body).into_response();
+        // HTTP's own header too, in whole seconds (rounded up), for proxies and load balancers.
+        if let Some(ms) = retry_after_ms {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, ms.div_ceil(1000).max(1).into());
+        }
+        response
     }
 }
 

@@ -76,6 +76,23 @@ impl Check for RedisCheck {
     }
 }
 
+/// The node has headroom: no `OVERLOAD_*` limit is passed (see the engine's headroom).
+pub struct LoadCheck(pub crate::engine::Engine);
+
+#[async_trait]
+impl Check for LoadCheck {
+    fn name(&self) -> &'static str {
+        "load"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        match self.0.pressure() {
+            Some(pressure) => Err(format!("overloaded: {}", pressure.as_str())),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The upstream (the built-in mock too) answers `GET /models`.
 pub struct UpstreamCheck(pub UpstreamProbe);
 
@@ -138,16 +155,16 @@ struct Parts {
 }
 
 impl Readiness {
-    /// The checks of a node on `db` and `upstream`; `draining` is cancelled at shutdown.
-    /// With `cluster` (the engine of a node in cluster mode), Redis is checked too.
-    pub fn new(
-        db: DatabaseConnection,
-        upstream: UpstreamProbe,
-        draining: CancellationToken,
-        cluster: Option<crate::engine::Engine>,
-    ) -> Self {
-        let mut checks = vec![Cached::new(DatabaseCheck(db), DATABASE_TTL), Cached::new(UpstreamCheck(upstream), UPSTREAM_TTL)];
-        if let Some(engine) = cluster {
+    /// The checks of `engine`'s node (its database, its headroom) and of `upstream`;
+    /// `draining` is cancelled at shutdown. With `cluster`, Redis is checked too.
+    pub fn new(engine: crate::engine::Engine, upstream: UpstreamProbe, draining: CancellationToken, cluster: bool) -> Self {
+        let mut checks = vec![
+            Cached::new(DatabaseCheck(engine.db().clone()), DATABASE_TTL),
+            Cached::new(UpstreamCheck(upstream), UPSTREAM_TTL),
+            // Read afresh on every probe: it is a few atomics.
+            Cached::new(LoadCheck(engine.clone()), Duration::ZERO),
+        ];
+        if cluster {
             checks.push(Cached::new(RedisCheck(engine), DATABASE_TTL));
         }
         Self(Arc::new(Parts { checks, draining }))

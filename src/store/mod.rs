@@ -95,6 +95,11 @@ fn sqlite_transient(code: &str) -> bool {
     matches!(code.parse::<u32>().map(|n| n & 0xff), Ok(5 | 6))
 }
 
+/// How many pooled connections [`connect`] opens for `url`.
+pub fn pool_size(url: &str, max_connections: Option<u32>) -> u32 {
+    max_connections.unwrap_or(if url.starts_with("sqlite:") { 1 } else { 16 })
+}
+
 /// Connects with at most `max_connections` pooled connections (`None`: 1 for SQLite,
 /// 16 otherwise), tunes SQLite for a server's write pattern, and runs the migrations.
 /// On PostgreSQL every connection works in `schema` (see [`migrate`]); SQLite ignores it.
@@ -104,9 +109,8 @@ fn sqlite_transient(code: &str) -> bool {
 /// which under load put 100 ms and more in front of `chat:start`s. One connection makes
 /// every statement queue in order on the pool; reads are short enough not to mind.
 pub async fn connect(url: &str, max_connections: Option<u32>, schema: &str) -> Result<DatabaseConnection, DbErr> {
-    let sqlite = url.starts_with("sqlite:");
     let mut options = base_options(url);
-    options.idle_timeout(Duration::from_secs(60)).max_connections(max_connections.unwrap_or(if sqlite { 1 } else { 16 }));
+    options.idle_timeout(Duration::from_secs(60)).max_connections(pool_size(url, max_connections));
     // WAL lets readers run beside the writer; with it, `synchronous=NORMAL` is still
     // crash-safe (a power cut may lose the last commits, never corrupt) and spares an
     // fsync per commit, which is most of a chat:start's cost.

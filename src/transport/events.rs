@@ -114,12 +114,15 @@ pub struct ErrorEvent<'a> {
     pub message_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<Uuid>,
+    /// A refused start's `retryAfterMs` (the node is overloaded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl<'a> ErrorEvent<'a> {
     /// An error about no particular answer.
     pub fn bare(error: &'a ChatError) -> Self {
-        Self { message: &error.message, code: error.code, message_id: None, conversation_id: None }
+        Self { message: &error.message, code: error.code, message_id: None, conversation_id: None, retry_after_ms: error.retry_after_ms }
     }
 }
 
@@ -167,6 +170,7 @@ pub fn final_event(ids: AnswerIds, ending: &Ending) -> (&'static str, Value) {
             code: error.code,
             message_id: Some(message_id),
             conversation_id: Some(conversation_id),
+            retry_after_ms: None,
         }),
     };
     let name = match ending.outcome {

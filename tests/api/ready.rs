@@ -40,7 +40,7 @@ async fn ready_until(addr: std::net::SocketAddr, status: u16) -> Value {
 }
 
 fn checks(database: &str, upstream: &str) -> Value {
-    json!({ "database": database, "upstream": upstream })
+    json!({ "database": database, "upstream": upstream, "load": "ok" })
 }
 
 #[tokio::test]

@@ -454,7 +454,10 @@ describe('jitter run', () => {
       mockResponse: LONG_TEXT,
       tokenDelayMs: 20,
       firstTokenDelayMs: 20,
-      env: { RATE_LIMIT_PER_MINUTE: '0' },
+      // This run is about transport drops: 200 starts at once on a debug build sharing
+      // the machine lag the runtime past OVERLOAD_LAG_MS and wait for SQLite longer than
+      // OVERLOAD_DB_WAIT_MS, which refuse starts by design; here they wait as before.
+      env: { RATE_LIMIT_PER_MINUTE: '0', OVERLOAD_LAG_MS: '0', OVERLOAD_DB_WAIT_MS: '5000' },
     });
   });
   after(async () => {

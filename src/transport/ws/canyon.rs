@@ -79,7 +79,7 @@ impl Dialect for Canyon {
     }
 
     fn error(&self, error: &ChatError) -> Value {
-        json!({ "type": "error", "message": error.message, "code": error.code })
+        super::typed_error(error)
     }
 }
 

@@ -95,3 +95,11 @@ pub(crate) fn after(text: &str, offset: u64, skip: u64) -> &str {
     let (index, _) = crate::chat::text::byte_index(text, skip - offset);
     &text[index..]
 }
+
+/// `{ "type": "error", "code", "message" }` (and `retryAfterMs` when set): the error
+/// frame of canyon and WADI.
+pub(super) fn typed_error(error: &ChatError) -> serde_json::Value {
+    let mut fields = error.fields();
+    fields.insert("type".into(), "error".into());
+    serde_json::Value::Object(fields)
+}

@@ -262,5 +262,5 @@ fn frame(kind: &str, mut payload: Value, id: &Option<Value>) -> Value {
 }
 
 fn error_frame(kind: &str, error: &ChatError, id: &Option<Value>) -> Value {
-    frame(kind, json!({ "code": error.code, "message": error.message }), id)
+    frame(kind, Value::Object(error.fields()), id)
 }

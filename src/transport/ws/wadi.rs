@@ -115,7 +115,7 @@ impl Dialect for Wadi {
     }
 
     fn error(&self, error: &ChatError) -> Value {
-        json!({ "type": "error", "message": error.message, "code": error.code })
+        super::typed_error(error)
     }
 }
 
