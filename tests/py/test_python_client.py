@@ -97,7 +97,7 @@ def assert_complete_stream(events, user_message, new_conversation, conversation_
         assert "chat:conversation" not in names, events
     assert names[i] == "chat:user-message", events
     um = events[i][1]
-    assert set(um) == {"messageId", "content", "conversationId"}
+    assert set(um) == {"messageId", "content", "conversationId", "parentMessageId"}
     assert um["content"] == user_message
     assert um["conversationId"] == conversation_id
     i += 1
@@ -171,7 +171,7 @@ def test_chat_start_ack(server):
         try:
             ack = await c.sio.call("chat:start", {"message": "with ack", "conversationId": None},
                                    namespace=NS, timeout=10)
-            assert set(ack) == {"ok", "conversationId", "userMessageId", "messageId"}, ack
+            assert set(ack) == {"ok", "conversationId", "userMessageId", "messageId", "parentMessageId"}, ack
             assert ack["ok"] is True
             await c.wait_final()
             r = assert_complete_stream(c.events, "with ack", True)
