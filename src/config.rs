@@ -368,25 +368,6 @@ impl Config {
         (self.upstream_first_token_timeout, self.upstream_idle_timeout)
     }
 
-    /// How long a `streaming` row may stay unchanged before its process is taken for dead:
-    /// a live generation offers a checkpoint every interval, the writer stores it within
-    /// the next one, so a live row is never older than a timeout plus two intervals.
-    pub fn stale_answer_after(&self) -> Duration {
-        let mut longest = self.upstream_first_token_timeout.max(self.upstream_idle_timeout);
-        if let UpstreamConfig::Providers(p) = &self.upstream {
-            for provider in &p.providers {
-                longest = longest.max(provider.first_token_timeout).max(provider.idle_timeout);
-            }
-        }
-        longest + self.checkpoint_interval * 3
-    }
-
-    /// Most bytes of answer text in one frame to a socket: its byte budget shared by its
-    /// packets, so a full queue holds at most `SOCKET_BUFFER_BYTES`. At least 1 KiB.
-    pub fn frame_max_bytes(&self) -> usize {
-        (self.socket_buffer_bytes / self.socket_buffer_packets).max(1024)
-    }
-
     /// True when the server will accept unauthenticated sockets.
     pub fn is_open_mode(&self) -> bool {
         matches!(self.auth, AuthConfig::Open)
