@@ -2,26 +2,11 @@
 
 use std::time::Duration;
 
-use chatwire::store::{self, NewTurn};
+use chatwire::store;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::*;
-
-/// Stores a turn directly, leaving its answer `streaming`; gives the answer's id.
-async fn streaming_answer(app: &TestApp, user: &str) -> Uuid {
-    let turn = NewTurn {
-        user_id: user,
-        conversation_id: None,
-        message: "question",
-        model: "gpt-4",
-        client_message_id: None,
-        parent_id: None,
-        context_messages: 0,
-        preset: None,
-    };
-    store::begin_chat(&app.state.db, turn).await.unwrap().assistant_message_id
-}
 
 async fn row(app: &TestApp, id: Uuid) -> entity::message::Model {
     app.message(&id.to_string()).await

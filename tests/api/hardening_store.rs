@@ -26,22 +26,6 @@ async fn app_for(fake: &FakeUpstream, vars: &[(&str, &str)]) -> TestApp {
     spawn_app_with(&all).await
 }
 
-/// Stores a turn directly, leaving its answer `streaming` (as a process killed mid-answer
-/// leaves it); gives the answer's id.
-async fn streaming_answer(app: &TestApp, user: &str) -> Uuid {
-    let turn = NewTurn {
-        user_id: user,
-        conversation_id: None,
-        message: "question",
-        model: "gpt-4",
-        client_message_id: None,
-        parent_id: None,
-        context_messages: 0,
-        preset: None,
-    };
-    store::begin_chat(&app.state.db, turn).await.unwrap().assistant_message_id
-}
-
 fn is_postgres(app: &TestApp) -> bool {
     app.state.db.get_database_backend() == sea_orm::DbBackend::Postgres
 }

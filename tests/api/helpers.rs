@@ -207,3 +207,19 @@ pub fn assert_chunks_consistent(chunks: &[Value], message_id: &Value, conversati
         offset += c["content"].as_str().unwrap().encode_utf16().count() as u64;
     }
 }
+
+/// Stores a turn directly, leaving its answer `streaming` (as a process killed mid-answer
+/// leaves it); gives the answer's id.
+pub async fn streaming_answer(app: &TestApp, user: &str) -> Uuid {
+    let turn = chatwire::store::NewTurn {
+        user_id: user,
+        conversation_id: None,
+        message: "question",
+        model: "gpt-4",
+        client_message_id: None,
+        parent_id: None,
+        context_messages: 0,
+        preset: None,
+    };
+    chatwire::store::begin_chat(&app.state.db, turn).await.unwrap().assistant_message_id
+}
