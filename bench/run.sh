@@ -7,7 +7,7 @@
 #   bench/run.sh --cluster  the stream scenario on one node and on three nodes behind
 #                           nginx, per node (bench/cluster.sh; with --quick, smaller)
 #
-# Options: --servers chatwire,nestjs,ceiling   --scenarios idle,stream,saturate,ttft,cpu
+# Options: --servers chatwire,nestjs,ceiling   --scenarios idle,storm,stream,saturate,ttft,cpu
 # Each scenario starts every server afresh (new database), in an order that rotates from
 # one scenario to the next. Prints a markdown table, writes bench/results/latest.json,
 # and ends with the line
@@ -24,7 +24,7 @@ ROOT=$PWD
 
 MODE=full
 SERVERS=chatwire,nestjs,ceiling
-SCENARIOS=idle,stream,saturate,ttft,cpu
+SCENARIOS=idle,storm,stream,saturate,ttft,cpu
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) MODE=quick ;;
@@ -44,10 +44,12 @@ if [ "$MODE" = quick ]; then
   : "${IDLE_N:=1000}" "${STREAM_CLIENTS:=100}" "${TOKENS:=50}" "${RATE:=50}" "${STREAM_S:=4}"
   : "${SAT_START:=50}" "${SAT_FACTOR:=2}" "${SAT_MAX:=1600}" "${SAT_S:=2}"
   : "${TTFT_RATE:=50}" "${TTFT_S:=3}" "${SETTLE_MS:=1000}" "${HOLD_MS:=300}" "${PAUSE_MS:=1000}"
+  : "${STORM_N:=1000}" "${STORM_STREAMS:=50}" "${STORM_S:=8}"
 else
   : "${IDLE_N:=10000}" "${STREAM_CLIENTS:=1000}" "${TOKENS:=200}" "${RATE:=50}" "${STREAM_S:=30}"
   : "${SAT_START:=100}" "${SAT_FACTOR:=1.5}" "${SAT_MAX:=9000}" "${SAT_S:=10}"
   : "${TTFT_RATE:=100}" "${TTFT_S:=20}" "${SETTLE_MS:=3000}" "${HOLD_MS:=2000}" "${PAUSE_MS:=2000}"
+  : "${STORM_N:=10000}" "${STORM_STREAMS:=200}" "${STORM_S:=15}"
 fi
 # The cpu scenario's fixed load is the same in both modes, so quick and full runs give
 # the same figure: 100 clients x RATE (50 tok/s) = 5,000 tokens/s, 200 tokens/answer, under
@@ -199,6 +201,8 @@ run_one() { # scenario server
   fi
   case "$scenario" in
     idle) args=(idle --connections "$IDLE_N" --settle-ms "$SETTLE_MS" --hold-ms "$HOLD_MS") ;;
+    storm) args=(idle --storm --connections "$STORM_N" --storm-streams "$STORM_STREAMS" --storm-window "$STORM_S"
+                 --tokens "$TOKENS" --rate "$RATE") ;;
     stream) args=(stream --clients "$STREAM_CLIENTS" --tokens "$TOKENS" --rate "$RATE" --duration "$STREAM_S"
                   --upstream-pid "$MOCK_PID") ;;
     saturate) args=(stream --saturate --clients "$SAT_START" --factor "$SAT_FACTOR" --max-clients "$SAT_MAX"
@@ -244,7 +248,7 @@ cat >"$RESULTS/meta.json" <<EOF
     "node": $(json_str "$(node --version 2>/dev/null || echo none)")
   },
   "settings": {
-    "idle_connections": $IDLE_N, "stream_clients": $STREAM_CLIENTS, "tokens_per_answer": $TOKENS,
+    "idle_connections": $IDLE_N, "storm_connections": $STORM_N, "storm_streams": $STORM_STREAMS, "storm_seconds": $STORM_S, "stream_clients": $STREAM_CLIENTS, "tokens_per_answer": $TOKENS,
     "rate_per_stream": $RATE, "token_delay_ms": $TOKEN_DELAY_MS, "stream_seconds": $STREAM_S,
     "saturate_start": $SAT_START, "saturate_factor": $SAT_FACTOR, "saturate_max": $SAT_MAX,
     "saturate_step_seconds": $SAT_S, "threshold_ms": $THRESHOLD_MS, "min_delivery": $MIN_DELIVERY, "ttft_rate": $TTFT_RATE,

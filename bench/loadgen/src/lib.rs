@@ -1,5 +1,5 @@
 //! chatwire's load generator: a Socket.IO 5 client over tokio-tungstenite, the bench
-//! scenarios (`idle`, `stream` with its saturation search, `ttft`, `cpu`, `flood`), the raw WebSocket
+//! scenarios (`idle` with its reconnect storm, `stream` with its saturation search, `ttft`, `cpu`, `flood`), the raw WebSocket
 //! ceiling server, and the report that joins a run's results.
 
 pub mod ceiling;
@@ -9,6 +9,7 @@ pub mod flood;
 pub mod idle;
 pub mod report;
 pub mod stats;
+pub mod storm;
 pub mod stream;
 pub mod sys;
 pub mod ttft;

@@ -5,7 +5,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use loadgen::{Target, ceiling, cpu, flood, idle, report, stream, sys, ttft};
+use loadgen::{Target, ceiling, cpu, flood, idle, report, storm, stream, sys, ttft};
 
 #[derive(Parser)]
 #[command(name = "loadgen", about = "Load generator for chatwire's /ai namespace, and the raw WebSocket ceiling")]
@@ -64,6 +64,20 @@ enum Command {
         /// Keep the connections this long after that.
         #[arg(long, default_value_t = 1000)]
         hold_ms: u64,
+        /// A reconnect storm instead: every connection drops at once and reconnects with
+        /// socket.io-client's default backoff while --storm-streams answers stream.
+        #[arg(long)]
+        storm: bool,
+        #[arg(long, default_value_t = 200)]
+        storm_streams: usize,
+        /// The streams' measurement window from the drop on, in seconds.
+        #[arg(long, default_value_t = 15.0)]
+        storm_window: f64,
+        /// Tokens per answer and tokens/s per stream (the upstream sets the real pace).
+        #[arg(long, default_value_t = 200)]
+        tokens: u32,
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
     },
     /// C clients each looping chat:start -> chat:end over stamped tokens.
     Stream {
@@ -221,9 +235,15 @@ async fn main() {
     let cli = Cli::parse();
     let fd_limit = sys::raise_fd_limit();
     match cli.command {
-        Command::Idle { common, connections, settle_ms, hold_ms } => {
+        Command::Idle { common, connections, settle_ms, hold_ms, storm, storm_streams, storm_window, tokens, rate } => {
             if connections as u64 + 64 > fd_limit {
                 eprintln!("warning: {connections} connections but the open-file limit is {fd_limit}");
+            }
+            if storm {
+                let mut cfg = storm::StormConfig::new(common.target(), common.secret.clone(), connections, storm_streams);
+                (cfg.idle.label, cfg.idle.pid, cfg.idle.concurrency) = (common.label.clone(), common.pid, common.connect_concurrency);
+                (cfg.tokens, cfg.rate, cfg.window) = (tokens, rate, secs(storm_window));
+                return emit(&storm::run(&cfg).await);
             }
             let mut cfg = idle::IdleConfig::new(common.target(), common.secret.clone(), connections);
             cfg.label = common.label.clone();

@@ -149,6 +149,9 @@ pub fn goals(results: &Value) -> Value {
                 lost_everywhere.push(l);
             }
         }
+        if let Some(l) = num(&results[server]["storm"], "/streams/lost_tokens") {
+            lost_everywhere.push(l);
+        }
     }
     let overloaded = cpu_overloaded(results);
     json!([
@@ -175,6 +178,11 @@ pub fn goals(results: &Value) -> Value {
          "met": lt(num(cw, "/stream/lag/p99_ms"), 50.0)},
         {"goal": "gateway TTFT p99 under 5 ms",
          "chatwire_ms": num(cw, "/ttft/ttft_gateway/p99_ms"), "met": lt(num(cw, "/ttft/ttft_gateway/p99_ms"), 5.0)},
+        {"goal": "storm: every client back, zero failed connects, running answers' lag p99 under 250 ms",
+         "not_back": num(cw, "/storm/not_back"), "failed_connects": num(cw, "/storm/failed_connects"),
+         "lag_p99_ms": num(cw, "/storm/streams/lag/p99_ms"),
+         "met": num(cw, "/storm/not_back").zip(num(cw, "/storm/failed_connects")).zip(num(cw, "/storm/streams/lag/p99_ms"))
+             .map(|((n, f), l)| n == 0.0 && f == 0.0 && l < 250.0)},
         {"goal": "zero lost tokens everywhere",
          "lost": lost_everywhere.iter().fold(0.0, |a, b| a + b),
          "met": (!lost_everywhere.is_empty()).then(|| lost_everywhere.iter().all(|l| *l == 0.0))},
@@ -259,6 +267,22 @@ pub fn table(report: &Value) -> String {
                 ("CPU per connect (µs)", M::Num("/idle/cpu_per_connect_us", 1)),
                 ("connect p99 (ms)", M::Num("/idle/connect_latency/p99_ms", 2)),
                 ("failed connects", M::Num("/idle/failed", 0)),
+            ],
+        ),
+        (
+            format!(
+                "storm ({} idle clients drop at once and reconnect with socket.io-client's backoff, {} answers streaming)",
+                first(results, "/storm/connections_requested").map_or("–".into(), |v| v.to_string()),
+                first(results, "/storm/streams/clients").map_or("–".into(), |v| v.to_string())
+            ),
+            vec![
+                ("all back after (s)", M::Num("/storm/all_back_seconds", 2)),
+                ("not back", M::Num("/storm/not_back", 0)),
+                ("failed connects", M::Num("/storm/failed_connects", 0)),
+                ("back after p99 (ms)", M::Num("/storm/back_after/p99_ms", 0)),
+                ("running answers' lag p99 (ms)", M::Num("/storm/streams/lag/p99_ms", 2)),
+                ("first token p99 meanwhile (ms)", M::Num("/storm/streams/first_token/p99_ms", 2)),
+                ("lost tokens", M::Num("/storm/streams/lost_tokens", 0)),
             ],
         ),
         (

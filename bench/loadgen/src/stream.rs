@@ -14,7 +14,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize, de::IgnoredAny};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use crate::{
     client::{ClientError, Conn, Target},
@@ -54,6 +54,8 @@ pub struct StreamConfig {
     /// User ids are `<prefix><n>`: one user per client.
     pub user_prefix: String,
     pub message: String,
+    /// Told when the measurement window opens (the storm starts then).
+    pub window_opened: Option<Arc<Notify>>,
 }
 
 impl StreamConfig {
@@ -74,6 +76,7 @@ impl StreamConfig {
             drain_timeout: Duration::from_secs(60),
             user_prefix: "stream-".into(),
             message: "Benchmark: answer with stamped tokens.".into(),
+            window_opened: None,
         }
     }
 
@@ -308,6 +311,9 @@ pub async fn run(cfg: &StreamConfig) -> StreamResult {
     let _ = sched_tx.send(Some(sched));
 
     tokio::time::sleep_until(window_start.into()).await;
+    if let Some(opened) = &cfg.window_opened {
+        opened.notify_one();
+    }
     let cpu_start = sys::sample(cfg.pid);
     let upstream_start = sys::sample(cfg.upstream_pid);
     let me = Some(std::process::id());

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use loadgen::{Conn, Target, ceiling, client::ClientError, cpu, idle, stream, ttft};
+use loadgen::{Conn, Target, ceiling, client::ClientError, cpu, idle, storm, stream, ttft};
 
 const SECRET: &str = "smoke-secret";
 
@@ -259,4 +259,31 @@ async fn ttft_keeps_its_waiting_sockets_alive() {
     assert_eq!(tr.error_count, 0, "{:?}", tr.errors);
     assert_eq!((tr.skipped, tr.first_tokens, tr.answers), (0, tr.requests_sent, tr.requests_sent));
     assert!(tr.requests_sent >= 30, "{} starts", tr.requests_sent);
+}
+
+/// The reconnect storm: every idle client drops at the moment the streams' window
+/// opens, and each comes back through socket.io-client's backoff (its first delay is
+/// 0.5 to 1.5 s) while the answers stream on, none losing a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_brings_every_client_back_while_answers_stream() {
+    let server = start_chatwire();
+    let target = Target::parse(&format!("http://127.0.0.1:{}", server.port), "/ai").unwrap();
+    let mut cfg = storm::StormConfig::new(target, SECRET, 200, 5);
+    cfg.idle.label = "chatwire".into();
+    cfg.idle.pid = Some(server.child.id());
+    (cfg.tokens, cfg.rate, cfg.window) = (20, 200.0, Duration::from_secs(2));
+    let r = storm::run(&cfg).await;
+    eprintln!("{r}");
+    assert_eq!(r.scenario, "storm");
+    assert_eq!((r.connected_before, r.back, r.not_back), (200, 200, 0), "{r:#?}");
+    assert_eq!(r.failed_connects, 0, "{:?}", r.failed_by_cause);
+    assert!(r.failed_by_cause.is_empty());
+    assert_eq!(r.back_after.count, 200);
+    // Nobody reconnects before the backoff's smallest first delay (1 s - 50 %).
+    assert!(r.back_after.p50_ms >= 500.0 && r.all_back_seconds.is_some_and(|s| s >= 0.5), "{r:#?}");
+    assert!(r.attempts_max >= 1);
+    assert!(r.server_cpu_per_reconnect_us.is_some());
+    assert_clean_stream(&r.streams, 5, 20);
+    let json = serde_json::to_string(&r).unwrap();
+    assert_eq!(serde_json::from_str::<storm::StormResult>(&json).unwrap(), r);
 }
