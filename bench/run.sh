@@ -7,7 +7,7 @@
 #   bench/run.sh --cluster  the stream scenario on one node and on three nodes behind
 #                           nginx, per node (bench/cluster.sh; with --quick, smaller)
 #
-# Options: --servers chatwire,nestjs,ceiling   --scenarios idle,storm,stream,saturate,ttft,cpu
+# Options: --servers chatwire,nestjs,ceiling   --scenarios idle,storm,stream,saturate,overload,ttft,cpu
 # Each scenario starts every server afresh (new database), in an order that rotates from
 # one scenario to the next. Prints a markdown table, writes bench/results/latest.json,
 # and ends with the line
@@ -24,7 +24,7 @@ ROOT=$PWD
 
 MODE=full
 SERVERS=chatwire,nestjs,ceiling
-SCENARIOS=idle,storm,stream,saturate,ttft,cpu
+SCENARIOS=idle,storm,stream,saturate,overload,ttft,cpu
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) MODE=quick ;;
@@ -207,6 +207,13 @@ run_one() { # scenario server
                   --upstream-pid "$MOCK_PID") ;;
     saturate) args=(stream --saturate --clients "$SAT_START" --factor "$SAT_FACTOR" --max-clients "$SAT_MAX"
                     --threshold-ms "$THRESHOLD_MS" --min-delivery "$MIN_DELIVERY" --pause-ms "$PAUSE_MS" --tokens "$TOKENS" --rate "$RATE" --duration "$SAT_S") ;;
+    overload) # twice this run's saturation point of the same server
+      local sat
+      sat=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["saturation"]["clients"])' \
+        "$RESULTS/saturate-$name.json" 2>/dev/null) || sat=""
+      if [ -z "$sat" ]; then echo "NOTE: no saturation result for $name; no overload run" >&2; stop_server; return 0; fi
+      args=(stream --scenario overload --clients $((2 * sat)) --tokens "$TOKENS" --rate "$RATE" --duration "$STREAM_S"
+            --upstream-pid "$MOCK_PID") ;;
     ttft) args=(ttft --rate "$TTFT_RATE" --duration "$TTFT_S" --first-token-delay-ms "$FIRST_TOKEN_DELAY_MS") ;;
     cpu) args=(cpu --clients "$CPU_CLIENTS" --tokens "$CPU_TOKENS" --rate "$RATE" --duration "$CPU_S"
                --threshold-ms "$THRESHOLD_MS" --min-delivery "$MIN_DELIVERY" --upstream-pid "$MOCK_PID") ;;

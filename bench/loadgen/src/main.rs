@@ -121,6 +121,9 @@ enum Command {
         /// The upstream mock's process id, to report its CPU use as well.
         #[arg(long)]
         upstream_pid: Option<u32>,
+        /// The scenario's name in the result (`overload`: a run at 2x the saturation).
+        #[arg(long, default_value = "stream")]
+        scenario: String,
     },
     /// Server CPU per delivered token at one fixed load, below saturation.
     Cpu {
@@ -268,6 +271,7 @@ async fn main() {
             pause_ms,
             max_clients,
             upstream_pid,
+            scenario,
         } => {
             let mut cfg = stream::StreamConfig::new(common.target(), common.secret.clone(), clients, tokens, rate, secs(duration));
             cfg.label = common.label.clone();
@@ -288,7 +292,9 @@ async fn main() {
                 };
                 emit(&stream::saturate(&sat).await);
             } else {
-                emit(&stream::run(&cfg).await);
+                let mut r = stream::run(&cfg).await;
+                r.scenario = scenario;
+                emit(&r);
             }
         }
         Command::Cpu { common, clients, tokens, rate, duration, warmup, recv_timeout, threshold_ms, min_delivery, upstream_pid } => {

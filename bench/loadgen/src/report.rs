@@ -144,7 +144,7 @@ pub fn goals(results: &Value) -> Value {
     let ceiling_frames = best_frames_per_s(results, "ceiling");
     let mut lost_everywhere = Vec::new();
     for server in SERVERS {
-        for scenario in ["cpu", "stream", "saturate"] {
+        for scenario in ["cpu", "stream", "saturate", "overload"] {
             if let Some(l) = num(&results[server][scenario], "/lost_tokens") {
                 lost_everywhere.push(l);
             }
@@ -178,6 +178,11 @@ pub fn goals(results: &Value) -> Value {
          "met": lt(num(cw, "/stream/lag/p99_ms"), 50.0)},
         {"goal": "gateway TTFT p99 under 5 ms",
          "chatwire_ms": num(cw, "/ttft/ttft_gateway/p99_ms"), "met": lt(num(cw, "/ttft/ttft_gateway/p99_ms"), 5.0)},
+        {"goal": "at 2x the saturation: running answers' lag p99 under 100 ms, refusals answered under 10 ms, no lost token",
+         "lag_p99_ms": num(cw, "/overload/lag/p99_ms"), "refused": num(cw, "/overload/refused"),
+         "refused_p99_ms": num(cw, "/overload/refused_after/p99_ms"), "lost": num(cw, "/overload/lost_tokens"),
+         "met": num(cw, "/overload/lag/p99_ms").zip(num(cw, "/overload/lost_tokens"))
+             .map(|(l, lost)| l < 100.0 && lost == 0.0 && num(cw, "/overload/refused_after/p99_ms").is_none_or(|r| r == 0.0 || r < 10.0))},
         {"goal": "storm: every client back, zero failed connects, running answers' lag p99 under 250 ms",
          "not_back": num(cw, "/storm/not_back"), "failed_connects": num(cw, "/storm/failed_connects"),
          "lag_p99_ms": num(cw, "/storm/streams/lag/p99_ms"),
@@ -312,6 +317,18 @@ pub fn table(report: &Value) -> String {
                 ("frames/s at saturation", M::Num("/saturate/saturation/frames_per_s", 0)),
                 ("lag p99 there (ms)", M::Num("/saturate/saturation/lag_p99_ms", 2)),
                 ("lost tokens (all steps)", M::Num("/saturate/lost_tokens", 0)),
+            ],
+        ),
+        (
+            format!("overload (2 × the saturation: {} clients)", first(results, "/overload/clients").map_or("–".into(), |v| v.to_string())),
+            vec![
+                ("tokens/s delivered", M::Num("/overload/tokens_per_s", 0)),
+                ("running answers' lag p99 (ms)", M::Num("/overload/lag/p99_ms", 2)),
+                ("first token p99 (ms)", M::Num("/overload/first_token/p99_ms", 2)),
+                ("starts refused as busy", M::Num("/overload/refused", 0)),
+                ("refusal answered p99 (ms)", M::Num("/overload/refused_after/p99_ms", 2)),
+                ("lost tokens", M::Num("/overload/lost_tokens", 0)),
+                ("errors", M::Num("/overload/error_count", 0)),
             ],
         ),
         (

@@ -131,6 +131,13 @@ pub struct StreamResult {
     pub bad_stamps: u64,
     /// Answers still running when the drain time ran out.
     pub unfinished_answers: u64,
+    /// Starts the server refused as busy (`chat:error` with `retryAfterMs`); the client
+    /// waited that long, then started again. Not errors: overload's answer.
+    #[serde(default)]
+    pub refused: u64,
+    /// Per refused start: `chat:start` written to its `chat:error` read.
+    #[serde(default)]
+    pub refused_after: Summary,
     /// Errors by cause: connect failures, `chat:error` codes, timeouts, closed sockets.
     pub errors: BTreeMap<String, u64>,
     pub error_count: u64,
@@ -176,6 +183,7 @@ struct Counts {
     seq_errors: u64,
     bad_stamps: u64,
     unfinished: u64,
+    refused: u64,
     errors: BTreeMap<String, u64>,
 }
 
@@ -196,6 +204,7 @@ impl Counts {
         self.seq_errors += o.seq_errors;
         self.bad_stamps += o.bad_stamps;
         self.unfinished += o.unfinished;
+        self.refused += o.refused;
         for (k, v) in o.errors {
             *self.errors.entry(k).or_insert(0) += v;
         }
@@ -220,9 +229,13 @@ struct ChatEnd {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ChatError {
     #[serde(default)]
     code: Option<String>,
+    /// Set on a start the server refused because it is busy: wait, then start again.
+    #[serde(default)]
+    retry_after_ms: Option<u64>,
 }
 
 /// When the clients start and the window runs, in both clocks.
@@ -239,12 +252,18 @@ struct Shared {
     cfg: StreamConfig,
     lag: Mutex<Latency>,
     first_token: Mutex<Latency>,
+    refused: Mutex<Latency>,
 }
 
 /// Runs `stream` once.
 pub async fn run(cfg: &StreamConfig) -> StreamResult {
     sys::raise_fd_limit();
-    let shared = Arc::new(Shared { cfg: cfg.clone(), lag: Mutex::new(Latency::default()), first_token: Mutex::new(Latency::default()) });
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        lag: Mutex::new(Latency::default()),
+        first_token: Mutex::new(Latency::default()),
+        refused: Mutex::new(Latency::default()),
+    });
     let (sched_tx, sched_rx) = watch::channel::<Option<Schedule>>(None);
     let (connected_tx, mut connected_rx) = mpsc::unbounded_channel::<bool>();
     let permits = Arc::new(Semaphore::new(cfg.connect_concurrency.max(1)));
@@ -334,6 +353,7 @@ pub async fn run(cfg: &StreamConfig) -> StreamResult {
     }
     let lag = shared.lag.lock().map(|h| h.summary()).unwrap_or_default();
     let first_token = shared.first_token.lock().map(|h| h.summary()).unwrap_or_default();
+    let refused_after = shared.refused.lock().map(|h| h.summary()).unwrap_or_default();
     let secs = cfg.duration.as_secs_f64();
     let error_count: u64 = total.errors.values().sum();
     let (server_cpu_cores, server_cpu_us_per_token) = match (cpu_start, cpu_end) {
@@ -367,6 +387,8 @@ pub async fn run(cfg: &StreamConfig) -> StreamResult {
         seq_errors: total.seq_errors,
         bad_stamps: total.bad_stamps,
         unfinished_answers: total.unfinished,
+        refused: total.refused,
+        refused_after,
         errors: total.errors,
         error_count,
         server_cpu_cores,
@@ -491,12 +513,20 @@ async fn client_loop(i: usize, shared: &Shared, mut conn: Conn, sched: Schedule,
                     break;
                 }
                 "chat:error" => {
-                    let code = serde_json::from_str::<(IgnoredAny, ChatError)>(args)
-                        .ok()
-                        .and_then(|(_, e)| e.code)
-                        .unwrap_or_else(|| "unknown".into());
-                    counts.error(format!("chat:error:{code}"));
+                    let error = serde_json::from_str::<(IgnoredAny, ChatError)>(args).ok().map(|(_, e)| e);
                     flush(shared, &mut lags, counts);
+                    if let Some(ChatError { retry_after_ms: Some(wait), .. }) = error {
+                        // A refusal of a busy server: not an error but its overload
+                        // answer. Timed, then the client waits as told, like a real one.
+                        counts.refused += 1;
+                        if let Ok(mut h) = shared.refused.lock() {
+                            h.record(started.elapsed().as_micros() as u64);
+                        }
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                        break;
+                    }
+                    let code = error.and_then(|e| e.code).unwrap_or_else(|| "unknown".into());
+                    counts.error(format!("chat:error:{code}"));
                     break;
                 }
                 "chat:stopped" => {
@@ -551,6 +581,9 @@ impl std::fmt::Display for StreamResult {
             "  checks            short {} mismatched {} seq {} bad stamps {} unfinished {}",
             self.short_answers, self.content_mismatches, self.seq_errors, self.bad_stamps, self.unfinished_answers
         )?;
+        if self.refused > 0 {
+            writeln!(f, "  refused as busy   {} starts, answered after {}", self.refused, self.refused_after)?;
+        }
         if let (Some(c), Some(t)) = (self.server_cpu_cores, self.server_cpu_us_per_token) {
             writeln!(f, "  server CPU        {c:.2} cores, {t:.2} us/token")?;
         }

@@ -287,3 +287,21 @@ async fn a_reconnect_storm_brings_every_client_back_while_answers_stream() {
     let json = serde_json::to_string(&r).unwrap();
     assert_eq!(serde_json::from_str::<storm::StormResult>(&json).unwrap(), r);
 }
+
+/// Past OVERLOAD_MAX_RUNNING the server refuses starts with `retryAfterMs`: the stream
+/// clients count and time those refusals apart from errors, wait as told, and start
+/// again; the answers that ran lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_starts_are_counted_and_timed_apart_from_errors() {
+    let server = start_chatwire_with(&[("OVERLOAD_MAX_RUNNING", "2"), ("OVERLOAD_RETRY_AFTER_MS", "50")]);
+    let target = Target::parse(&format!("http://127.0.0.1:{}", server.port), "/ai").unwrap();
+    let mut cfg = stream::StreamConfig::new(target, SECRET, 6, 20, 200.0, Duration::from_secs(2));
+    cfg.warmup = Some(Duration::ZERO);
+    let r = stream::run(&cfg).await;
+    eprintln!("{r}");
+    assert!(r.refused > 0, "{r:#?}");
+    assert_eq!(r.refused_after.count, r.refused);
+    assert_eq!(r.error_count, 0, "a refusal is no error: {:?}", r.errors);
+    assert_eq!(r.lost_tokens, 0);
+    assert!(r.answers > 0 && r.short_answers == 0 && r.content_mismatches == 0, "{r:#?}");
+}
