@@ -1,7 +1,7 @@
 // A client written for Smriti's WebSocket server, as its README writes the messages,
 // with only the URL changed: node's `ws` against the debug binary, whose voice upstream
 // is a fake Realtime API (a `ws` server on loopback). Prints the session's event
-// transcript, both directions, with CHATWIRE_TEST_VERBOSE set.
+// transcript, both directions, and the stored rows, with CHATWIRE_TEST_VERBOSE set.
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,6 +10,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { startServer, uniqueUser } from './support.mjs';
 
 const SPOKEN = ['Breathe in for four counts, ', 'then out for six.'];
+const HEARD = 'And after the talk?';
 
 /** The fake upstream: the text of every frame it gets; a response for each response.create. */
 async function fakeRealtime(log) {
@@ -28,6 +29,10 @@ async function fakeRealtime(log) {
       log.push(['server → upstream', text]);
       const event = JSON.parse(text);
       if (event.type === 'conversation.item.create') send({ type: 'conversation.item.added', item: { id: 'item_1', ...event.item } });
+      if (event.type === 'input_audio_buffer.commit') {
+        send({ type: 'input_audio_buffer.committed', item_id: 'item_2' });
+        send({ type: 'conversation.item.input_audio_transcription.completed', item_id: 'item_2', content_index: 0, transcript: HEARD });
+      }
       if (event.type === 'response.create') {
         send({ type: 'response.created', response: { id: 'resp_1', status: 'in_progress' } });
         for (const delta of SPOKEN) send({ type: 'response.output_audio_transcript.delta', response_id: 'resp_1', delta });
@@ -51,7 +56,7 @@ describe('a Smriti client through node ws', () => {
     await fake.close();
   });
 
-  test('welcome, ping/pong, a text turn and an openai_event, stored as a conversation', async () => {
+  test('welcome, ping/pong, a text turn, an openai_event and a spoken turn, stored as a conversation', async () => {
     const user = uniqueUser('smriti');
     const token = server.token(user);
     // Smriti's URL: the server's root with ?token=.
@@ -100,6 +105,20 @@ describe('a Smriti client through node ws', () => {
     assert.equal(fake.frames.at(-1), payload);
     assert.equal(JSON.parse(fake.frames[0]).type, 'session.update');
 
+    // A spoken turn: 10 ms of a 440 Hz tone as PCM16 at 24 kHz in audio_data, then audio_commit.
+    const pcm = Buffer.alloc(480);
+    for (let i = 0; i < 240; i++) pcm.writeInt16LE(Math.round(Math.sin((2 * Math.PI * 440 * i) / 24000) * 8000), i * 2);
+    const audio = pcm.toString('base64');
+    const sentBefore = fake.frames.length;
+    send({ type: 'audio_data', payload: { audio } });
+    send({ type: 'audio_commit', payload: {} });
+    const answers = () => received.filter((m) => m.type === 'openai_event' && m.payload.type === 'response.done').length;
+    await until((m) => m.type === 'openai_event' && m.payload.type === 'response.done' && answers() === 3);
+    assert.deepEqual(
+      fake.frames.slice(sentBefore).map((f) => JSON.parse(f)),
+      [{ type: 'input_audio_buffer.append', audio }, { type: 'input_audio_buffer.commit' }, { type: 'response.create' }],
+    );
+
     const closed = new Promise((r) => ws.on('close', r));
     ws.close();
     await closed;
@@ -112,8 +131,13 @@ describe('a Smriti client through node ws', () => {
         ['user', 'How do I calm down before a talk?'],
         ['assistant', SPOKEN.join('')],
         ['assistant', SPOKEN.join('')],
+        ['user', HEARD],
+        ['assistant', SPOKEN.join('')],
       ],
     );
-    if (process.env.CHATWIRE_TEST_VERBOSE) for (const [dir, text] of log) console.log(`${dir}: ${text}`);
+    if (process.env.CHATWIRE_TEST_VERBOSE) {
+      for (const [dir, text] of log) console.log(`${dir}: ${text}`);
+      for (const m of detail.messages) console.log(`stored: ${JSON.stringify(m)}`);
+    }
   });
 });
