@@ -201,9 +201,14 @@ async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
     let mut end = StreamEnd::default();
     // STREAM_COALESCE_MS forces a window; else it adapts: joined while the node is busy.
     let (fixed, bound) = (parts.config.stream_coalesce, parts.config.stream_coalesce_max);
-    // Text held back for the coalescing window, and when it goes out.
+    // Text held back for the coalescing window, and whether its timer is armed. One
+    // timer for the whole answer, moved when armed: a select! evaluates every branch's
+    // expression on each wake, so a timer made there would be made (and the clock read)
+    // once per token even while nothing is held.
     let mut held = String::new();
-    let mut flush_at: Option<Instant> = None;
+    let mut flush_armed = false;
+    let flush = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(flush);
     loop {
         tokio::select! {
             biased;
@@ -211,9 +216,9 @@ async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
                 spec.writer.append(&held);
                 return stopped();
             }
-            _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
+            _ = &mut flush, if flush_armed => {
                 spec.writer.append(&std::mem::take(&mut held));
-                flush_at = None;
+                flush_armed = false;
             }
             _ = checkpoint.tick() => {
                 let length = spec.writer.length();
@@ -257,9 +262,10 @@ async fn stream(parts: &Parts, spec: &mut Spec, seen: &mut Seen) -> Outcome {
                     };
                     if window.is_zero() || end.done {
                         spec.writer.append(&std::mem::take(&mut held));
-                        flush_at = None;
-                    } else if flush_at.is_none() {
-                        flush_at = Some(Instant::now() + window);
+                        flush_armed = false;
+                    } else if !flush_armed {
+                        flush.as_mut().reset(Instant::now() + window);
+                        flush_armed = true;
                     }
                 }
                 if end.done {

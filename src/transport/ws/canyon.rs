@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::{
-    Dialect, Flow, Handshake, Link,
+    Dialect, Flow, Handshake, Link, frames,
     wadi::{short, typed},
 };
 use crate::{
@@ -125,10 +125,10 @@ pub(crate) fn history(raw: Option<&Value>, max_chars: usize, keep: u64) -> Resul
     Ok(history)
 }
 
-/// canyon's frame for one log entry.
-fn frame(entry: &Entry, ids: AnswerIds) -> Option<Value> {
-    Some(match entry {
-        Entry::Text { text, .. } => json!({ "type": "response_chunk", "content": text }),
+/// canyon's frame for one log entry, as text.
+fn frame(entry: &Entry, ids: AnswerIds) -> Option<String> {
+    let end = match entry {
+        Entry::Text { text, .. } => return frames::text(&frames::CanyonChunk { content: text, kind: "response_chunk" }),
         Entry::Final(ending) => match &ending.outcome {
             Final::Complete { .. } => json!({ "type": "response_complete", "content": ending.content, "messageId": ids.message_id }),
             Final::Stopped => {
@@ -136,5 +136,6 @@ fn frame(entry: &Entry, ids: AnswerIds) -> Option<Value> {
             }
             Final::Failed(e) => json!({ "type": "error", "message": e.message, "code": e.code, "messageId": ids.message_id }),
         },
-    })
+    };
+    Some(end.to_string())
 }

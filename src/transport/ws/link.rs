@@ -190,12 +190,12 @@ impl Link {
     }
 
     /// Delivers an answer's log to this connection: `encode` turns each entry into the
-    /// dialect's frame (or none). The reader waits for room in the queue before each read,
+    /// text of the dialect's frame (or none). The reader waits for room in the queue before each read,
     /// so text that came meanwhile is joined into one frame. `then`, when given, closes
     /// the connection after the final frame.
     pub fn deliver<F>(&self, ids: AnswerIds, mut reader: Box<dyn LogReader>, mut encode: F, then: Option<(u16, &'static str)>)
     where
-        F: FnMut(&Entry) -> Option<Value> + Send + 'static,
+        F: FnMut(&Entry) -> Option<String> + Send + 'static,
     {
         let out = self.out.clone();
         let frame_max = self.wire.config.frame_max_bytes();
@@ -207,7 +207,7 @@ impl Link {
                 };
                 let Some(entry) = reader.next(frame_max).await else { return };
                 if let Some(frame) = encode(&entry) {
-                    permit.send(Outgoing::Text(frame.to_string()));
+                    permit.send(Outgoing::Text(frame));
                 } else {
                     drop(permit);
                 }

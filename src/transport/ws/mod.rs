@@ -11,6 +11,7 @@
 //! connection's queue before it reads the log, so a slow client gets joined chunks.
 
 mod canyon;
+mod frames;
 mod link;
 pub mod realtime;
 mod serve;

@@ -21,7 +21,7 @@ use axum::{
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::{Dialect, Flow, Handshake, Link, link::SignInRefused, wadi::short};
+use super::{Dialect, Flow, Handshake, Link, frames, link::SignInRefused, wadi::short};
 use crate::{
     chat::{AnswerIds, ChatError, ErrorCode, Final, StartCommand, Usage},
     cluster::Entry,
@@ -223,10 +223,13 @@ async fn resume(link: &mut Link, request: &Request<'_>) -> Result<(), ChatError>
 }
 
 /// Void's frame for one log entry: chunks when streaming, then the end (or the one response).
-fn encode(entry: &Entry, ids: AnswerIds, stream: bool, id: &Option<Value>) -> Option<Value> {
+fn encode(entry: &Entry, ids: AnswerIds, stream: bool, id: &Option<Value>) -> Option<String> {
     let (message_id, conversation_id) = (ids.message_id, ids.conversation_id);
-    match entry {
-        Entry::Text { text, .. } => stream.then(|| frame("provider_stream_chunk", json!({ "chunk": text, "messageId": message_id }), id)),
+    let end = match entry {
+        Entry::Text { text, .. } => {
+            let payload = frames::VoidChunkPayload { chunk: text, message_id, request_id: id.as_ref() };
+            return stream.then(|| frames::text(&frames::VoidChunk { payload, kind: "provider_stream_chunk" })).flatten();
+        }
         Entry::Final(ending) => {
             let kind = if stream { "provider_stream_end" } else { "provider_response" };
             let mut end =
@@ -240,12 +243,13 @@ fn encode(entry: &Entry, ids: AnswerIds, stream: bool, id: &Option<Value>) -> Op
                 Final::Failed(e) => {
                     let failed =
                         json!({ "code": e.code, "message": e.message, "messageId": message_id, "conversationId": conversation_id });
-                    return Some(frame("provider_error", failed, id));
+                    return Some(frame("provider_error", failed, id).to_string());
                 }
             }
-            Some(frame(kind, end, id))
+            frame(kind, end, id)
         }
-    }
+    };
+    Some(end.to_string())
 }
 
 /// `{ promptTokens, completionTokens, totalTokens }` (null when the upstream sent none).

@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::{
-    Dialect, Flow, Handshake, Link, after,
+    Dialect, Flow, Handshake, Link, after, frames,
     link::{SignInRefused, close},
 };
 use crate::{
@@ -225,11 +225,14 @@ fn run_id(kind: &Kind) -> Option<Uuid> {
 }
 
 /// WADI's frame for one log entry; text before `skip` (a watcher's offset) is left out.
-fn frame(entry: &Entry, ids: AnswerIds, skip: u64) -> Option<Value> {
+fn frame(entry: &Entry, ids: AnswerIds, skip: u64) -> Option<String> {
     match entry {
         Entry::Text { text, offset, end } => {
             let text = after(text, *offset, skip);
-            (*end > skip && !text.is_empty()).then(|| json!({ "type": "chunk", "content": text, "messageId": ids.message_id }))
+            if *end <= skip || text.is_empty() {
+                return None;
+            }
+            frames::text(&frames::WadiChunk { content: text, message_id: ids.message_id, kind: "chunk" })
         }
         Entry::Final(ending) => Some(match &ending.outcome {
             Final::Complete { .. } => {
@@ -240,7 +243,8 @@ fn frame(entry: &Entry, ids: AnswerIds, skip: u64) -> Option<Value> {
                 "messageId": ids.message_id, "conversationId": ids.conversation_id,
             }),
             Final::Failed(e) => json!({ "type": "error", "message": e.message, "code": e.code, "messageId": ids.message_id }),
-        }),
+        }
+        .to_string()),
     }
 }
 
