@@ -54,6 +54,12 @@ pub struct NewTurn<'a> {
     pub preset: Option<&'a str>,
 }
 
+/// The title a conversation is created with: its first question's first 80 characters
+/// (until the model's title, if any, replaces it).
+pub fn first_title(question: &str) -> String {
+    question.chars().take(80).collect()
+}
+
 /// Stores the user message and the assistant's `streaming` row in one transaction,
 /// creating the conversation when none is given. Four statements in all (begin, the
 /// conversation, both messages, commit): each is a round trip to the database.
@@ -86,7 +92,7 @@ pub async fn begin_chat_with(db: &DatabaseConnection, turn: NewTurn<'_>, ids: Ne
             let conversation = conversation::ActiveModel {
                 id: Set(id),
                 user_id: Set(turn.user_id.to_owned()),
-                title: Set(turn.message.chars().take(80).collect()),
+                title: Set(first_title(turn.message)),
                 created_at: Set(now),
                 updated_at: Set(now),
                 active_leaf_id: Set(Some(assistant_message_id)),

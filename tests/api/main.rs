@@ -50,6 +50,7 @@ mod schema;
 mod sqlite;
 mod sse;
 mod startup;
+mod titles;
 mod transport;
 mod typing;
 mod ws_canyon;

@@ -124,3 +124,30 @@ describe('conversation trees', () => {
     assert.ok(tree.messages.every((m) => m.status === 'complete' && Array.isArray(m.attachments)));
   });
 });
+
+describe('titles', () => {
+  let server;
+  before(async () => {
+    server = await startServer({ mockResponse: 'Qubits are bits that can be both.' });
+  });
+  after(async () => {
+    closeAllSockets();
+    await server?.stop();
+  });
+
+  test("a new conversation's title arrives as chat:title after chat:end, and is in the REST list", async () => {
+    const user = uniqueUser();
+    const socket = await connect(server, server.token(user));
+    const order = [];
+    socket.onAny((event) => order.push(event));
+    const title = new Promise((resolve) => socket.once('chat:title', resolve));
+    const first = await turn(socket, 'chat:start', { message: 'Explain how quantum computers use qubits and why' });
+    const got = await title;
+    // The built-in mock titles a conversation with its question's first six words.
+    assert.deepEqual(got, { conversationId: first.ack.conversationId, title: 'Explain how quantum computers use qubits' });
+    assert.ok(order.indexOf('chat:end') < order.indexOf('chat:title'), order.join(' '));
+    const res = await fetch(`${server.url}/v1/conversations`, { headers: { Authorization: `Bearer ${server.token(user)}` } });
+    const list = await res.json();
+    assert.deepEqual([list.items[0].id, list.items[0].title], [first.ack.conversationId, got.title]);
+  });
+});

@@ -12,9 +12,11 @@ mod observer;
 mod payload;
 mod reader;
 mod session;
+mod titles;
 mod typing;
 
 pub use observer::{ConnectedAt, Notice, Observer, Watching};
+pub use titles::spawn_titles;
 
 use std::sync::{
     Arc,
