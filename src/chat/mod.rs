@@ -2,6 +2,7 @@
 //! it ends, the text offsets every wire counts in, and how a title is asked for.
 
 pub mod answer;
+pub mod attachments;
 pub mod command;
 pub mod embed;
 pub mod error;

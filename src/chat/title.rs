@@ -22,7 +22,7 @@ const WRAPPERS: &[char] = &['"', '\'', '`', '*', '“', '”', '‘', '’', '«
 /// answered with `answer` (each cut to its first 2,000 characters).
 pub fn request(question: &str, answer: &str) -> Vec<HistoryMessage> {
     let content = format!("{QUESTION}{}{ANSWER}{}", first_chars(question, MAX_PROMPT_CHARS), first_chars(answer, MAX_PROMPT_CHARS));
-    vec![HistoryMessage { role: "system".into(), content: INSTRUCTION.into() }, HistoryMessage { role: "user".into(), content }]
+    vec![HistoryMessage::new("system", INSTRUCTION), HistoryMessage::new("user", content)]
 }
 
 /// The question a title request's user message carries, if it is one.

@@ -264,6 +264,7 @@ impl Engine {
         // The model starts on the answer while the turn is stored: its time to first token
         // and the database's writes overlap. A start refused below drops (aborts) the request.
         let upstream = parts.providers.start_open(route, call);
+        let attachments = crate::chat::attachments::to_stored(&command.attachments);
         let turn = NewTurn {
             user_id: user,
             conversation_id: command.conversation_id,
@@ -273,6 +274,7 @@ impl Engine {
             parent_id: placed.parent_id,
             context_messages,
             preset: command.preset.as_deref(),
+            attachments: attachments.as_deref(),
         };
         let slot = parts.headroom.write_slot().await?;
         let begun = branches::store(parts, turn, new_ids, &placed).await;

@@ -81,6 +81,15 @@ struct MockState {
     titles: Arc<Mutex<Vec<Value>>>,
 }
 
+/// The mock's count of a message's tokens: its text's words, a content part's too.
+fn content_tokens(content: &Value) -> usize {
+    match content {
+        Value::String(text) => tokenize(text).len(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).map(|t| tokenize(t).len()).sum(),
+        _ => 0,
+    }
+}
+
 /// The question of a title request, if `body` is one.
 fn title_question(body: &Value) -> Option<&str> {
     let messages = body.get("messages")?.as_array()?;
@@ -95,6 +104,9 @@ fn mock_title(question: &str) -> String {
     format!("\"{}\"\n", question.split_whitespace().take(6).collect::<Vec<_>>().join(" "))
 }
 
+/// The largest request the mock reads: room for 16 images of 5 MiB as data URLs.
+const MAX_REQUEST_BYTES: usize = 128 << 20;
+
 /// The mock's routes, also usable inside another router.
 fn router(state: MockState) -> Router {
     Router::new()
@@ -103,6 +115,8 @@ fn router(state: MockState) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        // Requests with images as data URLs are larger than axum's default of 2 MiB.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
 }
 
@@ -194,11 +208,8 @@ async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value
         return (StatusCode::NOT_FOUND, Json(error)).into_response();
     }
     let max_tokens = body.get("max_completion_tokens").or_else(|| body.get("max_tokens")).and_then(Value::as_u64).unwrap_or(u64::MAX);
-    let prompt_tokens: usize = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .map(|ms| ms.iter().filter_map(|m| m["content"].as_str()).map(|c| tokenize(c).len()).sum())
-        .unwrap_or(0);
+    let prompt_tokens: usize =
+        body.get("messages").and_then(Value::as_array).map(|ms| ms.iter().map(|m| content_tokens(&m["content"])).sum()).unwrap_or(0);
     let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
 
     let config = state.config.clone();

@@ -130,6 +130,13 @@ impl Client {
         self.send_raw(format!("2{},{}", self.ns, json!([event]))).await;
     }
 
+    /// `socket.emit(event, data)` that may fail to go out (the server may close the
+    /// connection while a large packet is still being sent): true when it went out.
+    pub async fn try_emit(&mut self, event: &str, data: Value) -> bool {
+        let Transport::Ws(ws) = &mut self.transport else { panic!("websocket only") };
+        ws.send(Message::text(format!("42{},{}", self.ns, json!([event, data])))).await.is_ok()
+    }
+
     /// Sends a raw Socket.IO packet (for malformed-input tests).
     pub async fn send_packet(&mut self, packet: String) {
         self.send_raw(packet).await;

@@ -27,6 +27,7 @@ mod hardening_session;
 mod hardening_store;
 mod helpers;
 mod http;
+mod images;
 mod import;
 mod jwks;
 mod lifecycle;
