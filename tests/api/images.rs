@@ -84,7 +84,10 @@ async fn images_reach_the_model_as_content_parts_are_stored_shown_and_sent_again
 }
 
 #[tokio::test]
-async fn a_largest_image_goes_over_the_socket_and_over_sse() {
+async fn the_largest_image_goes_over_the_socket_and_over_sse() {
+    // One image here: the tests of this binary share its memory, and one of them measures
+    // it. Four of them in one packet (about 28 MB, past a WebSocket frame's default
+    // 16 MiB) go through socket.io-client in tests/js/conversations.test.mjs.
     let app = spawn_app().await;
     let me = user();
     let mut client = app.client(&me).await;

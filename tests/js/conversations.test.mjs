@@ -123,6 +123,23 @@ describe('conversation trees', () => {
     assert.deepEqual(tree.messages.map((m) => m.active), tree.messages.map((m) => active.has(m.id)));
     assert.ok(tree.messages.every((m) => m.status === 'complete' && Array.isArray(m.attachments)));
   });
+
+  test('a start with MAX_ATTACHMENTS (4) images of 5 MiB reaches the model as content parts', async () => {
+    const socket = await connect(server, server.token(uniqueUser()));
+    const url = `data:image/jpeg;base64,${Buffer.alloc(5 * 1024 * 1024, 7).toString('base64')}`;
+    const attachments = [1, 2, 3, 4].map(() => ({ type: 'image', url }));
+    // About 28 MB in one packet: past 1 MB and past a WebSocket frame's default 16 MiB.
+    assert.ok(JSON.stringify(attachments).length > 16 * 1024 * 1024);
+    const answer = await turn(socket, 'chat:start', { message: 'four images', attachments });
+    assert.equal(answer.content, `Answer ${upstream.bodies.length}.`);
+    const question = upstream.bodies.at(-1).messages.at(-1);
+    assert.deepEqual(question, {
+      role: 'user',
+      content: [{ type: 'text', text: 'four images' }, ...attachments.map(() => ({ type: 'image_url', image_url: { url } }))],
+    });
+    const tree = await socket.timeout(10_000).emitWithAck('chat:history', { conversationId: answer.ack.conversationId });
+    assert.deepEqual(tree.messages[0].attachments, attachments);
+  });
 });
 
 describe('titles', () => {

@@ -64,6 +64,9 @@ pub fn layer(wire: Wire, observer: Option<Observer>) -> (SocketIoLayer, SocketIo
         .ws_read_buffer_size(WS_READ_BUFFER)
         .max_payload(max_payload as u64)
         .ws_max_message_size(max_payload)
+        // A client may send a packet as one frame (Node's `ws` does): tungstenite's default
+        // frame limit, 16 MiB, would close a socket sending four images.
+        .ws_max_frame_size(max_payload)
         .with_parser(
             ParserConfig::common()
                 .max_incoming_binaries(MAX_BINARY_ATTACHMENTS)
