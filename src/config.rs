@@ -198,6 +198,8 @@ pub struct Config {
     pub realtime: RealtimeConfig,
     /// When new starts are refused to keep running answers at pace.
     pub overload: OverloadConfig,
+    /// Titles and images (`TITLE_MODEL`, `MAX_ATTACHMENTS`).
+    pub conversations: ConversationsConfig,
 }
 
 impl Config {
@@ -254,7 +256,9 @@ impl Config {
                 base_delay: Duration::from_millis(env.parse("UPSTREAM_RETRY_BASE_MS", 250u64)?),
             },
         };
+        let answering = upstream_config(&env, production, &upstream)?;
         Ok(Self {
+            conversations: conversations::conversations_config(&env, &answering)?,
             // Open mode lets anyone chat on the upstream's key: loopback only, unless asked.
             host: env.parse(
                 either(&env, "HOST", "WS_HOST"),
@@ -285,7 +289,7 @@ impl Config {
                 },
             },
             database_schema: database_schema(&env)?,
-            upstream: upstream_config(&env, production, &upstream)?,
+            upstream: answering,
             default_model,
             allowed_models,
             ping_interval,
@@ -374,16 +378,18 @@ impl Config {
     }
 }
 
+#[path = "config_conversations.rs"]
+mod conversations;
 #[path = "config_providers.rs"]
 mod providers;
 #[path = "config_realtime.rs"]
 mod realtime;
 #[path = "config_vars.rs"]
 mod vars;
+pub use conversations::{ConversationsConfig, MAX_ATTACHMENTS_LIMIT, TitleModel};
 pub use providers::{DEFAULT_MOCK_RESPONSE, MockConfig, ProviderSettings, ProvidersConfig, Target};
 pub use realtime::RealtimeConfig;
-pub use vars::redact_url;
-pub use vars::{EmbeddingConfig, OverloadConfig, WsConfig};
+pub use vars::{EmbeddingConfig, OverloadConfig, WsConfig, redact_url};
 use vars::{
     Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, either, embedding_config, metrics_token,
     origin, overload_config, redis_url, upstream_config, ws_config,

@@ -127,6 +127,7 @@ impl Application {
         };
         let admin = Admin::new(&config);
         let (layer, io) = socketio::layer(wire.clone(), admin.as_ref().map(Admin::observer));
+        socketio::spawn_titles(&io, &engine, shutdown.clone());
         let counted = io.clone();
         let connections: http::ConnectionCount = Arc::new(move || socketio::connections(&counted));
         let draining = CancellationToken::new();

@@ -90,6 +90,8 @@ Environment (also read from .env; README.md has the full table):
   MAX_MESSAGE_CHARS, SYSTEM_PROMPT, ALLOW_CLIENT_SYSTEM_PROMPT, MAX_HISTORY_MESSAGES
   SYSTEM_PROMPT_PRESETS      JSON file of named system prompts that chat:start { preset } picks from
   MODEL_CONTEXT_TOKENS       context length of models PROVIDERS_FILE does not size (default 8192)
+  TITLE_MODEL                model that titles new conversations (unset: on with the mock, off otherwise; off)
+  MAX_ATTACHMENTS            images one question may carry (default 4; 5 MiB each)
   PING_INTERVAL_MS, PING_TIMEOUT_MS, SOCKET_BUFFER_PACKETS, SOCKET_BUFFER_BYTES, SSE_KEEPALIVE_MS
   UPSTREAM_FIRST_TOKEN_TIMEOUT_MS, UPSTREAM_IDLE_TIMEOUT_MS, UPSTREAM_ATTEMPTS, UPSTREAM_RETRY_BASE_MS
   RATE_LIMIT_PER_MINUTE, LOOKUPS_PER_MINUTE, SOCKET_EVENTS_IN_FLIGHT, MAX_CONCURRENT_STREAMS_PER_USER, ON_DISCONNECT, STREAM_COALESCE_MS

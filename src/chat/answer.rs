@@ -69,6 +69,15 @@ pub struct HistoryMessage {
     /// `system`, `user` or `assistant`.
     pub role: String,
     pub content: String,
+    /// A question's image URLs (http(s) or data URLs), sent as image parts after its text.
+    pub images: Vec<String>,
+}
+
+impl HistoryMessage {
+    /// A message of text only.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into(), images: Vec::new() }
+    }
 }
 
 /// Token counts from the upstream's usage chunk.

@@ -33,6 +33,8 @@ pub struct StartCommand {
     pub history: Option<Vec<super::HistoryMessage>>,
     /// Where in the conversation's tree the new messages go.
     pub branch: Branch,
+    /// The question's images (`attachments`), at most `MAX_ATTACHMENTS`.
+    pub attachments: Vec<super::attachments::Attachment>,
 }
 
 /// Where a start puts its messages in the conversation's tree.
@@ -165,6 +167,8 @@ impl StartCommand {
             Some(_) => return Err(wrong_type("systemPrompt", "a string")),
         };
 
+        let attachments = super::attachments::parse(field("attachments"), config.conversations.max_attachments)?;
+
         let preset = match field("preset") {
             None => None,
             Some(Value::String(s)) if config.system_prompt_presets.contains_key(s) => Some(s.clone()),
@@ -185,6 +189,7 @@ impl StartCommand {
             preset,
             history: None,
             branch: Branch::Continue(parent),
+            attachments,
         })
     }
 }
@@ -318,6 +323,7 @@ pub(crate) mod fuzz {
                 "provider",
                 "parentMessageId",
                 "preset",
+                "attachments",
             ])
             .prop_map(str::to_owned),
             ".{0,12}",

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{Engine, Parts, unavailable};
 use crate::{
-    chat::{Branch, ChatError, ErrorCode, HistoryMessage, StartCommand},
+    chat::{Branch, ChatError, ErrorCode, HistoryMessage, StartCommand, attachments},
     store,
 };
 
@@ -76,6 +76,7 @@ pub(super) async fn place(parts: &Parts, user: &str, command: &mut StartCommand)
             };
             refuse_while_running(parts, user, conversation_id).await?;
             command.message = question.content.clone();
+            command.attachments = attachments::stored(question.attachments.as_deref());
             (Some(question.id), question.parent_id, true)
         }
         (Branch::Edit(_) | Branch::Regenerate(_), None) => return Err(message_not_found()),
@@ -119,7 +120,14 @@ fn history_to(messages: &[message::Model], leaf: Option<Uuid>, limit: u64) -> Ve
     };
     let branch: Vec<&message::Model> = store::branch_to(messages, leaf).into_iter().filter(|m| !m.content.is_empty()).collect();
     let skip = branch.len().saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
-    branch[skip..].iter().map(|m| HistoryMessage { role: m.role.clone(), content: m.content.clone() }).collect()
+    branch[skip..]
+        .iter()
+        .map(|m| HistoryMessage {
+            role: m.role.clone(),
+            content: m.content.clone(),
+            images: attachments::stored_urls(m.attachments.as_deref()),
+        })
+        .collect()
 }
 
 /// `BUSY` while any answer of `user` runs in the conversation.

@@ -17,6 +17,9 @@ use crate::{
 const PER_MESSAGE: usize = 4;
 /// What priming the answer costs.
 const REPLY_PRIMER: usize = 3;
+/// What one image of a question is counted as: an estimate (a provider's own count
+/// depends on the image's size and detail, which chatwire does not look at).
+pub const IMAGE_TOKENS: usize = 1_000;
 
 /// How a model's prompt is counted.
 pub(super) enum Counter {
@@ -39,7 +42,7 @@ impl Counter {
     }
 
     fn message(&self, m: &HistoryMessage) -> usize {
-        PER_MESSAGE + self.tokens(&m.content)
+        PER_MESSAGE + self.tokens(&m.content) + IMAGE_TOKENS * m.images.len()
     }
 }
 
@@ -74,9 +77,10 @@ pub(super) fn fit(
         .iter()
         .chain(preset)
         .chain(command.system_prompt.iter())
-        .map(|content| HistoryMessage { role: "system".into(), content: content.clone() })
+        .map(|content| HistoryMessage::new("system", content.clone()))
         .collect();
-    let question = HistoryMessage { role: "user".into(), content: command.message.clone() };
+    let images = command.attachments.iter().map(|a| a.url.clone()).collect();
+    let question = HistoryMessage { role: "user".into(), content: command.message.clone(), images };
     let budget = usize::try_from(context_tokens.saturating_sub(command.max_tokens)).unwrap_or(usize::MAX);
     let mut used = REPLY_PRIMER + counter.message(&question) + system.iter().map(|m| counter.message(m)).sum::<usize>();
     if used > budget {
@@ -114,7 +118,7 @@ mod tests {
     }
 
     fn said(role: &str, content: &str) -> HistoryMessage {
-        HistoryMessage { role: role.into(), content: content.into() }
+        HistoryMessage::new(role, content)
     }
 
     #[test]
@@ -140,5 +144,24 @@ mod tests {
         let kept = fit(&config(), &command("hi", 10), history.clone(), &counter, 10 + 8 + 28).unwrap();
         let contents: Vec<&str> = kept.messages.iter().map(|m| m.content.as_str()).collect();
         assert_eq!(contents, [&"b".repeat(40), &"c".repeat(40), "hi"]);
+    }
+
+    #[test]
+    fn each_image_counts_its_estimate_in_the_question_and_in_earlier_messages() {
+        let counter = Counter::Chars;
+        let mut earlier = said("user", &"a".repeat(40));
+        earlier.images = vec!["https://x.io/a.png".into()];
+        // The question with one image: 4 + 1 + 1000, primer 3: 1008. The earlier one: 4 + 10 + 1000.
+        let mut question = command("hi", 10);
+        question.attachments = vec![crate::chat::attachments::Attachment { url: "https://x.io/b.png".into() }];
+        let fitted = |context| fit(&config(), &question, vec![earlier.clone()], &counter, context);
+        assert_eq!(fitted(10 + 1008 + 1014).unwrap().context_messages, 1);
+        assert_eq!(fitted(10 + 1008 + 1013).unwrap().context_messages, 0);
+        assert_eq!(fitted(10 + 1007).err().map(|e| e.code), Some(ErrorCode::MessageTooLong));
+        let sent = fitted(10 + 1008 + 1014).unwrap().messages;
+        assert_eq!(
+            sent.iter().map(|m| m.images.clone()).collect::<Vec<_>>(),
+            [vec!["https://x.io/a.png".to_owned()], vec!["https://x.io/b.png".to_owned()]]
+        );
     }
 }

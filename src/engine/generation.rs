@@ -13,7 +13,7 @@ use futures::FutureExt;
 use tokio::time::Instant;
 use tracing::{Instrument, Span, field};
 
-use super::{Parts, activity::Tracked};
+use super::{Parts, activity::Tracked, titles};
 use crate::{
     chat::{AnswerIds, ChatError, ErrorCode, Final, StopReason, Usage, text},
     cluster::{Claim, Ending, LogWriter, Registration, StopHandle},
@@ -40,6 +40,8 @@ pub(super) struct Spec {
     pub received: Instant,
     /// Its place in the operators' listing, with its token count.
     pub tracked: Tracked,
+    /// The conversation's title to make once it ends, for the first answer of a new one.
+    pub title: Option<titles::TitleJob>,
 }
 
 /// The span every line of one answer is logged in (both log formats show its fields):
@@ -143,10 +145,16 @@ async fn end(parts: Arc<Parts>, mut spec: Spec, held: (Claim, Registration), see
     let (claim, registration) = held;
     drop(claim);
     let length = text::utf16_len(&content);
+    let title = spec.title.take().filter(|_| titles::deserved(&ending, &content));
+    let title_answer = title.as_ref().map(|_| content.clone());
     // Off the operators' listing before anyone reads the end, so none lists it after.
     spec.tracked.end();
     spec.writer.finish(Ending { outcome: ending, content, length });
     drop(registration);
+    // After the final entry: the title never holds up the answer's end.
+    if let (Some(job), Some(answer)) = (title, title_answer) {
+        titles::spawn(&parts, spec.ids, &spec.user_id, &spec.answering, job, &answer);
+    }
 }
 
 /// One INFO line per answer, at its end.

@@ -18,6 +18,7 @@ mod lookups;
 mod node;
 mod readers;
 mod stored;
+mod titles;
 mod usage;
 mod voice;
 
@@ -33,6 +34,7 @@ pub use checkpoint::Checkpoints;
 pub use headroom::Pressure;
 pub use history::{ConversationDetail, ConversationPage, ConversationSummary, PageKey};
 pub use limits::StartRateLimiter;
+pub use titles::Titled;
 pub use usage::UsageRow;
 
 pub use crate::cluster::{Ending, Entry};
@@ -119,6 +121,8 @@ pub(crate) struct Parts {
     pub embedder: crate::providers::Embedder,
     /// What this node has left: past a limit, new starts are refused at once.
     pub headroom: Arc<headroom::Headroom>,
+    /// Where made titles go, for the wires that announce them.
+    pub titles: tokio::sync::broadcast::Sender<Titled>,
 }
 
 impl Engine {
@@ -153,6 +157,7 @@ impl Engine {
             draining: Default::default(),
             embedder,
             headroom,
+            titles: tokio::sync::broadcast::channel(titles::CHANNEL).0,
         }))
     }
 
@@ -259,6 +264,7 @@ impl Engine {
         // The model starts on the answer while the turn is stored: its time to first token
         // and the database's writes overlap. A start refused below drops (aborts) the request.
         let upstream = parts.providers.start_open(route, call);
+        let attachments = crate::chat::attachments::to_stored(&command.attachments);
         let turn = NewTurn {
             user_id: user,
             conversation_id: command.conversation_id,
@@ -268,6 +274,7 @@ impl Engine {
             parent_id: placed.parent_id,
             context_messages,
             preset: command.preset.as_deref(),
+            attachments: attachments.as_deref(),
         };
         let slot = parts.headroom.write_slot().await?;
         let begun = branches::store(parts, turn, new_ids, &placed).await;
@@ -288,7 +295,8 @@ impl Engine {
         let running = RunningAnswer { ids, user_id: user.to_owned(), connection: connection.clone() };
         let registration = parts.directory.register(running, stop.clone()).await;
         let tracked = parts.activity.track(ids, user, &primary.model);
-        let spec = generation::Spec { ids, user_id: user.to_owned(), answering: primary, upstream, writer, stop, received, tracked };
+        let title = titles::job(parts, begun.created, &command.message);
+        let spec = generation::Spec { ids, user_id: user.to_owned(), answering: primary, upstream, writer, stop, received, tracked, title };
         generation::spawn(self.0.clone(), spec, (claim, registration));
         Ok(StartOutcome::Started(Started {
             ids,

@@ -72,6 +72,9 @@ pub struct ChatStart {
     #[schema(max_length = 64)]
     client_message_id: Option<String>,
     system_prompt: Option<String>,
+    /// Images of the question: at most `MAX_ATTACHMENTS` (4), each `{ type: "image", url }`
+    /// with an http(s) URL or a `data:image/<png|jpeg|gif|webp>;base64,...` URL of at most 5 MiB.
+    attachments: Option<Vec<super::rest::views::AttachmentView>>,
 }
 
 /// One event of an SSE response: its name, and its payload as JSON text (the `/ai`

@@ -4,7 +4,8 @@
 //! vector for the same text, always) and `GET /v1/models`. With no
 //! upstream configured, chatwire starts one on loopback and points its ordinary
 //! client at it, so demos, tests and benchmarks run async-openai's real code path.
-//! `chatwire mock-upstream --port N` runs it alone.
+//! `chatwire mock-upstream --port N` runs it alone. A title request (its system message
+//! is [`title::INSTRUCTION`]) is answered with the question's first six words, quoted.
 
 use std::{
     convert::Infallible,
@@ -24,21 +25,22 @@ use axum::{
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::config::MockConfig;
+use crate::{chat::title, config::MockConfig};
 
 /// A running mock: its address and every request body it received.
 #[derive(Clone)]
 pub struct MockUpstream {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<Value>>>,
+    titles: Arc<Mutex<Vec<Value>>>,
 }
 
 impl MockUpstream {
     /// Serves the mock on `listener` in a background task.
     pub fn spawn(listener: TcpListener, config: MockConfig) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let state = MockState { config: Arc::new(config), requests: requests.clone() };
+        let (requests, titles) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+        let state = MockState { config: Arc::new(config), requests: requests.clone(), titles: titles.clone() };
         tokio::spawn(async move {
             // Without TCP_NODELAY the first token after the headers waits for a delayed ACK (~40 ms).
             let listener = listener.tap_io(|tcp| {
@@ -48,7 +50,7 @@ impl MockUpstream {
                 tracing::error!(error = %e, "mock upstream stopped");
             }
         });
-        Ok(Self { addr, requests })
+        Ok(Self { addr, requests, titles })
     }
 
     /// Binds loopback on a free port and serves.
@@ -61,9 +63,14 @@ impl MockUpstream {
         format!("http://{}/v1", self.addr)
     }
 
-    /// The JSON bodies of the chat requests received so far.
+    /// The JSON bodies of the chat requests received so far, title requests aside.
     pub fn requests(&self) -> Vec<Value> {
         self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The JSON bodies of the title requests received so far.
+    pub fn title_requests(&self) -> Vec<Value> {
+        self.titles.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
 
@@ -71,7 +78,34 @@ impl MockUpstream {
 struct MockState {
     config: Arc<MockConfig>,
     requests: Arc<Mutex<Vec<Value>>>,
+    titles: Arc<Mutex<Vec<Value>>>,
 }
+
+/// The mock's count of a message's tokens: its text's words, a content part's too.
+fn content_tokens(content: &Value) -> usize {
+    match content {
+        Value::String(text) => tokenize(text).len(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).map(|t| tokenize(t).len()).sum(),
+        _ => 0,
+    }
+}
+
+/// The question of a title request, if `body` is one.
+fn title_question(body: &Value) -> Option<&str> {
+    let messages = body.get("messages")?.as_array()?;
+    if messages.first()?.get("content")?.as_str()? != title::INSTRUCTION {
+        return None;
+    }
+    title::question_of(messages.get(1)?.get("content")?.as_str()?)
+}
+
+/// The mock's title for `question`: its first six words, quoted, and a newline.
+fn mock_title(question: &str) -> String {
+    format!("\"{}\"\n", question.split_whitespace().take(6).collect::<Vec<_>>().join(" "))
+}
+
+/// The largest request the mock reads: room for 16 images of 5 MiB as data URLs.
+const MAX_REQUEST_BYTES: usize = 128 << 20;
 
 /// The mock's routes, also usable inside another router.
 fn router(state: MockState) -> Router {
@@ -81,6 +115,8 @@ fn router(state: MockState) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        // Requests with images as data URLs are larger than axum's default of 2 MiB.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
 }
 
@@ -162,7 +198,8 @@ fn content_chunk(created: u64, model: &str, token: &str) -> String {
 }
 
 async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value>) -> Response {
-    if let Ok(mut log) = state.requests.lock() {
+    let title = title_question(&body).map(mock_title);
+    if let Ok(mut log) = if title.is_some() { state.titles.lock() } else { state.requests.lock() } {
         log.push(body.clone());
     }
     let model = body.get("model").and_then(Value::as_str).unwrap_or("gpt-4").to_owned();
@@ -171,20 +208,20 @@ async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value
         return (StatusCode::NOT_FOUND, Json(error)).into_response();
     }
     let max_tokens = body.get("max_completion_tokens").or_else(|| body.get("max_tokens")).and_then(Value::as_u64).unwrap_or(u64::MAX);
-    let prompt_tokens: usize = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .map(|ms| ms.iter().filter_map(|m| m["content"].as_str()).map(|c| tokenize(c).len()).sum())
-        .unwrap_or(0);
+    let prompt_tokens: usize =
+        body.get("messages").and_then(Value::as_array).map(|ms| ms.iter().map(|m| content_tokens(&m["content"])).sum()).unwrap_or(0);
     let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
 
     let config = state.config.clone();
+    // A title request is answered with its title, never stamped.
+    let stamp = config.stamp && title.is_none();
+    let response = title.unwrap_or_else(|| config.response.clone());
     let stream = async_stream::stream! {
-        let all = tokenize(&config.response);
+        let all = tokenize(&response);
         let limit = usize::try_from(max_tokens).unwrap_or(usize::MAX);
         // Stamp mode answers exactly `max_tokens` tokens (benchmarks set the length that way).
-        let n = if config.stamp { limit.clamp(1, MAX_STAMPED_TOKENS) } else { all.len().min(limit) };
-        let finish = if !config.stamp && n < all.len() { "length" } else { "stop" };
+        let n = if stamp { limit.clamp(1, MAX_STAMPED_TOKENS) } else { all.len().min(limit) };
+        let finish = if !stamp && n < all.len() { "length" } else { "stop" };
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let chunk = |delta: Value, finish: Value| json!({
             "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": created, "model": model,
@@ -204,7 +241,7 @@ async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value
                 pace.tick().await;
             }
             // `n` never passes the text's length outside stamp mode.
-            let token = if config.stamp { stamp_token() } else { all.get(i).copied().unwrap_or_default().to_owned() };
+            let token = if stamp { stamp_token() } else { all.get(i).copied().unwrap_or_default().to_owned() };
             yield Ok(Event::default().data(content_chunk(created, &model, &token)));
         }
         yield Ok(Event::default().data(chunk(json!({}), json!(finish)).to_string()));
@@ -224,7 +261,22 @@ async fn chat_completions(State(state): State<MockState>, Json(body): Json<Value
 mod tests {
     use serde_json::{Value, json};
 
-    use super::{EMBEDDING_DIMENSIONS, content_chunk, embedding_of, tokenize};
+    use super::{EMBEDDING_DIMENSIONS, content_chunk, embedding_of, mock_title, title_question, tokenize};
+    use crate::chat::title;
+
+    #[test]
+    fn a_title_request_is_told_by_its_instruction_and_answered_with_the_questions_first_words() {
+        let messages: Vec<Value> = title::request("one two three four five six seven", "an answer")
+            .iter()
+            .map(|m| json!({"role": m.role, "content": m.content}))
+            .collect();
+        let body = json!({ "model": "gpt-4", "messages": messages });
+        assert_eq!(title_question(&body), Some("one two three four five six seven"));
+        assert_eq!(title_question(&json!({ "messages": [{"role": "user", "content": "Question:\nhi"}] })), None);
+        let said = mock_title("one two three four five six seven");
+        assert_eq!(said, "\"one two three four five six\"\n");
+        assert_eq!(title::clean(&said).as_deref(), Some("one two three four five six"));
+    }
 
     #[test]
     fn the_mock_embedding_is_the_same_for_the_same_text_and_differs_between_texts() {

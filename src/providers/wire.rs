@@ -32,7 +32,28 @@ pub(super) struct ChatRequest<'a> {
 #[derive(Serialize)]
 pub(super) struct RequestMessage<'a> {
     pub role: &'a str,
-    pub content: &'a str,
+    pub content: Content<'a>,
+}
+
+/// A message's content: its text, or, for a question with images, OpenAI's content
+/// parts (the text, then one `image_url` part per image).
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(super) enum Content<'a> {
+    Text(&'a str),
+    Parts(Vec<Part<'a>>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(super) enum Part<'a> {
+    Text { text: &'a str },
+    ImageUrl { image_url: ImageUrl<'a> },
+}
+
+#[derive(Serialize)]
+pub(super) struct ImageUrl<'a> {
+    pub url: &'a str,
 }
 
 impl<'a> RequestMessage<'a> {
@@ -42,7 +63,15 @@ impl<'a> RequestMessage<'a> {
             "assistant" => "assistant",
             _ => "user",
         };
-        Self { role, content: &m.content }
+        let content = match (role, m.images.is_empty()) {
+            ("user", false) => Content::Parts(
+                std::iter::once(Part::Text { text: &m.content })
+                    .chain(m.images.iter().map(|url| Part::ImageUrl { image_url: ImageUrl { url } }))
+                    .collect(),
+            ),
+            _ => Content::Text(&m.content),
+        };
+        Self { role, content }
     }
 }
 
@@ -160,6 +189,23 @@ fn openai_error_body(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_question_with_images_is_sent_as_content_parts_and_any_other_as_text() {
+        let mut question = HistoryMessage::new("user", "what is this?");
+        let text = serde_json::to_value(RequestMessage::of(&question)).unwrap();
+        assert_eq!(text, json!({ "role": "user", "content": "what is this?" }));
+        question.images = vec!["https://x.io/a.png".into(), "data:image/png;base64,iVBO".into()];
+        let parts = serde_json::to_value(RequestMessage::of(&question)).unwrap();
+        assert_eq!(
+            parts,
+            json!({ "role": "user", "content": [
+                { "type": "text", "text": "what is this?" },
+                { "type": "image_url", "image_url": { "url": "https://x.io/a.png" } },
+                { "type": "image_url", "image_url": { "url": "data:image/png;base64,iVBO" } },
+            ] })
+        );
+    }
 
     #[test]
     fn any_error_body_becomes_openai_shaped() {

@@ -135,6 +135,20 @@ pub async fn rename_conversation(
     find_conversation(db, user_id, id).await
 }
 
+/// Sets the title the model made on `user`'s conversation, only while it still has the
+/// title it was created with (`created_with`): a title set meanwhile (`PATCH`) is kept.
+/// False when nothing changed (renamed or deleted meanwhile). `updated_at` does not move.
+pub async fn set_made_title(db: &DatabaseConnection, user_id: &str, id: Uuid, created_with: &str, title: &str) -> Result<bool, DbErr> {
+    let set = conversation::Entity::update_many()
+        .col_expr(conversation::Column::Title, Expr::value(title))
+        .filter(conversation::Column::Id.eq(id))
+        .filter(conversation::Column::UserId.eq(user_id))
+        .filter(conversation::Column::Title.eq(created_with))
+        .exec(db)
+        .await?;
+    Ok(set.rows_affected > 0)
+}
+
 /// Deletes `user`'s conversation and its messages in one transaction. False when it is
 /// not theirs (or already gone).
 pub async fn delete_conversation(db: &DatabaseConnection, user_id: &str, id: Uuid) -> Result<bool, DbErr> {

@@ -15,12 +15,13 @@ pub use answers::{
 };
 pub use history::{
     ConversationPage, ConversationSummary, PageKey, conversation_messages, delete_conversation, find_conversation, find_message,
-    list_conversations, rename_conversation,
+    list_conversations, rename_conversation, set_made_title,
 };
 pub use imports::{ImportMode, ImportResult, ImportedMessage, Refusal, import_messages};
 pub use tree::{NewAnswer, active_leaf, begin_answer, branch_to, delete_messages, subtree};
 pub use turns::{
-    ChatBegun, ConversationClaim, NewIds, NewTurn, TurnIds, begin_chat, begin_chat_with, claim_conversation, find_turn, owns_conversation,
+    ChatBegun, ConversationClaim, NewIds, NewTurn, TurnIds, begin_chat, begin_chat_with, claim_conversation, find_turn, first_title,
+    owns_conversation,
 };
 pub use usage::{add_usage, day_total, list_usage, utc_day};
 pub use voice::{VoiceMessage, add_voice_message, begin_voice_session, model_day_total};

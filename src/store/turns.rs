@@ -52,6 +52,14 @@ pub struct NewTurn<'a> {
     pub context_messages: usize,
     /// The system-prompt preset used, stored on the conversation.
     pub preset: Option<&'a str>,
+    /// The question's images as stored (`[{ "type": "image", "url" }]`), if any.
+    pub attachments: Option<&'a str>,
+}
+
+/// The title a conversation is created with: its first question's first 80 characters
+/// (until the model's title, if any, replaces it).
+pub fn first_title(question: &str) -> String {
+    question.chars().take(80).collect()
 }
 
 /// Stores the user message and the assistant's `streaming` row in one transaction,
@@ -86,7 +94,7 @@ pub async fn begin_chat_with(db: &DatabaseConnection, turn: NewTurn<'_>, ids: Ne
             let conversation = conversation::ActiveModel {
                 id: Set(id),
                 user_id: Set(turn.user_id.to_owned()),
-                title: Set(turn.message.chars().take(80).collect()),
+                title: Set(first_title(turn.message)),
                 created_at: Set(now),
                 updated_at: Set(now),
                 active_leaf_id: Set(Some(assistant_message_id)),
@@ -101,6 +109,7 @@ pub async fn begin_chat_with(db: &DatabaseConnection, turn: NewTurn<'_>, ids: Ne
     question.status = Set(Status::Complete.as_str().to_owned());
     question.client_message_id = Set(turn.client_message_id.map(str::to_owned));
     question.parent_id = Set(turn.parent_id);
+    question.attachments = Set(turn.attachments.map(str::to_owned));
     let mut answer = new_message(conversation_id, assistant_message_id, turn.user_id, "assistant", now);
     answer.content = Set(String::new());
     answer.status = Set(Status::Streaming.as_str().to_owned());

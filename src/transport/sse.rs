@@ -49,8 +49,10 @@ const FRAME_MAX_BYTES: usize = 64 * 1024;
 
 /// The SSE routes.
 pub fn router(wire: Wire) -> Router {
+    // A start with `MAX_ATTACHMENTS` images of 5 MiB as data URLs; never less than axum's 2 MiB.
+    let body_limit = crate::chat::attachments::max_start_bytes(wire.config.conversations.max_attachments).max(2 << 20);
     Router::new()
-        .route("/v1/chat", post(chat))
+        .route("/v1/chat", post(chat).layer(axum::extract::DefaultBodyLimit::max(body_limit)))
         .route("/v1/answers/{message_id}/events", get(events))
         .route("/v1/answers/{message_id}/stop", post(stop))
         .layer(axum::middleware::map_response_with_state(wire.clone(), count_refusal))

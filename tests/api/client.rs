@@ -34,6 +34,8 @@ pub struct Client {
     backlog: VecDeque<Incoming>,
     /// `chat:active` announcements, kept apart: they come on connect, not in a chat.
     active: VecDeque<Value>,
+    /// `chat:title` announcements, kept apart: they come after an answer, not in it.
+    titles: VecDeque<Value>,
 }
 
 /// How to present credentials.
@@ -79,7 +81,8 @@ impl Client {
             .await
             .expect("websocket handshake");
         let transport = Transport::Ws(Box::new(ws));
-        let mut client = Self { transport, ns: ns.to_owned(), next_ack: 0, backlog: VecDeque::new(), active: VecDeque::new() };
+        let mut client =
+            Self { transport, ns: ns.to_owned(), next_ack: 0, backlog: VecDeque::new(), active: VecDeque::new(), titles: VecDeque::new() };
         let open = client.recv_raw().await;
         assert!(open.starts_with('0'), "expected an Engine.IO open packet, got {open}");
         client.join_namespace(creds.auth).await?;
@@ -94,7 +97,8 @@ impl Client {
         let open: Value = serde_json::from_str(body.strip_prefix('0').expect("open packet")).unwrap();
         let url = format!("{base}&sid={}", open["sid"].as_str().unwrap());
         let transport = Transport::Polling { http, url, queue: VecDeque::new() };
-        let mut client = Self { transport, ns: NS.to_owned(), next_ack: 0, backlog: VecDeque::new(), active: VecDeque::new() };
+        let mut client =
+            Self { transport, ns: NS.to_owned(), next_ack: 0, backlog: VecDeque::new(), active: VecDeque::new(), titles: VecDeque::new() };
         client.join_namespace(creds.auth).await?;
         Ok(client)
     }
@@ -124,6 +128,13 @@ impl Client {
     /// `socket.emit(event)` with no argument at all.
     pub async fn emit_bare(&mut self, event: &str) {
         self.send_raw(format!("2{},{}", self.ns, json!([event]))).await;
+    }
+
+    /// `socket.emit(event, data)` that may fail to go out (the server may close the
+    /// connection while a large packet is still being sent): true when it went out.
+    pub async fn try_emit(&mut self, event: &str, data: Value) -> bool {
+        let Transport::Ws(ws) = &mut self.transport else { panic!("websocket only") };
+        ws.send(Message::text(format!("42{},{}", self.ns, json!([event, data])))).await.is_ok()
     }
 
     /// Sends a raw Socket.IO packet (for malformed-input tests).
@@ -261,21 +272,41 @@ impl Client {
             let packet = self.recv_raw().await;
             match parse(&packet, &self.ns) {
                 Some(Incoming::Event { name, data }) if name == "chat:active" => self.active.push_back(data),
+                Some(Incoming::Event { name, data }) if name == "chat:title" => self.titles.push_back(data),
                 Some(parsed) => return parsed,
                 None => {}
             }
         }
     }
 
+    /// The next `chat:title` announcement (events read meanwhile are kept, in order).
+    pub async fn title(&mut self) -> Value {
+        self.apart("chat:title").await
+    }
+
+    /// The `chat:title` announcements read so far and not yet taken.
+    pub fn titles_seen(&mut self) -> Vec<Value> {
+        self.titles.drain(..).collect()
+    }
+
     /// The next `chat:active` announcement (each connect sends one).
     pub async fn active(&mut self) -> Value {
-        if let Some(a) = self.active.pop_front() {
-            return a;
-        }
+        self.apart("chat:active").await
+    }
+
+    /// The next `wanted` of the events kept apart (`chat:active`, `chat:title`); the
+    /// others read meanwhile are kept where they belong.
+    async fn apart(&mut self, wanted: &str) -> Value {
         loop {
+            let queue = if wanted == "chat:title" { &mut self.titles } else { &mut self.active };
+            if let Some(data) = queue.pop_front() {
+                return data;
+            }
             let packet = self.recv_raw().await;
             match parse(&packet, &self.ns) {
-                Some(Incoming::Event { name, data }) if name == "chat:active" => return data,
+                Some(Incoming::Event { name, data }) if name == wanted => return data,
+                Some(Incoming::Event { name, data }) if name == "chat:active" => self.active.push_back(data),
+                Some(Incoming::Event { name, data }) if name == "chat:title" => self.titles.push_back(data),
                 Some(other) => self.backlog.push_back(other),
                 None => {}
             }

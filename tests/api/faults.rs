@@ -156,7 +156,7 @@ async fn a_request_started_for_a_refused_start_is_aborted() {
         model: "gpt-4".into(),
         max_tokens: 10,
         temperature: 0.7,
-        messages: vec![chatwire::store::HistoryMessage { role: "user".into(), content: "hi".into() }],
+        messages: vec![chatwire::store::HistoryMessage::new("user", "hi")],
     };
     let opening = provider.start_open(call);
     let (mut conn, _) = listener.accept().await.unwrap();

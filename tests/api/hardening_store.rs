@@ -222,6 +222,7 @@ async fn a_statement_the_database_refuses_is_internal_not_unavailable() {
         parent_id: None,
         context_messages: 0,
         preset: None,
+        attachments: None,
     };
     let stored = store::begin_chat(&app.state.db, turn).await;
     if is_postgres(&app) {

@@ -220,6 +220,7 @@ pub async fn streaming_answer(app: &TestApp, user: &str) -> Uuid {
         parent_id: None,
         context_messages: 0,
         preset: None,
+        attachments: None,
     };
     chatwire::store::begin_chat(&app.state.db, turn).await.unwrap().assistant_message_id
 }

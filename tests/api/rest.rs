@@ -50,7 +50,8 @@ fn time(row: DateTime<Utc>) -> Value {
 /// A stored message as the REST routes show it.
 fn view(m: &entity::message::Model) -> Value {
     json!({
-        "id": m.id, "conversationId": m.conversation_id, "parentId": m.parent_id, "role": m.role, "content": m.content, "model": m.model,
+        "id": m.id, "conversationId": m.conversation_id, "parentId": m.parent_id, "role": m.role, "content": m.content,
+        "attachments": json!([]), "model": m.model,
         "provider": m.provider, "status": m.status, "finishReason": m.finish_reason, "promptTokens": m.prompt_tokens,
         "completionTokens": m.completion_tokens, "totalTokens": m.total_tokens, "errorCode": m.error_code,
         "createdAt": time(m.created_at),

@@ -123,4 +123,48 @@ describe('conversation trees', () => {
     assert.deepEqual(tree.messages.map((m) => m.active), tree.messages.map((m) => active.has(m.id)));
     assert.ok(tree.messages.every((m) => m.status === 'complete' && Array.isArray(m.attachments)));
   });
+
+  test('a start with MAX_ATTACHMENTS (4) images of 5 MiB reaches the model as content parts', async () => {
+    const socket = await connect(server, server.token(uniqueUser()));
+    const url = `data:image/jpeg;base64,${Buffer.alloc(5 * 1024 * 1024, 7).toString('base64')}`;
+    const attachments = [1, 2, 3, 4].map(() => ({ type: 'image', url }));
+    // About 28 MB in one packet: past 1 MB and past a WebSocket frame's default 16 MiB.
+    assert.ok(JSON.stringify(attachments).length > 16 * 1024 * 1024);
+    const answer = await turn(socket, 'chat:start', { message: 'four images', attachments });
+    assert.equal(answer.content, `Answer ${upstream.bodies.length}.`);
+    const question = upstream.bodies.at(-1).messages.at(-1);
+    assert.deepEqual(question, {
+      role: 'user',
+      content: [{ type: 'text', text: 'four images' }, ...attachments.map(() => ({ type: 'image_url', image_url: { url } }))],
+    });
+    const tree = await socket.timeout(10_000).emitWithAck('chat:history', { conversationId: answer.ack.conversationId });
+    assert.deepEqual(tree.messages[0].attachments, attachments);
+  });
+});
+
+describe('titles', () => {
+  let server;
+  before(async () => {
+    server = await startServer({ mockResponse: 'Qubits are bits that can be both.' });
+  });
+  after(async () => {
+    closeAllSockets();
+    await server?.stop();
+  });
+
+  test("a new conversation's title arrives as chat:title after chat:end, and is in the REST list", async () => {
+    const user = uniqueUser();
+    const socket = await connect(server, server.token(user));
+    const order = [];
+    socket.onAny((event) => order.push(event));
+    const title = new Promise((resolve) => socket.once('chat:title', resolve));
+    const first = await turn(socket, 'chat:start', { message: 'Explain how quantum computers use qubits and why' });
+    const got = await title;
+    // The built-in mock titles a conversation with its question's first six words.
+    assert.deepEqual(got, { conversationId: first.ack.conversationId, title: 'Explain how quantum computers use qubits' });
+    assert.ok(order.indexOf('chat:end') < order.indexOf('chat:title'), order.join(' '));
+    const res = await fetch(`${server.url}/v1/conversations`, { headers: { Authorization: `Bearer ${server.token(user)}` } });
+    const list = await res.json();
+    assert.deepEqual([list.items[0].id, list.items[0].title], [first.ack.conversationId, got.title]);
+  });
 });

@@ -281,10 +281,16 @@ export class Recorder {
   constructor(socket) {
     this.socket = socket;
     this.events = [];
+    /** chat:title announcements, kept apart: they come after an answer, outside its flow. */
+    this.titles = [];
     this.waiters = [];
     this.listener = (event, ...args) => {
       // chat:active is announced on every connect, outside any chat's flow.
       if (event === 'chat:active') return;
+      if (event === 'chat:title') {
+        this.titles.push(args[0]);
+        return;
+      }
       this.events.push({ event, data: args[0] });
       this.check();
     };

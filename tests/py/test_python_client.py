@@ -41,12 +41,13 @@ def server():
 
 class Client:
     """An AsyncClient on /ai that records every chat event in arrival order
-    (and the chat:active announcements of each connect apart)."""
+    (and the chat:active announcements of each connect, and chat:title, apart)."""
 
     def __init__(self):
         self.sio = socketio.AsyncClient(reconnection=False)
         self.events = []
         self.active = []
+        self.titles = []
         self.changed = asyncio.Event()
         self.connect_errors = []
 
@@ -54,6 +55,9 @@ class Client:
         async def any_event(event, data=None):
             if event == "chat:active":
                 self.active.append(data)
+            elif event == "chat:title":
+                # After an answer, outside its flow: kept apart like chat:active.
+                self.titles.append(data)
             else:
                 self.events.append((event, data))
             self.changed.set()

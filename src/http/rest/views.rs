@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    chat::text,
+    chat::{attachments, text},
     engine::{ConversationDetail, ConversationSummary, PageKey, UsageRow},
 };
 
@@ -78,6 +78,8 @@ pub struct MessageView {
     pub role: String,
     /// The whole text; for an answer still streaming, its last checkpoint.
     pub content: String,
+    /// A question's images, as the client sent them; `[]` for none.
+    pub attachments: Vec<AttachmentView>,
     /// The model that answered (answers only).
     pub model: Option<String>,
     /// The upstream that answered: `mock`, or the host of `OPENAI_BASE_URL`.
@@ -92,6 +94,15 @@ pub struct MessageView {
     /// The code a failed answer's client was given (`UPSTREAM_ERROR`, ...).
     pub error_code: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+/// An image of a question: an http(s) URL (never fetched) or a data URL.
+#[derive(Serialize, ToSchema)]
+pub struct AttachmentView {
+    /// Always `image`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: String,
 }
 
 /// `PATCH /v1/conversations/{id}`'s body.
@@ -164,6 +175,10 @@ impl From<message::Model> for MessageView {
             active: None,
             role: m.role,
             content: m.content,
+            attachments: attachments::stored(m.attachments.as_deref())
+                .into_iter()
+                .map(|a| AttachmentView { kind: "image".into(), url: a.url })
+                .collect(),
             model: m.model,
             provider: m.provider,
             status: m.status,

@@ -52,7 +52,7 @@ pub(super) async fn chat_regenerate(socket: SocketRef, State(wire): State<Wire>,
         // start's. No new question is stored, so there is no key to repeat it by.
         let mut options: Map<String, Value> = p.as_object().cloned().unwrap_or_default();
         options.insert("message".into(), json!("(regenerate)"));
-        for field in ["clientMessageId", "conversationId", "parentMessageId"] {
+        for field in ["clientMessageId", "conversationId", "parentMessageId", "attachments"] {
             options.remove(field);
         }
         let mut command = StartCommand::parse(&Value::Object(options), user, config)?;

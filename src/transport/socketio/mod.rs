@@ -12,9 +12,11 @@ mod observer;
 mod payload;
 mod reader;
 mod session;
+mod titles;
 mod typing;
 
 pub use observer::{ConnectedAt, Notice, Observer, Watching};
+pub use titles::spawn_titles;
 
 use std::sync::{
     Arc,
@@ -41,11 +43,9 @@ use crate::{
 pub const NAMESPACE: &str = "/ai";
 /// Initial WebSocket read buffer per connection (the default, 4 KiB, is mostly idle).
 const WS_READ_BUFFER: usize = 1024;
-/// Largest packet accepted from a client, as Node's Socket.IO (`maxHttpBufferSize`).
-const MAX_PAYLOAD: u64 = 1_000_000;
-/// The protocol has no binary payloads: a packet announcing attachments closes its socket
-/// (socketioxide would otherwise wait a minute for up to 10,000 of them, 10 MB).
-const MAX_ATTACHMENTS: usize = 0;
+/// The protocol has no binary payloads: a packet announcing binary attachments closes its
+/// socket (socketioxide would otherwise wait a minute for up to 10,000 of them, 10 MB).
+const MAX_BINARY_ATTACHMENTS: usize = 0;
 /// How long a partial binary packet may wait for its attachments (none are accepted anyway).
 const ATTACHMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -53,17 +53,23 @@ const ATTACHMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 /// `observer`, when given, is told what happens on `/ai` (the admin view watches it).
 pub fn layer(wire: Wire, observer: Option<Observer>) -> (SocketIoLayer, SocketIo) {
     let config = wire.config.clone();
+    // Largest packet accepted from a client: 1 MB, as Node's Socket.IO (`maxHttpBufferSize`),
+    // and room for a `chat:start` with `MAX_ATTACHMENTS` images of 5 MiB as data URLs.
+    let max_payload = crate::chat::attachments::max_start_bytes(config.conversations.max_attachments);
     let (layer, io) = SocketIo::builder()
         .ping_interval(config.ping_interval)
         .ping_timeout(config.ping_timeout)
         .max_buffer_size(config.socket_buffer_packets)
         // Client frames are small; a large message still grows the buffer as needed.
         .ws_read_buffer_size(WS_READ_BUFFER)
-        .max_payload(MAX_PAYLOAD)
-        .ws_max_message_size(MAX_PAYLOAD as usize)
+        .max_payload(max_payload as u64)
+        .ws_max_message_size(max_payload)
+        // A client may send a packet as one frame (Node's `ws` does): tungstenite's default
+        // frame limit, 16 MiB, would close a socket sending four images.
+        .ws_max_frame_size(max_payload)
         .with_parser(
             ParserConfig::common()
-                .max_incoming_binaries(MAX_ATTACHMENTS)
+                .max_incoming_binaries(MAX_BINARY_ATTACHMENTS)
                 .max_incoming_binary_buf_size(0)
                 .packet_completion_timeout(ATTACHMENT_TIMEOUT),
         )

@@ -51,8 +51,8 @@ impl TypingThrottle {
     }
 }
 
-/// The room of `user`'s sockets following a conversation.
-fn room(user: &str, conversation_id: Uuid) -> String {
+/// The room of `user`'s sockets following a conversation (`chat:title` goes there too).
+pub(super) fn room(user: &str, conversation_id: Uuid) -> String {
     format!("typing:{user}:{conversation_id}")
 }
 

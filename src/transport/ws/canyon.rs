@@ -120,7 +120,7 @@ pub(crate) fn history(raw: Option<&Value>, max_chars: usize, keep: u64) -> Resul
         if crate::chat::text::utf16_len(content) > max_chars as u64 {
             return Err(ChatError::new(ErrorCode::MessageTooLong, format!("a history message is longer than {max_chars} characters")));
         }
-        history.push(HistoryMessage { role: role.to_owned(), content: crate::chat::text::storable(content).into_owned() });
+        history.push(HistoryMessage::new(role, crate::chat::text::storable(content).into_owned()));
     }
     Ok(history)
 }
