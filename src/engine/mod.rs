@@ -119,6 +119,8 @@ pub(crate) struct Parts {
     pub embedder: crate::providers::Embedder,
     /// What this node has left: past a limit, new starts are refused at once.
     pub headroom: Arc<headroom::Headroom>,
+    /// Stores the turns of starts arriving together in one transaction.
+    pub turns: store::TurnWriter,
 }
 
 impl Engine {
@@ -138,6 +140,8 @@ impl Engine {
         let embedder = crate::providers::Embedder::spawn(config.embeddings.clone(), providers.clone());
         let writers = store::pool_size(&config.database_url, config.database_max_connections) as usize;
         let headroom = Arc::new(headroom::Headroom::new(config.overload.clone(), writers));
+        let batches = metrics.clone();
+        let turns = store::TurnWriter::spawn(db.clone(), headroom.gate().clone(), store::MAX_BATCH, move |n| batches.store_batch(n));
         Self(Arc::new(Parts {
             config,
             db,
@@ -153,6 +157,7 @@ impl Engine {
             draining: Default::default(),
             embedder,
             headroom,
+            turns,
         }))
     }
 
@@ -260,20 +265,18 @@ impl Engine {
         // and the database's writes overlap. A start refused below drops (aborts) the request.
         let upstream = parts.providers.start_open(route, call);
         let turn = NewTurn {
-            user_id: user,
+            user_id: user.to_owned(),
             conversation_id: command.conversation_id,
-            message: &command.message,
-            model: &primary.model,
-            client_message_id: key,
+            message: command.message,
+            model: primary.model.clone(),
+            client_message_id: command.client_message_id,
             parent_id: placed.parent_id,
             context_messages,
-            preset: command.preset.as_deref(),
+            preset: command.preset,
         };
-        let slot = parts.headroom.write_slot().await?;
-        let begun = branches::store(parts, turn, new_ids, &placed).await;
-        drop(slot);
-        let begun = match begun {
+        let begun = match branches::store(parts, turn, new_ids, &placed).await {
             Ok(b) => b,
+            Err(StoreError::Overloaded) => return Err(parts.headroom.refusal()),
             Err(StoreError::DuplicateKey) => {
                 // Another connection stored the same key first: answer with its ids.
                 drop((claim, upstream));

@@ -1,0 +1,372 @@
+//! Group commit: the turns of `chat:start`s that arrive together are written in one
+//! transaction. One writer task per engine takes turns from a queue; when the database
+//! is idle the first turn is written at once, alone (no timer: an idle start waits for
+//! nothing), and the turns that arrive while writes are in flight wait for a place at
+//! the [`WriteGate`], then go together, up to [`MAX_BATCH`] in one transaction.
+//!
+//! A batch that fails as a whole (a repeated `clientMessageId`, a row the database
+//! refuses) is written again turn by turn, each in its own transaction, so a bad turn
+//! fails only itself, with the error it would have had alone. A batch that cannot reach
+//! the database fails every turn with that error at once: trying each again would only
+//! wait for the pool once per turn.
+//!
+//! Nothing in a batch waits for a second pooled connection: every statement runs on
+//! the batch's own transaction, and the callers hold no connection while they wait, so a
+//! pool of one (SQLite's) cannot deadlock.
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::{
+    StoreError, is_transient,
+    turns::{ChatBegun, NewIds, NewTurn, begin_chat_with, write_turns},
+};
+
+/// Most turns written in one transaction.
+pub const MAX_BATCH: usize = 64;
+
+/// The database's places for writes, and the queue in front of them: what the engine's
+/// headroom watches (`OVERLOAD_DB_QUEUE`, `OVERLOAD_DB_WAIT_MS`). A batch, whatever its
+/// size, holds one place.
+#[derive(Clone, Debug)]
+pub struct WriteGate {
+    places: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
+    max_wait: Duration,
+}
+
+impl WriteGate {
+    /// `places` writes at once (the pool's size); at most `max_waiting` jobs wait (0: no
+    /// bound), each at most `max_wait`.
+    pub fn new(places: usize, max_waiting: usize, max_wait: Duration) -> Self {
+        let places = Arc::new(Semaphore::new(places.max(1)));
+        Self { places, waiting: Arc::default(), max_waiting, max_wait }
+    }
+
+    /// Jobs waiting for a place now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// True when `max_waiting` jobs wait already.
+    pub fn full(&self) -> bool {
+        self.max_waiting > 0 && self.waiting() >= self.max_waiting
+    }
+
+    /// Counts one more waiting job, unless the queue is full.
+    fn enter(&self) -> bool {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting && self.max_waiting > 0 {
+            self.leave();
+            return false;
+        }
+        true
+    }
+
+    fn leave(&self) {
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A place for one write of its own (not batched), or `None` when the queue is full
+    /// or none frees within `max_wait`.
+    pub async fn place(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.places.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        if !self.enter() {
+            return None;
+        }
+        let waited = tokio::time::timeout(self.max_wait, self.places.clone().acquire_owned()).await;
+        self.leave();
+        waited.ok().and_then(Result::ok)
+    }
+}
+
+/// Why a job was not written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refused {
+    /// The queue was full: refused at once.
+    Full,
+    /// No batch took it within the gate's `max_wait`; it will not be written.
+    TimedOut,
+    /// The writer task is gone.
+    Stopped,
+}
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// A job's place in the queue: taken by a batch, or abandoned by its caller (a timeout,
+/// a dropped future), whichever comes first; only the first counts it out.
+struct Place {
+    state: Arc<AtomicU8>,
+    gate: WriteGate,
+}
+
+impl Place {
+    fn settle(state: &AtomicU8, gate: &WriteGate, to: u8) -> bool {
+        let settled = state.compare_exchange(QUEUED, to, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        if settled {
+            gate.leave();
+        }
+        settled
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        Self::settle(&self.state, &self.gate, ABANDONED);
+    }
+}
+
+struct Job<T, R> {
+    item: T,
+    state: Arc<AtomicU8>,
+    reply: oneshot::Sender<R>,
+}
+
+/// Gathers jobs into batches and hands each batch to `write`, one place of the gate per
+/// batch: the general part, with no database in it.
+struct Batcher<T, R> {
+    jobs: mpsc::UnboundedSender<Job<T, R>>,
+    gate: WriteGate,
+}
+
+impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
+    /// Starts the task; it ends when the batcher is dropped. `write` gives one result
+    /// per item, in order.
+    fn spawn<W, F>(gate: WriteGate, max_batch: usize, write: W) -> Self
+    where
+        W: Fn(Vec<T>) -> F + Send + 'static,
+        F: Future<Output = Vec<R>> + Send + 'static,
+    {
+        let (jobs, mut queue) = mpsc::unbounded_channel::<Job<T, R>>();
+        let places = gate.clone();
+        tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                let Ok(permit) = places.places.clone().acquire_owned().await else { return };
+                // Whatever queued while no place was free goes together.
+                let mut taken = Vec::new();
+                let mut next = Some(first);
+                while let Some(job) = next.take() {
+                    if Place::settle(&job.state, &places, TAKEN) {
+                        taken.push(job);
+                    }
+                    if taken.len() < max_batch.max(1) {
+                        next = queue.try_recv().ok();
+                    }
+                }
+                if taken.is_empty() {
+                    continue;
+                }
+                let (items, replies): (Vec<T>, Vec<_>) = taken.into_iter().map(|j| (j.item, j.reply)).unzip();
+                let written = write(items);
+                tokio::spawn(async move {
+                    let results = written.await;
+                    drop(permit);
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        // A caller that went away: its turn is stored, its answer row
+                        // left `streaming` is swept as any interrupted one.
+                        let _ = reply.send(result);
+                    }
+                });
+            }
+        });
+        Self { jobs, gate }
+    }
+
+    /// Queues `item` and waits for its result.
+    async fn submit(&self, item: T) -> Result<R, Refused> {
+        if !self.gate.enter() {
+            return Err(Refused::Full);
+        }
+        let place = Place { state: Arc::new(AtomicU8::new(QUEUED)), gate: self.gate.clone() };
+        let (reply, mut answer) = oneshot::channel();
+        if self.jobs.send(Job { item, state: place.state.clone(), reply }).is_err() {
+            return Err(Refused::Stopped);
+        }
+        match tokio::time::timeout(self.gate.max_wait, &mut answer).await {
+            Ok(result) => result.map_err(|_| Refused::Stopped),
+            Err(_) if Place::settle(&place.state, &place.gate, ABANDONED) => Err(Refused::TimedOut),
+            // Taken just now: its write has begun, so its result is awaited.
+            Err(_) => answer.await.map_err(|_| Refused::Stopped),
+        }
+    }
+}
+
+type TurnResult = Result<ChatBegun, StoreError>;
+
+/// The engine's writer of `chat:start` turns (group commit); cheap to share.
+pub struct TurnWriter(Batcher<(NewTurn, NewIds), TurnResult>);
+
+impl TurnWriter {
+    /// Starts the writer over `db`, at most `max_batch` turns a transaction; `observe`
+    /// is told the size of each batch (its metrics). It stops when dropped.
+    pub fn spawn(db: DatabaseConnection, gate: WriteGate, max_batch: usize, observe: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        let observe = Arc::new(observe);
+        Self(Batcher::spawn(gate, max_batch, move |turns: Vec<(NewTurn, NewIds)>| {
+            observe(turns.len());
+            let db = db.clone();
+            async move { write_batch(&db, &turns).await }
+        }))
+    }
+
+    /// Stores the turn, with the turns queued beside it. [`StoreError::Overloaded`] when
+    /// the queue is full or no batch took it in time: nothing of it is written then.
+    pub async fn write(&self, turn: NewTurn, ids: NewIds) -> TurnResult {
+        match self.0.submit((turn, ids)).await {
+            Ok(result) => result,
+            Err(Refused::Full | Refused::TimedOut) => Err(StoreError::Overloaded),
+            Err(Refused::Stopped) => Err(DbErr::Custom("the turn writer stopped".into()).into()),
+        }
+    }
+}
+
+/// Writes `turns` in one transaction; when that fails, each in its own (see the module).
+async fn write_batch(db: &DatabaseConnection, turns: &[(NewTurn, NewIds)]) -> Vec<TurnResult> {
+    if let [(turn, ids)] = turns {
+        return vec![begin_chat_with(db, turn, *ids).await];
+    }
+    let refs: Vec<(&NewTurn, NewIds)> = turns.iter().map(|(turn, ids)| (turn, *ids)).collect();
+    let together = async {
+        let txn = db.begin().await?;
+        let results = write_turns(&txn, &refs).await?;
+        txn.commit().await?;
+        Ok::<_, StoreError>(results)
+    };
+    match together.await {
+        Ok(results) => results,
+        Err(StoreError::Db(e)) if is_transient(&e) => turns.iter().map(|_| Err(StoreError::Db(e.clone()))).collect(),
+        Err(_) => {
+            let mut results = Vec::with_capacity(turns.len());
+            for (turn, ids) in turns {
+                results.push(begin_chat_with(db, turn, *ids).await);
+            }
+            results
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Each batch's items, as the writer saw them.
+    type Seen = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    /// A batcher whose writer records each batch's items and answers each item × 10.
+    fn recording(gate: &WriteGate, max_batch: usize) -> (Batcher<u32, u32>, Seen) {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = batches.clone();
+        let batcher = Batcher::spawn(gate.clone(), max_batch, move |items: Vec<u32>| {
+            seen.lock().unwrap().push(items.clone());
+            async move { items.into_iter().map(|i| i * 10).collect() }
+        });
+        (batcher, batches)
+    }
+
+    /// A batcher whose gate's only place is held (as by a write in flight): the gate, the
+    /// batcher, what it wrote, the held place.
+    async fn busy(max_waiting: usize, wait: Duration, max_batch: usize) -> (WriteGate, Arc<Batcher<u32, u32>>, Seen, OwnedSemaphorePermit) {
+        let gate = WriteGate::new(1, max_waiting, wait);
+        let (batcher, batches) = recording(&gate, max_batch);
+        let held = gate.places.clone().acquire_owned().await.unwrap();
+        (gate, Arc::new(batcher), batches, held)
+    }
+
+    /// Submits `item` from a task of its own.
+    fn submit_apart(batcher: &Arc<Batcher<u32, u32>>, item: u32) -> tokio::task::JoinHandle<Result<u32, Refused>> {
+        let batcher = batcher.clone();
+        tokio::spawn(async move { batcher.submit(item).await })
+    }
+
+    async fn until_waiting(gate: &WriteGate, n: usize) {
+        while gate.waiting() != n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_writer_writes_the_first_job_at_once_and_alone() {
+        let gate = WriteGate::new(1, 0, Duration::from_secs(1));
+        let (batcher, batches) = recording(&gate, 64);
+        let before = tokio::time::Instant::now();
+        assert_eq!(batcher.submit(7).await, Ok(70));
+        assert_eq!(batcher.submit(8).await, Ok(80));
+        assert_eq!(tokio::time::Instant::now(), before, "no timer");
+        assert_eq!(*batches.lock().unwrap(), [vec![7], vec![8]]);
+        assert_eq!(gate.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jobs_queued_while_no_place_is_free_go_together_up_to_the_bound_each_with_its_result() {
+        let (gate, batcher, batches, held) = busy(0, Duration::from_secs(60), 4).await;
+        let calls: Vec<_> = (1..=10).map(|i| submit_apart(&batcher, i)).collect();
+        until_waiting(&gate, 10).await;
+        drop(held);
+        for (i, call) in (1..=10).zip(calls) {
+            assert_eq!(call.await.unwrap(), Ok(i * 10));
+        }
+        let sizes: Vec<usize> = batches.lock().unwrap().iter().map(Vec::len).collect();
+        assert_eq!(sizes, [4, 4, 2]);
+        let all: Vec<u32> = batches.lock().unwrap().concat();
+        assert_eq!(all, (1..=10).collect::<Vec<_>>(), "each job once, in order");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_no_batch_takes_in_time_is_refused_and_never_written_and_a_full_queue_refuses_at_once() {
+        let (gate, batcher, batches, held) = busy(2, Duration::from_millis(200), 64).await;
+        let waiter = submit_apart(&batcher, 1);
+        let second = submit_apart(&batcher, 2);
+        until_waiting(&gate, 2).await;
+        assert!(gate.full());
+        let before = tokio::time::Instant::now();
+        assert_eq!(batcher.submit(3).await, Err(Refused::Full));
+        assert_eq!(tokio::time::Instant::now(), before, "refused without waiting");
+        assert_eq!(waiter.await.unwrap(), Err(Refused::TimedOut));
+        assert_eq!(second.await.unwrap(), Err(Refused::TimedOut));
+        assert_eq!(gate.waiting(), 0);
+        drop(held);
+        assert_eq!(batcher.submit(4).await, Ok(40));
+        assert_eq!(*batches.lock().unwrap(), [vec![4]], "the refused jobs were never written");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_goes_away_while_queued_leaves_the_queue_and_its_job_is_not_written() {
+        let (gate, batcher, batches, held) = busy(0, Duration::from_secs(60), 64).await;
+        let gone = submit_apart(&batcher, 1);
+        until_waiting(&gate, 1).await;
+        gone.abort();
+        until_waiting(&gate, 0).await;
+        drop(held);
+        assert_eq!(batcher.submit(2).await, Ok(20));
+        assert_eq!(*batches.lock().unwrap(), [vec![2]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_of_its_own_waits_in_the_same_queue() {
+        let gate = WriteGate::new(1, 1, Duration::from_millis(100));
+        let held = gate.place().await.expect("a free place");
+        let waiting = tokio::spawn({
+            let g = gate.clone();
+            async move { g.place().await.is_some() }
+        });
+        until_waiting(&gate, 1).await;
+        assert!(gate.place().await.is_none(), "the queue is full");
+        assert!(!waiting.await.unwrap(), "no place freed in time");
+        drop(held);
+        assert!(gate.place().await.is_some());
+    }
+}
