@@ -4,7 +4,8 @@
 use chrono::Utc;
 use entity::{conversation, message};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait, sea_query::Expr,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
+    sea_query::{CaseStatement, Condition, Expr, Query},
 };
 use uuid::Uuid;
 
@@ -73,13 +74,13 @@ pub async fn begin_chat_with(db: &DatabaseConnection, turn: &NewTurn, ids: NewId
     Ok(begun)
 }
 
-/// Writes turns on `c` (a transaction: the caller commits), in three statements however
-/// many turns there are, plus one per turn that continues a conversation: one insert of
-/// the new conversations, an update of each continued one (which also checks that it is
-/// the turn's user's), one insert of every question and answer row. A conversation that
-/// is not the user's fails only its turn (`NotFound`, nothing of it written); an error
-/// of a statement fails them all (the caller rolls back), a unique violation as
-/// [`StoreError::DuplicateKey`] (only a question's `clientMessageId` can repeat).
+/// Writes turns on `c` (a transaction: the caller commits), in three statements at most
+/// however many turns there are: one insert of the new conversations, one update of the
+/// continued ones (which also checks that each is its turn's user's), one insert of
+/// every question and answer row. A conversation that is not the user's fails only its
+/// turn (`NotFound`, nothing of it written); an error of a statement fails them all (the
+/// caller rolls back), a unique violation as [`StoreError::DuplicateKey`] (only a
+/// question's `clientMessageId` can repeat).
 pub(super) async fn write_turns<C: ConnectionTrait>(
     c: &C,
     turns: &[(&NewTurn, NewIds)],
@@ -101,11 +102,14 @@ pub(super) async fn write_turns<C: ConnectionTrait>(
     if !created.is_empty() {
         conversation::Entity::insert_many(created).exec_without_returning(c).await?;
     }
+    let continued: Vec<(&NewTurn, Uuid, Uuid)> =
+        turns.iter().filter_map(|(turn, ids)| turn.conversation_id.map(|id| (*turn, id, ids.assistant_message_id))).collect();
+    let touched = touch_conversations(c, &continued, now).await?;
     let mut results = Vec::with_capacity(turns.len());
     let mut rows = Vec::with_capacity(2 * turns.len());
     for (turn, ids) in turns {
         let begun = match turn.conversation_id {
-            Some(id) if !touch_conversation(c, turn, id, ids.assistant_message_id, now).await? => Err(StoreError::NotFound),
+            Some(id) if !touched.iter().any(|(t, user)| *t == id && *user == turn.user_id) => Err(StoreError::NotFound),
             Some(id) => Ok(begun(id, false, ids)),
             None => Ok(begun(ids.conversation_id, true, ids)),
         };
@@ -125,27 +129,48 @@ pub(super) async fn write_turns<C: ConnectionTrait>(
     Ok(results)
 }
 
-fn begun(conversation_id: Uuid, created: bool, ids: &NewIds) -> ChatBegun {
-    ChatBegun { conversation_id, created, user_message_id: ids.user_message_id, assistant_message_id: ids.assistant_message_id }
+/// Moves each continued conversation's active leaf to its turn's answer, and sets the
+/// turn's preset when it has one, in one `UPDATE ... RETURNING`; gives the (conversation,
+/// user) pairs it touched. A turn whose pair is missing continues a conversation that is
+/// not its user's (or none). Of two turns in one conversation the later wins, as if they
+/// were written one after the other.
+async fn touch_conversations<C: ConnectionTrait>(
+    c: &C,
+    continued: &[(&NewTurn, Uuid, Uuid)],
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<(Uuid, String)>, DbErr> {
+    use conversation::Column;
+    if continued.is_empty() {
+        return Ok(Vec::new());
+    }
+    let owned = |id: Uuid, user: &str| Condition::all().add(Column::Id.eq(id)).add(Column::UserId.eq(user));
+    let (mut leaf, mut preset, mut presets) = (CaseStatement::new(), CaseStatement::new(), false);
+    for (turn, id, answer) in continued.iter().rev() {
+        leaf = leaf.case(owned(*id, &turn.user_id), Expr::value(*answer));
+        if let Some(p) = &turn.preset {
+            preset = preset.case(owned(*id, &turn.user_id), Expr::value(p.clone()));
+            presets = true;
+        }
+    }
+    let mut update = Query::update();
+    update
+        .table(conversation::Entity)
+        .value(Column::UpdatedAt, now)
+        .value(Column::ActiveLeafId, leaf.finally(Expr::col(Column::ActiveLeafId)));
+    if presets {
+        update.value(Column::Preset, preset.finally(Expr::col(Column::Preset)));
+    }
+    let mut any = Condition::any();
+    for (turn, id, _) in continued {
+        any = any.add(owned(*id, &turn.user_id));
+    }
+    update.cond_where(any).returning(Query::returning().columns([Column::Id, Column::UserId]));
+    let rows = c.query_all_raw(c.get_database_backend().build(&update)).await?;
+    rows.iter().map(|row| Ok((row.try_get::<Uuid>("", "id")?, row.try_get::<String>("", "user_id")?))).collect()
 }
 
-/// Moves a continued conversation's active leaf to the new answer (and sets its preset);
-/// false when it is not `turn`'s user's, or does not exist.
-async fn touch_conversation<C: ConnectionTrait>(
-    c: &C,
-    turn: &NewTurn,
-    id: Uuid,
-    leaf: Uuid,
-    now: chrono::DateTime<Utc>,
-) -> Result<bool, DbErr> {
-    let mut update = conversation::Entity::update_many()
-        .col_expr(conversation::Column::UpdatedAt, Expr::value(now))
-        .col_expr(conversation::Column::ActiveLeafId, Expr::value(leaf));
-    if let Some(preset) = &turn.preset {
-        update = update.col_expr(conversation::Column::Preset, Expr::value(preset.clone()));
-    }
-    let touched = update.filter(conversation::Column::Id.eq(id)).filter(conversation::Column::UserId.eq(&turn.user_id)).exec(c).await?;
-    Ok(touched.rows_affected > 0)
+fn begun(conversation_id: Uuid, created: bool, ids: &NewIds) -> ChatBegun {
+    ChatBegun { conversation_id, created, user_message_id: ids.user_message_id, assistant_message_id: ids.assistant_message_id }
 }
 
 /// The question and its answer's `streaming` row.
