@@ -123,6 +123,8 @@ async fn fifty_starts_at_once_are_each_stored_once_with_their_own_ids_and_the_qu
         moved("chatwire_store_batched_turns_total", &scrape(&app).await) + app.state.engine.db_waiting() == 50
     })
     .await;
+    // The first batch took the turns there were when it began; it waits for the connection.
+    let first = moved("chatwire_store_batched_turns_total", &scrape(&app).await);
     held.rollback().await.unwrap();
 
     let (mut answers, mut conversations, mut questions) = (HashSet::new(), HashSet::new(), HashSet::new());
@@ -148,7 +150,8 @@ async fn fifty_starts_at_once_are_each_stored_once_with_their_own_ids_and_the_qu
     }
     let after = scrape(&app).await;
     assert_eq!(moved("chatwire_store_batched_turns_total", &after), 50, "each turn in one batch");
-    assert_eq!(moved("chatwire_store_batches_total", &after), 2, "the one that waited for the connection, then all the queued ones");
+    // The one that waited for the connection, then the queued ones, MAX_BATCH at a time.
+    assert_eq!(moved("chatwire_store_batches_total", &after), 1 + (50 - first).div_ceil(store::MAX_BATCH), "{first} turns first");
 }
 
 #[tokio::test]
@@ -275,7 +278,7 @@ async fn a_row_the_database_refuses_fails_only_its_turn() {
     }
 }
 
-/// Prints the round trips per start at batch sizes 1, 8 and 64 (docs/BENCHMARKS.md,
+/// Prints the round trips per start for 1, 8, 32 and 64 turns at once (docs/BENCHMARKS.md,
 /// "Group commit"), and checks the statement counts they come from.
 #[tokio::test]
 async fn a_batch_costs_the_same_statements_as_one_turn_whatever_its_size() {
@@ -289,7 +292,7 @@ async fn a_batch_costs_the_same_statements_as_one_turn_whatever_its_size() {
     let writer = Writer::over(db);
     let u = user();
     let backend = if is_postgres(&app) { "PostgreSQL" } else { "SQLite" };
-    for n in [1usize, 8, 64] {
+    for n in [1usize, 8, 32, 64] {
         for continued in [false, true] {
             let mut turns = Vec::new();
             for i in 0..n {
@@ -303,22 +306,37 @@ async fn a_batch_costs_the_same_statements_as_one_turn_whatever_its_size() {
             let (results, elapsed) = writer.timed(turns).await;
             assert!(results.iter().all(Result::is_ok), "{results:?}");
             let counted = statements.load(Ordering::Relaxed) - before;
-            assert_eq!(counted, 2, "batch of {n}, continued: {continued}: the conversations' statement and the messages'");
+            // At most MAX_BATCH turns a transaction: 64 turns are two batches.
+            let batches = n.div_ceil(store::MAX_BATCH);
+            assert_eq!(counted, 2 * batches, "{n} turns, continued: {continued}: the conversations' statement and the messages' per batch");
             // BEGIN and COMMIT are round trips too (the statement callback does not see them).
-            let trips = counted + 2;
+            let trips = counted + 2 * batches;
             println!(
-                "group commit on {backend}: batch of {n:2} ({}): {counted} statements + BEGIN + COMMIT = {trips} round trips, {:.2} per start (before: 4); {:.2} ms for the batch",
+                "group commit on {backend}: {n:2} turns at once ({}), {batches} transaction(s): {counted} statements + BEGIN + COMMIT = {trips} round trips, {:.2} per start (before: 4); {:.2} ms in all",
                 if continued { "continued conversations" } else { "new conversations" },
                 trips as f64 / n as f64,
                 elapsed.as_secs_f64() * 1000.0,
             );
         }
     }
-    assert_eq!(writer.batches(), [1, 1, 8, 8, 64, 64]);
-    // The same 64 new turns one transaction each, as before group commit (not asserted).
+    assert_eq!(writer.batches(), [1, 1, 8, 8, 32, 32, 32, 32, 32, 32]);
+    // Timed, not asserted: 64 turns one after the other, each alone in its transaction,
+    // straight to the store (as before group commit) and through the idle writer.
     let started = std::time::Instant::now();
     for i in 0..64 {
         store::begin_chat(&app.state.db, new_turn(&u, None, &format!("alone {i}"), None)).await.unwrap();
     }
-    println!("group commit on {backend}: 64 turns one transaction each: {:.2} ms", started.elapsed().as_secs_f64() * 1000.0);
+    let direct = started.elapsed();
+    let started = std::time::Instant::now();
+    for i in 0..64 {
+        writer.turns.write(new_turn(&u, None, &format!("idle {i}"), None), NewIds::generate()).await.unwrap();
+    }
+    let idle = started.elapsed();
+    assert_eq!(writer.batches().len(), 10 + 64, "an idle writer writes each turn alone");
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "group commit on {backend}: 64 turns one after the other: {:.2} ms straight to the store, {:.2} ms through the idle writer",
+        ms(direct),
+        ms(idle)
+    );
 }
