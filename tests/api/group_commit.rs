@@ -155,6 +155,39 @@ async fn fifty_starts_at_once_are_each_stored_once_with_their_own_ids_and_the_qu
 }
 
 #[tokio::test]
+async fn a_start_no_batch_takes_within_the_wait_is_refused_with_retry_after_ms_and_stores_nothing() {
+    let app =
+        spawn_app_with(&[("DATABASE_MAX_CONNECTIONS", "1"), ("OVERLOAD_DB_WAIT_MS", "200"), ("OVERLOAD_RETRY_AFTER_MS", "1500")]).await;
+    let (first_user, later_user) = (user(), user());
+    let (mut first, mut later) = (app.client(&first_user).await, app.client(&later_user).await);
+    let before = scrape(&app).await;
+    let moved = |name: &str, after: &crate::metrics::Scraped| (after.counter(name, &[]) - before.counter(name, &[])) as usize;
+    let held = app.state.db.begin().await.unwrap();
+    // The first start's batch holds the only place, waiting for the connection.
+    let first_ack = tokio::spawn(async move { (first.emit_with_ack("chat:start", json!({ "message": "first" })).await, first) });
+    until("the first turn taken", async || moved("chatwire_store_batched_turns_total", &scrape(&app).await) == 1).await;
+    let refused = later.emit_with_ack("chat:start", json!({ "message": "later" })).await;
+    assert_eq!(
+        refused,
+        json!({ "ok": false, "error": { "code": "UNAVAILABLE", "message": "the server is busy; try again shortly", "retryAfterMs": 1500 } })
+    );
+    // Told as chat:error too, as every refusal is.
+    let (told, _) = later.until("chat:error").await;
+    assert_eq!(told, refused["error"]);
+    held.rollback().await.unwrap();
+    let (ack, mut first) = first_ack.await.unwrap();
+    assert_eq!(ack["ok"], json!(true), "{ack}");
+    assert_eq!(read_answer(&mut first).await.final_name, "chat:end");
+    assert!(store::list_conversations(&app.state.db, &later_user, None, 10).await.unwrap().items.is_empty(), "nothing stored");
+    assert_eq!(moved("chatwire_store_batched_turns_total", &scrape(&app).await), 1, "the refused turn was never written");
+    // The socket stays usable: the same start goes through now.
+    let again = later.emit_with_ack("chat:start", json!({ "message": "later" })).await;
+    assert_eq!(again["ok"], json!(true), "{again}");
+    let answer = read_answer(&mut later).await;
+    assert_eq!((answer.final_name.as_str(), &answer.final_data["messageId"]), ("chat:end", &again["messageId"]));
+}
+
+#[tokio::test]
 async fn the_same_client_message_id_from_two_sockets_at_once_is_stored_once_and_both_get_the_first_ack() {
     let app = spawn_app_with(&[("DATABASE_MAX_CONNECTIONS", "1"), ("OVERLOAD_DB_WAIT_MS", "60000")]).await;
     let u = user();
