@@ -1,5 +1,6 @@
-//! A chat turn: the user message and the answer's `streaming` row stored together, and
-//! the turn a repeated key refers to.
+//! A chat turn: the user message and the answer's `streaming` row stored together (the
+//! statements one turn and a batch of them share, over any connection or transaction),
+//! and the turn a repeated key refers to.
 
 use chrono::Utc;
 use entity::{conversation, message};
