@@ -71,6 +71,8 @@ struct Parts {
     db_query: Histogram,
     runtime_lag: Histogram,
     redis_commands: Counter,
+    store_batches: Counter,
+    store_batched_turns: Counter,
 }
 
 impl Default for Metrics {
@@ -88,6 +90,7 @@ impl Metrics {
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
         let chat_errors = Family::<CodeLabel, Counter>::default();
         let (tokens, redis_commands, answers_running) = (Counter::default(), Counter::default(), Gauge::default());
+        let (store_batches, store_batched_turns) = (Counter::default(), Counter::default());
         let ttft = Histogram::new(TTFT_BUCKETS);
         let answer_duration = Histogram::new(ANSWER_BUCKETS);
         let db_query = Histogram::new(QUERY_BUCKETS);
@@ -111,6 +114,8 @@ impl Metrics {
         registry.register("chatwire_db_query_seconds", "Database statement latency", db_query.clone());
         registry.register("chatwire_runtime_lag_seconds", "How late the runtime wakes a timer", runtime_lag.clone());
         registry.register("chatwire_redis_commands", "Redis round trips (cluster mode)", redis_commands.clone());
+        registry.register("chatwire_store_batches", "Transactions that stored chat:start turns (group commit)", store_batches.clone());
+        registry.register("chatwire_store_batched_turns", "chat:start turns those transactions took", store_batched_turns.clone());
         let status = |s: Status| answers.get_or_create_owned(&StatusLabel { status: s.as_str() });
         let wire = |w: &'static str| connections.get_or_create_owned(&WireLabel { wire: w });
         Self(Arc::new(Parts {
@@ -128,6 +133,8 @@ impl Metrics {
             db_query,
             runtime_lag,
             redis_commands,
+            store_batches,
+            store_batched_turns,
             registry,
         }))
     }
@@ -187,6 +194,12 @@ impl Metrics {
         self.0.db_query.observe(elapsed.as_secs_f64());
     }
 
+    /// A transaction of `turns` `chat:start` turns was begun (group commit).
+    pub fn store_batch(&self, turns: usize) {
+        self.0.store_batches.inc();
+        self.0.store_batched_turns.inc_by(u64::try_from(turns).unwrap_or(u64::MAX));
+    }
+
     /// The Redis round-trip counter, for the cluster mode's client.
     pub fn redis_commands(&self) -> Counter {
         self.0.redis_commands.clone()
@@ -240,6 +253,8 @@ mod tests {
             "# TYPE chatwire_db_query_seconds histogram",
             "# TYPE chatwire_runtime_lag_seconds histogram",
             "chatwire_redis_commands_total 0",
+            "chatwire_store_batches_total 0",
+            "chatwire_store_batched_turns_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
         }

@@ -88,27 +88,30 @@ pub(super) async fn place(parts: &Parts, user: &str, command: &mut StartCommand)
     Ok(Placed { history, parent_id, regenerate })
 }
 
-/// Stores the turn where [`place`] put it: the question and its answer's `streaming` row,
-/// or, for a regenerate, the new answer's row alone.
+/// Stores the turn where [`place`] put it: the question and its answer's `streaming` row
+/// (with the turns of other starts arriving together: the turn writer), or, for a
+/// regenerate, the new answer's row alone. Either waits for a place at the database gate.
 pub(super) async fn store(
     parts: &Parts,
-    turn: store::NewTurn<'_>,
+    turn: store::NewTurn,
     ids: store::NewIds,
     placed: &Placed,
 ) -> Result<store::ChatBegun, store::StoreError> {
     let Some(question_id) = placed.parent_id.filter(|_| placed.regenerate) else {
-        return store::begin_chat_with(&parts.db, turn, ids).await;
+        return parts.turns.write(turn, ids).await;
     };
     let conversation_id = turn.conversation_id.ok_or(store::StoreError::NotFound)?;
     let answer = store::NewAnswer {
-        user_id: turn.user_id,
+        user_id: &turn.user_id,
         conversation_id,
         question_id,
         answer_id: ids.assistant_message_id,
-        model: turn.model,
+        model: &turn.model,
         context_messages: turn.context_messages,
     };
+    let slot = parts.headroom.write_slot().await.map_err(|_| store::StoreError::Overloaded)?;
     store::begin_answer(&parts.db, answer).await?;
+    drop(slot);
     Ok(store::ChatBegun { conversation_id, created: false, user_message_id: question_id, assistant_message_id: ids.assistant_message_id })
 }
 

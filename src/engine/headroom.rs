@@ -4,20 +4,21 @@
 //! `retryAfterMs`, `/ready` says `load: down`, and the answers already running keep
 //! their pace: nothing started is dropped.
 //!
-//! The database queue is a gate of as many places as the pool has connections: a
-//! start waits at most `OVERLOAD_DB_WAIT_MS` for one, and when `OVERLOAD_DB_QUEUE`
+//! The database queue is a gate of as many places as the pool has connections, one per
+//! write in flight (a batch of turns, [`store::TurnWriter`], holds one): a start waits
+//! at most `OVERLOAD_DB_WAIT_MS` for its turn to be taken, and when `OVERLOAD_DB_QUEUE`
 //! starts already wait, a new one is refused without waiting at all. A refusal costs
 //! no database call.
 
 use std::{
-    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use crate::{chat::ChatError, config::OverloadConfig};
+use crate::{chat::ChatError, config::OverloadConfig, store};
 
 /// How often the ticking task wakes to measure the scheduling lag.
 const TICK: Duration = Duration::from_millis(50);
@@ -51,15 +52,20 @@ pub struct Headroom {
     limits: OverloadConfig,
     /// The latest scheduling lag in µs, decaying by half each tick so a spike is seen.
     lag_us: AtomicU64,
-    /// Starts waiting for a place at the database gate.
-    waiting: AtomicUsize,
-    gate: Semaphore,
+    /// The database's places for writes and the starts waiting for one.
+    gate: store::WriteGate,
 }
 
 impl Headroom {
     /// Limits from the configuration, a gate of `writers` places (the pool's size).
     pub fn new(limits: OverloadConfig, writers: usize) -> Self {
-        Self { limits, lag_us: AtomicU64::new(0), waiting: AtomicUsize::new(0), gate: Semaphore::new(writers.max(1)) }
+        let gate = store::WriteGate::new(writers, limits.db_queue, limits.db_wait);
+        Self { limits, lag_us: AtomicU64::new(0), gate }
+    }
+
+    /// The database gate, which the turn writer shares.
+    pub fn gate(&self) -> &store::WriteGate {
+        &self.gate
     }
 
     /// Runs the ticking task until `shutdown`: each tick, how much later than asked it woke.
@@ -90,7 +96,7 @@ impl Headroom {
 
     /// Starts waiting for the database now.
     pub fn db_waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        self.gate.waiting()
     }
 
     /// The first limit the node is past with `running` answers, if any.
@@ -102,7 +108,7 @@ impl Headroom {
         if l.max_running > 0 && running >= l.max_running {
             return Some(Pressure::Running);
         }
-        if l.db_queue > 0 && self.db_waiting() >= l.db_queue {
+        if self.gate.full() {
             return Some(Pressure::Database);
         }
         None
@@ -126,26 +132,11 @@ impl Headroom {
         ChatError::overloaded(u64::try_from(self.limits.retry_after.as_millis()).unwrap_or(u64::MAX))
     }
 
-    /// A place at the database for one start's writes, or the refusal when none frees
-    /// within `OVERLOAD_DB_WAIT_MS` (or too many starts wait already).
-    pub async fn write_slot(&self) -> Result<SemaphorePermit<'_>, ChatError> {
-        if let Ok(permit) = self.gate.try_acquire() {
-            return Ok(permit);
-        }
-        if self.limits.db_queue > 0 && self.waiting.fetch_add(1, Ordering::Relaxed) >= self.limits.db_queue {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
-            return Err(self.refusal());
-        }
-        if self.limits.db_queue == 0 {
-            self.waiting.fetch_add(1, Ordering::Relaxed);
-        }
-        let waited = tokio::time::timeout(self.limits.db_wait, self.gate.acquire()).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        match waited {
-            Ok(Ok(permit)) => Ok(permit),
-            // Timed out (or the gate closed, which it never is): refused, nothing written.
-            _ => Err(self.refusal()),
-        }
+    /// A place at the database for one start's writes of its own (a regenerate's row),
+    /// or the refusal when none frees within `OVERLOAD_DB_WAIT_MS` (or too many starts
+    /// wait already).
+    pub async fn write_slot(&self) -> Result<OwnedSemaphorePermit, ChatError> {
+        self.gate.place().await.ok_or_else(|| self.refusal())
     }
 }
 
@@ -153,6 +144,11 @@ impl super::Engine {
     /// The first headroom limit this node is past, if any (what `/ready` reports).
     pub fn pressure(&self) -> Option<Pressure> {
         self.0.headroom.pressure(self.running())
+    }
+
+    /// Starts waiting for their turn to be written (the database queue).
+    pub fn db_waiting(&self) -> usize {
+        self.0.headroom.db_waiting()
     }
 
     /// `Err` with the refusal (`UNAVAILABLE`, `retryAfterMs`) while the node is past a limit.

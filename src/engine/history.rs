@@ -44,6 +44,18 @@ impl Engine {
         }
     }
 
+    /// Makes sure `user` may talk in the conversation `id`, creating it for them when it
+    /// does not exist (wires whose clients name conversations). True when it was created;
+    /// `FORBIDDEN` when it is another user's.
+    pub async fn claim_conversation(&self, user: &str, id: Uuid) -> Result<bool, ChatError> {
+        match store::claim_conversation(&self.0.db, user, id, "").await {
+            Ok(store::ConversationClaim::Created) => Ok(true),
+            Ok(store::ConversationClaim::Owned) => Ok(false),
+            Ok(store::ConversationClaim::Foreign) => Err(ChatError::new(ErrorCode::Forbidden, "this conversation is another user's")),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     /// Sets the title of `user`'s conversation (already validated by the caller).
     pub async fn rename_conversation(&self, user: &str, id: Uuid, title: &str) -> Result<conversation::Model, ChatError> {
         store::rename_conversation(&self.0.db, user, id, title).await.map_err(unavailable)?.ok_or_else(|| not_found("conversation"))

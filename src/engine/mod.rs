@@ -123,6 +123,8 @@ pub(crate) struct Parts {
     pub headroom: Arc<headroom::Headroom>,
     /// Where made titles go, for the wires that announce them.
     pub titles: tokio::sync::broadcast::Sender<Titled>,
+    /// Stores the turns of starts arriving together in one transaction.
+    pub turns: store::TurnWriter,
 }
 
 impl Engine {
@@ -142,6 +144,8 @@ impl Engine {
         let embedder = crate::providers::Embedder::spawn(config.embeddings.clone(), providers.clone());
         let writers = store::pool_size(&config.database_url, config.database_max_connections) as usize;
         let headroom = Arc::new(headroom::Headroom::new(config.overload.clone(), writers));
+        let batches = metrics.clone();
+        let turns = store::TurnWriter::spawn(db.clone(), headroom.gate().clone(), store::MAX_BATCH, move |n| batches.store_batch(n));
         Self(Arc::new(Parts {
             config,
             db,
@@ -158,6 +162,7 @@ impl Engine {
             embedder,
             headroom,
             titles: tokio::sync::broadcast::channel(titles::CHANNEL).0,
+            turns,
         }))
     }
 
@@ -235,9 +240,7 @@ impl Engine {
         let primary = route.primary().clone();
         let claim = match parts.directory.claim(connection, user, parts.config.max_concurrent_streams_per_user).await {
             Ok(claim) => claim,
-            Err(ClaimRefused::UserLimit) => {
-                return Err(ChatError::new(ErrorCode::RateLimit, "too many answers streaming at once"));
-            }
+            Err(ClaimRefused::UserLimit) => return Err(ChatError::new(ErrorCode::RateLimit, "too many answers streaming at once")),
             Err(ClaimRefused::Unavailable) => return Err(ChatError::code(ErrorCode::Unavailable)),
             Err(ClaimRefused::Busy) => {
                 // A retry of the start still being stored on this connection is not BUSY.
@@ -265,22 +268,22 @@ impl Engine {
         // and the database's writes overlap. A start refused below drops (aborts) the request.
         let upstream = parts.providers.start_open(route, call);
         let attachments = crate::chat::attachments::to_stored(&command.attachments);
+        // Only a conversation this start creates gets a title made of its question.
+        let title_question = command.conversation_id.is_none().then(|| command.message.clone());
         let turn = NewTurn {
-            user_id: user,
+            user_id: user.to_owned(),
             conversation_id: command.conversation_id,
-            message: &command.message,
-            model: &primary.model,
-            client_message_id: key,
+            message: command.message,
+            model: primary.model.clone(),
+            client_message_id: command.client_message_id,
             parent_id: placed.parent_id,
             context_messages,
-            preset: command.preset.as_deref(),
-            attachments: attachments.as_deref(),
+            preset: command.preset,
+            attachments,
         };
-        let slot = parts.headroom.write_slot().await?;
-        let begun = branches::store(parts, turn, new_ids, &placed).await;
-        drop(slot);
-        let begun = match begun {
+        let begun = match branches::store(parts, turn, new_ids, &placed).await {
             Ok(b) => b,
+            Err(StoreError::Overloaded) => return Err(parts.headroom.refusal()),
             Err(StoreError::DuplicateKey) => {
                 // Another connection stored the same key first: answer with its ids.
                 drop((claim, upstream));
@@ -295,7 +298,7 @@ impl Engine {
         let running = RunningAnswer { ids, user_id: user.to_owned(), connection: connection.clone() };
         let registration = parts.directory.register(running, stop.clone()).await;
         let tracked = parts.activity.track(ids, user, &primary.model);
-        let title = titles::job(parts, begun.created, &command.message);
+        let title = title_question.and_then(|question| titles::job(parts, begun.created, &question));
         let spec = generation::Spec { ids, user_id: user.to_owned(), answering: primary, upstream, writer, stop, received, tracked, title };
         generation::spawn(self.0.clone(), spec, (claim, registration));
         Ok(StartOutcome::Started(Started {
@@ -306,18 +309,6 @@ impl Engine {
             created: begun.created,
             reader,
         }))
-    }
-
-    /// Makes sure `user` may talk in the conversation `id`, creating it for them when it
-    /// does not exist (wires whose clients name conversations). True when it was created;
-    /// `FORBIDDEN` when it is another user's.
-    pub async fn claim_conversation(&self, user: &str, id: Uuid) -> Result<bool, ChatError> {
-        match store::claim_conversation(&self.0.db, user, id, "").await {
-            Ok(store::ConversationClaim::Created) => Ok(true),
-            Ok(store::ConversationClaim::Owned) => Ok(false),
-            Ok(store::ConversationClaim::Foreign) => Err(ChatError::new(ErrorCode::Forbidden, "this conversation is another user's")),
-            Err(e) => Err(unavailable(e)),
-        }
     }
 
     /// Stops `user`'s answer. `Ok(false)` when it is theirs but no longer runs;

@@ -1,7 +1,9 @@
 //! Conversations and messages in the database: plain async functions over a
-//! [`DatabaseConnection`], grouped by what they touch, testable without any wire.
+//! [`DatabaseConnection`], grouped by what they touch, testable without any wire, and
+//! the writer that stores `chat:start` turns arriving together in one transaction.
 
 mod answers;
+mod batch;
 mod history;
 mod imports;
 mod tree;
@@ -13,6 +15,7 @@ pub use crate::chat::HistoryMessage;
 pub use answers::{
     AnswerEnd, StoredAnswer, checkpoint_answers, fail_interrupted, fail_stale_answers, find_answer, find_answer_by_id, finish_answer,
 };
+pub use batch::{MAX_BATCH, TurnWriter, WriteGate};
 pub use history::{
     ConversationPage, ConversationSummary, PageKey, conversation_messages, delete_conversation, find_conversation, find_message,
     list_conversations, rename_conversation, set_made_title,
@@ -40,6 +43,9 @@ pub enum StoreError {
     NotFound,
     #[error("a chat:start with this clientMessageId is already stored")]
     DuplicateKey,
+    /// The database's queue was full, or no write took the turn in time: nothing stored.
+    #[error("the database is too busy to take the turn")]
+    Overloaded,
     #[error("database: {0}")]
     Db(#[from] DbErr),
 }
@@ -50,6 +56,7 @@ impl StoreError {
         match self {
             Self::NotFound => ChatError::new(ErrorCode::NotFound, "conversation not found"),
             Self::DuplicateKey => ChatError::code(ErrorCode::Internal),
+            Self::Overloaded => ChatError::code(ErrorCode::Unavailable),
             Self::Db(e) => db_error(e),
         }
     }

@@ -1,9 +1,13 @@
-//! A chat turn: the user message and the answer's `streaming` row stored together, and
-//! the turn a repeated key refers to.
+//! A chat turn: the user message and the answer's `streaming` row stored together (the
+//! statements one turn and a batch of them share, over any connection or transaction),
+//! and the turn a repeated key refers to.
 
 use chrono::Utc;
 use entity::{conversation, message};
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
+    sea_query::{CaseStatement, Condition, Expr, Query},
+};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -38,22 +42,24 @@ impl NewIds {
     }
 }
 
-/// What a chat turn stores before the model is called.
-pub struct NewTurn<'a> {
-    pub user_id: &'a str,
+/// What a chat turn stores before the model is called. Owned, so that it can wait in the
+/// turn writer's queue ([`super::TurnWriter`]).
+#[derive(Clone, Debug)]
+pub struct NewTurn {
+    pub user_id: String,
     pub conversation_id: Option<Uuid>,
-    pub message: &'a str,
-    pub model: &'a str,
-    pub client_message_id: Option<&'a str>,
+    pub message: String,
+    pub model: String,
+    pub client_message_id: Option<String>,
     /// The message the question follows (the branch's leaf, or the edited message's
     /// parent); `None` for a conversation's first question.
     pub parent_id: Option<Uuid>,
     /// How many earlier messages go to the model with the question.
     pub context_messages: usize,
     /// The system-prompt preset used, stored on the conversation.
-    pub preset: Option<&'a str>,
+    pub preset: Option<String>,
     /// The question's images as stored (`[{ "type": "image", "url" }]`), if any.
-    pub attachments: Option<&'a str>,
+    pub attachments: Option<String>,
 }
 
 /// The title a conversation is created with: its first question's first 80 characters
@@ -65,66 +71,132 @@ pub fn first_title(question: &str) -> String {
 /// Stores the user message and the assistant's `streaming` row in one transaction,
 /// creating the conversation when none is given. Four statements in all (begin, the
 /// conversation, both messages, commit): each is a round trip to the database.
-pub async fn begin_chat(db: &DatabaseConnection, turn: NewTurn<'_>) -> Result<ChatBegun, StoreError> {
-    begin_chat_with(db, turn, NewIds::generate()).await
+pub async fn begin_chat(db: &DatabaseConnection, turn: NewTurn) -> Result<ChatBegun, StoreError> {
+    begin_chat_with(db, &turn, NewIds::generate()).await
 }
 
-/// [`begin_chat`] with ids made beforehand.
-pub async fn begin_chat_with(db: &DatabaseConnection, turn: NewTurn<'_>, ids: NewIds) -> Result<ChatBegun, StoreError> {
-    let NewIds { conversation_id: new_conversation_id, user_message_id, assistant_message_id } = ids;
+/// [`begin_chat`] with ids made beforehand: one turn in a transaction of its own.
+pub async fn begin_chat_with(db: &DatabaseConnection, turn: &NewTurn, ids: NewIds) -> Result<ChatBegun, StoreError> {
     let txn = db.begin().await?;
+    let begun = write_turns(&txn, &[(turn, ids)]).await?.pop().ok_or_else(|| DbErr::Custom("a turn without its result".into()))??;
+    txn.commit().await?;
+    Ok(begun)
+}
+
+/// Writes turns on `c` (a transaction: the caller commits), in three statements at most
+/// however many turns there are: one insert of the new conversations, one update of the
+/// continued ones (which also checks that each is its turn's user's), one insert of
+/// every question and answer row. A conversation that is not the user's fails only its
+/// turn (`NotFound`, nothing of it written); an error of a statement fails them all (the
+/// caller rolls back), a unique violation as [`StoreError::DuplicateKey`] (only a
+/// question's `clientMessageId` can repeat).
+pub(super) async fn write_turns<C: ConnectionTrait>(
+    c: &C,
+    turns: &[(&NewTurn, NewIds)],
+) -> Result<Vec<Result<ChatBegun, StoreError>>, StoreError> {
     let now = Utc::now();
-    let (conversation_id, created) = match turn.conversation_id {
-        Some(id) => {
-            let mut update = conversation::Entity::update_many()
-                .col_expr(conversation::Column::UpdatedAt, sea_orm::sea_query::Expr::value(now))
-                .col_expr(conversation::Column::ActiveLeafId, sea_orm::sea_query::Expr::value(assistant_message_id));
-            if let Some(preset) = turn.preset {
-                update = update.col_expr(conversation::Column::Preset, sea_orm::sea_query::Expr::value(preset));
-            }
-            let touched =
-                update.filter(conversation::Column::Id.eq(id)).filter(conversation::Column::UserId.eq(turn.user_id)).exec(&txn).await?;
-            if touched.rows_affected == 0 {
-                return Err(StoreError::NotFound);
-            }
-            (id, false)
+    let created: Vec<conversation::ActiveModel> = turns
+        .iter()
+        .filter(|(turn, _)| turn.conversation_id.is_none())
+        .map(|(turn, ids)| conversation::ActiveModel {
+            id: Set(ids.conversation_id),
+            user_id: Set(turn.user_id.clone()),
+            title: Set(first_title(&turn.message)),
+            created_at: Set(now),
+            updated_at: Set(now),
+            active_leaf_id: Set(Some(ids.assistant_message_id)),
+            preset: Set(turn.preset.clone()),
+        })
+        .collect();
+    if !created.is_empty() {
+        conversation::Entity::insert_many(created).exec_without_returning(c).await?;
+    }
+    let continued: Vec<(&NewTurn, Uuid, Uuid)> =
+        turns.iter().filter_map(|(turn, ids)| turn.conversation_id.map(|id| (*turn, id, ids.assistant_message_id))).collect();
+    let touched = touch_conversations(c, &continued, now).await?;
+    let mut results = Vec::with_capacity(turns.len());
+    let mut rows = Vec::with_capacity(2 * turns.len());
+    for (turn, ids) in turns {
+        let begun = match turn.conversation_id {
+            Some(id) if !touched.iter().any(|(t, user)| *t == id && *user == turn.user_id) => Err(StoreError::NotFound),
+            Some(id) => Ok(begun(id, false, ids)),
+            None => Ok(begun(ids.conversation_id, true, ids)),
+        };
+        if let Ok(b) = &begun {
+            rows.extend(turn_rows(turn, b, now));
         }
-        None => {
-            let id = new_conversation_id;
-            let conversation = conversation::ActiveModel {
-                id: Set(id),
-                user_id: Set(turn.user_id.to_owned()),
-                title: Set(first_title(turn.message)),
-                created_at: Set(now),
-                updated_at: Set(now),
-                active_leaf_id: Set(Some(assistant_message_id)),
-                preset: Set(turn.preset.map(str::to_owned)),
-            };
-            conversation::Entity::insert(conversation).exec_without_returning(&txn).await?;
-            (id, true)
-        }
-    };
-    let mut question = new_message(conversation_id, user_message_id, turn.user_id, "user", now);
-    question.content = Set(turn.message.to_owned());
-    question.status = Set(Status::Complete.as_str().to_owned());
-    question.client_message_id = Set(turn.client_message_id.map(str::to_owned));
-    question.parent_id = Set(turn.parent_id);
-    question.attachments = Set(turn.attachments.map(str::to_owned));
-    let mut answer = new_message(conversation_id, assistant_message_id, turn.user_id, "assistant", now);
-    answer.content = Set(String::new());
-    answer.status = Set(Status::Streaming.as_str().to_owned());
-    answer.model = Set(Some(turn.model.to_owned()));
-    answer.parent_id = Set(Some(user_message_id));
-    answer.context_messages = Set(Some(i32::try_from(turn.context_messages).unwrap_or(i32::MAX)));
-    if let Err(e) = message::Entity::insert_many([question, answer]).exec_without_returning(&txn).await {
+        results.push(begun);
+    }
+    if !rows.is_empty()
+        && let Err(e) = message::Entity::insert_many(rows).exec_without_returning(c).await
+    {
         return Err(match e.sql_err() {
-            // Only the question carries a unique key (`clientMessageId`).
             Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => StoreError::DuplicateKey,
             _ => e.into(),
         });
     }
-    txn.commit().await?;
-    Ok(ChatBegun { conversation_id, created, user_message_id, assistant_message_id })
+    Ok(results)
+}
+
+/// Moves each continued conversation's active leaf to its turn's answer, and sets the
+/// turn's preset when it has one, in one `UPDATE ... RETURNING`; gives the (conversation,
+/// user) pairs it touched. A turn whose pair is missing continues a conversation that is
+/// not its user's (or none). Of two turns in one conversation the later wins, as if they
+/// were written one after the other.
+async fn touch_conversations<C: ConnectionTrait>(
+    c: &C,
+    continued: &[(&NewTurn, Uuid, Uuid)],
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<(Uuid, String)>, DbErr> {
+    use conversation::Column;
+    if continued.is_empty() {
+        return Ok(Vec::new());
+    }
+    let owned = |id: Uuid, user: &str| Condition::all().add(Column::Id.eq(id)).add(Column::UserId.eq(user));
+    let (mut leaf, mut preset, mut presets) = (CaseStatement::new(), CaseStatement::new(), false);
+    for (turn, id, answer) in continued.iter().rev() {
+        leaf = leaf.case(owned(*id, &turn.user_id), Expr::value(*answer));
+        if let Some(p) = &turn.preset {
+            preset = preset.case(owned(*id, &turn.user_id), Expr::value(p.clone()));
+            presets = true;
+        }
+    }
+    let mut update = Query::update();
+    update
+        .table(conversation::Entity)
+        .value(Column::UpdatedAt, now)
+        .value(Column::ActiveLeafId, leaf.finally(Expr::col(Column::ActiveLeafId)));
+    if presets {
+        update.value(Column::Preset, preset.finally(Expr::col(Column::Preset)));
+    }
+    let mut any = Condition::any();
+    for (turn, id, _) in continued {
+        any = any.add(owned(*id, &turn.user_id));
+    }
+    update.cond_where(any).returning(Query::returning().columns([Column::Id, Column::UserId]));
+    let rows = c.query_all_raw(c.get_database_backend().build(&update)).await?;
+    rows.iter().map(|row| Ok((row.try_get::<Uuid>("", "id")?, row.try_get::<String>("", "user_id")?))).collect()
+}
+
+fn begun(conversation_id: Uuid, created: bool, ids: &NewIds) -> ChatBegun {
+    ChatBegun { conversation_id, created, user_message_id: ids.user_message_id, assistant_message_id: ids.assistant_message_id }
+}
+
+/// The question and its answer's `streaming` row.
+fn turn_rows(turn: &NewTurn, b: &ChatBegun, now: chrono::DateTime<Utc>) -> [message::ActiveModel; 2] {
+    let mut question = new_message(b.conversation_id, b.user_message_id, &turn.user_id, "user", now);
+    question.content = Set(turn.message.clone());
+    question.status = Set(Status::Complete.as_str().to_owned());
+    question.client_message_id = Set(turn.client_message_id.clone());
+    question.parent_id = Set(turn.parent_id);
+    question.attachments = Set(turn.attachments.clone());
+    let mut answer = new_message(b.conversation_id, b.assistant_message_id, &turn.user_id, "assistant", now);
+    answer.content = Set(String::new());
+    answer.status = Set(Status::Streaming.as_str().to_owned());
+    answer.model = Set(Some(turn.model.clone()));
+    answer.parent_id = Set(Some(b.user_message_id));
+    answer.context_messages = Set(Some(i32::try_from(turn.context_messages).unwrap_or(i32::MAX)));
+    [question, answer]
 }
 
 pub(super) fn new_message(conversation_id: Uuid, id: Uuid, user_id: &str, role: &str, now: chrono::DateTime<Utc>) -> message::ActiveModel {

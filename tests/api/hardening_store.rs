@@ -214,10 +214,10 @@ async fn a_statement_the_database_refuses_is_internal_not_unavailable() {
     let app = spawn_app().await;
     // Past the command's replacement, straight to the store: PostgreSQL refuses U+0000.
     let turn = NewTurn {
-        user_id: "u1",
+        user_id: "u1".into(),
         conversation_id: None,
-        message: "a\u{0}b",
-        model: "gpt-4",
+        message: "a\u{0}b".into(),
+        model: "gpt-4".into(),
         client_message_id: None,
         parent_id: None,
         context_messages: 0,

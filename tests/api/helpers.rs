@@ -212,10 +212,10 @@ pub fn assert_chunks_consistent(chunks: &[Value], message_id: &Value, conversati
 /// leaves it); gives the answer's id.
 pub async fn streaming_answer(app: &TestApp, user: &str) -> Uuid {
     let turn = chatwire::store::NewTurn {
-        user_id: user,
+        user_id: user.into(),
         conversation_id: None,
-        message: "question",
-        model: "gpt-4",
+        message: "question".into(),
+        model: "gpt-4".into(),
         client_message_id: None,
         parent_id: None,
         context_messages: 0,

@@ -20,6 +20,7 @@ mod fake_upstream;
 mod faults;
 mod flood;
 mod fuzz;
+mod group_commit;
 mod hardening_auth;
 mod hardening_http;
 mod hardening_input;
