@@ -63,7 +63,7 @@ enum Mode {
     Jwt {
         keys: Vec<(Algorithm, DecodingKey, Validation)>,
         user_claim: String,
-        jwks: Option<(Arc<Jwks>, JwtConfig)>,
+        jwks: Option<(Arc<Jwks>, Arc<JwtConfig>)>,
     },
 }
 
@@ -74,7 +74,7 @@ impl Authenticator {
             return Self { mode: Mode::Open };
         };
         let keys = keys(jwt).into_iter().map(|(alg, key)| (alg, key, validation(jwt, alg))).collect();
-        let jwks = jwt.jwks_url.as_deref().map(|url| (Arc::new(Jwks::new(url)), jwt.clone()));
+        let jwks = jwt.jwks_url.as_deref().map(|url| (Arc::new(Jwks::new(url, jwt.jwks_refresh)), Arc::new(jwt.clone())));
         Self { mode: Mode::Jwt { keys, user_claim: jwt.user_claim.clone(), jwks } }
     }
 
@@ -118,7 +118,7 @@ impl Authenticator {
     }
 
     /// The user a token names and until when it is valid, if the token is valid now. A
-    /// `kid` the JWKS does not have fetches the set again (at most once per 10 s) first.
+    /// `kid` the JWKS does not have fetches the set again (at most once per `JWT_JWKS_REFRESH_SECONDS`) first.
     pub async fn verify_session(&self, token: &str) -> Result<Session, AuthError> {
         match self.verify_now(token) {
             Err(AuthError::UnknownKey(_)) if let Some(jwks) = self.jwks() => {

@@ -3,7 +3,7 @@
 //!
 //! The set is kept as long as its `Cache-Control: max-age` says (10 minutes without one),
 //! then fetched again. A token whose `kid` is unknown triggers a fetch, at most one per
-//! 10 s whatever the tokens say. When the URL cannot be read the server serves anyway,
+//! `JWT_JWKS_REFRESH_SECONDS` (10 s by default) whatever the tokens say. When the URL cannot be read the server serves anyway,
 //! refuses tokens until the keys load, and keeps trying.
 
 use std::{
@@ -22,8 +22,6 @@ use tokio_util::sync::CancellationToken;
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(600);
 /// The shortest a set is kept, whatever `max-age` says.
 const MIN_MAX_AGE: Duration = Duration::from_secs(10);
-/// At most one fetch per this long for unknown `kid`s.
-const UNKNOWN_KID_REFRESH: Duration = Duration::from_secs(10);
 /// The first and the longest wait between fetches that failed.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -43,14 +41,18 @@ pub struct Jwks {
     url: String,
     http: reqwest::Client,
     keys: RwLock<Option<Vec<JwksKey>>>,
+    /// At most one fetch per this long for unknown `kid`s.
+    unknown_kid_refresh: Duration,
     /// When the last fetch for an unknown `kid` began; one at a time.
     last_unknown: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl Jwks {
-    pub fn new(url: &str) -> Self {
+    /// The keys of `url`, fetched for unknown `kid`s at most once per `unknown_kid_refresh`.
+    pub fn new(url: &str, unknown_kid_refresh: Duration) -> Self {
         let http = reqwest::Client::builder().timeout(FETCH_TIMEOUT).build().unwrap_or_default();
-        Self { url: url.to_owned(), http, keys: RwLock::new(None), last_unknown: tokio::sync::Mutex::new(None) }
+        let last_unknown = tokio::sync::Mutex::new(None);
+        Self { url: url.to_owned(), http, keys: RwLock::new(None), unknown_kid_refresh, last_unknown }
     }
 
     /// True once a set has loaded.
@@ -66,11 +68,11 @@ impl Jwks {
         keys.iter().filter(|k| k.alg == alg && (kid.is_none() || k.kid.as_deref() == kid)).cloned().collect()
     }
 
-    /// Fetches again for a `kid` not in the set, unless a fetch for one began in the last
-    /// 10 s. Concurrent callers wait for the same fetch.
+    /// Fetches again for a `kid` not in the set, unless a fetch for one began less than
+    /// `unknown_kid_refresh` ago. Concurrent callers wait for the same fetch.
     pub async fn refresh_for_unknown_kid(&self) {
         let mut last = self.last_unknown.lock().await;
-        if last.is_some_and(|at| at.elapsed() < UNKNOWN_KID_REFRESH) {
+        if last.is_some_and(|at| at.elapsed() < self.unknown_kid_refresh) {
             return;
         }
         *last = Some(Instant::now());

@@ -63,6 +63,9 @@ pub struct JwtConfig {
     pub user_claim: String,
     /// Where RS256, ES256 and EdDSA keys are fetched from (`JWT_JWKS_URL`).
     pub jwks_url: Option<String>,
+    /// The least time between fetches of the JWKS for unknown `kid`s
+    /// (`JWT_JWKS_REFRESH_SECONDS`, default 10).
+    pub jwks_refresh: std::time::Duration,
 }
 
 /// Where answers come from.

@@ -22,8 +22,9 @@ pub struct RealtimeConfig {
     pub vad_silence_ms: u32,
     /// The model that transcribes the user's audio, so it can be stored; empty turns it off.
     pub transcription_model: String,
-    /// Sent as `temperature` when set (`REALTIME_TEMPERATURE`); the GA API may ignore it.
-    pub temperature: Option<f32>,
+    /// Sent as `temperature` when set (`REALTIME_TEMPERATURE`), as written (an `f64`, so 0.7
+    /// stays 0.7 in JSON); the GA API may ignore it.
+    pub temperature: Option<f64>,
     pub max_output_tokens: u32,
     /// Instructions by preset name (`REALTIME_PRESETS_FILE`, else neutral built-ins).
     pub presets: BTreeMap<String, String>,
@@ -69,7 +70,7 @@ pub(super) fn realtime_config(env: &Vars) -> Result<RealtimeConfig, ConfigError>
     }
     let temperature = match env.get("REALTIME_TEMPERATURE") {
         None => None,
-        Some(_) => match env.parse("REALTIME_TEMPERATURE", 0.8f32)? {
+        Some(_) => match env.parse("REALTIME_TEMPERATURE", 0.8f64)? {
             t if (0.6..=1.2).contains(&t) => Some(t),
             _ => return Err(bad("REALTIME_TEMPERATURE", "must be between 0.6 and 1.2")),
         },

@@ -27,6 +27,10 @@ fn a_wrong_value_names_its_variable() {
     assert_eq!(e.var, "JWT_ISSUER");
     let e = Config::from_vars(vars(&[("JWT_PUBLIC_KEY", "nope")])).unwrap_err();
     assert_eq!(e.var, "JWT_PUBLIC_KEY");
+    for refresh in ["soon", "-1", "3601"] {
+        let e = Config::from_vars(vars(&[("JWT_JWKS_URL", "https://id.example/jwks"), ("JWT_JWKS_REFRESH_SECONDS", refresh)])).unwrap_err();
+        assert_eq!(e.var, "JWT_JWKS_REFRESH_SECONDS", "{refresh}");
+    }
 }
 
 #[test]

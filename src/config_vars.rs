@@ -52,6 +52,10 @@ fn jwt_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
     {
         return Err(bad("JWT_JWKS_URL", "must start with https:// (or http://)"));
     }
+    let jwks_refresh = match env.parse("JWT_JWKS_REFRESH_SECONDS", 10u64)? {
+        n if n > 3600 => return Err(bad("JWT_JWKS_REFRESH_SECONDS", "must be at most 3600")),
+        n => Duration::from_secs(n),
+    };
     Ok(AuthConfig::Jwt(JwtConfig {
         secret,
         public_key_pem,
@@ -59,6 +63,7 @@ fn jwt_config(env: &Vars) -> Result<AuthConfig, ConfigError> {
         audience,
         user_claim: user_claim.unwrap_or_else(|| "sub".into()),
         jwks_url,
+        jwks_refresh,
     }))
 }
 

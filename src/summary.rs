@@ -71,6 +71,7 @@ Environment (also read from .env; README.md has the full table):
   JWT_SECRET, JWT_PUBLIC_KEY HS256 secret / RS256 or ES256 PEM; neither = open mode
   JWT_ISSUER, JWT_AUDIENCE, JWT_USER_CLAIM
   JWT_JWKS_URL               RS256/ES256/EdDSA keys from a JWKS (Clerk, Supabase, Auth0, Cognito)
+  JWT_JWKS_REFRESH_SECONDS   least time between JWKS fetches for unknown kids (default 10)
   CLERK_JWT_KEY, SUPABASE_JWT_SECRET   aliases of JWT_PUBLIC_KEY / JWT_SECRET (Supabase: aud authenticated)
   AUTH_ENABLED=false         open mode (refused under NODE_ENV=production)
   WS_PATH, WS_PORT, WS_HOST, CORS_ORIGINS, PING_INTERVAL   Void's names

@@ -1,5 +1,5 @@
 //! JWT_JWKS_URL against a JWKS server on loopback: RS256, ES256 and EdDSA keys, rotation
-//! to a new `kid`, unknown keys refused, the server down at start-up; and the Clerk and
+//! to a new `kid`, unknown keys refused, the server down at start-up and later; and the Clerk and
 //! Supabase aliases.
 
 use std::{
@@ -23,15 +23,41 @@ const KEYS: &str = include_str!("../fixtures/jwks-keys.json");
 struct JwksServer {
     keys: Arc<Mutex<Vec<Value>>>,
     fetches: Arc<Mutex<usize>>,
+    /// Stops the listener: its signal, and the task that ends once every connection closed.
+    running: Arc<Mutex<Option<Running>>>,
 }
+
+/// A running listener's stop signal and its task.
+type Running = (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>);
 
 impl JwksServer {
     async fn start_on(listener: tokio::net::TcpListener, kids: &[&str]) -> Self {
-        let server = Self { keys: Arc::default(), fetches: Arc::default() };
+        let server = Self { keys: Arc::default(), fetches: Arc::default(), running: Arc::default() };
         server.publish(kids);
-        let app = Router::new().route("/.well-known/jwks.json", get(serve)).with_state(server.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        server.listen(listener);
         server
+    }
+
+    /// Serves the set on `listener` (again, after `down`).
+    fn listen(&self, listener: tokio::net::TcpListener) {
+        let app = Router::new().route("/.well-known/jwks.json", get(serve)).with_state(self.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap()
+        });
+        *self.running.lock().unwrap() = Some((stop, task));
+    }
+
+    /// Takes the server down: the port refuses connections once this returns.
+    async fn down(&self) {
+        let (stop, task) = self.running.lock().unwrap().take().expect("the JWKS server runs");
+        stop.send(()).unwrap();
+        task.await.unwrap();
     }
 
     fn publish(&self, kids: &[&str]) {
@@ -87,6 +113,12 @@ async fn wait_loaded(app: &TestApp) {
     panic!("the JWKS never loaded");
 }
 
+/// The HTTP status of `GET /v1/status` with `token`.
+async fn rest_status(app: &TestApp, token: &str) -> u16 {
+    let response = reqwest::Client::new().get(format!("http://{}/v1/status", app.addr)).bearer_auth(token).send().await.unwrap();
+    response.status().as_u16()
+}
+
 async fn health(app: &TestApp) -> Value {
     reqwest::get(format!("http://{}/health", app.addr)).await.unwrap().json().await.unwrap()
 }
@@ -122,14 +154,7 @@ async fn jwks_keys_verify_rotation_fetches_the_new_kid_and_unknown_keys_are_refu
         .await
         .unwrap();
     ai.active().await;
-    let status = reqwest::Client::new()
-        .get(format!("http://{}/v1/status", app.addr))
-        .bearer_auth(signed(Algorithm::RS256, "rsa-2", "x"))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 401);
+    assert_eq!(rest_status(&app, &signed(Algorithm::RS256, "rsa-2", "x")).await, 401);
 }
 
 #[tokio::test]
@@ -147,6 +172,41 @@ async fn with_the_jwks_server_down_at_start_up_tokens_are_refused_until_the_keys
     JwksServer::start_on(listener, &["rsa-1"]).await;
     // The background fetch retries (0.5 s, then doubling); /health says when it loaded.
     wait_loaded(&app).await;
+    assert_eq!(sign_in(&app, &signed(Algorithm::RS256, "rsa-1", "alice")).await, Ok(()));
+}
+
+#[tokio::test]
+async fn with_the_jwks_server_down_later_cached_kids_pass_unknown_ones_are_refused_and_its_return_serves_new_kids() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let jwks = JwksServer::start_on(listener, &["rsa-1"]).await;
+    // No wait between fetches for unknown kids, so the return is seen without sleeping 10 s.
+    let app = spawn_app_with(&[("JWT_SECRET", ""), ("JWT_JWKS_URL", &url(addr)), ("JWT_JWKS_REFRESH_SECONDS", "0")]).await;
+    wait_loaded(&app).await;
+    assert_eq!(sign_in(&app, &signed(Algorithm::RS256, "rsa-1", "alice")).await, Ok(()));
+
+    jwks.down().await;
+    let fetched = jwks.fetches();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the JWKS port refuses connections");
+    // The cached key still verifies, on every wire; /health still says the keys are there.
+    assert_eq!(sign_in(&app, &signed(Algorithm::RS256, "rsa-1", "alice")).await, Ok(()));
+    let canyon = Ws::connect_with(app.addr, &format!("/ws/c?token={}", signed(Algorithm::RS256, "rsa-1", "alice")), &[]).await;
+    assert!(canyon.is_ok());
+    assert_eq!(health(&app).await["jwks"], "loaded");
+    // An unknown kid tries the JWKS, which is down: refused at once (1008, 401), and the
+    // server goes on serving.
+    assert_eq!(sign_in(&app, &signed(Algorithm::ES256, "ec-1", "bob")).await, Err(Ended::Closed(1008)));
+    let canyon = Ws::connect_with(app.addr, &format!("/ws/c?token={}", signed(Algorithm::ES256, "ec-1", "bob")), &[]).await;
+    assert_eq!(canyon.err(), Some(401));
+    assert_eq!(rest_status(&app, &signed(Algorithm::ES256, "ec-1", "bob")).await, 401);
+    assert_eq!(sign_in(&app, &signed(Algorithm::RS256, "rsa-1", "alice")).await, Ok(()));
+    assert_eq!(jwks.fetches(), fetched, "nothing reached the JWKS while it was down");
+
+    // Back, with a new kid: the next token naming it fetches the set and is accepted.
+    jwks.publish(&["rsa-1", "ec-1"]);
+    jwks.listen(tokio::net::TcpListener::bind(addr).await.unwrap());
+    assert_eq!(sign_in(&app, &signed(Algorithm::ES256, "ec-1", "bob")).await, Ok(()));
+    assert_eq!(jwks.fetches(), fetched + 1);
     assert_eq!(sign_in(&app, &signed(Algorithm::RS256, "rsa-1", "alice")).await, Ok(()));
 }
 

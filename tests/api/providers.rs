@@ -224,3 +224,33 @@ async fn an_error_inside_the_stream_is_upstream_error_with_the_partial_answer_st
     assert_eq!((answer.final_name.as_str(), answer.final_data["code"].as_str()), ("chat:error", Some("UPSTREAM_ERROR")));
     assert_eq!((answer.text(), row.content), ("Hi from orr.".to_owned(), "Hi from orr.".to_owned()));
 }
+
+#[tokio::test]
+async fn a_benched_provider_is_asked_again_once_its_cool_down_is_over() {
+    let flaky = QuirkyUpstream::start("flaky", Quirks::default(), None).await;
+    let extra = format!(
+        "[[providers]]\nname = \"flaky\"\nbase_url = \"{}\"\nmodels = [\"fail-503\"]\ncooldown_secs = 1\n\
+         [models.\"best\"]\nfallbacks = [\"mis/mis-large\"]\n[aliases]\nbest = \"flaky/fail-503\"\n",
+        flaky.base_url()
+    );
+    let t = three(&extra, &[]).await;
+    let (_, answer, row) = ask(&t.app, json!({ "model": "best" })).await;
+    assert_eq!((answer.final_name.as_str(), row.provider.as_deref()), ("chat:end", Some("mis")), "{}", answer.final_data);
+    assert_eq!(models_asked(&flaky), ["fail-503"], "asked, refused with 503, benched");
+    // Ask until the fake's log shows flaky asked again (bounded): every answer meanwhile is
+    // mis's, whether flaky was passed over or asked and refused again.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut answers = 1;
+    while models_asked(&flaky).len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "flaky was never asked again after its 1 s cool-down");
+        let (_, answer, row) = ask(&t.app, json!({ "model": "best" })).await;
+        assert_eq!((answer.final_name.as_str(), answer.text()), ("chat:end", t.mis.answer()));
+        assert_eq!((row.provider.as_deref(), row.model.as_deref(), row.status.as_str()), (Some("mis"), Some("mis-large"), "complete"));
+        answers += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(models_asked(&flaky), ["fail-503", "fail-503"], "asked once more after the cool-down, then benched again");
+    // mis refuses `stream_options` once (its quirk); every answer is one request without.
+    let answered = t.mis.requests().iter().filter(|r| r.get("stream_options").is_none()).count();
+    assert_eq!(answered, answers, "mis answered each time");
+}

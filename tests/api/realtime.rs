@@ -112,6 +112,55 @@ async fn realtime_welcome_names_the_session_and_the_upstream_gets_the_ga_session
 }
 
 #[tokio::test]
+async fn realtime_settings_other_than_the_defaults_reach_the_first_session_update_exactly() {
+    for (detection, expected) in [
+        ("server_vad", json!({ "type": "server_vad", "silence_duration_ms": 850 })),
+        // Semantic VAD has no silence duration; none turns detection off.
+        ("semantic_vad", json!({ "type": "semantic_vad" })),
+        ("none", Value::Null),
+    ] {
+        let mut fake = FakeRealtime::start().await;
+        let app = voice_app(
+            &fake,
+            &[
+                ("REALTIME_MODEL", "gpt-realtime-mini"),
+                ("REALTIME_VOICE", "marin"),
+                ("REALTIME_TURN_DETECTION", detection),
+                ("REALTIME_VAD_SILENCE_MS", "850"),
+                ("REALTIME_TEMPERATURE", "0.7"),
+            ],
+        )
+        .await;
+        let _ws = Ws::connect(app.addr, &format!("/realtime?token={}&preset=brief", token(&user()))).await;
+        let Seen::Connected { path, .. } = fake.next().await else { panic!("the upstream first sees the connection") };
+        assert_eq!(path, "/v1/realtime?model=gpt-realtime-mini", "{detection}");
+        let text = fake.next_text().await;
+        let update: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            update,
+            json!({ "type": "session.update", "session": {
+                "type": "realtime",
+                "model": "gpt-realtime-mini",
+                "instructions": "You are a helpful voice assistant. Answer in one or two short sentences.",
+                "output_modalities": ["audio"],
+                "audio": {
+                    "input": {
+                        "format": { "type": "audio/pcm", "rate": 24000 },
+                        "transcription": { "model": "gpt-4o-mini-transcribe" },
+                        "turn_detection": expected,
+                    },
+                    "output": { "format": { "type": "audio/pcm", "rate": 24000 }, "voice": "marin" },
+                },
+                "max_output_tokens": 4096,
+                "temperature": 0.7,
+            } }),
+            "{detection}"
+        );
+        assert!(text.contains(r#""temperature":0.7"#), "{detection}: the temperature as it was set, not widened: {text}");
+    }
+}
+
+#[tokio::test]
 async fn realtime_open_mode_welcomes_the_claimed_user_unauthenticated() {
     let mut fake = FakeRealtime::start().await;
     let app = voice_app(&fake, &[("JWT_SECRET", "")]).await;

@@ -83,3 +83,65 @@ async fn failures_malformed_json_and_unknown_types_are_errors_and_the_connection
     let (complete, _) = ws.until("response_complete").await;
     assert_eq!(complete["content"], TOKENS.concat());
 }
+
+#[tokio::test]
+async fn a_drop_mid_answer_leaves_it_running_to_the_stored_end_and_the_reconnected_client_goes_on_with_its_history() {
+    let app = spawn_app_with(&[("MOCK_TOKEN_DELAY_MS", "30")]).await;
+    let user = user();
+    let path = format!("/ws/client-9?token={}", token(&user));
+    let mut ws = Ws::connect(app.addr, &path).await;
+    ws.send(chat_message("Hello", json!([]))).await;
+    let start = ws.next().await;
+    assert_eq!(start["type"], "response_start");
+    let first = ws.next().await;
+    assert_eq!(first["type"], "response_chunk");
+    let first = first["content"].as_str().unwrap().to_owned();
+    assert!(first.len() < ANSWER.len(), "dropped mid-answer");
+    ws.drop_now();
+    let message_id = start["messageId"].as_str().unwrap();
+    let conversation = start["conversationId"].as_str().unwrap();
+
+    // The answer goes on without its client: resumed on /ai from the first chunk's end, to `chat:end`.
+    let mut ai = app.client(&user).await;
+    let offset = first.encode_utf16().count();
+    let ack = ai.emit_with_ack("chat:resume", json!({ "messageId": message_id, "offset": offset })).await;
+    assert_eq!(ack["ok"], json!(true), "{ack}");
+    let rest = read_answer(&mut ai).await;
+    assert_eq!(rest.final_name, "chat:end");
+    assert_eq!(format!("{first}{}", rest.text()), ANSWER, "no gap and no repeat after the first chunk");
+    let row = app.message(message_id).await;
+    assert_eq!((row.status.as_str(), row.content.as_str(), row.user_id.as_str()), ("complete", ANSWER, user.as_str()));
+    assert_eq!(row.finish_reason.as_deref(), Some("stop"));
+
+    // canyon has no history message: the client that comes back on the same id sends the
+    // history it kept, talks in the same conversation, and the stored rows hold both turns whole.
+    let mut again = Ws::connect(app.addr, &path).await;
+    let kept = json!([{ "role": "user", "content": "Hello" }, { "role": "assistant", "content": first }]);
+    again.send(chat_message("Go on", kept)).await;
+    let start = again.next().await;
+    assert_eq!((start["type"].as_str(), start["conversationId"].as_str()), (Some("response_start"), Some(conversation)));
+    let (complete, _) = again.until("response_complete").await;
+    assert_eq!(complete["content"], ANSWER);
+    let sent = app.mock().requests();
+    let last: Vec<(&str, &str)> = sent.last().unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        last,
+        [("user", "Hello"), ("assistant", first.as_str()), ("user", "Go on")],
+        "the history the client kept, not the stored one"
+    );
+    let rows = app.messages(conversation).await;
+    assert_eq!(
+        rows.iter().map(|r| (r.role.as_str(), r.content.as_str(), r.status.as_str())).collect::<Vec<_>>(),
+        [
+            ("user", "Hello", "complete"),
+            ("assistant", ANSWER, "complete"),
+            ("user", "Go on", "complete"),
+            ("assistant", ANSWER, "complete")
+        ]
+    );
+}
