@@ -2,6 +2,8 @@
 // start from a side branch. A fake OpenAI-compatible upstream on loopback records every
 // request, so each answer's history is checked to be exactly its branch; then
 // chat:history must return the tree the client was told, with the active branch marked.
+// With CHATWIRE_TEST_VERBOSE set, the tree test prints what the client sent and was told
+// for each answer, the history the model got, and the stored tree.
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -45,7 +47,7 @@ async function turn(socket, event, payload) {
     const final = await rec.waitFor((e) => FINAL_EVENTS.includes(e.event) && e.data?.messageId === ack.messageId);
     assert.equal(final.event, 'chat:end', rec.describe());
     const userMessage = rec.events.find((e) => e.event === 'chat:user-message')?.data;
-    return { ack, userMessage, content: final.data.content };
+    return { sent: [event, payload], ack, userMessage, content: final.data.content };
   } finally {
     rec.detach();
   }
@@ -68,15 +70,21 @@ describe('conversation trees', () => {
     const socket = await connect(server, server.token(uniqueUser()));
     const history = () => upstream.bodies.at(-1).messages.map((m) => [m.role, m.content]);
     const told = []; // [id, parentId, role, content] as the client was told
+    const show = (t) => {
+      if (!process.env.CHATWIRE_TEST_VERBOSE) return t;
+      const seen = { sent: t.sent, ack: t.ack, 'chat:user-message': t.userMessage ?? null, 'chat:end content': t.content };
+      console.log(JSON.stringify({ ...seen, 'model got': history() }));
+      return t;
+    };
 
-    const first = await turn(socket, 'chat:start', { message: 'q1' });
+    const first = show(await turn(socket, 'chat:start', { message: 'q1' }));
     assert.equal(first.ack.parentMessageId, null);
     assert.equal(first.userMessage.parentMessageId, null);
     const conversationId = first.ack.conversationId;
     const [q1, a1] = [first.ack.userMessageId, first.ack.messageId];
     told.push([q1, null, 'user', 'q1'], [a1, q1, 'assistant', first.content]);
 
-    const second = await turn(socket, 'chat:start', { message: 'q2', conversationId });
+    const second = show(await turn(socket, 'chat:start', { message: 'q2', conversationId }));
     assert.equal(second.ack.parentMessageId, a1);
     assert.equal(second.userMessage.parentMessageId, a1);
     const [q2, a2] = [second.ack.userMessageId, second.ack.messageId];
@@ -85,7 +93,7 @@ describe('conversation trees', () => {
 
     const edits = [];
     for (const text of ['q2 edited', 'q2 edited again']) {
-      const edit = await turn(socket, 'chat:edit', { messageId: q2, message: text });
+      const edit = show(await turn(socket, 'chat:edit', { messageId: q2, message: text }));
       assert.equal(edit.ack.parentMessageId, a1);
       assert.deepEqual([edit.userMessage.messageId, edit.userMessage.parentMessageId, edit.userMessage.content], [edit.ack.userMessageId, a1, text]);
       assert.deepEqual(history(), [['user', 'q1'], ['assistant', 'Answer 1.'], ['user', text]]);
@@ -94,14 +102,14 @@ describe('conversation trees', () => {
     }
 
     for (let n = 0; n < 2; n++) {
-      const again = await turn(socket, 'chat:regenerate', { messageId: edits[0].messageId });
+      const again = show(await turn(socket, 'chat:regenerate', { messageId: edits[0].messageId }));
       assert.equal(again.ack.parentMessageId, edits[0].userMessageId);
       assert.equal(again.userMessage, undefined, 'a regenerate sends no chat:user-message');
       assert.deepEqual(history(), [['user', 'q1'], ['assistant', 'Answer 1.'], ['user', 'q2 edited']]);
       told.push([again.ack.messageId, edits[0].userMessageId, 'assistant', again.content]);
     }
 
-    const side = await turn(socket, 'chat:start', { message: 'q3', conversationId, parentMessageId: a2 });
+    const side = show(await turn(socket, 'chat:start', { message: 'q3', conversationId, parentMessageId: a2 }));
     assert.equal(side.ack.parentMessageId, a2);
     assert.deepEqual(history(), [['user', 'q1'], ['assistant', 'Answer 1.'], ['user', 'q2'], ['assistant', 'Answer 2.'], ['user', 'q3']]);
     told.push([side.ack.userMessageId, a2, 'user', 'q3'], [side.ack.messageId, side.ack.userMessageId, 'assistant', side.content]);
@@ -111,6 +119,7 @@ describe('conversation trees', () => {
     );
 
     const tree = await socket.timeout(10_000).emitWithAck('chat:history', { conversationId });
+    if (process.env.CHATWIRE_TEST_VERBOSE) console.log(JSON.stringify(tree, null, 1));
     assert.equal(tree.ok, true);
     assert.equal(tree.conversationId, conversationId);
     assert.equal(tree.activeLeafId, side.ack.messageId);
