@@ -4,7 +4,7 @@
 //! `JWT_SECRET`, `OPENAI_API_KEY`, ...). A wrong value stops start-up with a
 //! message naming the variable.
 
-use std::{collections::HashMap, fmt, net::IpAddr, time::Duration};
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use crate::{providers::RetryPolicy, telemetry::LogFormat};
 
@@ -18,28 +18,6 @@ pub struct ConfigError {
 
 fn bad(var: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError { var, problem: problem.into() }
-}
-
-/// A secret that never shows in `Debug` output or logs.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
-    }
-
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 /// How sockets are authenticated.
@@ -387,11 +365,14 @@ mod conversations;
 mod providers;
 #[path = "config_realtime.rs"]
 mod realtime;
+#[path = "config_secret.rs"]
+mod secret;
 #[path = "config_vars.rs"]
 mod vars;
 pub use conversations::{ConversationsConfig, MAX_ATTACHMENTS_LIMIT, TitleModel};
 pub use providers::{DEFAULT_MOCK_RESPONSE, MockConfig, ProviderSettings, ProvidersConfig, Target};
 pub use realtime::RealtimeConfig;
+pub use secret::Secret;
 pub use vars::{EmbeddingConfig, OverloadConfig, WsConfig, redact_url};
 use vars::{
     Vars, admin_config, at_least_one, auth_config, database_schema, database_url, default_node_id, either, embedding_config, metrics_token,
