@@ -6,6 +6,10 @@
 #   bench/callgrind.sh                 10 clients x 200-token answers at 20 tok/s, 10 s
 #   CLIENTS=20 DURATION=20 bench/callgrind.sh
 #   TOP=40 bench/callgrind.sh          also print the 40 costliest functions
+#   CHATWIRE_BIN=/path/to/chatwire bench/callgrind.sh
+#                                      count that binary instead (another commit's release
+#                                      build): the mock and the load generator stay this
+#                                      commit's, so two commits meet the same load
 #
 # chatwire runs under callgrind with instrumentation off; a short warm-up run (connects,
 # lazy start-up work) is not counted; instrumentation is on only while the measured
@@ -30,8 +34,10 @@ say() { printf '==> %s\n' "$*" >&2; }
 say "building release binaries with line tables (for callgrind_annotate)"
 CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_PROFILE_RELEASE_STRIP=false \
   cargo build --locked --release -p chatwire -p loadgen >&2
-CHATWIRE=target/release/chatwire
-LOADGEN=target/release/loadgen
+TARGET_DIR=$(realpath "${CARGO_TARGET_DIR:-target}")
+MOCK=$TARGET_DIR/release/chatwire
+CHATWIRE=$(realpath "${CHATWIRE_BIN:-$MOCK}")
+LOADGEN=$TARGET_DIR/release/loadgen
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/chatwire-callgrind.XXXXXX")
 PIDS=()
@@ -46,7 +52,7 @@ base_env=(env -i "PATH=$PATH" "HOME=${HOME:-/root}" "LANG=C.UTF-8")
 
 MOCK_PORT=$("$LOADGEN" free-port)
 (cd "$WORK" && exec "${base_env[@]}" MOCK_STAMP=true MOCK_TOKEN_DELAY_MS=$((1000 / RATE)) RUST_LOG=warn \
-  "$OLDPWD/$CHATWIRE" mock-upstream --port "$MOCK_PORT") >"$WORK/mock.log" 2>&1 &
+  "$MOCK" mock-upstream --port "$MOCK_PORT") >"$WORK/mock.log" 2>&1 &
 PIDS+=($!)
 
 PORT=$("$LOADGEN" free-port)
@@ -55,7 +61,7 @@ PORT=$("$LOADGEN" free-port)
   DATABASE_URL="sqlite://$WORK/chatwire.db?mode=rwc" RATE_LIMIT_PER_MINUTE=0 \
   MAX_CONCURRENT_STREAMS_PER_USER=1000 OVERLOAD_LAG_MS=0 RUST_LOG=warn \
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
-  "$OLDPWD/$CHATWIRE" serve) >"$WORK/chatwire.log" 2>&1 &
+  "$CHATWIRE" serve) >"$WORK/chatwire.log" 2>&1 &
 VG_PID=$! # every exec keeps the process id: this is valgrind running chatwire
 PIDS+=("$VG_PID")
 for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.2; done

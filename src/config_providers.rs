@@ -207,8 +207,25 @@ fn read_file(path: &str) -> Result<File, ConfigError> {
         let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
         let table = e.span().and_then(|s| table_before(&text, s.start)).unwrap_or_else(|| "the top level".into());
         let line = line.map_or(String::new(), |l| format!(" (line {l})"));
-        file_error(path, format!("in {table}{line}: {}", e.message().trim()))
+        let message = e.message().trim();
+        // A wrong value: name its key too, unless the message already does.
+        let key = e.span().and_then(|s| key_at(&text, s.start)).filter(|k| !message.contains(&format!("`{k}`")));
+        let key = key.map_or(String::new(), |k| format!("{k}: "));
+        file_error(path, format!("in {table}{line}: {key}{message}"))
     })
+}
+
+/// The key of the `key = value` line holding byte `offset` of `text`, as written.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = text[start..end].trim();
+    if line.starts_with('[') {
+        return None;
+    }
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    (!key.is_empty()).then(|| key.to_owned())
 }
 
 /// The header of the table holding byte `offset` of `text`, as written (`[[providers]]`).

@@ -252,6 +252,10 @@ fn a_mistake_in_the_providers_file_names_its_table_and_key() {
         ),
         ("[aliases]\nx = 3\n", "in [aliases]"),
         (
+            "[[providers]]\nname = \"a\"\nbase_url = \"http://x\"\ncooldown_secs = \"soon\"\n",
+            "in [[providers]] #1 (line 4): cooldown_secs: invalid type: string \"soon\", expected u64",
+        ),
+        (
             "[[providers]]\nname = \"a\"\nbase_url = \"http://x\"\n[models.\"g\"]\ncontext_tokens = 0\n",
             "[models.\"g\"]: context_tokens: must be at least 1",
         ),

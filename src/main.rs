@@ -53,7 +53,9 @@ async fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("chatwire: configuration error: {e}");
+            // The message starts with the variable at fault (`PROVIDERS_FILE: [[providers]]
+            // #2 ...`), so an operator's eye and a log filter find it first.
+            eprintln!("{e}\nchatwire: configuration error, not started");
             return ExitCode::from(2);
         }
     };

@@ -212,7 +212,7 @@ fn a_bad_database_url_is_named_and_its_password_never_printed() {
     assert_eq!(code, Some(2), "{stderr}");
     assert_eq!(
         stderr.trim_end(),
-        "chatwire: configuration error: DATABASE_URL: \"postgress://app:***@127.0.0.1:5432/chat\" is neither sqlite:... nor postgres://... (postgresql://...)"
+        "DATABASE_URL: \"postgress://app:***@127.0.0.1:5432/chat\" is neither sqlite:... nor postgres://... (postgresql://...)\nchatwire: configuration error, not started"
     );
     assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"), "{stdout}{stderr}");
 

@@ -81,8 +81,26 @@ fn each_refusal_to_start_names_its_variable() {
     for (vars, var) in cases {
         let (code, stderr) = refused_start(vars);
         assert_eq!(code, Some(2), "{vars:?}: {stderr}");
-        assert!(stderr.contains(&format!("configuration error: {var}: ")), "{vars:?}: {stderr}");
+        assert!(stderr.starts_with(&format!("{var}: ")), "{vars:?}: {stderr}");
+        assert!(stderr.ends_with("chatwire: configuration error, not started\n"), "{vars:?}: {stderr}");
     }
+}
+
+#[test]
+fn a_mistake_in_the_providers_file_stops_start_up_with_a_message_that_starts_with_providers_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("providers.toml");
+    std::fs::write(&path, "[[providers]]\nname = \"groq\"\nbase_url = \"http://127.0.0.1:9/v1\"\ncooldown_secs = \"soon\"\n").unwrap();
+    let file = path.to_str().unwrap();
+    let (code, stderr) = refused_start(&[("PROVIDERS_FILE", file)]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.starts_with("PROVIDERS_FILE: "), "{stderr}");
+    assert!(first.contains("[[providers]] #1") && first.contains("cooldown_secs"), "the table and the key: {stderr}");
+
+    let (code, stderr) = refused_start(&[("PROVIDERS_FILE", "/nonexistent/providers.toml")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.starts_with("PROVIDERS_FILE: "), "{stderr}");
 }
 
 #[tokio::test]
