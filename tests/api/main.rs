@@ -58,6 +58,7 @@ mod typing;
 mod ws_canyon;
 mod ws_client;
 mod ws_fuzz;
+mod ws_loop;
 mod ws_session;
 mod ws_void;
 mod ws_wadi;

@@ -66,6 +66,15 @@ impl Ws {
         }
     }
 
+    /// The next frame of any kind, pings included (tungstenite answers a ping itself, on
+    /// the next read).
+    pub async fn next_frame(&mut self) -> Message {
+        match tokio::time::timeout(RECV_TIMEOUT, self.socket.next()).await.expect("a frame in time") {
+            Some(Ok(message)) => message,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
     /// The next text frame exactly as sent; panics on a close.
     pub async fn next_text(&mut self) -> String {
         loop {
