@@ -15,7 +15,8 @@
 # (how many times better chatwire is than the NestJS peer; above 1, chatwire wins).
 # The headline `cpu` scenario is server CPU per delivered token at one fixed load below
 # every server's saturation (CPU_CLIENTS x RATE tokens/s, the same in both modes).
-# Binaries come from $CARGO_TARGET_DIR (default target/)/release; BUILD_NICE=10 builds
+# CHATWIRE_ENV="OVERLOAD_LAG_MS=50 ..." adds settings to chatwire's environment (to try a
+# threshold, say). Binaries come from $CARGO_TARGET_DIR (default target/)/release; BUILD_NICE=10 builds
 # them at a lower priority. Every process it starts listens on 127.0.0.1 only and is
 # stopped on exit.
 set -euo pipefail
@@ -155,7 +156,7 @@ start_server() { # name scenario
         DATABASE_URL="sqlite://$WORK/chatwire-$scenario.db?mode=rwc" \
         RATE_LIMIT_PER_MINUTE=0 LOOKUPS_PER_MINUTE=0 MAX_CONCURRENT_STREAMS_PER_USER=100000 SHUTDOWN_GRACE_SECONDS=2 \
         MAX_CONNECTIONS=1000000 MAX_CONNECTIONS_PER_IP=1000000 MAX_CONNECTIONS_PER_USER=1000000 \
-        "$CHATWIRE" serve) >"$WORK/$name-$scenario.log" 2>&1 &
+        ${CHATWIRE_ENV:-} "$CHATWIRE" serve) >"$WORK/$name-$scenario.log" 2>&1 &
       ;;
     nestjs)
       (cd "$PEER_DIR" && exec "${base_env[@]}" PORT="$port" HOST=127.0.0.1 JWT_SECRET="$SECRET" \
