@@ -362,7 +362,7 @@ pub struct OverloadConfig {
 pub(super) fn overload_config(env: &Vars) -> Result<OverloadConfig, ConfigError> {
     let ms = |name, default| env.parse(name, default).map(Duration::from_millis);
     Ok(OverloadConfig {
-        lag: ms("OVERLOAD_LAG_MS", 250)?,
+        lag: ms("OVERLOAD_LAG_MS", 50)?,
         max_running: env.parse("OVERLOAD_MAX_RUNNING", 5_000)?,
         db_queue: env.parse("OVERLOAD_DB_QUEUE", 256)?,
         db_wait: match ms("OVERLOAD_DB_WAIT_MS", 1_000)? {
