@@ -3,7 +3,10 @@
 //! and `chat:regenerate` (`BUSY` while an answer runs in the conversation), deleting a
 //! message with its subtree, and the tree with its active branch.
 
-use std::collections::HashSet;
+use std::{
+    collections::{HashMap, HashSet, hash_map::Entry},
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use entity::message;
 use uuid::Uuid;
@@ -22,6 +25,50 @@ pub(super) struct Placed {
     pub parent_id: Option<Uuid>,
     /// True for a regenerate: no new question is stored.
     pub regenerate: bool,
+    /// Held until the answer is registered as running (dropped with this).
+    pub _starting: Option<StartingGuard>,
+}
+
+/// This node's starts placed in an existing conversation and not yet registered as
+/// running, counted per conversation. Between the two the answer is being stored, and
+/// an edit or regenerate of the same conversation meeting one is `BUSY`, as it would be
+/// a moment later: two of them arriving together from two sockets cannot both run.
+#[derive(Default)]
+pub(crate) struct Starting(Arc<Mutex<HashMap<Uuid, usize>>>);
+
+impl Starting {
+    /// Counts one more start in `conversation_id`; with `alone`, only when none is there.
+    fn enter(&self, conversation_id: Uuid, alone: bool) -> Option<StartingGuard> {
+        let mut starts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = starts.entry(conversation_id).or_default();
+        if alone && *count > 0 {
+            return None;
+        }
+        *count += 1;
+        Some(StartingGuard { starts: self.0.clone(), conversation_id })
+    }
+}
+
+/// One start counted in [`Starting`] until dropped.
+pub(super) struct StartingGuard {
+    starts: Arc<Mutex<HashMap<Uuid, usize>>>,
+    conversation_id: Uuid,
+}
+
+impl Drop for StartingGuard {
+    fn drop(&mut self) {
+        let mut starts = self.starts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Entry::Occupied(mut count) = starts.entry(self.conversation_id) {
+            *count.get_mut() = count.get().saturating_sub(1);
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+    }
+}
+
+fn busy() -> ChatError {
+    ChatError::new(ErrorCode::Busy, "an answer is running in this conversation")
 }
 
 fn message_not_found() -> ChatError {
@@ -36,7 +83,7 @@ pub(super) async fn place(parts: &Parts, user: &str, command: &mut StartCommand)
     let (conversation_id, target) = match command.branch {
         Branch::Continue(_) => match command.conversation_id {
             Some(id) => (id, None),
-            None => return Ok(Placed { history: sent.unwrap_or_default(), parent_id: None, regenerate: false }),
+            None => return Ok(Placed { history: sent.unwrap_or_default(), parent_id: None, regenerate: false, _starting: None }),
         },
         Branch::Edit(id) | Branch::Regenerate(id) => {
             let m = store::find_message(&parts.db, user, id).await.map_err(unavailable)?.ok_or_else(message_not_found)?;
@@ -51,6 +98,11 @@ pub(super) async fn place(parts: &Parts, user: &str, command: &mut StartCommand)
     if command.preset.is_none() {
         command.preset = conversation.preset.clone().filter(|p| parts.config.system_prompt_presets.contains_key(p));
     }
+    // An edit or regenerate is counted only when no other start is being stored in the
+    // conversation, then checked against the answers already running: of two arriving
+    // together, the second meets the first in one place or the other.
+    let alone = matches!(command.branch, Branch::Edit(_) | Branch::Regenerate(_));
+    let starting = parts.starting.enter(conversation_id, alone).ok_or_else(busy)?;
     let (parent_id, question_parent, regenerate) = match (command.branch, target) {
         (Branch::Continue(Some(parent)), _) => {
             if !messages.iter().any(|m| m.id == parent) {
@@ -85,7 +137,7 @@ pub(super) async fn place(parts: &Parts, user: &str, command: &mut StartCommand)
         Some(sent) => sent,
         None => history_to(&messages, question_parent, parts.config.max_history_messages),
     };
-    Ok(Placed { history, parent_id, regenerate })
+    Ok(Placed { history, parent_id, regenerate, _starting: Some(starting) })
 }
 
 /// Stores the turn where [`place`] put it: the question and its answer's `streaming` row
@@ -136,7 +188,7 @@ fn history_to(messages: &[message::Model], leaf: Option<Uuid>, limit: u64) -> Ve
 /// `BUSY` while any answer of `user` runs in the conversation.
 async fn refuse_while_running(parts: &Parts, user: &str, conversation_id: Uuid) -> Result<(), ChatError> {
     if parts.directory.of_user(user).await.iter().any(|a| a.ids.conversation_id == conversation_id) {
-        return Err(ChatError::new(ErrorCode::Busy, "an answer is running in this conversation"));
+        return Err(busy());
     }
     Ok(())
 }

@@ -125,6 +125,8 @@ pub(crate) struct Parts {
     pub titles: tokio::sync::broadcast::Sender<Titled>,
     /// Stores the turns of starts arriving together in one transaction.
     pub turns: store::TurnWriter,
+    /// Starts being stored in existing conversations, not yet running.
+    pub starting: branches::Starting,
 }
 
 impl Engine {
@@ -163,6 +165,7 @@ impl Engine {
             headroom,
             titles: tokio::sync::broadcast::channel(titles::CHANNEL).0,
             turns,
+            starting: Default::default(),
         }))
     }
 

@@ -229,3 +229,63 @@ async fn deleting_a_subtree_stops_the_answer_running_in_it_and_moves_the_active_
     let bad = other.emit_with_ack("chat:delete", json!({ "messageId": "nope" })).await;
     assert_eq!(bad["error"]["code"], json!("INVALID_PARAMS"));
 }
+
+#[tokio::test]
+async fn of_two_edits_arriving_together_from_two_sockets_one_runs_and_the_other_is_busy() {
+    use entity::conversation;
+    use sea_orm::{ColumnTrait, QueryFilter, TransactionTrait, sea_query::Expr};
+
+    // Three pooled connections: the test holds the conversation's row in a write of its
+    // own, so the first edit is placed (its upstream request goes out) and then waits to
+    // store its turn, while the second edit can still read the conversation.
+    let app = spawn_app_with(&[("DATABASE_MAX_CONNECTIONS", "3")]).await;
+    let me = user();
+    let (mut first, mut second) = (app.client(&me).await, app.client(&me).await);
+    let q1 = turn(&mut first, "chat:start", json!({ "message": "q1" })).await;
+    let conversation = id(&q1.ack["conversationId"]);
+    // The title is written to the conversation's row after the answer: not while it is held.
+    assert_eq!(first.title().await["conversationId"], json!(conversation));
+    let question = q1.ack["userMessageId"].clone();
+    let asked = app.mock().requests().len();
+
+    let held = app.state.db.begin().await.unwrap();
+    conversation::Entity::update_many()
+        .col_expr(conversation::Column::Title, Expr::col(conversation::Column::Title))
+        .filter(conversation::Column::Id.eq(uuid::Uuid::parse_str(&conversation).unwrap()))
+        .exec(&held)
+        .await
+        .unwrap();
+    let edit = json!({ "messageId": question, "message": "first edit" });
+    let running = tokio::spawn(async move {
+        let ack = first.emit_with_ack("chat:edit", edit).await;
+        (first, ack)
+    });
+    until("the first edit placed and its upstream opened", async || app.mock().requests().len() > asked).await;
+
+    // The first edit's answer is not running yet (its turn is being stored): still BUSY.
+    let busy = json!({ "ok": false, "error": { "code": "BUSY", "message": "an answer is running in this conversation" } });
+    let refused = second.emit_with_ack("chat:edit", json!({ "messageId": question, "message": "second edit" })).await;
+    assert_eq!(refused, busy);
+    let refused = second.emit_with_ack("chat:regenerate", json!({ "messageId": q1.ack["messageId"] })).await;
+    assert_eq!(refused, busy);
+    held.rollback().await.unwrap();
+
+    let (mut first, ack) = running.await.unwrap();
+    assert_eq!(ack["ok"], json!(true), "{ack}");
+    let (end, _) = first.until("chat:end").await;
+    assert_eq!(end["messageId"], ack["messageId"]);
+    assert_eq!(app.mock().requests().len(), asked + 1, "the refused ones asked the model nothing");
+    let rows = app.messages(&conversation).await;
+    let mut rows: Vec<_> =
+        rows.iter().map(|m| (m.id.to_string(), m.parent_id.map(|p| p.to_string()), m.role.as_str(), m.status.as_str())).collect();
+    let (a1, q2, a2) = (id(&q1.ack["messageId"]), id(&ack["userMessageId"]), id(&ack["messageId"]));
+    let mut expected = vec![
+        (id(&question), None, "user", "complete"),
+        (a1, Some(id(&question)), "assistant", "complete"),
+        (q2.clone(), None, "user", "complete"),
+        (a2, Some(q2), "assistant", "complete"),
+    ];
+    rows.sort();
+    expected.sort();
+    assert_eq!(rows, expected, "q1, its answer, the first edit and its answer; nothing of the second");
+}

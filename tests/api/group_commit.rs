@@ -17,19 +17,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    helpers::{ANSWER, TestApp, read_answer, spawn_app_with, user},
+    helpers::{ANSWER, TestApp, read_answer, spawn_app_with, until, user},
     metrics::scrape,
 };
-
-/// Waits until `done` holds; the condition is state the server reaches by itself.
-async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let waited = tokio::time::timeout(Duration::from_secs(30), async {
-        while !done().await {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    });
-    waited.await.unwrap_or_else(|_| panic!("never: {what}"));
-}
 
 fn new_turn(user: &str, conversation_id: Option<Uuid>, message: &str, key: Option<&str>) -> NewTurn {
     NewTurn {

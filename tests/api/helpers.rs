@@ -224,3 +224,13 @@ pub async fn streaming_answer(app: &TestApp, user: &str) -> Uuid {
     };
     chatwire::store::begin_chat(&app.state.db, turn).await.unwrap().assistant_message_id
 }
+
+/// Waits until `done` holds; the condition is state the server reaches by itself.
+pub async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while !done().await {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    });
+    waited.await.unwrap_or_else(|_| panic!("never: {what}"));
+}
