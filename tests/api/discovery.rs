@@ -29,7 +29,7 @@ async fn chat_providers_lists_every_provider_with_its_bare_models_and_the_defaul
         json!({ "ok": true, "providers": [
             { "id": "gem", "name": "Gemini-like", "default": false, "models": ids(&["gem-pro", "fail-503"]) },
             { "id": "mis", "name": "mis", "default": false, "models": ids(&["mis-large", "fail-503", "cut-after-2"]) },
-            { "id": "orr", "name": "orr", "default": true, "models": ids(&["orr-1", "error-mid", "no-finish", "plain"]) },
+            { "id": "orr", "name": "orr", "default": true, "models": ids(&["orr-1", "error-mid", "no-finish", "plain", "x-groq"]) },
         ]})
     );
     // Asked again within models_ttl_secs: the discovered list comes from the cache.
@@ -74,7 +74,8 @@ async fn get_v1_models_is_the_openai_list_with_provider_prefixed_ids_behind_the_
             "orr/orr-1",
             "orr/error-mid",
             "orr/no-finish",
-            "orr/plain"
+            "orr/plain",
+            "orr/x-groq"
         ]
     );
     assert_eq!(body["data"][0], json!({ "id": "gem/gem-pro", "object": "model", "created": 0, "owned_by": "gem" }));

@@ -23,6 +23,8 @@ const KEYS: &str = include_str!("../fixtures/jwks-keys.json");
 struct JwksServer {
     keys: Arc<Mutex<Vec<Value>>>,
     fetches: Arc<Mutex<usize>>,
+    /// The `max-age` the set is served with, in seconds.
+    max_age: Arc<Mutex<u64>>,
     /// Stops the listener: its signal, and the task that ends once every connection closed.
     running: Arc<Mutex<Option<Running>>>,
 }
@@ -32,7 +34,7 @@ type Running = (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>);
 
 impl JwksServer {
     async fn start_on(listener: tokio::net::TcpListener, kids: &[&str]) -> Self {
-        let server = Self { keys: Arc::default(), fetches: Arc::default(), running: Arc::default() };
+        let server = Self { keys: Arc::default(), fetches: Arc::default(), max_age: Arc::new(Mutex::new(3600)), running: Arc::default() };
         server.publish(kids);
         server.listen(listener);
         server
@@ -73,7 +75,8 @@ impl JwksServer {
 async fn serve(State(s): State<JwksServer>) -> impl IntoResponse {
     *s.fetches.lock().unwrap() += 1;
     let keys = s.keys.lock().unwrap().clone();
-    ([(header::CACHE_CONTROL, "public, max-age=3600")], axum::Json(json!({ "keys": keys })))
+    let cache = format!("public, max-age={}", s.max_age.lock().unwrap());
+    ([(header::CACHE_CONTROL, cache)], axum::Json(json!({ "keys": keys })))
 }
 
 fn url(addr: SocketAddr) -> String {
@@ -208,6 +211,31 @@ async fn with_the_jwks_server_down_later_cached_kids_pass_unknown_ones_are_refus
     assert_eq!(sign_in(&app, &signed(Algorithm::ES256, "ec-1", "bob")).await, Ok(()));
     assert_eq!(jwks.fetches(), fetched + 1);
     assert_eq!(sign_in(&app, &signed(Algorithm::RS256, "rsa-1", "alice")).await, Ok(()));
+}
+
+#[tokio::test]
+async fn the_set_is_fetched_again_once_its_max_age_has_passed_and_a_key_dropped_from_it_is_refused() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let jwks = JwksServer::start_on(listener, &["rsa-1"]).await;
+    // 10 s, the shortest the server keeps a set; the default without max-age is 600 s.
+    *jwks.max_age.lock().unwrap() = 10;
+    let app = spawn_app_with(&[("JWT_SECRET", ""), ("JWT_JWKS_URL", &url(addr))]).await;
+    wait_loaded(&app).await;
+    assert_eq!(sign_in(&app, &signed(Algorithm::RS256, "rsa-1", "alice")).await, Ok(()));
+    assert_eq!(jwks.fetches(), 1);
+
+    // rsa-1 is retired: until the set's max-age passes the cached key still verifies,
+    // with no fetch; then the server fetches the set by itself, and rsa-1 is refused.
+    jwks.publish(&["ec-1"]);
+    assert_eq!(sign_in(&app, &signed(Algorithm::RS256, "rsa-1", "alice")).await, Ok(()));
+    assert_eq!(jwks.fetches(), 1, "a cached kid asks the JWKS nothing");
+    until("the set fetched again after its max-age", async || jwks.fetches() == 2).await;
+    assert_eq!(sign_in(&app, &signed(Algorithm::ES256, "ec-1", "bob")).await, Ok(()));
+    assert_eq!(jwks.fetches(), 2, "ec-1 came with the new set");
+    // rsa-1 is now an unknown kid: one fetch to look for it, then refused.
+    assert_eq!(sign_in(&app, &signed(Algorithm::RS256, "rsa-1", "alice")).await, Err(Ended::Closed(1008)));
+    assert_eq!(jwks.fetches(), 3);
 }
 
 #[tokio::test]

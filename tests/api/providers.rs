@@ -42,7 +42,7 @@ models = ["mis-large", "fail-503", "cut-after-2"]
 [[providers]]
 name = "orr"
 base_url = "{}"
-models = ["orr-1", "error-mid", "no-finish", "plain"]
+models = ["orr-1", "error-mid", "no-finish", "plain", "x-groq"]
 {extra_toml}
 "#,
         gem.base_url(),
@@ -182,6 +182,21 @@ async fn usage_on_the_last_content_chunk_is_counted() {
         (row.prompt_tokens, row.completion_tokens, row.total_tokens, row.finish_reason.as_deref()),
         (Some(11), Some(4), Some(15), Some("stop"))
     );
+}
+
+#[tokio::test]
+async fn usage_asked_for_and_sent_in_x_groq_on_the_finish_chunk_is_counted() {
+    let t = three("", &[]).await;
+    let (_, answer, row) = ask(&t.app, json!({ "model": "orr/x-groq" })).await;
+    assert_eq!((answer.final_name.as_str(), answer.text()), ("chat:end", "Hi from orr.".to_owned()));
+    let asked: Vec<Value> = t.orr.requests().iter().map(|r| r["stream_options"].clone()).collect();
+    assert_eq!(asked, [json!({ "include_usage": true })], "usage is asked for");
+    let end = &answer.final_data;
+    assert_eq!(
+        (end["promptTokens"].clone(), end["completionTokens"].clone(), end["totalTokens"].clone()),
+        (json!(11), json!(4), json!(15))
+    );
+    assert_eq!((row.prompt_tokens, row.completion_tokens, row.total_tokens), (Some(11), Some(4), Some(15)));
 }
 
 #[tokio::test]

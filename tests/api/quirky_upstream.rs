@@ -146,6 +146,15 @@ async fn chat(State(fake): State<QuirkyUpstream>, Json(body): Json<Value>) -> Re
         "cut-after-2" => cut = true,
         "error-mid" => frames.push(event(json!({ "error": { "message": "provider overloaded mid-answer", "code": 502 } }))),
         "no-finish" => {}
+        // Groq: usage, when asked for, in `x_groq` on the chunk with the finish reason.
+        "x-groq" => {
+            let mut finish = chunk(json!({}), Some("stop"), None);
+            if asked_usage {
+                finish["x_groq"] = json!({ "id": "req_1", "usage": usage });
+            }
+            frames.push(event(finish));
+            frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        }
         _ => {
             if !q.usage_on_last_content {
                 frames.push(event(chunk(json!({}), Some("stop"), None)));

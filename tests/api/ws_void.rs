@@ -195,6 +195,33 @@ async fn open_mode_needs_no_authenticate() {
 }
 
 #[tokio::test]
+async fn open_mode_serves_canyon_and_wadi_without_a_token_as_the_user_they_name() {
+    let app = spawn_app_with(&[("AUTH_ENABLED", "false")]).await;
+
+    // canyon: the handshake is served (no 401) and the answer is the named user's.
+    let mut canyon = Ws::connect(app.addr, "/ws/client-1?userId=canyon-open").await;
+    canyon.send(json!({ "type": "chat_message", "message": { "content": "Hello", "role": "user" }, "history": [] })).await;
+    let start = canyon.next().await;
+    assert_eq!(start["type"], "response_start", "{start}");
+    let (complete, _) = canyon.until("response_complete").await;
+    assert_eq!(complete["content"], ANSWER);
+    let rows = app.messages(start["conversationId"].as_str().unwrap()).await;
+    let rows: Vec<_> = rows.iter().map(|m| (m.user_id.as_str(), m.role.as_str(), m.content.as_str())).collect();
+    assert_eq!(rows, [("canyon-open", "user", "Hello"), ("canyon-open", "assistant", ANSWER)]);
+
+    // WADI: `connected`, then a message is answered with no `auth` sent.
+    let conversation = uuid::Uuid::new_v4();
+    let mut wadi = Ws::connect(app.addr, &format!("/ws/chat/{conversation}?userId=wadi-open")).await;
+    assert_eq!(wadi.next().await["type"], "connected");
+    wadi.send(json!({ "type": "message", "content": "Hi" })).await;
+    let (complete, before) = wadi.until("complete").await;
+    assert_eq!((complete["fullOutput"].as_str(), before[0]["type"].as_str()), (Some(ANSWER), Some("start")));
+    let rows = app.messages(&conversation.to_string()).await;
+    let rows: Vec<_> = rows.iter().map(|m| (m.user_id.as_str(), m.role.as_str(), m.content.as_str())).collect();
+    assert_eq!(rows, [("wadi-open", "user", "Hi"), ("wadi-open", "assistant", ANSWER)]);
+}
+
+#[tokio::test]
 async fn every_dialect_rate_limits_and_closes_an_oversized_frame_with_1009() {
     let app = spawn_app_with(&[("WS_MESSAGES_PER_SECOND", "1"), ("WS_MAX_MESSAGE_BYTES", "2048")]).await;
     let t = token(&user());
