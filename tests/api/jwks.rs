@@ -40,6 +40,13 @@ impl JwksServer {
         server
     }
 
+    /// A server of `kids` on a port of its own.
+    async fn start(kids: &[&str]) -> (Self, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (Self::start_on(listener, kids).await, addr)
+    }
+
     /// Serves the set on `listener` (again, after `down`).
     fn listen(&self, listener: tokio::net::TcpListener) {
         let app = Router::new().route("/.well-known/jwks.json", get(serve)).with_state(self.clone());
@@ -128,9 +135,7 @@ async fn health(app: &TestApp) -> Value {
 
 #[tokio::test]
 async fn jwks_keys_verify_rotation_fetches_the_new_kid_and_unknown_keys_are_refused() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let jwks = JwksServer::start_on(listener, &["rsa-1"]).await;
+    let (jwks, addr) = JwksServer::start(&["rsa-1"]).await;
     let app = spawn_app_with(&[("JWT_SECRET", ""), ("JWT_JWKS_URL", &url(addr))]).await;
     wait_loaded(&app).await;
     assert_eq!(sign_in(&app, &signed(Algorithm::RS256, "rsa-1", "alice")).await, Ok(()));
@@ -180,9 +185,7 @@ async fn with_the_jwks_server_down_at_start_up_tokens_are_refused_until_the_keys
 
 #[tokio::test]
 async fn with_the_jwks_server_down_later_cached_kids_pass_unknown_ones_are_refused_and_its_return_serves_new_kids() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let jwks = JwksServer::start_on(listener, &["rsa-1"]).await;
+    let (jwks, addr) = JwksServer::start(&["rsa-1"]).await;
     // No wait between fetches for unknown kids, so the return is seen without sleeping 10 s.
     let app = spawn_app_with(&[("JWT_SECRET", ""), ("JWT_JWKS_URL", &url(addr)), ("JWT_JWKS_REFRESH_SECONDS", "0")]).await;
     wait_loaded(&app).await;
@@ -215,9 +218,7 @@ async fn with_the_jwks_server_down_later_cached_kids_pass_unknown_ones_are_refus
 
 #[tokio::test]
 async fn the_set_is_fetched_again_once_its_max_age_has_passed_and_a_key_dropped_from_it_is_refused() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let jwks = JwksServer::start_on(listener, &["rsa-1"]).await;
+    let (jwks, addr) = JwksServer::start(&["rsa-1"]).await;
     // 10 s, the shortest the server keeps a set; the default without max-age is 600 s.
     *jwks.max_age.lock().unwrap() = 10;
     let app = spawn_app_with(&[("JWT_SECRET", ""), ("JWT_JWKS_URL", &url(addr))]).await;
