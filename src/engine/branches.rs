@@ -215,7 +215,8 @@ impl Engine {
 
     /// Deletes `user`'s message and everything below it. Answers running in that subtree
     /// are stopped first and waited for until stored and ended; the active leaf moves to
-    /// the message's parent.
+    /// the message's parent, or, for a root, to the newest message left (none when none
+    /// is): what the conversation reads as from then on.
     pub async fn delete_message(&self, user: &str, id: Uuid) -> Result<Deleted, ChatError> {
         let db = &self.0.db;
         let m = store::find_message(db, user, id).await.map_err(unavailable)?.ok_or_else(message_not_found)?;
@@ -229,8 +230,9 @@ impl Engine {
                 self.stop_and_wait(answer.ids).await;
             }
         }
-        store::delete_messages(db, user, m.conversation_id, &deleted, m.parent_id).await.map_err(unavailable)?;
-        Ok(Deleted { conversation_id: m.conversation_id, deleted, active_leaf_id: m.parent_id })
+        let leaf = m.parent_id.or_else(|| messages.iter().rev().find(|left| !doomed.contains(&left.id)).map(|left| left.id));
+        store::delete_messages(db, user, m.conversation_id, &deleted, leaf).await.map_err(unavailable)?;
+        Ok(Deleted { conversation_id: m.conversation_id, deleted, active_leaf_id: leaf })
     }
 }
 

@@ -231,6 +231,38 @@ async fn deleting_a_subtree_stops_the_answer_running_in_it_and_moves_the_active_
 }
 
 #[tokio::test]
+async fn deleting_a_root_moves_the_active_leaf_to_the_newest_message_left_and_the_ack_says_so() {
+    let app = spawn_app().await;
+    let mut client = app.client(&user()).await;
+    let first = turn(&mut client, "chat:start", json!({ "message": "q1" })).await;
+    let conversation = id(&first.ack["conversationId"]);
+    // An edit of the first question is a second root.
+    let edit = turn(&mut client, "chat:edit", json!({ "messageId": first.ack["userMessageId"], "message": "q1 again" })).await;
+    assert_eq!(edit.ack["parentMessageId"], Value::Null);
+
+    let deleted = client.emit_with_ack("chat:delete", json!({ "messageId": edit.ack["userMessageId"] })).await;
+    let expected = json!({
+        "ok": true,
+        "conversationId": conversation,
+        "deleted": [edit.ack["userMessageId"], edit.ack["messageId"]],
+        "activeLeafId": first.ack["messageId"],
+    });
+    assert_eq!(deleted, expected);
+    let history = client.emit_with_ack("chat:history", json!({ "conversationId": conversation })).await;
+    assert_eq!(history["activeLeafId"], first.ack["messageId"], "the leaf the ack named");
+    let active: Vec<(Value, Value)> =
+        history["messages"].as_array().unwrap().iter().map(|m| (m["id"].clone(), m["active"].clone())).collect();
+    assert_eq!(active, [(first.ack["userMessageId"].clone(), json!(true)), (first.ack["messageId"].clone(), json!(true))]);
+    let next = turn(&mut client, "chat:start", json!({ "message": "q2", "conversationId": conversation })).await;
+    assert_eq!(next.ack["parentMessageId"], first.ack["messageId"]);
+
+    // The last root gone, nothing is left and there is no leaf.
+    let all = client.emit_with_ack("chat:delete", json!({ "messageId": first.ack["userMessageId"] })).await;
+    assert_eq!((all["ok"].clone(), all["activeLeafId"].clone()), (json!(true), Value::Null));
+    assert!(app.messages(&conversation).await.is_empty());
+}
+
+#[tokio::test]
 async fn of_two_edits_arriving_together_from_two_sockets_one_runs_and_the_other_is_busy() {
     use entity::conversation;
     use sea_orm::{ColumnTrait, QueryFilter, TransactionTrait, sea_query::Expr};
