@@ -30,7 +30,11 @@ use crate::{
 /// The shortest time between two relays of one socket in one conversation.
 const EVERY: Duration = Duration::from_secs(1);
 
-/// When each conversation's typing was last relayed from this socket.
+/// Entries past which the ones older than [`EVERY`] (which throttle nothing) are dropped.
+const KEPT: usize = 64;
+
+/// When each conversation's typing was last relayed from this socket, for the last
+/// second or so: a socket naming ever new conversation ids does not grow it for good.
 #[derive(Clone, Default)]
 pub(super) struct TypingThrottle(Arc<Mutex<HashMap<Uuid, Instant>>>);
 
@@ -44,10 +48,18 @@ impl TypingThrottle {
         match last.get(&conversation_id) {
             Some(at) if now.duration_since(*at) < EVERY => false,
             _ => {
+                if last.len() >= KEPT {
+                    last.retain(|_, at| now.duration_since(*at) < EVERY);
+                }
                 last.insert(conversation_id, now);
                 true
             }
         }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or_default()
     }
 }
 
@@ -91,4 +103,33 @@ pub(super) async fn chat_typing(socket: SocketRef, State(wire): State<Wire>, Pay
         log_lost(&socket, "chat:typing", &e);
     }
     ack_logged(&socket, ack, &json!({ "ok": true, "relayed": true }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conversation_is_relayed_once_a_second_and_old_entries_do_not_pile_up() {
+        let throttle = TypingThrottle::default();
+        let one = Uuid::new_v4();
+        assert!(throttle.allow(one));
+        assert!(!throttle.allow(one), "within the second");
+        tokio::time::advance(EVERY).await;
+        assert!(throttle.allow(one), "a second later");
+        // A thousand new ids, each a second after the last: the map keeps at most KEPT.
+        for _ in 0..1000 {
+            tokio::time::advance(EVERY).await;
+            assert!(throttle.allow(Uuid::new_v4()));
+        }
+        assert!(throttle.len() <= KEPT, "{} kept", throttle.len());
+        // Many ids within one second are all kept (each still throttles), and go later.
+        for _ in 0..100 {
+            assert!(throttle.allow(Uuid::new_v4()));
+        }
+        assert!(throttle.len() >= 100);
+        tokio::time::advance(EVERY).await;
+        assert!(throttle.allow(one));
+        assert_eq!(throttle.len(), 1);
+    }
 }
